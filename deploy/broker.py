@@ -1,0 +1,231 @@
+"""A real Apache Kafka broker (KRaft, combined broker + controller, one node) for tocsin.
+
+The jars come from Maven Central through ``deploy/kafka/pom.xml`` into a cache folder
+outside the repository (``$TOCSIN_HOME/kafka-<version>/libs``) and are reused when present.
+The broker listens on 127.0.0.1 only, formats its storage on first start, logs to
+``$TOCSIN_HOME/broker/broker.log`` and is stopped with SIGTERM (SIGKILL after a timeout).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from tocsin.settings import Settings
+
+POM = Path(__file__).resolve().parent / "kafka" / "pom.xml"
+LOG4J = Path(__file__).resolve().parent / "kafka" / "log4j2.properties"
+
+
+class BrokerError(RuntimeError):
+    """The broker could not be fetched, formatted, started or stopped."""
+
+
+@dataclass(frozen=True)
+class BrokerStatus:
+    running: bool
+    pid: int | None
+    bootstrap: str
+    log: Path
+
+    def __str__(self) -> str:
+        state = f"running (pid {self.pid})" if self.running else "stopped"
+        return f"broker {state} at {self.bootstrap}; log {self.log}"
+
+
+def _port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie child still answers kill(0); look at its state
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+class Broker:
+    """Fetch, format, start, check and stop the single-node KRaft broker."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.dir = settings.broker_dir
+        self.data_dir = settings.broker_data_dir or self.dir / "data"
+        self.log = self.dir / "broker.log"
+        self.pid_file = self.dir / "broker.pid"
+        self.host = "127.0.0.1"
+
+    # ------------------------------------------------------------------ fetch
+    def fetch(self) -> Path:
+        """Copy the broker jars from Maven Central into the cache (once)."""
+        libs = self.settings.kafka_libs
+        marker = libs / f"kafka_2.13-{self.settings.kafka_version}.jar"
+        if marker.exists():
+            return libs
+        mvn = shutil.which("mvn")
+        if mvn is None:
+            raise BrokerError("Maven (mvn) is not on PATH; it is needed to fetch the Kafka jars")
+        libs.parent.mkdir(parents=True, exist_ok=True)
+        tmp = libs.with_name("libs.partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        cmd = [
+            mvn, "-q", "-B", "-f", str(POM), "dependency:copy-dependencies",
+            f"-Dkafka.version={self.settings.kafka_version}",
+            f"-DoutputDirectory={tmp}", "-DincludeScope=runtime",
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise BrokerError(
+                f"fetching Kafka {self.settings.kafka_version} with Maven failed "
+                f"(exit {proc.returncode}):\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}"
+            )
+        shutil.rmtree(libs, ignore_errors=True)
+        tmp.rename(libs)
+        if not marker.exists():
+            raise BrokerError(f"Maven finished but {marker} is missing")
+        return libs
+
+    # ------------------------------------------------------------------ config
+    def _properties(self) -> str:
+        s = self.settings
+        return "\n".join([
+            "process.roles=broker,controller",
+            "node.id=1",
+            f"controller.quorum.bootstrap.servers={self.host}:{s.controller_port}",
+            f"listeners=PLAINTEXT://{self.host}:{s.broker_port},"
+            f"CONTROLLER://{self.host}:{s.controller_port}",
+            f"advertised.listeners=PLAINTEXT://{self.host}:{s.broker_port}",
+            "controller.listener.names=CONTROLLER",
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "inter.broker.listener.name=PLAINTEXT",
+            f"log.dirs={self.data_dir}",
+            "num.partitions=1",
+            "offsets.topic.replication.factor=1",
+            "offsets.topic.num.partitions=4",
+            "transaction.state.log.replication.factor=1",
+            "transaction.state.log.min.isr=1",
+            "share.coordinator.state.topic.replication.factor=1",
+            "share.coordinator.state.topic.min.isr=1",
+            "group.initial.rebalance.delay.ms=0",
+            # tocsin creates its topics explicitly; faust declares its own internal ones
+            "auto.create.topics.enable=false",
+            "log.retention.hours=168",
+            "message.max.bytes=8388608",
+            "",
+        ])
+
+    def _java(self, *args: str) -> list[str]:
+        java = shutil.which("java")
+        if java is None:
+            raise BrokerError("java is not on PATH; Kafka needs Java 17")
+        return [
+            java, f"-Xmx{self.settings.broker_heap}", "-Xms256m",
+            f"-Dlog4j2.configurationFile={LOG4J}", f"-Dtocsin.broker.log={self.log}",
+            "-cp", f"{self.settings.kafka_libs}/*", *args,
+        ]
+
+    def _format(self, config: Path) -> None:
+        if (self.data_dir / "meta.properties").exists():
+            return
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        proc = subprocess.run(
+            self._java("kafka.tools.StorageTool", "format", "-t", cluster_id,
+                       "-c", str(config), "--standalone"),
+            capture_output=True, text=True,
+        )
+        if proc.returncode != 0:
+            raise BrokerError(f"formatting {self.data_dir} failed:\n{proc.stdout}{proc.stderr}")
+
+    # ------------------------------------------------------------------ lifecycle
+    def _pid(self) -> int | None:
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return pid if _pid_alive(pid) else None
+
+    def status(self) -> BrokerStatus:
+        pid = self._pid()
+        running = pid is not None and _port_open(self.host, self.settings.broker_port)
+        return BrokerStatus(running, pid, self.settings.bootstrap, self.log)
+
+    def start(self, timeout: float = 90.0) -> BrokerStatus:
+        """Start the broker (fetching and formatting first if needed) and wait until ready."""
+        st = self.status()
+        if st.running:
+            return st
+        if _port_open(self.host, self.settings.broker_port):
+            raise BrokerError(
+                f"port {self.settings.broker_port} on {self.host} is taken by another process; "
+                "set TOCSIN_BROKER_PORT or TOCSIN_KAFKA_BOOTSTRAP"
+            )
+        self.fetch()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        config = self.dir / "server.properties"
+        config.write_text(self._properties())
+        self._format(config)
+        out = open(self.dir / "broker.out", "ab")  # noqa: SIM115 - handed to the child
+        proc = subprocess.Popen(
+            self._java("kafka.Kafka", str(config)),
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        out.close()
+        self.pid_file.write_text(str(proc.pid))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise BrokerError(
+                    f"the broker exited with code {proc.returncode} during start-up; "
+                    f"see {self.log} and {self.dir / 'broker.out'}"
+                )
+            if _port_open(self.host, self.settings.broker_port) and self._ready():
+                return self.status()
+            time.sleep(0.3)
+        self.stop()
+        raise BrokerError(f"the broker was not ready after {timeout:.0f} s; see {self.log}")
+
+    def _ready(self) -> bool:
+        try:
+            text = self.log.read_text(errors="replace")
+        except OSError:
+            return False
+        return "Kafka Server started" in text.split("Stopping socket server")[-1] or (
+            "started (kafka.server.KafkaRaftServer)" in text
+        )
+
+    def stop(self, timeout: float = 30.0) -> None:
+        pid = self._pid()
+        if pid is None:
+            self.pid_file.unlink(missing_ok=True)
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and _pid_alive(pid):
+            time.sleep(0.2)
+        if _pid_alive(pid):
+            os.killpg(pid, signal.SIGKILL)
+        self.pid_file.unlink(missing_ok=True)

@@ -1,0 +1,332 @@
+"""Replay packages: a documented folder format for historic and synthetic events.
+
+A package is a folder with
+
+* ``event.toml``: an ``[event]`` table (``id``, ``title``, ``start``, ``end`` as ISO 8601
+  UTC, the replay window) and an optional ``[truth]`` table used only by evaluation;
+* ``stations.csv`` with the header ``station_id,kind,lat,lon,elevation_m,units,file,format``;
+  ``file`` is relative to the package and ``format`` is ``csv`` (``time,value`` rows),
+  ``mseed`` (miniSEED read by ObsPy) or ``ndbc_dart`` (NOAA NDBC DART text).
+
+:func:`load_package` validates everything and raises :class:`PackageError` naming the
+file, the line and the bad value. :meth:`ReplayPackage.packets` cuts each station's record
+into observation packets of constant sample interval (a change of interval or a gap
+starts a new packet) within the replay window.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from detectors.base import SENSOR_KINDS, DetectorError, FloatArray, StationInfo
+from streams.schemas import ObservationPacket, SchemaError, parse_time
+
+STATIONS_HEADER = ["station_id", "kind", "lat", "lon", "elevation_m", "units", "file", "format"]
+FORMATS = ("csv", "mseed", "ndbc_dart")
+DEFAULT_UNITS = {"barometer": "hPa", "tide_gauge": "m", "bottom_pressure": "m", "seismic": "counts"}
+
+
+class PackageError(ValueError):
+    """A replay package is malformed; the message names the file, line and value."""
+
+
+@dataclass(frozen=True)
+class StationEntry:
+    info: StationInfo
+    file: Path
+    format: str
+    line: int
+
+
+@dataclass(frozen=True)
+class Series:
+    """A station's record: sorted unique sample times (POSIX s) and values (NaN allowed)."""
+
+    times: FloatArray
+    values: FloatArray
+
+
+@dataclass
+class ReplayPackage:
+    root: Path
+    event_id: str
+    title: str
+    start: float
+    end: float
+    stations: list[StationEntry]
+    truth: dict[str, Any] = field(default_factory=dict)
+    raw_event: dict[str, Any] = field(default_factory=dict)
+
+    def station_infos(self) -> list[StationInfo]:
+        return [s.info for s in self.stations]
+
+    def series(self, entry: StationEntry) -> Series:
+        readers = {"csv": read_csv_series, "mseed": read_mseed_series,
+                   "ndbc_dart": read_ndbc_series}
+        s = readers[entry.format](entry.file)
+        keep = (s.times >= self.start) & (s.times <= self.end)
+        return Series(s.times[keep], s.values[keep])
+
+    def packets(self, entry: StationEntry, packet_seconds: float) -> list[ObservationPacket]:
+        s = self.series(entry)
+        source = f"replay:{self.event_id}"
+        return list(series_to_packets(entry.info, s, packet_seconds, source=source))
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_package(path: str | Path) -> ReplayPackage:
+    root = Path(path)
+    if not root.is_dir():
+        raise PackageError(f"{root}: not a folder (a replay package is a folder)")
+    event_file = root / "event.toml"
+    if not event_file.is_file():
+        raise PackageError(f"{event_file}: missing (every package has an event.toml)")
+    try:
+        doc = tomllib.loads(event_file.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise PackageError(f"{event_file}: not valid TOML: {exc}") from exc
+    event = doc.get("event")
+    if not isinstance(event, dict):
+        raise PackageError(f"{event_file}: no [event] table")
+    for key in ("id", "title", "start", "end"):
+        if key not in event:
+            raise PackageError(f"{event_file}: [event] has no {key!r}")
+    try:
+        start = parse_time(str(event["start"]), "start")
+        end = parse_time(str(event["end"]), "end")
+    except SchemaError as exc:
+        raise PackageError(f"{event_file}: [event] {exc}") from exc
+    if end <= start:
+        raise PackageError(f"{event_file}: [event] end {event['end']} is not after start "
+                           f"{event['start']}")
+    stations = _load_stations(root / "stations.csv", root)
+    truth = doc.get("truth") or {}
+    return ReplayPackage(root, str(event["id"]), str(event["title"]), start, end, stations,
+                         dict(truth), doc)
+
+
+def _load_stations(path: Path, root: Path) -> list[StationEntry]:
+    if not path.is_file():
+        raise PackageError(f"{path}: missing (every package has a stations.csv)")
+    with path.open(newline="") as fh:
+        reader = csv.reader(fh)
+        header = next(reader, None)
+        if header != STATIONS_HEADER:
+            raise PackageError(f"{path}:1: header {header} is not {STATIONS_HEADER}")
+        entries: list[StationEntry] = []
+        seen: set[str] = set()
+        for lineno, row in enumerate(reader, start=2):
+            if not row or all(not c.strip() for c in row):
+                continue
+            entries.append(_station_row(path, lineno, row, root, seen))
+    if not entries:
+        raise PackageError(f"{path}: no stations")
+    return entries
+
+
+def _station_row(path: Path, lineno: int, row: list[str], root: Path,
+                 seen: set[str]) -> StationEntry:
+    where = f"{path}:{lineno}"
+    if len(row) != len(STATIONS_HEADER):
+        raise PackageError(f"{where}: {len(row)} columns, expected {len(STATIONS_HEADER)}")
+    sid, kind, lat_s, lon_s, elev_s, units, file_s, fmt = (c.strip() for c in row)
+    if not sid:
+        raise PackageError(f"{where}: empty station_id")
+    if sid in seen:
+        raise PackageError(f"{where}: station_id {sid!r} appears twice")
+    seen.add(sid)
+    if kind not in SENSOR_KINDS:
+        raise PackageError(f"{where}: kind {kind!r} is not one of {SENSOR_KINDS}")
+    if fmt not in FORMATS:
+        raise PackageError(f"{where}: format {fmt!r} is not one of {FORMATS}")
+    nums = []
+    for name, text in (("lat", lat_s), ("lon", lon_s), ("elevation_m", elev_s or "0")):
+        try:
+            value = float(text)
+        except ValueError:
+            raise PackageError(f"{where}: {name} {text!r} is not a number") from None
+        if not math.isfinite(value):
+            raise PackageError(f"{where}: {name} {text!r} is not finite")
+        nums.append(value)
+    try:
+        info = StationInfo(sid, kind, nums[0], nums[1], nums[2], units or DEFAULT_UNITS[kind])
+    except DetectorError as exc:
+        raise PackageError(f"{where}: {exc}") from exc
+    file = (root / file_s).resolve()
+    if not file.is_file():
+        raise PackageError(f"{where}: file {file_s!r} does not exist in {root}")
+    return StationEntry(info, file, fmt, lineno)
+
+
+# --------------------------------------------------------------------------- readers
+
+
+def _finish(times: FloatArray, values: FloatArray) -> Series:
+    order = np.argsort(times, kind="stable")
+    times, values = times[order], values[order]
+    if len(times) > 1:
+        # duplicate instants: keep the last finite one
+        keep = np.ones(len(times), dtype=bool)
+        keep[:-1] = np.diff(times) > 1e-6
+        times, values = times[keep], values[keep]
+    return Series(times.astype(np.float64), values.astype(np.float64))
+
+
+def read_csv_series(path: Path) -> Series:
+    """``time,value`` CSV (ISO 8601 UTC). An empty value means missing."""
+    times: list[float] = []
+    values: list[float] = []
+    with path.open(newline="") as fh:
+        reader = csv.reader(fh)
+        header = next(reader, None)
+        if header is None or [h.strip() for h in header[:2]] != ["time", "value"]:
+            raise PackageError(f"{path}:1: header {header} is not ['time', 'value']")
+        for lineno, row in enumerate(reader, start=2):
+            if not row:
+                continue
+            if len(row) < 2:
+                raise PackageError(f"{path}:{lineno}: expected 'time,value', got {row}")
+            try:
+                t = parse_time(row[0].strip(), "time")
+            except SchemaError as exc:
+                raise PackageError(f"{path}:{lineno}: {exc}") from None
+            text = row[1].strip()
+            try:
+                v = float(text) if text else math.nan
+            except ValueError:
+                raise PackageError(f"{path}:{lineno}: value {text!r} is not a number") from None
+            times.append(t)
+            values.append(v)
+    return _finish(np.array(times), np.array(values))
+
+
+def read_mseed_series(path: Path) -> Series:
+    import obspy  # heavy import, only when a package uses miniSEED
+
+    try:
+        stream = obspy.read(str(path))
+    except Exception as exc:  # obspy raises many types for a bad file
+        raise PackageError(f"{path}: not readable as miniSEED: {exc}") from exc
+    if not stream:
+        raise PackageError(f"{path}: no traces")
+    ids = {tr.id for tr in stream}
+    if len(ids) > 1:
+        raise PackageError(f"{path}: several channels {sorted(ids)}; one per file")
+    stream.merge(method=-1)
+    times, values = [], []
+    for tr in stream:
+        n = tr.stats.npts
+        t0 = tr.stats.starttime.timestamp
+        times.append(t0 + np.arange(n) * tr.stats.delta)
+        data = np.ma.filled(np.ma.asarray(tr.data, dtype=np.float64), np.nan)
+        values.append(data)
+    return _finish(np.concatenate(times), np.concatenate(values))
+
+
+def read_ndbc_series(path: Path) -> Series:
+    """NOAA NDBC DART text: ``#YY MM DD hh mm ss T HEIGHT``; 9999 = missing; any row order.
+
+    Where a 15-s (T=3) and a 1-min (T=2) sample share an instant, the 1-min one is kept.
+    """
+    rows: list[tuple[float, int, float]] = []
+    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        parts = line.split()
+        if len(parts) < 8:
+            raise PackageError(f"{path}:{lineno}: expected 8 columns, got {len(parts)}: {line!r}")
+        try:
+            y, mo, d, h, mi, s, typ = (int(p) for p in parts[:7])
+            height = float(parts[7])
+        except ValueError:
+            raise PackageError(f"{path}:{lineno}: not an NDBC DART row: {line!r}") from None
+        if typ not in (1, 2, 3):
+            raise PackageError(f"{path}:{lineno}: measurement type {typ} is not 1, 2 or 3")
+        if height >= 9998.0:
+            continue
+        t = parse_time(f"{y:04d}-{mo:02d}-{d:02d}T{h:02d}:{mi:02d}:{s:02d}Z")
+        rows.append((t, -typ if typ == 3 else typ, height))
+    if not rows:
+        raise PackageError(f"{path}: no valid rows")
+    rows.sort()
+    # sorted by (time, type-rank): for equal times keep the first (1-min before 15-s)
+    times = np.array([r[0] for r in rows])
+    values = np.array([r[2] for r in rows])
+    keep = np.ones(len(times), dtype=bool)
+    keep[1:] = np.diff(times) > 1e-6
+    return Series(times[keep], values[keep])
+
+
+# --------------------------------------------------------------------------- packets
+
+
+def series_to_packets(info: StationInfo, s: Series, packet_seconds: float,
+                      source: str = "") -> Iterator[ObservationPacket]:
+    """Cut a record into packets of constant interval, at most ``packet_seconds`` long.
+
+    Missing rows inside a run of constant interval become NaN samples when the hole is
+    short (up to 2 samples); a longer hole, or a change of interval, starts a new packet.
+    Packet boundaries are aligned to multiples of ``packet_seconds`` in event time, so the
+    same record always gives the same packets.
+    """
+    t, v = s.times, s.values
+    n = len(t)
+    if n == 0:
+        return
+    seq = 0
+    i = 0
+    while i < n:
+        j, dt = _run(t, i)
+        grid_idx = np.rint((t[i:j] - t[i]) / dt).astype(np.int64)
+        full = np.full(int(grid_idx[-1]) + 1, np.nan)
+        full[grid_idx] = v[i:j]
+        t0 = float(t[i])
+        # aligned cut points
+        per = max(1, int(round(packet_seconds / dt)))
+        first_slot = int(math.floor(t0 / (per * dt)))
+        offset = int(round((first_slot + 1) * per * dt - t0) / dt) if dt > 0 else per
+        offset = max(1, min(offset, len(full)))
+        start_idx = 0
+        cut = offset
+        while start_idx < len(full):
+            chunk = full[start_idx:cut]
+            if len(chunk):
+                yield ObservationPacket(
+                    station_id=info.station_id, kind=info.kind, channel=info.kind,
+                    start=t0 + start_idx * dt, sample_interval=dt,
+                    values=np.ascontiguousarray(chunk, dtype=np.float64), units=info.units,
+                    source=source, seq=seq, lat=info.lat, lon=info.lon,
+                    elevation_m=info.elevation_m,
+                )
+                seq += 1
+            start_idx = cut
+            cut += per
+        i = j
+
+
+def _run(t: FloatArray, i: int) -> tuple[int, float]:
+    """The run of samples t[i:j] on one grid of interval dt (holes of up to 2 samples become NaN)."""
+    n = len(t)
+    if i >= n - 1:
+        return n, (float(t[i] - t[i - 1]) if i > 0 else 60.0)
+    dt = float(t[i + 1] - t[i])
+    if i + 2 < n:
+        dt = min(dt, float(t[i + 2] - t[i + 1]))
+    j = i + 1
+    while j < n:
+        k = (t[j] - t[j - 1]) / dt
+        r = round(k)
+        if abs(k - r) > 1e-3 or r < 1 or r > 3:
+            break
+        j += 1
+    return j, dt

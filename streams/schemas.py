@@ -1,0 +1,469 @@
+"""Versioned message schemas: observation packets, detections, incidents, alerts.
+
+Every message is a JSON object whose ``schema`` field names its type and version
+(``tocsin.observation/1``). ``to_dict``/``from_dict`` round-trip exactly; ``from_dict``
+validates and raises :class:`SchemaError` naming the field, the bad value and what was
+allowed. ``decode`` turns raw Kafka bytes into the right message type.
+
+Times are ISO 8601 UTC strings on the wire (``2022-01-15T04:14:45.000Z``) and POSIX
+seconds (float) in memory. Missing samples are ``null`` on the wire and NaN in memory.
+The formats are documented in docs/schemas.md.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+import numpy as np
+import orjson
+
+from detectors.base import SENSOR_KINDS, Detection, FloatArray
+
+
+class SchemaError(ValueError):
+    """A message does not match its schema; the text names the field and the value."""
+
+
+# --------------------------------------------------------------------------- time helpers
+
+
+def iso(t: float) -> str:
+    """POSIX seconds -> ISO 8601 UTC with millisecond precision and a Z."""
+    if not math.isfinite(t):
+        raise SchemaError(f"time {t!r} is not a finite number of seconds")
+    dt = datetime.fromtimestamp(round(t, 3), tz=UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+def parse_time(value: Any, field_name: str = "time") -> float:
+    """ISO 8601 (UTC, 'Z' or offset) -> POSIX seconds."""
+    if not isinstance(value, str):
+        raise SchemaError(f"{field_name}: expected an ISO 8601 string, got {value!r}")
+    try:
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise SchemaError(f"{field_name}: {value!r} is not an ISO 8601 time") from exc
+    if dt.tzinfo is None:
+        raise SchemaError(f"{field_name}: {value!r} has no time zone; times must be UTC")
+    return dt.timestamp()
+
+
+def _require(d: dict[str, Any], name: str, types: type | tuple[type, ...], schema: str) -> Any:
+    if name not in d:
+        raise SchemaError(f"{schema}: missing field {name!r}")
+    value = d[name]
+    if not isinstance(value, types) or isinstance(value, bool) and bool not in _as_tuple(types):
+        raise SchemaError(f"{schema}: field {name!r} = {value!r} is not of type {types}")
+    return value
+
+
+def _as_tuple(types: type | tuple[type, ...]) -> tuple[type, ...]:
+    return types if isinstance(types, tuple) else (types,)
+
+
+def _number(d: dict[str, Any], name: str, schema: str) -> float:
+    value = _require(d, name, (int, float), schema)
+    return float(value)
+
+
+def _opt_number(d: dict[str, Any], name: str) -> float:
+    value = d.get(name)
+    return float("nan") if value is None else float(value)
+
+
+def _check_schema(d: Any, expected: str) -> dict[str, Any]:
+    if not isinstance(d, dict):
+        raise SchemaError(f"expected a JSON object for {expected}, got {type(d).__name__}")
+    got = d.get("schema")
+    if got != expected:
+        raise SchemaError(f"schema {got!r} is not {expected!r}")
+    return d
+
+
+# --------------------------------------------------------------------------- observation
+
+
+@dataclass(frozen=True)
+class ObservationPacket:
+    """A packet of consecutive samples from one station channel.
+
+    ``values[i]`` was sampled at ``start + i * sample_interval``. NaN marks a missing
+    sample. ``seq`` numbers the packets of one stream so consumers can spot gaps and
+    duplicates.
+    """
+
+    SCHEMA: ClassVar[str] = "tocsin.observation/1"
+
+    station_id: str
+    kind: str
+    channel: str
+    start: float
+    sample_interval: float
+    values: FloatArray
+    units: str
+    source: str = ""
+    seq: int = 0
+    quality: tuple[str, ...] = ()
+    lat: float = float("nan")
+    lon: float = float("nan")
+    elevation_m: float = float("nan")
+
+    def __post_init__(self) -> None:
+        if not self.station_id or "," in self.station_id:
+            raise SchemaError(f"observation: station_id {self.station_id!r} is empty or has ','")
+        if self.kind not in SENSOR_KINDS:
+            raise SchemaError(
+                f"observation {self.station_id}: kind {self.kind!r} not in {SENSOR_KINDS}"
+            )
+        if not (self.sample_interval > 0 and math.isfinite(self.sample_interval)):
+            raise SchemaError(
+                f"observation {self.station_id}: sample_interval {self.sample_interval!r} "
+                "must be a positive number of seconds"
+            )
+        if not math.isfinite(self.start):
+            raise SchemaError(f"observation {self.station_id}: start {self.start!r} not finite")
+        if self.values.ndim != 1 or self.values.dtype != np.float64:
+            raise SchemaError(
+                f"observation {self.station_id}: values must be a 1-D float64 array, "
+                f"got {self.values.dtype} with shape {self.values.shape}"
+            )
+
+    @property
+    def end(self) -> float:
+        """Time of the last sample."""
+        return self.start + (len(self.values) - 1) * self.sample_interval
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": self.SCHEMA,
+            "station_id": self.station_id,
+            "kind": self.kind,
+            "channel": self.channel,
+            "start": iso(self.start),
+            "start_s": self.start,
+            "sample_interval_s": self.sample_interval,
+            "values": self.values,
+            "units": self.units,
+            "quality": list(self.quality),
+            "source": self.source,
+            "seq": self.seq,
+            "lat": None if math.isnan(self.lat) else self.lat,
+            "lon": None if math.isnan(self.lon) else self.lon,
+            "elevation_m": None if math.isnan(self.elevation_m) else self.elevation_m,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ObservationPacket:
+        d = _check_schema(d, cls.SCHEMA)
+        raw = _require(d, "values", list, cls.SCHEMA)
+        try:
+            values = np.array(raw, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise SchemaError(f"{cls.SCHEMA}: values are not numbers or null: {exc}") from exc
+        if values.ndim != 1:
+            raise SchemaError(f"{cls.SCHEMA}: values must be a flat list, got shape {values.shape}")
+        # start_s carries the exact float; start (ISO, ms) is for people and other tools.
+        start = d.get("start_s")
+        start_t = float(start) if isinstance(start, int | float) else parse_time(
+            _require(d, "start", str, cls.SCHEMA), "start"
+        )
+        return cls(
+            station_id=_require(d, "station_id", str, cls.SCHEMA),
+            kind=_require(d, "kind", str, cls.SCHEMA),
+            channel=_require(d, "channel", str, cls.SCHEMA),
+            start=start_t,
+            sample_interval=_number(d, "sample_interval_s", cls.SCHEMA),
+            values=values,
+            units=_require(d, "units", str, cls.SCHEMA),
+            source=str(d.get("source", "")),
+            seq=int(d.get("seq", 0)),
+            quality=tuple(str(q) for q in d.get("quality") or ()),
+            lat=_opt_number(d, "lat"),
+            lon=_opt_number(d, "lon"),
+            elevation_m=_opt_number(d, "elevation_m"),
+        )
+
+
+# --------------------------------------------------------------------------- detection
+
+
+def detection_to_dict(det: Detection) -> dict[str, Any]:
+    return {
+        "schema": "tocsin.detection/1",
+        "key": det.key,
+        "station_id": det.station_id,
+        "kind": det.kind,
+        "detector": det.detector,
+        "detector_version": det.detector_version,
+        "onset": iso(det.onset),
+        "peak_time": iso(det.peak_time),
+        "amplitude": det.amplitude,
+        "units": det.units,
+        "declared": iso(det.declared),
+        "lat": None if math.isnan(det.lat) else det.lat,
+        "lon": None if math.isnan(det.lon) else det.lon,
+        "params": det.params,
+        "extra": det.extra,
+        # exact floats, so a detection decoded from Kafka equals the one in memory
+        "t": [det.onset, det.peak_time, det.declared],
+    }
+
+
+def detection_from_dict(d: dict[str, Any]) -> Detection:
+    schema = "tocsin.detection/1"
+    d = _check_schema(d, schema)
+    exact = d.get("t")
+    if isinstance(exact, list) and len(exact) == 3:
+        onset, peak, declared = (float(x) for x in exact)
+    else:
+        onset = parse_time(_require(d, "onset", str, schema), "onset")
+        peak = parse_time(_require(d, "peak_time", str, schema), "peak_time")
+        declared = parse_time(_require(d, "declared", str, schema), "declared")
+    return Detection(
+        station_id=_require(d, "station_id", str, schema),
+        kind=_require(d, "kind", str, schema),
+        detector=_require(d, "detector", str, schema),
+        detector_version=_require(d, "detector_version", str, schema),
+        onset=onset,
+        peak_time=peak,
+        amplitude=_number(d, "amplitude", schema),
+        units=_require(d, "units", str, schema),
+        declared=declared,
+        lat=_opt_number(d, "lat"),
+        lon=_opt_number(d, "lon"),
+        params=dict(d.get("params") or {}),
+        extra=dict(d.get("extra") or {}),
+    )
+
+
+# --------------------------------------------------------------------------- incident
+
+
+@dataclass(frozen=True)
+class Forecast:
+    station_id: str
+    kind: str
+    eta: float
+    distance_km: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "station_id": self.station_id,
+            "kind": self.kind,
+            "eta": iso(self.eta),
+            "eta_s": self.eta,
+            "distance_km": round(self.distance_km, 3),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Forecast:
+        eta = d.get("eta_s")
+        return cls(
+            station_id=str(d["station_id"]),
+            kind=str(d.get("kind", "")),
+            eta=float(eta) if eta is not None else parse_time(d["eta"], "eta"),
+            distance_km=float(d.get("distance_km", float("nan"))),
+        )
+
+
+@dataclass(frozen=True)
+class IncidentRevision:
+    """One revision of an incident: the solution as known at event time ``issued``.
+
+    An incident is identified by ``incident_id``; revisions are numbered from 1. The pair
+    (incident_id, revision) is the idempotency key: a later message with the same pair
+    replaces the earlier one (a correction when a late detection arrived).
+    """
+
+    SCHEMA: ClassVar[str] = "tocsin.incident/1"
+
+    incident_id: str
+    type: str
+    revision: int
+    issued: float
+    status: str
+    origin_time: float
+    lat: float
+    lon: float
+    speed_m_s: float
+    detections: tuple[str, ...]
+    stations_used: tuple[str, ...] = ()
+    rejected: tuple[str, ...] = ()
+    rms_s: float = float("nan")
+    forecasts: tuple[Forecast, ...] = ()
+    confirmed: tuple[str, ...] = ()
+    evidence: tuple[str, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return f"{self.incident_id}#{self.revision}"
+
+    def to_dict(self) -> dict[str, Any]:
+        def opt(x: float) -> float | None:
+            return None if math.isnan(x) else x
+
+        return {
+            "schema": self.SCHEMA,
+            "key": self.key,
+            "incident_id": self.incident_id,
+            "type": self.type,
+            "revision": self.revision,
+            "issued": iso(self.issued),
+            "issued_s": self.issued,
+            "status": self.status,
+            "origin_time": None if math.isnan(self.origin_time) else iso(self.origin_time),
+            "origin_time_s": opt(self.origin_time),
+            "lat": opt(self.lat),
+            "lon": opt(self.lon),
+            "speed_m_s": opt(self.speed_m_s),
+            "detections": list(self.detections),
+            "stations_used": list(self.stations_used),
+            "rejected": list(self.rejected),
+            "rms_s": opt(self.rms_s),
+            "forecasts": [f.to_dict() for f in self.forecasts],
+            "confirmed": list(self.confirmed),
+            "evidence": list(self.evidence),
+            "extra": self.extra,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> IncidentRevision:
+        d = _check_schema(d, cls.SCHEMA)
+        return cls(
+            incident_id=_require(d, "incident_id", str, cls.SCHEMA),
+            type=_require(d, "type", str, cls.SCHEMA),
+            revision=int(_require(d, "revision", int, cls.SCHEMA)),
+            issued=float(d["issued_s"]) if "issued_s" in d else parse_time(d["issued"], "issued"),
+            status=_require(d, "status", str, cls.SCHEMA),
+            origin_time=_opt_number(d, "origin_time_s"),
+            lat=_opt_number(d, "lat"),
+            lon=_opt_number(d, "lon"),
+            speed_m_s=_opt_number(d, "speed_m_s"),
+            detections=tuple(d.get("detections") or ()),
+            stations_used=tuple(d.get("stations_used") or ()),
+            rejected=tuple(d.get("rejected") or ()),
+            rms_s=_opt_number(d, "rms_s"),
+            forecasts=tuple(Forecast.from_dict(f) for f in d.get("forecasts") or ()),
+            confirmed=tuple(d.get("confirmed") or ()),
+            evidence=tuple(d.get("evidence") or ()),
+            extra=dict(d.get("extra") or {}),
+        )
+
+
+# --------------------------------------------------------------------------- alert
+
+
+@dataclass(frozen=True)
+class AlertMessage:
+    """A CAP 1.2 alert about an incident revision, as it travels on the alerts topic."""
+
+    SCHEMA: ClassVar[str] = "tocsin.alert/1"
+
+    identifier: str
+    msg_type: str
+    sent: float
+    incident_id: str
+    revision: int
+    event: str
+    severity: str
+    urgency: str
+    certainty: str
+    headline: str
+    references: tuple[str, ...] = ()
+    cap_xml: str = ""
+
+    MSG_TYPES: ClassVar[tuple[str, ...]] = ("Alert", "Update", "Cancel", "Ack", "Error")
+
+    def __post_init__(self) -> None:
+        if self.msg_type not in self.MSG_TYPES:
+            raise SchemaError(f"alert {self.identifier}: msgType {self.msg_type!r} not in "
+                              f"{self.MSG_TYPES}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": self.SCHEMA,
+            "identifier": self.identifier,
+            "msgType": self.msg_type,
+            "sent": iso(self.sent),
+            "sent_s": self.sent,
+            "incident_id": self.incident_id,
+            "revision": self.revision,
+            "event": self.event,
+            "severity": self.severity,
+            "urgency": self.urgency,
+            "certainty": self.certainty,
+            "headline": self.headline,
+            "references": list(self.references),
+            "cap_xml": self.cap_xml,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> AlertMessage:
+        d = _check_schema(d, cls.SCHEMA)
+        return cls(
+            identifier=_require(d, "identifier", str, cls.SCHEMA),
+            msg_type=_require(d, "msgType", str, cls.SCHEMA),
+            sent=float(d["sent_s"]) if "sent_s" in d else parse_time(d["sent"], "sent"),
+            incident_id=_require(d, "incident_id", str, cls.SCHEMA),
+            revision=int(_require(d, "revision", int, cls.SCHEMA)),
+            event=str(d.get("event", "")),
+            severity=str(d.get("severity", "")),
+            urgency=str(d.get("urgency", "")),
+            certainty=str(d.get("certainty", "")),
+            headline=str(d.get("headline", "")),
+            references=tuple(d.get("references") or ()),
+            cap_xml=str(d.get("cap_xml", "")),
+        )
+
+
+# --------------------------------------------------------------------------- wire
+
+
+Message = ObservationPacket | Detection | IncidentRevision | AlertMessage
+
+
+def to_dict(msg: Message) -> dict[str, Any]:
+    if isinstance(msg, Detection):
+        return detection_to_dict(msg)
+    return msg.to_dict()
+
+
+def encode(msg: Message) -> bytes:
+    """Message -> JSON bytes (numpy arrays serialised natively, NaN -> null)."""
+    return orjson.dumps(to_dict(msg), option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+_DECODERS: dict[str, Any] = {
+    ObservationPacket.SCHEMA: ObservationPacket.from_dict,
+    "tocsin.detection/1": detection_from_dict,
+    IncidentRevision.SCHEMA: IncidentRevision.from_dict,
+    AlertMessage.SCHEMA: AlertMessage.from_dict,
+}
+
+
+def decode(raw: bytes | str, expected: str | None = None) -> Message:
+    """JSON bytes -> message; SchemaError for anything that is not a valid message."""
+    try:
+        d = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        preview = raw[:60] if isinstance(raw, bytes | str) else raw
+        raise SchemaError(f"not JSON ({exc}): {preview!r}") from exc
+    if not isinstance(d, dict):
+        raise SchemaError(f"expected a JSON object, got {type(d).__name__}")
+    schema = d.get("schema")
+    if expected is not None and schema != expected:
+        raise SchemaError(f"schema {schema!r} is not {expected!r}")
+    decoder = _DECODERS.get(schema)  # type: ignore[arg-type]
+    if decoder is None:
+        raise SchemaError(f"unknown schema {schema!r}; known: {sorted(_DECODERS)}")
+    try:
+        msg: Message = decoder(d)
+    except SchemaError:
+        raise
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SchemaError(f"{schema}: {type(exc).__name__}: {exc}") from exc
+    return msg
