@@ -1,7 +1,7 @@
 """A real Apache Kafka broker (KRaft, combined broker + controller, one node) for tocsin.
 
 The jars come from Maven Central through ``deploy/kafka/pom.xml`` into a cache folder
-outside the repository (``$TOCSIN_HOME/kafka-<version>/libs``) and are reused when present.
+outside the repository (``$TOCSIN_CACHE_DIR/kafka-<version>/libs``) and are reused when present.
 The broker listens on 127.0.0.1 only, formats its storage on first start, logs to
 ``$TOCSIN_HOME/broker/broker.log`` and is stopped with SIGTERM (SIGKILL after a timeout).
 """
@@ -71,7 +71,7 @@ class Broker:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.dir = settings.broker_dir
-        self.data_dir = settings.broker_data_dir or self.dir / "data"
+        self.data_dir = self.dir / "data"
         self.log = self.dir / "broker.log"
         self.pid_file = self.dir / "broker.pid"
         self.host = "127.0.0.1"

@@ -315,7 +315,7 @@ def series_to_packets(info: StationInfo, s: Series, packet_seconds: float,
 
 
 def _run(t: FloatArray, i: int) -> tuple[int, float]:
-    """The run of samples t[i:j] on one grid of interval dt (holes of up to 2 samples become NaN)."""
+    """The run t[i:j] on one grid of interval dt (holes of up to 2 samples become NaN)."""
     n = len(t)
     if i >= n - 1:
         return n, (float(t[i] - t[i - 1]) if i > 0 else 60.0)

@@ -21,8 +21,13 @@ class Settings(BaseSettings):
 
     home: Path = Field(
         default_factory=_default_home,
-        description="TOCSIN_HOME: cache and state (broker jars, broker data, built packages, "
-        "the default SQLite database, run folders).",
+        description="TOCSIN_HOME: state (broker data and log, the default SQLite database, "
+        "run folders, reports).",
+    )
+    cache_dir: Path = Field(
+        default_factory=_default_home,
+        description="TOCSIN_CACHE_DIR: downloaded and generated artefacts that can be reused "
+        "(the Kafka jars, built-in replay packages).",
     )
     kafka_bootstrap: str | None = Field(
         default=None,
@@ -32,8 +37,10 @@ class Settings(BaseSettings):
     kafka_version: str = Field(default="4.1.0", description="TOCSIN_KAFKA_VERSION")
     broker_port: int = Field(default=19092, description="TOCSIN_BROKER_PORT: client listener")
     controller_port: int = Field(default=19093, description="TOCSIN_CONTROLLER_PORT: KRaft")
-    broker_data_dir: Path | None = Field(
-        default=None, description="TOCSIN_BROKER_DATA_DIR: log.dirs; default HOME/broker/data"
+    broker_home: Path | None = Field(
+        default=None,
+        description="TOCSIN_BROKER_HOME: the broker's folder (config, pid, log, data in "
+        "data/); default HOME/broker",
     )
     broker_heap: str = Field(default="768m", description="TOCSIN_BROKER_HEAP: java -Xmx")
     topic_prefix: str = Field(default="tocsin", description="TOCSIN_TOPIC_PREFIX")
@@ -64,11 +71,11 @@ class Settings(BaseSettings):
 
     @property
     def broker_dir(self) -> Path:
-        return self.home / "broker"
+        return self.broker_home or self.home / "broker"
 
     @property
     def kafka_libs(self) -> Path:
-        return self.home / f"kafka-{self.kafka_version}" / "libs"
+        return self.cache_dir / f"kafka-{self.kafka_version}" / "libs"
 
     @property
     def bootstrap(self) -> str:

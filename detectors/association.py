@@ -1,0 +1,317 @@
+"""Associate detections from many stations and sensor kinds into incidents.
+
+The incidents are a pure function of the *set* of detections seen so far: detections are
+taken in order of the event time they were declared (``declared``, then ``key``), and each
+one that changes an incident issues a new revision stamped with that event time. So a
+replay at any speed, over any number of partitions and workers, ends with the same
+revisions; when a detection arrives late (after others declared later), the revisions from
+its declaration onward are recomputed and re-issued under the same (incident_id, revision)
+keys as corrections.
+
+Rules (documented in docs/design/association.md):
+
+* Pressure pulses (``lamb_pulse``) join an existing pressure-front incident when their
+  onset fits its moveout (|residual| <= ``join_tolerance_s``); otherwise the unassigned
+  pulses are offered to the front locator and, once it finds ``min_stations`` consistent
+  ones, they become a new ``volcanic_eruption`` incident. Each revision carries the source
+  solution and the Lamb-wave ETA of every tide gauge and DART in the registry (a watch).
+* Sea-level detections confirm a watch when their onset falls between
+  ``eta - watch_lead_s`` and the ocean-tsunami arrival (distance / ``tsunami_speed_min``)
+  plus ``watch_tail_s``; otherwise they gather into a ``tsunami`` incident (one per
+  ``cluster_window_s``) located, until more is known, at the first station.
+* Plume detections join the eruption whose source is within ``plume_radius_km``, or open a
+  ``volcanic_eruption`` incident located at the plume.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from detectors.base import Detection, StationInfo
+from detectors.front import FrontSolution, locate_front
+from detectors.geo import great_circle_km
+from streams.schemas import Forecast, IncidentRevision
+
+PRESSURE_DETECTORS = ("lamb_pulse",)
+SEA_LEVEL_KINDS = ("tide_gauge", "bottom_pressure")
+FORECAST_KINDS = ("tide_gauge", "bottom_pressure")
+
+
+@dataclass(frozen=True)
+class AssociationParams:
+    min_stations: int = 4
+    join_tolerance_s: float = 600.0
+    pick_window_s: float = 6 * 3600.0
+    watch_lead_s: float = 1800.0
+    watch_tail_s: float = 3 * 3600.0
+    tsunami_speed_min: float = 150.0
+    cluster_window_s: float = 24 * 3600.0
+    plume_radius_km: float = 300.0
+    plume_window_s: float = 6 * 3600.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class _Incident:
+    incident_id: str
+    type: str
+    created: float
+    picks: list[Detection] = field(default_factory=list)
+    sea_level: list[Detection] = field(default_factory=list)
+    plumes: list[Detection] = field(default_factory=list)
+    solution: FrontSolution | None = None
+    lat: float = math.nan
+    lon: float = math.nan
+    origin_time: float = math.nan
+    speed: float = math.nan
+
+
+def _incident_id(kind: str, first: Detection) -> str:
+    stamp = datetime.fromtimestamp(first.onset, tz=UTC).strftime("%Y%m%dT%H%M%SZ")
+    digest = hashlib.sha1(first.key.encode()).hexdigest()[:6]
+    return f"{kind}-{stamp}-{digest}"
+
+
+class Associator:
+    """Incremental front end of :func:`associate`: ``add`` returns new or corrected revisions."""
+
+    def __init__(self, registry: Iterable[StationInfo],
+                 params: AssociationParams | None = None) -> None:
+        self.registry = sorted(
+            (s for s in registry if s.kind in FORECAST_KINDS), key=lambda s: s.station_id
+        )
+        self.params = params or AssociationParams()
+        self._dets: list[tuple[float, str, Detection]] = []
+        self._keys: set[str] = set()
+        self._published: dict[str, IncidentRevision] = {}
+        self._cache: dict[tuple[str, ...], FrontSolution | None] = {}
+
+    def add(self, det: Detection) -> list[IncidentRevision]:
+        if det.key in self._keys:
+            return []  # a redelivered detection changes nothing
+        self._keys.add(det.key)
+        bisect.insort(self._dets, (det.declared, det.key, det))
+        changed = []
+        for rev in associate((d for _, _, d in self._dets), self.registry, self.params,
+                             cache=self._cache):
+            old = self._published.get(rev.key)
+            if old is None or old.to_dict() != rev.to_dict():
+                self._published[rev.key] = rev
+                changed.append(rev)
+        return changed
+
+    def revisions(self) -> list[IncidentRevision]:
+        return sorted(self._published.values(), key=lambda r: (r.issued, r.key))
+
+
+def associate(dets: Iterable[Detection], registry: list[StationInfo],
+              params: AssociationParams | None = None, *,
+              cache: dict[tuple[str, ...], FrontSolution | None] | None = None,
+              ) -> list[IncidentRevision]:
+    """All incident revisions for a set of detections (taken in declaration order)."""
+    p = params or AssociationParams()
+    cache = {} if cache is None else cache
+    ordered = sorted(dets, key=lambda d: (d.declared, d.key))
+    incidents: list[_Incident] = []
+    unassigned: list[Detection] = []
+    revisions: list[IncidentRevision] = []
+    last: dict[str, IncidentRevision] = {}
+
+    def locate(picks: list[Detection]) -> FrontSolution | None:
+        key = tuple(sorted(d.key for d in picks))
+        if key not in cache:
+            cache[key] = locate_front(picks, min_stations=p.min_stations)
+        return cache[key]
+
+    for det in ordered:
+        touched: _Incident | None = None
+        if det.detector in PRESSURE_DETECTORS:
+            touched = _add_pressure(det, incidents, unassigned, p, locate)
+        elif det.kind in SEA_LEVEL_KINDS:
+            touched = _add_sea_level(det, incidents, registry, p)
+        elif det.kind == "plume":
+            touched = _add_plume(det, incidents, p)
+        if touched is None:
+            continue
+        rev = _revision(touched, det.declared, registry, last.get(touched.incident_id), p)
+        if rev is not None:
+            last[touched.incident_id] = rev
+            revisions.append(rev)
+    return revisions
+
+
+def _add_pressure(det: Detection, incidents: list[_Incident], unassigned: list[Detection],
+                  p: AssociationParams, locate: Any) -> _Incident | None:
+    for inc in incidents:
+        sol = inc.solution
+        if sol is None or any(d.station_id == det.station_id for d in inc.picks):
+            continue
+        dist = float(great_circle_km(sol.lat, sol.lon, det.lat, det.lon))
+        predicted = sol.origin_time + dist * 1000.0 / sol.speed_m_s
+        if abs(det.onset - predicted) <= p.join_tolerance_s:
+            new = locate([*inc.picks, det])
+            inc.picks.append(det)
+            if new is not None:
+                _set_solution(inc, new)
+            return inc
+    unassigned.append(det)
+    recent = [d for d in unassigned if det.onset - d.onset <= p.pick_window_s]
+    # one pick per station: the earliest
+    by_station: dict[str, Detection] = {}
+    for d in sorted(recent, key=lambda d: (d.onset, d.key)):
+        by_station.setdefault(d.station_id, d)
+    if len(by_station) < p.min_stations:
+        return None
+    picks = list(by_station.values())
+    sol = locate(picks)
+    if sol is None or sol.n_used < p.min_stations:
+        return None
+    used = set(sol.used)
+    members = [d for d in picks if d.station_id in used]
+    first = min(members, key=lambda d: (d.onset, d.key))
+    inc = _Incident(_incident_id("eruption", first), "volcanic_eruption", det.declared,
+                    picks=members)
+    _set_solution(inc, sol)
+    for d in members:
+        unassigned.remove(d)
+    # an earlier plume-only incident at this source becomes part of this one
+    for other in list(incidents):
+        if other.solution is None and other.plumes and _near(other, inc, p):
+            inc.plumes.extend(other.plumes)
+            incidents.remove(other)
+    incidents.append(inc)
+    return inc
+
+
+def _near(plume_inc: _Incident, inc: _Incident, p: AssociationParams) -> bool:
+    dist = float(great_circle_km(plume_inc.lat, plume_inc.lon, inc.lat, inc.lon))
+    return dist <= p.plume_radius_km and abs(plume_inc.created - inc.origin_time) <= (
+        p.plume_window_s
+    )
+
+
+def _set_solution(inc: _Incident, sol: FrontSolution) -> None:
+    inc.solution = sol
+    inc.lat, inc.lon, inc.origin_time, inc.speed = (
+        sol.lat, sol.lon, sol.origin_time, sol.speed_m_s
+    )
+
+
+def _add_sea_level(det: Detection, incidents: list[_Incident], registry: list[StationInfo],
+                   p: AssociationParams) -> _Incident | None:
+    for inc in incidents:
+        if inc.solution is None or math.isnan(det.lat):
+            continue
+        dist_m = float(great_circle_km(inc.lat, inc.lon, det.lat, det.lon)) * 1000.0
+        eta = inc.origin_time + dist_m / inc.speed
+        latest = inc.origin_time + dist_m / p.tsunami_speed_min + p.watch_tail_s
+        if eta - p.watch_lead_s <= det.onset <= latest:
+            if all(d.station_id != det.station_id for d in inc.sea_level):
+                inc.sea_level.append(det)
+                return inc
+            return None
+    for inc in incidents:
+        if inc.type == "tsunami" and det.onset - inc.created <= p.cluster_window_s:
+            if all(d.station_id != det.station_id for d in inc.sea_level):
+                inc.sea_level.append(det)
+                return inc
+            return None
+    inc = _Incident(_incident_id("tsunami", det), "tsunami", det.onset, sea_level=[det],
+                    lat=det.lat, lon=det.lon)
+    incidents.append(inc)
+    return inc
+
+
+def _add_plume(det: Detection, incidents: list[_Incident], p: AssociationParams
+               ) -> _Incident | None:
+    for inc in incidents:
+        if inc.type != "volcanic_eruption" or math.isnan(inc.lat):
+            continue
+        dist = float(great_circle_km(inc.lat, inc.lon, det.lat, det.lon))
+        ref = inc.origin_time if not math.isnan(inc.origin_time) else inc.created
+        if dist <= p.plume_radius_km and abs(det.onset - ref) <= p.plume_window_s:
+            inc.plumes.append(det)
+            return inc
+    inc = _Incident(_incident_id("eruption", det), "volcanic_eruption", det.onset,
+                    plumes=[det], lat=det.lat, lon=det.lon)
+    incidents.append(inc)
+    return inc
+
+
+def forecasts(lat: float, lon: float, origin_time: float, speed: float,
+              registry: list[StationInfo]) -> tuple[Forecast, ...]:
+    if not registry:
+        return ()
+    lats = np.array([s.lat for s in registry])
+    lons = np.array([s.lon for s in registry])
+    dist = np.asarray(great_circle_km(lat, lon, lats, lons), dtype=float)
+    etas = origin_time + dist * 1000.0 / speed
+    out = [Forecast(s.station_id, s.kind, float(e), float(d))
+           for s, e, d in zip(registry, etas, dist, strict=True)]
+    return tuple(sorted(out, key=lambda f: (f.eta, f.station_id)))
+
+
+def _revision(inc: _Incident, issued: float, registry: list[StationInfo],
+              previous: IncidentRevision | None, p: AssociationParams) -> IncidentRevision | None:
+    sol = inc.solution
+    evidence = []
+    if sol is not None:
+        evidence.append("pressure_front")
+    if inc.plumes:
+        evidence.append("plume")
+    if inc.sea_level:
+        evidence.append("sea_level")
+    fc: tuple[Forecast, ...] = ()
+    if sol is not None:
+        fc = forecasts(sol.lat, sol.lon, sol.origin_time, sol.speed_m_s, registry)
+        status = "confirmed" if inc.sea_level else "watch"
+    elif inc.type == "tsunami":
+        status = "observed"
+    else:
+        status = "detected"
+    dets = sorted(d.key for d in [*inc.picks, *inc.sea_level, *inc.plumes])
+    extra: dict[str, Any] = {}
+    if inc.plumes:
+        top = max(inc.plumes, key=lambda d: (d.amplitude, d.key))
+        extra["plume_height_km"] = round(top.amplitude, 3)
+    if sol is not None:
+        extra["params"] = p.as_dict()
+    rev = IncidentRevision(
+        incident_id=inc.incident_id,
+        type=inc.type,
+        revision=1 if previous is None else previous.revision + 1,
+        issued=issued,
+        status=status,
+        origin_time=inc.origin_time,
+        lat=inc.lat,
+        lon=inc.lon,
+        speed_m_s=inc.speed,
+        detections=tuple(dets),
+        stations_used=tuple(sorted(sol.used)) if sol is not None else tuple(
+            sorted({d.station_id for d in inc.sea_level})),
+        rejected=tuple(sorted(sol.rejected)) if sol is not None else (),
+        rms_s=sol.rms_s if sol is not None else math.nan,
+        forecasts=fc,
+        confirmed=tuple(sorted(d.station_id for d in inc.sea_level)),
+        evidence=tuple(evidence),
+        extra=extra,
+    )
+    if previous is not None and _same_content(previous, rev):
+        return None
+    return rev
+
+
+def _same_content(a: IncidentRevision, b: IncidentRevision) -> bool:
+    # compare the wire form: NaN fields are None there, so they compare equal
+    return (replace(a, revision=0, issued=0.0).to_dict()
+            == replace(b, revision=0, issued=0.0).to_dict())

@@ -1,0 +1,244 @@
+"""``tocsin replay``: publish a package into Kafka in event time and run the full pipeline.
+
+The replayer creates the run's topics, starts the Faust workers (separate processes, one
+consumer group), publishes the packages' packets with their original timestamps at
+``speed`` times real time (``None`` = as fast as possible), sends an end marker to every
+observation partition, and collects detections, incident revisions and alerts from their
+topics until the end marker has travelled through every stage. The report is built by the
+same function as ``tocsin detect``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from detectors.base import Detection
+from replay.package import ReplayPackage
+from replay.registry import build_registry, write_registry
+from replay.report import build_report
+from replay.run import package_packets
+from streams.app import _is_control, control
+from streams.schemas import (
+    AlertMessage,
+    IncidentRevision,
+    Message,
+    ObservationPacket,
+    SchemaError,
+    decode,
+    encode,
+    iso,
+)
+from streams.topics import Topics, create_topics
+from tocsin.settings import Settings
+
+Listener = Callable[[Message], None]
+
+
+class ReplayError(RuntimeError):
+    """The streaming replay could not finish (a worker died, a stage timed out)."""
+
+
+@dataclass
+class Collected:
+    detections: list[Detection] = field(default_factory=list)
+    revisions: list[IncidentRevision] = field(default_factory=list)
+    alerts: list[AlertMessage] = field(default_factory=list)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def start_workers(settings: Settings, topics: Topics, registry_file: Path, n: int,
+                  log_dir: Path) -> list[subprocess.Popen[bytes]]:
+    procs = []
+    env = {**os.environ, "TOCSIN_KAFKA_BOOTSTRAP": settings.bootstrap}
+    for i in range(n):
+        log = open(log_dir / f"worker-{i}.log", "ab")  # noqa: SIM115 - handed to the child
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "tocsin", "worker", "--run-id", topics.run_id,
+             "--partitions", str(topics.partitions), "--registry", str(registry_file)],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+            start_new_session=True,
+        ))
+        log.close()
+    return procs
+
+
+def stop_workers(procs: list[subprocess.Popen[bytes]], timeout: float = 20.0) -> None:
+    for p in procs:
+        if p.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+
+async def collect(settings: Settings, topics: Topics, out: Collected,
+                  listeners: list[Listener], with_observations: bool = False) -> None:
+    """Read the run's output topics (and observations, for a dashboard) until the end."""
+    names = [topics.detections, topics.incidents, topics.alerts]
+    if with_observations:
+        names.append(topics.observations)
+    consumer = AIOKafkaConsumer(
+        *names,
+        bootstrap_servers=settings.bootstrap, auto_offset_reset="earliest",
+        enable_auto_commit=False, group_id=None,
+    )
+    await consumer.start()
+    try:
+        while not out.done.is_set():
+            batch = await consumer.getmany(timeout_ms=200)
+            for tp, records in batch.items():
+                for rec in records:
+                    ctl = _is_control(rec.value)
+                    if ctl is not None:
+                        if tp.topic == topics.alerts and ctl.get("type") == "end":
+                            out.done.set()
+                        continue
+                    try:
+                        msg = decode(rec.value)
+                    except SchemaError:
+                        continue  # the workers dead-letter it; a viewer just skips it
+                    if isinstance(msg, Detection):
+                        out.detections.append(msg)
+                    elif isinstance(msg, IncidentRevision):
+                        out.revisions.append(msg)
+                    elif isinstance(msg, AlertMessage):
+                        out.alerts.append(msg)
+                    for listener in listeners:
+                        listener(msg)
+    finally:
+        await consumer.stop()
+
+
+class Progress:
+    """A one-line progress bar on stderr: event time reached and samples/s."""
+
+    def __init__(self, pkg: ReplayPackage, stream: TextIO | None) -> None:
+        self.pkg, self.stream = pkg, stream
+        self.t0 = time.monotonic()
+        self.samples = 0
+        self.last = 0.0
+
+    def update(self, event_time: float, samples: int, final: bool = False) -> None:
+        self.samples += samples
+        now = time.monotonic()
+        if self.stream is None or (not final and now - self.last < 0.5):
+            return
+        self.last = now
+        frac = min(1.0, (event_time - self.pkg.start) / (self.pkg.end - self.pkg.start))
+        bar = "#" * int(frac * 30)
+        rate = self.samples / max(now - self.t0, 1e-9)
+        self.stream.write(f"\r[{bar:<30}] {iso(event_time)[:19]}Z  {self.samples:>10d} samples"
+                          f"  {rate:>10.0f} samples/s")
+        if final:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+async def publish(settings: Settings, topics: Topics, packets: list[ObservationPacket],
+                  pkg: ReplayPackage, speed: float | None, progress: Progress) -> float:
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.bootstrap, acks="all", enable_idempotence=True,
+        linger_ms=5, max_batch_size=1 << 20, max_request_size=8_000_000,
+    )
+    await producer.start()
+    t_start = time.monotonic()
+    try:
+        pending = []
+        for pkt in packets:
+            if speed is not None:
+                due = t_start + (pkt.end - pkg.start) / speed
+                delay = due - time.monotonic()
+                if delay > 0:
+                    if pending:
+                        await asyncio.gather(*pending)
+                        pending = []
+                    await asyncio.sleep(delay)
+            pending.append(await producer.send(topics.observations, encode(pkt),
+                                               key=pkt.station_id.encode()))
+            progress.update(pkt.end, len(pkt.values))
+            if len(pending) >= 2000:
+                await asyncio.gather(*pending)
+                pending = []
+        if pending:
+            await asyncio.gather(*pending)
+        for p in range(topics.partitions):
+            await producer.send_and_wait(
+                topics.observations, control("end", partitions=topics.partitions,
+                                             run=topics.run_id),
+                key=b"control", partition=p)
+    finally:
+        await producer.stop()
+    return time.monotonic() - t_start
+
+
+async def replay_package(pkg: ReplayPackage, settings: Settings, *, speed: float | None,
+                         partitions: int | None = None, workers: int = 1,
+                         listeners: list[Listener] | None = None,
+                         progress_stream: TextIO | None = sys.stderr,
+                         run_dir: Path | None = None, timeout: float = 1800.0,
+                         with_observations: bool = False) -> dict[str, Any]:
+    run_id = f"{pkg.event_id}-{uuid.uuid4().hex[:8]}"
+    topics = Topics.for_run(settings, run_id, partitions)
+    run_dir = run_dir or settings.home / "runs" / run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    registry = build_registry(pkg, settings.station_registry)
+    registry_file = run_dir / "registry.csv"
+    write_registry(registry, registry_file)
+    await create_topics(settings.bootstrap, topics)
+    packets = package_packets(pkg, settings.packet_seconds)
+    procs = start_workers(settings, topics, registry_file, workers, run_dir)
+    collected = Collected()
+    collector = asyncio.create_task(collect(settings, topics, collected, listeners or [],
+                                            with_observations))
+    progress = Progress(pkg, progress_stream)
+    stats: dict[str, Any] = {"run_id": run_id, "workers": workers,
+                             "partitions": topics.partitions}
+    try:
+        t0 = time.monotonic()
+        stats["publish_s"] = await publish(settings, topics, packets, pkg, speed, progress)
+        progress.update(pkg.end, 0, final=True)
+        deadline = time.monotonic() + timeout
+        while not collected.done.is_set():
+            if collector.done():
+                collector.result()  # raises the collector's error
+            dead = [p.returncode for p in procs if p.poll() is not None]
+            if len(dead) == len(procs):
+                raise ReplayError(f"all workers exited ({dead}); see {run_dir}/worker-*.log")
+            if time.monotonic() > deadline:
+                raise ReplayError(f"the pipeline did not finish within {timeout:.0f} s; "
+                                  f"see {run_dir}/worker-*.log")
+            await asyncio.sleep(0.1)
+        stats["elapsed_s"] = time.monotonic() - t0
+        stats["samples"] = progress.samples
+        stats["packets"] = len(packets)
+    finally:
+        collected.done.set()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(collector, 10)
+        stop_workers(procs)
+    event = {"id": pkg.event_id, "title": pkg.title,
+             "start": str(pkg.raw_event["event"]["start"]),
+             "end": str(pkg.raw_event["event"]["end"])}
+    report = build_report(event, collected.detections, collected.revisions, collected.alerts,
+                          mode="replay")
+    report["run"] = stats
+    return report

@@ -1,0 +1,40 @@
+"""The alert stage: incident revisions in, alert messages out, as a function of the set.
+
+Incident revisions may arrive out of order or be corrected (same key, new content). The
+stage keeps the latest version of each revision, replays the alert policy over them in
+order of issue, and emits only the alerts that are new or whose content changed, so the
+streaming pipeline and ``tocsin detect`` end with the same alerts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from responders.alerting import AlertPolicy
+from streams.schemas import AlertMessage, IncidentRevision
+
+
+def alerts_for_revisions(revisions: Iterable[IncidentRevision]) -> list[AlertMessage]:
+    policy = AlertPolicy()
+    out: list[AlertMessage] = []
+    for rev in sorted(revisions, key=lambda r: (r.issued, r.incident_id, r.revision)):
+        out.extend(policy.on_revision(rev))
+    return out
+
+
+class AlertStage:
+    def __init__(self) -> None:
+        self._revisions: dict[str, IncidentRevision] = {}
+        self._sent: dict[str, AlertMessage] = {}
+
+    def add(self, rev: IncidentRevision) -> list[AlertMessage]:
+        old = self._revisions.get(rev.key)
+        if old is not None and old.to_dict() == rev.to_dict():
+            return []
+        self._revisions[rev.key] = rev
+        changed = []
+        for alert in alerts_for_revisions(self._revisions.values()):
+            if self._sent.get(alert.identifier) != alert:
+                self._sent[alert.identifier] = alert
+                changed.append(alert)
+        return changed

@@ -1,0 +1,171 @@
+"""The Faust app factory: decode, call a detector stage, emit.
+
+``create_app(settings, topics, registry)`` builds one app with three agents:
+
+* ``detect``    observations -> per-station detector pipelines -> detections
+* ``associate`` detections   -> associator                     -> incident revisions
+* ``alert``     incidents    -> alert policy (CAP 1.2)          -> alerts
+
+A message that cannot be decoded or validated goes to the dead-letter topic with the
+reason and ``topic[partition]@offset``; the agent keeps running. Control messages
+(``tocsin.control/1``, type ``end``) mark the end of a replay on each observation
+partition and travel down the chain so the replayer knows when every stage is done.
+No app object exists at import time.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import faust
+import orjson
+
+from detectors.association import Associator
+from detectors.base import DetectorError, StationInfo
+from detectors.pipeline import DetectorBank
+from responders.stage import AlertStage
+from streams.schemas import ObservationPacket, SchemaError, decode, encode
+from streams.topics import CONTROL_SCHEMA, Topics
+from tocsin.settings import Settings
+
+log = logging.getLogger("tocsin.streams")
+
+
+def control(kind: str, **fields: Any) -> bytes:
+    return orjson.dumps({"schema": CONTROL_SCHEMA, "type": kind, **fields})
+
+
+def _is_control(raw: bytes) -> dict[str, Any] | None:
+    if CONTROL_SCHEMA.encode() not in raw[:64]:
+        return None
+    try:
+        d = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return d if isinstance(d, dict) and d.get("schema") == CONTROL_SCHEMA else None
+
+
+def dead_letter_record(event: Any, reason: str) -> bytes:
+    msg = event.message
+    raw = event.value if isinstance(event.value, bytes) else str(event.value).encode()
+    return orjson.dumps({
+        "schema": "tocsin.deadletter/1",
+        "reason": reason,
+        "source": f"{msg.topic}[{msg.partition}]@{msg.offset}",
+        "key": (event.key or b"").decode(errors="replace"),
+        "value": raw[:65536].decode(errors="replace"),
+    })
+
+
+def station_for(pkt: ObservationPacket, registry: dict[str, StationInfo]) -> StationInfo:
+    known = registry.get(pkt.station_id)
+    if known is not None:
+        return known
+    return StationInfo(pkt.station_id, pkt.kind, pkt.lat, pkt.lon,
+                       0.0 if pkt.elevation_m != pkt.elevation_m else pkt.elevation_m,
+                       pkt.units)
+
+
+def create_app(settings: Settings, topics: Topics, registry: list[StationInfo]) -> faust.App:
+    app = faust.App(
+        topics.app_id,
+        broker=f"kafka://{settings.bootstrap}",
+        value_serializer="raw",
+        key_serializer="raw",
+        web_enabled=False,
+        producer_acks=-1,
+        broker_session_timeout=settings.session_timeout_ms / 1000.0,
+        broker_heartbeat_interval=1.0,
+        broker_commit_every=1000,
+        broker_commit_interval=1.0,
+        stream_buffer_maxsize=16384,
+        consumer_auto_offset_reset="earliest",
+        topic_allow_declare=False,
+        topic_disable_leader=True,
+        producer_linger_ms=5,
+        producer_max_request_size=8_000_000,
+        consumer_max_fetch_size=8_000_000,
+    )
+    by_id = {s.station_id: s for s in registry}
+    obs_topic = app.topic(topics.observations, internal=False)
+    det_topic = app.topic(topics.detections, internal=False)
+    inc_topic = app.topic(topics.incidents, internal=False)
+    alert_topic = app.topic(topics.alerts, internal=False)
+    dlq_topic = app.topic(topics.deadletter, internal=False)
+
+    bank = DetectorBank()
+    associator = Associator(registry)
+    alert_stage = AlertStage()
+    ends_seen: set[int] = set()
+
+    async def dead_letter(event: Any, reason: str) -> None:
+        log.warning("dead-letter %s[%s]@%s: %s", event.message.topic, event.message.partition,
+                    event.message.offset, reason)
+        await dlq_topic.send(key=event.key, value=dead_letter_record(event, reason))
+
+    @app.agent(obs_topic)
+    async def detect(stream: Any) -> None:
+        async for event in stream.events():
+            raw = event.value
+            ctl = _is_control(raw) if isinstance(raw, bytes) else None
+            if ctl is not None:
+                if ctl.get("type") == "end":
+                    await det_topic.send(key=b"control", value=control(
+                        "end", partition=event.message.partition,
+                        partitions=ctl.get("partitions"), run=ctl.get("run")))
+                continue
+            try:
+                pkt = decode(raw, ObservationPacket.SCHEMA)
+                assert isinstance(pkt, ObservationPacket)
+                station = station_for(pkt, by_id)
+                dets = bank.feed(station, pkt.start, pkt.sample_interval, pkt.values)
+            except (SchemaError, DetectorError) as exc:
+                await dead_letter(event, f"{type(exc).__name__}: {exc}")
+                continue
+            for det in dets:
+                await det_topic.send(key=det.station_id.encode(), value=encode(det))
+
+    @app.agent(det_topic)
+    async def associate(stream: Any) -> None:
+        async for event in stream.events():
+            raw = event.value
+            ctl = _is_control(raw) if isinstance(raw, bytes) else None
+            if ctl is not None:
+                if ctl.get("type") == "end":
+                    ends_seen.add(int(ctl["partition"]))
+                    if len(ends_seen) >= int(ctl.get("partitions") or 1):
+                        await inc_topic.send(key=b"control", value=control(
+                            "end", run=ctl.get("run")))
+                continue
+            try:
+                det = decode(raw, "tocsin.detection/1")
+            except SchemaError as exc:
+                await dead_letter(event, f"SchemaError: {exc}")
+                continue
+            for rev in associator.add(det):  # type: ignore[arg-type]
+                await inc_topic.send(key=rev.incident_id.encode(), value=encode(rev))
+
+    @app.agent(inc_topic)
+    async def alert(stream: Any) -> None:
+        async for event in stream.events():
+            raw = event.value
+            ctl = _is_control(raw) if isinstance(raw, bytes) else None
+            if ctl is not None:
+                if ctl.get("type") == "end":
+                    await alert_topic.send(key=b"control", value=control("end",
+                                                                         run=ctl.get("run")))
+                continue
+            try:
+                rev = decode(raw, "tocsin.incident/1")
+            except SchemaError as exc:
+                await dead_letter(event, f"SchemaError: {exc}")
+                continue
+            for msg in alert_stage.add(rev):  # type: ignore[arg-type]
+                await alert_topic.send(key=msg.incident_id.encode(), value=encode(msg))
+
+    app.tocsin = {  # type: ignore[attr-defined]
+        "bank": bank, "associator": associator, "alerts": alert_stage,
+        "agents": (detect, associate, alert),
+    }
+    return app

@@ -1,0 +1,65 @@
+"""The real broker: start/status/stop, and a produce/consume round trip with acks=all."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from deploy.broker import Broker, BrokerError
+from streams.topics import Topics, create_topics
+from tocsin.settings import Settings
+
+pytestmark = pytest.mark.kafka
+
+
+def test_status_reports_running(kafka_settings: Settings) -> None:
+    if kafka_settings.kafka_bootstrap:
+        pytest.skip("external cluster: no local broker to inspect")
+    st = Broker(kafka_settings).status()
+    assert st.running and st.pid is not None
+    assert str(kafka_settings.broker_port) in st.bootstrap
+    assert st.log.exists()
+
+
+def test_topics_are_created_explicitly_and_round_trip(kafka_settings: Settings) -> None:
+    topics = Topics.for_run(kafka_settings, "broker-test", 3)
+
+    async def go() -> list[bytes]:
+        await create_topics(kafka_settings.bootstrap, topics)
+        await create_topics(kafka_settings.bootstrap, topics)  # idempotent
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_settings.bootstrap, acks="all",
+                                    enable_idempotence=True)
+        await producer.start()
+        try:
+            for i in range(10):
+                await producer.send_and_wait(topics.observations, f"m{i}".encode(),
+                                             key=b"S1")
+        finally:
+            await producer.stop()
+        consumer = AIOKafkaConsumer(topics.observations, bootstrap_servers=kafka_settings.bootstrap,
+                                    auto_offset_reset="earliest", group_id=None)
+        await consumer.start()
+        got: list[bytes] = []
+        try:
+            while len(got) < 10:
+                batch = await consumer.getmany(timeout_ms=5000)
+                assert batch, "no records within 5 s"
+                for recs in batch.values():
+                    got.extend(r.value for r in recs)
+        finally:
+            await consumer.stop()
+        return got
+
+    got = asyncio.run(go())
+    assert got == [f"m{i}".encode() for i in range(10)]  # one key, one partition: in order
+
+
+def test_port_taken_is_a_clear_error(kafka_settings: Settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    if kafka_settings.kafka_bootstrap:
+        pytest.skip("external cluster: no local broker")
+    other = Settings(home=tmp_path, broker_port=kafka_settings.broker_port,
+                     controller_port=kafka_settings.controller_port + 1)
+    with pytest.raises(BrokerError, match=str(kafka_settings.broker_port)):
+        Broker(other).start(timeout=5)

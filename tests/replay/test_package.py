@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from detectors.base import StationInfo
+from replay.package import (
+    PackageError,
+    Series,
+    load_package,
+    read_ndbc_series,
+    series_to_packets,
+)
+
+HEADER = "station_id,kind,lat,lon,elevation_m,units,file,format\n"
+
+
+def make_package(root: Path, rows: str, event: str | None = None) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "event.toml").write_text(event or (
+        '[event]\nid = "t"\ntitle = "test"\nstart = "2022-01-15T00:00:00Z"\n'
+        'end = "2022-01-15T02:00:00Z"\n'))
+    (root / "stations.csv").write_text(HEADER + rows)
+    (root / "a.csv").write_text("time,value\n2022-01-15T00:00:00Z,1000.0\n"
+                                "2022-01-15T00:01:00Z,1000.1\n")
+    return root
+
+
+def test_good_package(tmp_path: Path) -> None:
+    pkg = load_package(make_package(tmp_path / "p", "A,barometer,-21.1,-175.2,10,hPa,a.csv,csv\n"))
+    assert pkg.event_id == "t" and len(pkg.stations) == 1
+    pkts = pkg.packets(pkg.stations[0], 600)
+    assert len(pkts) == 1 and pkts[0].values.tolist() == [1000.0, 1000.1]
+
+
+@pytest.mark.parametrize(
+    ("rows", "needle"),
+    [
+        ("A,volcano,-21,-175,0,hPa,a.csv,csv\n", "stations.csv:2: kind 'volcano'"),
+        ("A,barometer,-121,-175,0,hPa,a.csv,csv\n", "lat -121.0"),
+        ("A,barometer,x,-175,0,hPa,a.csv,csv\n", "stations.csv:2: lat 'x' is not a number"),
+        ("A,barometer,-21,-175,0,hPa,missing.csv,csv\n", "file 'missing.csv' does not exist"),
+        ("A,barometer,-21,-175,0,hPa,a.csv,xlsx\n", "format 'xlsx'"),
+        ("A,barometer,-21,-175,0,hPa,a.csv,csv\nA,barometer,-21,-175,0,hPa,a.csv,csv\n",
+         "stations.csv:3: station_id 'A' appears twice"),
+        ("A,barometer,-21,-175\n", "stations.csv:2: 4 columns"),
+    ],
+)
+def test_bad_stations_name_file_line_value(tmp_path: Path, rows: str, needle: str) -> None:
+    root = make_package(tmp_path / "p", rows)
+    with pytest.raises(PackageError) as info:
+        load_package(root)
+    assert needle in str(info.value)
+
+
+def test_bad_event_and_csv(tmp_path: Path) -> None:
+    root = make_package(tmp_path / "p", "A,barometer,-21,-175,0,hPa,a.csv,csv\n",
+                        event='[event]\nid = "t"\ntitle = "x"\nstart = "2022-01-15T00:00:00Z"\n'
+                              'end = "2022-01-14T00:00:00Z"\n')
+    with pytest.raises(PackageError, match="end 2022-01-14T00:00:00Z is not after start"):
+        load_package(root)
+    root = make_package(tmp_path / "q", "A,barometer,-21,-175,0,hPa,a.csv,csv\n")
+    (root / "a.csv").write_text("time,value\n2022-01-15T00:00:00Z,1000.0\n"
+                                "2022-01-15T00:01:00Z,ten\n")
+    pkg = load_package(root)
+    with pytest.raises(PackageError, match=r"a.csv:3: value 'ten' is not a number"):
+        pkg.series(pkg.stations[0])
+
+
+def test_packets_cover_the_record_and_align(tmp_path: Path) -> None:
+    t = 1642204800.0 + np.concatenate([np.arange(0, 3600, 60.0), np.arange(7200, 9000, 15.0)])
+    t = np.delete(t, [5])  # a one-sample hole becomes NaN inside a packet
+    v = np.sin(t / 1000.0)
+    info = StationInfo("S", "tide_gauge", 0, 0, 0, "m")
+    pkts = list(series_to_packets(info, Series(t, v), 600))
+    got_t = np.concatenate([p.start + np.arange(len(p.values)) * p.sample_interval
+                            for p in pkts])
+    got_v = np.concatenate([p.values for p in pkts])
+    finite = np.isfinite(got_v)
+    np.testing.assert_allclose(got_t[finite], t)
+    np.testing.assert_allclose(got_v[finite], v)
+    assert (~finite).sum() == 1
+    # boundaries on multiples of 600 s of event time, so every run cuts the same packets
+    assert all(round(p.start) % 600 == 0 for p in pkts[1:] if p.sample_interval == 60.0)
+    assert {p.sample_interval for p in pkts} == {60.0, 15.0}
+    assert [p.seq for p in pkts] == list(range(len(pkts)))
+
+
+def test_ndbc_real_file_newest_first(shared_data: Path) -> None:
+    s = read_ndbc_series(shared_data / "tohoku2011" / "dart_ndbc_raw" / "21413.txt")
+    assert np.all(np.diff(s.times) > 0)
+    assert np.all(s.values < 9000)  # 9999 rows dropped
+    assert 5800 < float(np.median(s.values)) < 5850
+
+
+def test_ndbc_bad_row(tmp_path: Path) -> None:
+    f = tmp_path / "x.txt"
+    f.write_text("#YY  MM DD hh mm ss T   HEIGHT\n2011 03 15 00 00 00 7 5825.0\n")
+    with pytest.raises(PackageError, match="x.txt:2: measurement type 7"):
+        read_ndbc_series(f)

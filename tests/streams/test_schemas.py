@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from detectors.base import Detection
+from streams.schemas import (
+    AlertMessage,
+    Forecast,
+    IncidentRevision,
+    ObservationPacket,
+    SchemaError,
+    decode,
+    encode,
+    iso,
+    parse_time,
+)
+
+finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False)
+times = st.floats(min_value=0.0, max_value=4e9, allow_nan=False)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    values=st.lists(st.one_of(finite, st.just(math.nan)), min_size=1, max_size=50),
+    start=times,
+    dt=st.floats(min_value=0.01, max_value=3600.0),
+    sid=st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-", min_size=1, max_size=12),
+)
+def test_observation_round_trip(values: list[float], start: float, dt: float, sid: str) -> None:
+    pkt = ObservationPacket(sid, "barometer", "LDI", start, dt, np.array(values), "hPa",
+                            source="test", seq=7, lat=-21.1, lon=-175.2)
+    back = decode(encode(pkt))
+    assert isinstance(back, ObservationPacket)
+    assert back.station_id == sid and back.start == start and back.sample_interval == dt
+    np.testing.assert_array_equal(back.values, pkt.values)  # NaN == NaN here
+    assert back.seq == 7 and back.lat == -21.1
+
+
+@settings(max_examples=40, deadline=None)
+@given(onset=times, amp=finite, lag=st.floats(min_value=0, max_value=1e4))
+def test_detection_round_trip(onset: float, amp: float, lag: float) -> None:
+    det = Detection("NUKU", "barometer", "lamb_pulse", "1", onset, onset + lag, amp, "hPa",
+                    onset + 2 * lag, lat=-21.1, lon=-175.2, params={"k": 3.0},
+                    extra={"snr": 12.5})
+    assert decode(encode(det)) == det
+
+
+def test_incident_and_alert_round_trip() -> None:
+    rev = IncidentRevision(
+        "eruption-x", "volcanic_eruption", 2, 1642221000.0, "watch", 1642220085.0, -20.5,
+        -175.4, 315.0, ("a", "b"), ("S1", "S2"), ("S9",), 12.0,
+        (Forecast("abur", "tide_gauge", 1642246000.0, 8106.0),), (), ("pressure_front",),
+        {"plume_height_km": 57.0},
+    )
+    assert decode(encode(rev)).to_dict() == rev.to_dict()
+    nan_rev = IncidentRevision("t", "tsunami", 1, 1.0, "observed", math.nan, 1.0, 2.0,
+                               math.nan, ("k",))
+    assert decode(encode(nan_rev)).to_dict() == nan_rev.to_dict()
+    alert = AlertMessage("urn:x", "Update", 1642221000.0, "eruption-x", 2, "Tsunami watch",
+                         "Severe", "Expected", "Likely", "h", ("a,b,c",), "<alert/>")
+    assert decode(encode(alert)) == alert
+
+
+@pytest.mark.parametrize(
+    ("raw", "needle"),
+    [
+        (b"not json", "not JSON"),
+        (b"[1, 2]", "JSON object"),
+        (b'{"schema": "tocsin.nope/9"}', "tocsin.nope/9"),
+        (b'{"schema": "tocsin.observation/1", "station_id": "X"}', "values"),
+        (b'{"schema": "tocsin.observation/1", "station_id": "X", "kind": "volcano", '
+         b'"channel": "c", "start": "2022-01-15T00:00:00Z", "sample_interval_s": 1, '
+         b'"values": [1], "units": "hPa"}', "'volcano'"),
+        (b'{"schema": "tocsin.observation/1", "station_id": "X", "kind": "barometer", '
+         b'"channel": "c", "start": "2022-01-15T00:00:00Z", "sample_interval_s": -1, '
+         b'"values": [1], "units": "hPa"}', "-1"),
+        (b'{"schema": "tocsin.observation/1", "station_id": "X", "kind": "barometer", '
+         b'"channel": "c", "start": "yesterday", "sample_interval_s": 1, '
+         b'"values": [1], "units": "hPa"}', "'yesterday'"),
+        (b'{"schema": "tocsin.observation/1", "station_id": "X", "kind": "barometer", '
+         b'"channel": "c", "start": "2022-01-15T00:00:00Z", "sample_interval_s": 1, '
+         b'"values": ["a"], "units": "hPa"}', "values"),
+    ],
+)
+def test_bad_messages_name_the_bad_value(raw: bytes, needle: str) -> None:
+    with pytest.raises(SchemaError, match=None) as info:
+        decode(raw)
+    assert needle in str(info.value)
+
+
+def test_times() -> None:
+    t = parse_time("2022-01-15T04:14:45Z")
+    assert iso(t) == "2022-01-15T04:14:45.000Z"
+    with pytest.raises(SchemaError, match="no time zone"):
+        parse_time("2022-01-15T04:14:45")

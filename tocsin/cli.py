@@ -1,0 +1,185 @@
+"""The ``tocsin`` command line: ``main(argv=None)``, one sub-command per job."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from tocsin import __version__
+from tocsin.settings import Settings
+
+
+def _speed(text: str) -> float | None:
+    if text == "max":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"speed {text!r} is not a number or 'max'") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"speed {text!r} must be > 0")
+    return value
+
+
+def resolve_package(name: str, settings: Settings):  # type: ignore[no-untyped-def]
+    """A folder path, or the name of a built-in package (built on first use)."""
+    from replay.scenario import BUILTIN_PACKAGES, ensure_builtin
+
+    from replay.package import PackageError, load_package
+
+    path = Path(name)
+    if path.is_dir():
+        return load_package(path)
+    if name in BUILTIN_PACKAGES:
+        return load_package(ensure_builtin(name, settings.cache_dir / "packages"))
+    raise PackageError(f"package {name!r} is neither a folder nor a built-in package "
+                       f"{list(BUILTIN_PACKAGES)}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tocsin", description=__doc__)
+    p.add_argument("--version", action="version", version=f"tocsin {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    b = sub.add_parser("broker", help="start, stop or check the local Kafka broker")
+    b.add_argument("action", choices=["start", "stop", "status", "fetch"])
+
+    w = sub.add_parser("worker", help="run a stream worker (Faust) for one run's topics")
+    w.add_argument("--run-id", default="live")
+    w.add_argument("--partitions", type=int, default=None)
+    w.add_argument("--registry", type=Path, default=None)
+    w.add_argument("--loglevel", default="warning")
+
+    d = sub.add_parser("detect", help="run the detectors in-process on a package (no broker)")
+    d.add_argument("package")
+    d.add_argument("--report", type=Path, required=True)
+
+    r = sub.add_parser("replay", help="replay a package through Kafka and the workers")
+    r.add_argument("package")
+    r.add_argument("--speed", type=_speed, default=None, help="N times real time, or 'max'")
+    r.add_argument("--report", type=Path, required=True)
+    r.add_argument("--partitions", type=int, default=None)
+    r.add_argument("--workers", type=int, default=1)
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    run = sub.add_parser("run", help="the demo: broker, workers, dashboard, Tonga 2022 replay")
+    run.add_argument("--package", default="tonga2022")
+    run.add_argument("--duration", type=float, default=120.0,
+                     help="wall-clock seconds the replay should take (default 120)")
+    run.add_argument("--exit-when-done", action="store_true",
+                     help="exit when the replay is finished instead of serving the dashboard")
+    run.add_argument("--report", type=Path, default=None)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = Settings()
+    from replay.package import PackageError
+
+    try:
+        return _dispatch(args, settings)
+    except PackageError as exc:
+        print(f"tocsin: bad package: {exc}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    if args.command == "broker":
+        from deploy.broker import Broker
+
+        broker = Broker(settings)
+        if args.action == "start":
+            print(broker.start())
+        elif args.action == "stop":
+            broker.stop()
+            print(broker.status())
+        elif args.action == "fetch":
+            print(broker.fetch())
+        else:
+            st = broker.status()
+            print(st)
+            return 0 if st.running else 1
+        return 0
+    if args.command == "worker":
+        return _worker(args, settings)
+    if args.command == "detect":
+        from replay.report import write_report
+        from replay.run import detect_package
+
+        pkg = resolve_package(args.package, settings)
+        report = detect_package(pkg, packet_seconds=settings.packet_seconds,
+                                registry_file=settings.station_registry)
+        write_report(report, args.report)
+        _summary(report)
+        return 0
+    if args.command == "replay":
+        from replay.report import write_report
+        from replay.streaming import replay_package
+
+        pkg = resolve_package(args.package, settings)
+        with _broker(settings):
+            report = asyncio.run(replay_package(
+                pkg, settings, speed=args.speed, partitions=args.partitions,
+                workers=args.workers, progress_stream=None if args.quiet else sys.stderr))
+        write_report(report, args.report)
+        _summary(report)
+        return 0
+    if args.command == "run":
+        from tocsin.demo import run_demo
+
+        return run_demo(settings, args)
+    raise AssertionError(args.command)
+
+
+class _broker:
+    """Start the local broker unless TOCSIN_KAFKA_BOOTSTRAP names a cluster; stop it after."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.started = False
+
+    def __enter__(self) -> _broker:
+        if self.settings.kafka_bootstrap:
+            return self
+        from deploy.broker import Broker
+
+        broker = Broker(self.settings)
+        if not broker.status().running:
+            print(f"starting Kafka {self.settings.kafka_version} (KRaft) ...", file=sys.stderr)
+            broker.start()
+            self.started = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.started:
+            from deploy.broker import Broker
+
+            Broker(self.settings).stop()
+
+
+def _worker(args: argparse.Namespace, settings: Settings) -> int:
+    from replay.registry import read_registry
+    from streams.app import create_app
+    from streams.topics import Topics
+
+    registry = read_registry(args.registry) if args.registry else []
+    topics = Topics.for_run(settings, args.run_id, args.partitions)
+    app = create_app(settings, topics, registry)
+    sys.argv = ["tocsin-worker", "worker", "--without-web", "--loglevel", args.loglevel]
+    app.main()
+    return 0
+
+
+def _summary(report: dict) -> None:  # type: ignore[type-arg]
+    print(json.dumps({
+        "detections": len(report["detections"]),
+        "incidents": [{k: i[k] for k in ("id", "type", "status", "origin_time", "lat", "lon",
+                                         "speed_m_s")} | {"revisions": len(i["revisions"])}
+                      for i in report["incidents"]],
+        "alerts": len(report["alerts"]),
+    }, indent=1))

@@ -1,0 +1,154 @@
+"""``tocsin run``: the main job.
+
+Starts the broker (unless an external cluster is configured), the stream workers and the
+dashboard, replays the bundled Tonga 2022 scenario so that it takes about two minutes,
+prints each detection, incident revision and alert as it happens, stores them, then keeps
+the dashboard up until Ctrl-C (or exits at once with ``--exit-when-done``) and stops
+everything it started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+from detectors.base import Detection
+from streams.schemas import AlertMessage, IncidentRevision, Message, ObservationPacket, iso
+from tocsin.settings import Settings
+
+
+def describe(msg: Message) -> str | None:
+    """One line for the console, or None for messages not worth a line (packets)."""
+    if isinstance(msg, Detection):
+        return (f"DETECTION  {iso(msg.declared)[:19]}Z  {msg.station_id:<14} {msg.kind:<15} "
+                f"{msg.detector:<12} onset {iso(msg.onset)[11:19]}  "
+                f"amplitude {msg.amplitude:+.3g} {msg.units}")
+    if isinstance(msg, IncidentRevision):
+        where = ("" if msg.lat != msg.lat else f" at {msg.lat:.2f},{msg.lon:.2f}")
+        speed = "" if msg.speed_m_s != msg.speed_m_s else f" speed {msg.speed_m_s:.0f} m/s"
+        origin = "" if msg.origin_time != msg.origin_time else f" origin {iso(msg.origin_time)}"
+        watches = f", {len(msg.forecasts)} ETA watches" if msg.forecasts else ""
+        confirmed = f", {len(msg.confirmed)} sea-level confirmations" if msg.confirmed else ""
+        return (f"INCIDENT   {iso(msg.issued)[:19]}Z  {msg.incident_id} rev {msg.revision} "
+                f"[{msg.status}] {msg.type}{where}{origin}{speed}"
+                f" ({len(msg.stations_used)} stations{watches}{confirmed})")
+    if isinstance(msg, AlertMessage):
+        return (f"ALERT      {iso(msg.sent)[:19]}Z  CAP {msg.msg_type:<6} {msg.identifier} "
+                f"{msg.severity}/{msg.urgency}/{msg.certainty}: {msg.headline}")
+    return None
+
+
+class Console:
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+
+    def __call__(self, msg: Message) -> None:
+        line = describe(msg)
+        if line is not None:
+            self.out.write("\r" + line + "\n")
+            self.out.flush()
+
+
+def run_demo(settings: Settings, args: argparse.Namespace) -> int:
+    return asyncio.run(_demo(settings, args))
+
+
+async def _demo(settings: Settings, args: argparse.Namespace) -> int:
+    from replay.report import write_report
+    from replay.streaming import replay_package
+    from tocsin.cli import _broker, resolve_package
+
+    pkg = resolve_package(args.package, settings)
+    speed = (pkg.end - pkg.start) / max(args.duration, 1.0)
+    out = sys.stdout
+    listeners: list[Any] = [Console(out)]
+    sinks = _sinks(settings, pkg, listeners)
+    server = task = None
+    url = f"http://{settings.http_host}:{settings.http_port}/"
+    with _broker(settings):
+        if sinks.get("state") is not None:
+            server, task = await _serve_dashboard(settings, sinks["state"])
+            print(f"dashboard: {url}", file=out)
+        print(f"replaying {pkg.event_id} ({pkg.title}) at {speed:.0f}x real time, "
+              f"{len(pkg.stations)} stations", file=out)
+        report = await replay_package(pkg, settings, speed=speed, listeners=listeners,
+                                      with_observations=sinks.get("state") is not None)
+        report_path = args.report or settings.home / "reports" / f"{pkg.event_id}.json"
+        write_report(report, report_path)
+        _final(report, report_path, sinks, out)
+        if not args.exit_when_done and server is not None:
+            print(f"dashboard stays up at {url} - Ctrl-C to stop", file=out)
+            await _wait_for_interrupt()
+        if server is not None and task is not None:
+            server.should_exit = True
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(task, 10)
+    print("stopped", file=out)
+    return 0
+
+
+def _sinks(settings: Settings, pkg: Any, listeners: list[Any]) -> dict[str, Any]:
+    sinks: dict[str, Any] = {}
+    try:
+        from dashboards.state import LiveState
+    except ImportError:  # the dashboard package is optional for the console demo
+        LiveState = None  # noqa: N806
+    if LiveState is not None:
+        state = LiveState()
+        for info in pkg.station_infos():
+            state.add_station(info)
+
+        def feed(msg: Message) -> None:
+            if isinstance(msg, ObservationPacket):
+                state.on_packet(msg)
+            elif isinstance(msg, Detection):
+                state.on_detection(msg)
+            elif isinstance(msg, IncidentRevision):
+                state.on_revision(msg)
+            elif isinstance(msg, AlertMessage):
+                state.on_alert(msg)
+
+        listeners.append(feed)
+        sinks["state"] = state
+    return sinks
+
+
+async def _serve_dashboard(settings: Settings, state: Any) -> tuple[Any, asyncio.Task[Any]]:
+    import uvicorn
+    from dashboards.app import create_app
+
+    config = uvicorn.Config(create_app(state), host=settings.http_host, port=settings.http_port,
+                            log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    for _ in range(100):
+        if server.started:
+            break
+        await asyncio.sleep(0.05)
+    if not server.started:
+        raise RuntimeError(f"the dashboard did not start on {settings.http_host}:"
+                           f"{settings.http_port} (port taken? set TOCSIN_HTTP_PORT)")
+    return server, task
+
+
+def _final(report: dict[str, Any], path: Path, sinks: dict[str, Any], out: TextIO) -> None:
+    print(f"\nreport: {path}", file=out)
+    print(f"{len(report['detections'])} detections, {len(report['incidents'])} incidents, "
+          f"{len(report['alerts'])} alerts", file=out)
+    for inc in report["incidents"]:
+        print(f"  {inc['id']} {inc['type']} [{inc['status']}] origin {inc['origin_time']} "
+              f"lat {inc['lat']} lon {inc['lon']} speed {inc['speed_m_s']} m/s, "
+              f"{len(inc['revisions'])} revisions, {len(inc['forecasts'])} forecasts", file=out)
+
+
+async def _wait_for_interrupt() -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
