@@ -1,0 +1,140 @@
+"""``make bench``: throughput figures and ratios, from one run.
+
+* end to end: samples/s through ``tocsin replay --speed max`` (publish, workers with the
+  detectors and the associator, collector) on a large synthetic package (>= 500 stations);
+* raw consume: samples/s a plain aiokafka consumer reaches on the same packets from the
+  same topic (no decoding), and the ratio of the two;
+* detector kernels: samples/s of the streaming pressure detector fed 1-s packets over all
+  stations, next to an ObsPy batch kernel (``recursive_sta_lta``) on the same arrays.
+
+Targets (issue 2/3): >= 1 M samples/s end to end, >= 25 % of raw consume; kernels >= 25 %
+of the ObsPy batch kernel. The figures are printed, never asserted by unit tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tocsin.settings import Settings
+
+
+async def raw_consume(settings: Settings, topic: str, expected_records: int) -> float:
+    """Seconds a plain consumer needs to read every record of ``topic`` from the start."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.bootstrap, group_id=None,
+                                auto_offset_reset="earliest", enable_auto_commit=False,
+                                max_partition_fetch_bytes=8 << 20, fetch_max_bytes=64 << 20)
+    await consumer.start()
+    try:
+        seen = 0
+        t0 = time.perf_counter()
+        while seen < expected_records:
+            batch = await consumer.getmany(timeout_ms=2000, max_records=10000)
+            if not batch:
+                raise RuntimeError(f"raw consume stalled at {seen}/{expected_records} records")
+            seen += sum(len(v) for v in batch.values())
+        return time.perf_counter() - t0
+    finally:
+        await consumer.stop()
+
+
+def kernel_bench(pkg: Any, seconds: float = 600.0) -> dict[str, float]:
+    """Detector kernels on 1-s packets vs ObsPy's batch recursive STA/LTA."""
+    from obspy.signal.trigger import recursive_sta_lta
+
+    from detectors.pipeline import DetectorBank
+
+    arrays = []
+    for entry in pkg.stations:
+        s = pkg.series(entry)
+        n = int(seconds / float(np.median(np.diff(s.times))))
+        arrays.append((entry.info, s.times[:n], s.values[:n]))
+    total = sum(len(v) for _, _, v in arrays)
+    bank = DetectorBank()
+    t0 = time.perf_counter()
+    for i in range(max(len(v) for _, _, v in arrays)):
+        for info, t, v in arrays:
+            if i < len(v):
+                bank.feed(info, float(t[i]), 1.0, v[i:i + 1])
+    ours = total / (time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    for _, _, v in arrays:
+        recursive_sta_lta(np.nan_to_num(v - v.mean()), 5, 60)
+    obspy_rate = total / (time.perf_counter() - t0)
+    return {"kernel_samples": total, "kernel_samples_per_s": ours,
+            "obspy_recursive_sta_lta_samples_per_s": obspy_rate,
+            "kernel_ratio": ours / obspy_rate}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="tocsin-bench", description=__doc__)
+    ap.add_argument("--stations", type=int, default=500)
+    ap.add_argument("--hours", type=float, default=2.0)
+    ap.add_argument("--partitions", type=int, default=4)
+    ap.add_argument("--workers", type=int, default=1)
+    args = ap.parse_args(argv)
+
+    from deploy.broker import Broker
+    from replay.package import load_package
+    from replay.scenario import build_synthetic
+    from replay.streaming import replay_package
+    from streams.topics import Topics
+
+    settings = Settings()
+    cache = settings.cache_dir / "packages" / f"bench-{args.stations}-{args.hours:g}h"
+    if not (cache / "event.toml").exists():
+        print(f"building a synthetic package: {args.stations} stations x {args.hours} h at 1 Hz",
+              file=sys.stderr)
+        build_synthetic(cache, n_stations=args.stations, hours=args.hours)
+    pkg = load_package(cache)
+
+    started = False
+    broker = Broker(settings)
+    if not settings.kafka_bootstrap and not broker.status().running:
+        broker.start()
+        started = True
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            report = asyncio.run(replay_package(
+                pkg, settings, speed=None, partitions=args.partitions, workers=args.workers,
+                progress_stream=None, run_dir=Path(tmp)))
+        run = report["run"]
+        topics = Topics.for_run(settings, run["run_id"], run["partitions"])
+        raw_s = asyncio.run(raw_consume(settings, topics.observations, run["packets"]))
+    finally:
+        if started:
+            broker.stop()
+    samples = run["samples"]
+    e2e = samples / run["elapsed_s"]
+    raw = samples / raw_s
+    kern = kernel_bench(pkg)
+    lines = [
+        f"package                      {pkg.event_id}: {len(pkg.stations)} stations, "
+        f"{samples} samples in {run['packets']} packets",
+        f"end to end (replay --speed max, {args.workers} worker(s), {run['partitions']} "
+        f"partitions): {e2e:,.0f} samples/s ({run['elapsed_s']:.2f} s)",
+        f"raw aiokafka consume, same packets:   {raw:,.0f} samples/s ({raw_s:.2f} s)",
+        f"ratio end-to-end / raw consume:       {e2e / raw:.1%}   (target >= 25 %)",
+        f"end-to-end target 1 M samples/s:      {'met' if e2e >= 1e6 else 'NOT met'}",
+        f"detector kernels, 1-s packets:        {kern['kernel_samples_per_s']:,.0f} samples/s "
+        f"over {len(pkg.stations)} stations",
+        f"obspy recursive_sta_lta (batch):      "
+        f"{kern['obspy_recursive_sta_lta_samples_per_s']:,.0f} samples/s",
+        f"ratio kernels / obspy batch:          {kern['kernel_ratio']:.1%}   (target >= 25 %)",
+    ]
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
