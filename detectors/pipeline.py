@@ -22,7 +22,7 @@ DEFAULT_DETECTORS: dict[str, tuple[str, ...]] = {
     "tide_gauge": ("detectors.sealevel:TsunamiDetector",),
     "bottom_pressure": ("detectors.sealevel:TsunamiDetector",),
     "seismic": (),
-    "plume": (),
+    "plume": ("detectors.plume:PlumeDetector",),
 }
 
 
@@ -71,6 +71,27 @@ class StationPipeline:
         out.sort(key=lambda d: (d.declared, d.key))
         return out
 
+    def feed_frame(self, station_id: str, t: float, lat: FloatArray, lon: FloatArray,
+                   values: FloatArray) -> list[Detection]:
+        """A gridded frame (plume products): only for detectors that take frames."""
+        if station_id != self.station.station_id:
+            raise PacketError(f"frame for {station_id!r} fed to the pipeline of "
+                              f"{self.station.station_id!r}")
+        if t <= self.last_end + 1e-6:
+            self.duplicates += 1
+            return []
+        out: list[Detection] = []
+        for det in self.detectors:
+            feed = getattr(det, "feed_frame", None)
+            if feed is None:
+                raise PacketError(f"{self.station.station_id}: detector {det.name} takes "
+                                  "time series, not grid frames")
+            out.extend(feed(t, lat, lon, values))
+        self.last_end = t
+        self.packets += 1
+        self.samples += len(values)
+        return out
+
 
 @dataclass
 class DetectorBank:
@@ -93,3 +114,7 @@ class DetectorBank:
     def feed(self, station: StationInfo, t0: float, dt: float,
              values: FloatArray) -> list[Detection]:
         return self.pipeline(station).feed(station.station_id, station.kind, t0, dt, values)
+
+    def feed_frame(self, station: StationInfo, t: float, lat: FloatArray, lon: FloatArray,
+                   values: FloatArray) -> list[Detection]:
+        return self.pipeline(station).feed_frame(station.station_id, t, lat, lon, values)

@@ -27,11 +27,12 @@ from typing import Any
 import numpy as np
 
 from detectors.base import SENSOR_KINDS, DetectorError, FloatArray, StationInfo
-from streams.schemas import ObservationPacket, SchemaError, parse_time
+from streams.schemas import GridFrame, ObservationPacket, SchemaError, parse_time
 
 STATIONS_HEADER = ["station_id", "kind", "lat", "lon", "elevation_m", "units", "file", "format"]
-FORMATS = ("csv", "mseed", "ndbc_dart")
-DEFAULT_UNITS = {"barometer": "hPa", "tide_gauge": "m", "bottom_pressure": "m", "seismic": "counts"}
+FORMATS = ("csv", "mseed", "ndbc_dart", "grid_index")
+DEFAULT_UNITS = {"barometer": "hPa", "tide_gauge": "m", "bottom_pressure": "m",
+                 "seismic": "counts", "plume": "m"}
 
 
 class PackageError(ValueError):
@@ -69,13 +70,23 @@ class ReplayPackage:
         return [s.info for s in self.stations]
 
     def series(self, entry: StationEntry) -> Series:
+        if entry.format == "grid_index":
+            raise PackageError(f"{entry.file}: a grid index has frames, not a time series")
         readers = {"csv": read_csv_series, "mseed": read_mseed_series,
                    "ndbc_dart": read_ndbc_series}
         s = readers[entry.format](entry.file)
         keep = (s.times >= self.start) & (s.times <= self.end)
         return Series(s.times[keep], s.values[keep])
 
-    def packets(self, entry: StationEntry, packet_seconds: float) -> list[ObservationPacket]:
+    def packets(self, entry: StationEntry,
+                packet_seconds: float) -> list[ObservationPacket | GridFrame]:
+        if entry.format == "grid_index":
+            from replay.grids import GridError, read_frames
+
+            try:
+                return list(read_frames(entry.file, entry.info, self.start, self.end))
+            except GridError as exc:
+                raise PackageError(str(exc)) from exc
         s = self.series(entry)
         source = f"replay:{self.event_id}"
         return list(series_to_packets(entry.info, s, packet_seconds, source=source))

@@ -18,10 +18,11 @@ from replay.package import ReplayPackage
 from replay.registry import build_registry
 from replay.report import build_report
 from responders.stage import alerts_for_revisions
-from streams.schemas import ObservationPacket
+from streams.schemas import GridFrame, ObservationPacket
 
 
-def package_packets(pkg: ReplayPackage, packet_seconds: float) -> list[ObservationPacket]:
+def package_packets(pkg: ReplayPackage,
+                    packet_seconds: float) -> list[ObservationPacket | GridFrame]:
     """All packets of a package in event-time order (by packet end, then station)."""
     streams = [pkg.packets(entry, packet_seconds) for entry in pkg.stations]
     merged = heapq.merge(*streams, key=lambda p: (p.end, p.station_id))
@@ -36,7 +37,12 @@ def detect_package(pkg: ReplayPackage, *, packet_seconds: float = 600.0,
     infos = {s.station_id: s for s in pkg.station_infos()}
     detections: list[Detection] = []
     for pkt in package_packets(pkg, packet_seconds):
-        for det in bank.feed(infos[pkt.station_id], pkt.start, pkt.sample_interval, pkt.values):
+        info = infos[pkt.station_id]
+        if isinstance(pkt, GridFrame):
+            dets = bank.feed_frame(info, pkt.time, pkt.lat, pkt.lon, pkt.values)
+        else:
+            dets = bank.feed(info, pkt.start, pkt.sample_interval, pkt.values)
+        for det in dets:
             detections.append(det)
             assoc.add(det)
     revisions = assoc.revisions()

@@ -33,6 +33,7 @@ from replay.run import package_packets
 from streams.app import _is_control, control
 from streams.schemas import (
     AlertMessage,
+    GridFrame,
     IncidentRevision,
     Message,
     ObservationPacket,
@@ -153,7 +154,8 @@ class Progress:
         self.stream.flush()
 
 
-async def publish(settings: Settings, topics: Topics, packets: list[ObservationPacket],
+async def publish(settings: Settings, topics: Topics,
+                  packets: list[ObservationPacket | GridFrame],
                   pkg: ReplayPackage, speed: float | None, progress: Progress) -> float:
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.bootstrap, acks="all", enable_idempotence=True,

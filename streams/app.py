@@ -25,7 +25,7 @@ from detectors.association import Associator
 from detectors.base import DetectorError, StationInfo
 from detectors.pipeline import DetectorBank
 from responders.stage import AlertStage
-from streams.schemas import ObservationPacket, SchemaError, decode, encode
+from streams.schemas import GridFrame, ObservationPacket, SchemaError, decode, encode
 from streams.topics import CONTROL_SCHEMA, Topics
 from tocsin.settings import Settings
 
@@ -58,10 +58,15 @@ def dead_letter_record(event: Any, reason: str) -> bytes:
     })
 
 
-def station_for(pkt: ObservationPacket, registry: dict[str, StationInfo]) -> StationInfo:
+def station_for(pkt: ObservationPacket | GridFrame,
+                registry: dict[str, StationInfo]) -> StationInfo:
+    """The registry's entry for the station, else what the packet says of itself."""
     known = registry.get(pkt.station_id)
     if known is not None:
         return known
+    if isinstance(pkt, GridFrame):
+        return StationInfo(pkt.station_id, pkt.kind, pkt.product_lat, pkt.product_lon, 0.0,
+                           pkt.units)
     return StationInfo(pkt.station_id, pkt.kind, pkt.lat, pkt.lon,
                        0.0 if pkt.elevation_m != pkt.elevation_m else pkt.elevation_m,
                        pkt.units)
@@ -116,10 +121,16 @@ def create_app(settings: Settings, topics: Topics, registry: list[StationInfo]) 
                         partitions=ctl.get("partitions"), run=ctl.get("run")))
                 continue
             try:
-                pkt = decode(raw, ObservationPacket.SCHEMA)
-                assert isinstance(pkt, ObservationPacket)
-                station = station_for(pkt, by_id)
-                dets = bank.feed(station, pkt.start, pkt.sample_interval, pkt.values)
+                pkt = decode(raw)
+                if isinstance(pkt, ObservationPacket):
+                    station = station_for(pkt, by_id)
+                    dets = bank.feed(station, pkt.start, pkt.sample_interval, pkt.values)
+                elif isinstance(pkt, GridFrame):
+                    station = station_for(pkt, by_id)
+                    dets = bank.feed_frame(station, pkt.time, pkt.lat, pkt.lon, pkt.values)
+                else:
+                    raise SchemaError(f"{type(pkt).__name__} does not belong on the "
+                                      "observations topic")
             except (SchemaError, DetectorError) as exc:
                 await dead_letter(event, f"{type(exc).__name__}: {exc}")
                 continue

@@ -187,6 +187,83 @@ class ObservationPacket:
         )
 
 
+# --------------------------------------------------------------------------- grid frame
+
+
+@dataclass(frozen=True)
+class GridFrame:
+    """One frame of a gridded product (e.g. plume-top height), sent as its valid pixels.
+
+    Only pixels with a value travel (``lat``, ``lon``, ``values`` of equal length, float32 on
+    the wire); ``shape`` is the full grid's shape so the share of valid pixels is known.
+    """
+
+    SCHEMA: ClassVar[str] = "tocsin.gridframe/1"
+
+    station_id: str
+    kind: str
+    time: float
+    lat: FloatArray
+    lon: FloatArray
+    values: FloatArray
+    units: str
+    shape: tuple[int, int]
+    source: str = ""
+    seq: int = 0
+    product_lat: float = float("nan")
+    product_lon: float = float("nan")
+
+    def __post_init__(self) -> None:
+        if self.kind not in SENSOR_KINDS:
+            raise SchemaError(f"grid frame {self.station_id}: kind {self.kind!r} not in "
+                              f"{SENSOR_KINDS}")
+        if not (len(self.lat) == len(self.lon) == len(self.values)):
+            raise SchemaError(f"grid frame {self.station_id}: lat, lon and values differ in "
+                              f"length ({len(self.lat)}, {len(self.lon)}, {len(self.values)})")
+        if not math.isfinite(self.time):
+            raise SchemaError(f"grid frame {self.station_id}: time {self.time!r} not finite")
+
+    @property
+    def end(self) -> float:
+        return self.time
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": self.SCHEMA, "station_id": self.station_id, "kind": self.kind,
+            "time": iso(self.time), "time_s": self.time,
+            "lat": self.lat.astype(np.float32), "lon": self.lon.astype(np.float32),
+            "values": self.values.astype(np.float32), "units": self.units,
+            "shape": list(self.shape), "source": self.source, "seq": self.seq,
+            "product_lat": None if math.isnan(self.product_lat) else self.product_lat,
+            "product_lon": None if math.isnan(self.product_lon) else self.product_lon,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> GridFrame:
+        d = _check_schema(d, cls.SCHEMA)
+        arrays = []
+        for name in ("lat", "lon", "values"):
+            raw = _require(d, name, list, cls.SCHEMA)
+            try:
+                arrays.append(np.array(raw, dtype=np.float64))
+            except (TypeError, ValueError) as exc:
+                raise SchemaError(f"{cls.SCHEMA}: {name} are not numbers: {exc}") from exc
+        shape = _require(d, "shape", list, cls.SCHEMA)
+        if len(shape) != 2:
+            raise SchemaError(f"{cls.SCHEMA}: shape {shape!r} is not [rows, cols]")
+        t = d.get("time_s")
+        return cls(
+            station_id=_require(d, "station_id", str, cls.SCHEMA),
+            kind=_require(d, "kind", str, cls.SCHEMA),
+            time=float(t) if isinstance(t, int | float) else parse_time(d.get("time"), "time"),
+            lat=arrays[0], lon=arrays[1], values=arrays[2],
+            units=_require(d, "units", str, cls.SCHEMA),
+            shape=(int(shape[0]), int(shape[1])), source=str(d.get("source", "")),
+            seq=int(d.get("seq", 0)), product_lat=_opt_number(d, "product_lat"),
+            product_lon=_opt_number(d, "product_lon"),
+        )
+
+
 # --------------------------------------------------------------------------- detection
 
 
@@ -423,7 +500,7 @@ class AlertMessage:
 # --------------------------------------------------------------------------- wire
 
 
-Message = ObservationPacket | Detection | IncidentRevision | AlertMessage
+Message = ObservationPacket | GridFrame | Detection | IncidentRevision | AlertMessage
 
 
 def to_dict(msg: Message) -> dict[str, Any]:
@@ -439,6 +516,7 @@ def encode(msg: Message) -> bytes:
 
 _DECODERS: dict[str, Any] = {
     ObservationPacket.SCHEMA: ObservationPacket.from_dict,
+    GridFrame.SCHEMA: GridFrame.from_dict,
     "tocsin.detection/1": detection_from_dict,
     IncidentRevision.SCHEMA: IncidentRevision.from_dict,
     AlertMessage.SCHEMA: AlertMessage.from_dict,

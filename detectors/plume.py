@@ -1,0 +1,84 @@
+"""Explosive-eruption flag from geostationary plume-top height grids.
+
+Input: one frame at a time (event time, and the pixels that hold a plume: latitude,
+longitude, plume-top height in metres; pixels without a plume are simply absent or NaN).
+A frame in which at least ``min_pixels`` pixels reach ``threshold_km`` (default 15 km, the
+rule the Japan Meteorological Agency adopted after Hunga Tonga) declares an eruption:
+
+* ``onset`` = ``peak_time`` = ``declared`` = the frame time (the flag is raised on the
+  first frame; it is not revised: later frames only re-arm the detector);
+* ``amplitude`` = the ``min_pixels``-th highest height in km (a robust plume-top height:
+  a few hot or noisy pixels cannot make it);
+* location = the median latitude/longitude of the pixels within ``core_km`` of that
+  height (the overshooting top sits over the vent, before the plume drifts).
+
+After a flag the detector stays quiet until ``rearm_s`` of event time pass with no frame
+above the threshold. Pure: no files, no clock; frames must come in time order.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from detectors.base import Detection, FloatArray, PacketError, StationInfo
+
+
+class PlumeDetector:
+    name = "plume_height"
+    version = "1"
+
+    def __init__(self, station: StationInfo, *, threshold_km: float = 15.0,
+                 min_pixels: int = 4, core_km: float = 3.0, rearm_s: float = 6 * 3600.0
+                 ) -> None:
+        if threshold_km <= 0 or min_pixels < 1 or core_km < 0 or rearm_s < 0:
+            raise ValueError(
+                f"plume detector: threshold_km={threshold_km}, min_pixels={min_pixels}, "
+                f"core_km={core_km}, rearm_s={rearm_s}: all must be positive "
+                "(min_pixels >= 1)")
+        self.station = station
+        self.threshold_km = threshold_km
+        self.min_pixels = min_pixels
+        self.core_km = core_km
+        self.rearm_s = rearm_s
+        self._last_t = -math.inf
+        self._last_above = -math.inf
+        self._armed = True
+
+    def params(self) -> dict[str, Any]:
+        return {"threshold_km": self.threshold_km, "min_pixels": self.min_pixels,
+                "core_km": self.core_km, "rearm_s": self.rearm_s}
+
+    def feed_frame(self, t: float, lat: FloatArray, lon: FloatArray,
+                   height_m: FloatArray) -> list[Detection]:
+        if t <= self._last_t:
+            raise PacketError(f"plume frame at {t} is not after the previous frame at "
+                              f"{self._last_t}")
+        if not (lat.shape == lon.shape == height_m.shape):
+            raise PacketError(f"plume frame at {t}: lat {lat.shape}, lon {lon.shape} and "
+                              f"height {height_m.shape} differ in shape")
+        self._last_t = t
+        ok = np.isfinite(height_m) & np.isfinite(lat) & np.isfinite(lon)
+        h_km = height_m[ok] / 1000.0
+        above = h_km >= self.threshold_km
+        if int(above.sum()) < self.min_pixels:
+            if not self._armed and t - self._last_above >= self.rearm_s:
+                self._armed = True
+            return []
+        self._last_above = t
+        if not self._armed:
+            return []
+        self._armed = False
+        order = np.sort(h_km)[::-1]
+        robust_top = float(order[self.min_pixels - 1])
+        core = h_km >= robust_top - self.core_km
+        plat = float(np.median(lat[ok][core]))
+        plon = float(np.median(lon[ok][core]))
+        return [Detection(
+            station_id=self.station.station_id, kind="plume", detector=self.name,
+            detector_version=self.version, onset=t, peak_time=t, amplitude=robust_top,
+            units="km", declared=t, lat=plat, lon=plon, params=self.params(),
+            extra={"pixels_above": int(above.sum()), "max_km": float(order[0])},
+        )]

@@ -1,0 +1,117 @@
+"""Association: incidents are a function of the set of detections, in any arrival order."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+
+from detectors.association import Associator, associate
+from detectors.base import Detection, StationInfo
+from detectors.geo import great_circle_km
+from streams.schemas import parse_time
+
+ORIGIN = parse_time("2022-01-15T04:14:45Z")
+SRC = (-20.546, -175.390)
+# real coordinates (tide-gauge and barometer sites around the Pacific)
+BAROS = {
+    "NUKU": (-21.14, -175.18), "MSVF": (-17.745, 178.053), "APIA": (-13.83, -171.76),
+    "PAGO": (-14.28, -170.69), "NIUE": (-19.05, -169.92), "SUVA": (-18.13, 178.43),
+    "AUCK": (-36.85, 174.76), "NOUM": (-22.27, 166.44), "HILO": (19.73, -155.06),
+    "SYDN": (-33.85, 151.23),
+}
+GAUGES = [StationInfo("abur", "tide_gauge", 31.58, 131.41), StationInfo("kahu", "tide_gauge",
+          20.90, -156.47), StationInfo("NZA", "bottom_pressure", -42.37, 176.91)]
+
+
+def pulse(sid: str, lat: float, lon: float, speed: float = 315.0, src=SRC, t0=ORIGIN,
+          jitter: float = 0.0) -> Detection:
+    dist = float(great_circle_km(src[0], src[1], lat, lon))
+    onset = t0 + dist * 1000 / speed + jitter
+    return Detection(sid, "barometer", "lamb_pulse", "1", onset, onset + 600, 2.0, "hPa",
+                     onset + 900, lat=lat, lon=lon)
+
+
+def sea(sid: str, lat: float, lon: float, onset: float) -> Detection:
+    return Detection(sid, "tide_gauge", "sea_level", "1", onset, onset + 1200, 0.3, "m",
+                     onset + 3600, lat=lat, lon=lon)
+
+
+def pressure_dets() -> list[Detection]:
+    rng = np.random.default_rng(1)
+    return [pulse(s, *ll, jitter=float(rng.normal(0, 20))) for s, ll in BAROS.items()]
+
+
+def test_pressure_front_incident_with_watches() -> None:
+    revs = associate(pressure_dets(), GAUGES)
+    assert revs, "ten consistent pulses must make an incident"
+    ids = {r.incident_id for r in revs}
+    assert len(ids) == 1
+    first, last = revs[0], revs[-1]
+    assert first.revision == 1 and len(first.stations_used) >= 4
+    assert [r.revision for r in revs] == list(range(1, len(revs) + 1))
+    assert all(a.issued <= b.issued for a, b in zip(revs, revs[1:], strict=False))
+    assert last.status == "watch" and last.type == "volcanic_eruption"
+    assert float(great_circle_km(last.lat, last.lon, *SRC)) < 50
+    assert abs(last.origin_time - ORIGIN) < 120 and abs(last.speed_m_s - 315) < 8
+    assert {f.station_id for f in last.forecasts} == {"abur", "kahu", "NZA"}
+    abur = next(f for f in last.forecasts if f.station_id == "abur")
+    assert abs(abur.eta - (ORIGIN + abur.distance_km * 1000 / 315)) < 300
+
+
+def test_any_arrival_order_gives_the_same_revisions() -> None:
+    dets = pressure_dets() + [sea("abur", 31.58, 131.41, ORIGIN + 8106e3 / 315 + 300)]
+    reference = [r.to_dict() for r in associate(dets, GAUGES)]
+    for seed in range(5):
+        shuffled = dets[:]
+        random.Random(seed).shuffle(shuffled)
+        assoc = Associator(GAUGES)
+        emitted = []
+        for d in shuffled:
+            emitted.extend(assoc.add(d))
+            emitted.extend(assoc.add(d))  # a redelivery changes nothing
+        assert [r.to_dict() for r in assoc.revisions()] == reference
+        # every final revision was emitted at some point (corrections share the key)
+        assert {r.key for r in emitted} == {r["key"] for r in reference}
+
+
+def test_sea_level_confirms_a_watch_and_unrelated_does_not_merge() -> None:
+    dets = pressure_dets()
+    confirm = sea("abur", 31.58, 131.41, ORIGIN + 8106e3 / 315 + 600)
+    # a sea-level anomaly three days later is another incident
+    unrelated = sea("kahu", 20.90, -156.47, ORIGIN + 3 * 86400)
+    revs = associate([*dets, confirm, unrelated], GAUGES)
+    eruption = [r for r in revs if r.type == "volcanic_eruption"]
+    tsunami = [r for r in revs if r.type == "tsunami"]
+    assert eruption[-1].status == "confirmed" and eruption[-1].confirmed == ("abur",)
+    assert len({r.incident_id for r in tsunami}) == 1 and tsunami[-1].confirmed == ("kahu",)
+
+
+def test_two_sources_two_incidents_and_outlier_rejected() -> None:
+    dets = pressure_dets()
+    krakatau = (-6.10, 105.42)
+    t1 = ORIGIN + 2 * 86400
+    sites = {"JKT": (-6.2, 106.8), "SGP": (1.29, 103.85), "DRW": (-12.46, 130.84),
+             "PER": (-31.95, 115.86), "CLB": (6.93, 79.85)}
+    dets += [pulse(f"K{s}", *ll, src=krakatau, t0=t1) for s, ll in sites.items()]
+    # a pulse at a Tonga-network station that fits neither moveout
+    dets.append(Detection("ODD", "barometer", "lamb_pulse", "1", ORIGIN + 5000, ORIGIN + 5600,
+                          1.0, "hPa", ORIGIN + 5900, lat=-25.0, lon=-130.0))
+    revs = associate(dets, GAUGES)
+    by_id: dict[str, list] = {}
+    for r in revs:
+        by_id.setdefault(r.incident_id, []).append(r)
+    assert len(by_id) == 2
+    finals = sorted((rs[-1] for rs in by_id.values()), key=lambda r: r.origin_time)
+    assert float(great_circle_km(finals[0].lat, finals[0].lon, *SRC)) < 50
+    assert float(great_circle_km(finals[1].lat, finals[1].lon, *krakatau)) < 50
+    assert all("ODD" not in r.stations_used for r in finals)
+
+
+def test_plume_joins_the_eruption() -> None:
+    plume = Detection("himawari", "plume", "plume_height", "1", ORIGIN + 700, ORIGIN + 900,
+                      57.0, "km", ORIGIN + 900, lat=-20.5, lon=-175.4)
+    revs = associate([plume, *pressure_dets()], GAUGES)
+    assert len({r.incident_id for r in revs}) == 1
+    assert "plume" in revs[-1].evidence and "pressure_front" in revs[-1].evidence
+    assert revs[-1].extra["plume_height_km"] == 57.0

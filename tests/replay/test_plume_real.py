@@ -1,0 +1,27 @@
+"""The real Himawari-8 plume-height GeoTIFFs through the grid reader and the detector."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from detectors.geo import great_circle_km
+from replay.package import load_package
+from replay.run import detect_package
+from streams.schemas import parse_time
+from tests.realdata import build_tonga_plume
+
+
+def test_himawari_plume_flags_the_eruption(shared_data: Path, tmp_path: Path) -> None:
+    pkg = load_package(build_tonga_plume(shared_data, tmp_path / "plume"))
+    frames = pkg.packets(pkg.stations[0], 600.0)
+    assert len(frames) == 52
+    report = detect_package(pkg)
+    (det,) = report["detections"]
+    assert det["detector"] == "plume_height"
+    # first frame, 04:26 UTC, already holds a plume top far above 15 km
+    assert parse_time(det["onset"]) == parse_time("2022-01-15T04:26:03Z")
+    assert 25.0 < det["amplitude"] < 60.0
+    (inc,) = report["incidents"]
+    assert inc["type"] == "volcanic_eruption" and inc["evidence"] == ["plume"]
+    # the overshooting top is over the volcano (20.546 S, 175.390 W)
+    assert float(great_circle_km(inc["lat"], inc["lon"], -20.546, -175.390)) < 60

@@ -1,0 +1,130 @@
+"""The streaming pipeline on the real broker: replay == detect, dead letters, scale-out."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from replay.package import ReplayPackage, load_package
+from replay.registry import write_registry
+from replay.report import comparable
+from replay.run import detect_package
+from replay.scenario import build_tonga2022
+from replay.streaming import Collected, collect, replay_package, start_workers, stop_workers
+from streams.app import control
+from streams.schemas import ObservationPacket, encode
+from streams.topics import Topics, create_topics
+from tocsin.settings import Settings
+
+pytestmark = pytest.mark.kafka
+
+
+@pytest.fixture(scope="module")
+def tonga(tmp_path_factory: pytest.TempPathFactory) -> ReplayPackage:
+    return load_package(build_tonga2022(tmp_path_factory.mktemp("pkg") / "tonga2022"))
+
+
+@pytest.fixture(scope="module")
+def detect_report(tonga: ReplayPackage) -> dict:  # type: ignore[type-arg]
+    return detect_package(tonga, packet_seconds=600.0)
+
+
+def _same(a: dict, b: dict) -> None:  # type: ignore[type-arg]
+    ca, cb = comparable(a), comparable(b)
+    assert json.dumps(ca, sort_keys=True) == json.dumps(cb, sort_keys=True)
+
+
+def test_detect_report_is_not_empty(detect_report: dict) -> None:  # type: ignore[type-arg]
+    # the equality tests below mean nothing if both sides are empty
+    assert detect_report["schema"] == "tocsin.report/1"
+    assert len(detect_report["detections"]) >= 10
+    assert detect_report["incidents"], "the Tonga scenario must give an incident"
+    assert detect_report["alerts"], "and alerts"
+
+
+@pytest.mark.parametrize(("speed", "partitions"), [(None, 4), (3000.0, 2)])
+def test_replay_equals_detect(kafka_settings: Settings, tonga: ReplayPackage,
+                              detect_report: dict, speed: float | None,  # type: ignore[type-arg]
+                              partitions: int, tmp_path: Path) -> None:
+    report = asyncio.run(replay_package(tonga, kafka_settings, speed=speed,
+                                        partitions=partitions, progress_stream=None,
+                                        run_dir=tmp_path, timeout=600))
+    assert report["mode"] == "replay" and report["run"]["partitions"] == partitions
+    _same(report, detect_report)
+
+
+def test_two_workers_one_group_equal_one_worker(kafka_settings: Settings,
+                                                tonga: ReplayPackage, detect_report: dict,  # type: ignore[type-arg]
+                                                tmp_path: Path) -> None:
+    report = asyncio.run(replay_package(tonga, kafka_settings, speed=None, partitions=6,
+                                        workers=2, progress_stream=None, run_dir=tmp_path,
+                                        timeout=600))
+    assert report["run"]["workers"] == 2
+    logs = sorted(tmp_path.glob("worker-*.log"))
+    assert len(logs) == 2
+    _same(report, detect_report)
+
+
+def test_bad_messages_go_to_dead_letter_and_worker_keeps_running(
+        kafka_settings: Settings, tmp_path: Path) -> None:
+    topics = Topics.for_run(kafka_settings, "dlq-test", 1)
+    registry = tmp_path / "registry.csv"
+    write_registry([], registry)
+
+    good = ObservationPacket("S1", "barometer", "LDI", 1642204800.0, 60.0,
+                             np.full(30, 1010.0), "hPa", lat=-21.1, lon=-175.2)
+    bad = [b"not json at all", b'{"schema": "tocsin.observation/1", "station_id": "S2"}',
+           orjson.dumps({**orjson.loads(encode(good)), "sample_interval_s": -5})]
+
+    async def go() -> tuple[list[dict], Collected]:  # type: ignore[type-arg]
+        await create_topics(kafka_settings.bootstrap, topics)
+        procs = start_workers(kafka_settings, topics, registry, 1, tmp_path)
+        out = Collected()
+        task = asyncio.create_task(collect(kafka_settings, topics, out, []))
+        try:
+            producer = AIOKafkaProducer(bootstrap_servers=kafka_settings.bootstrap, acks="all")
+            await producer.start()
+            try:
+                for raw in bad:
+                    await producer.send_and_wait(topics.observations, raw, key=b"S2")
+                await producer.send_and_wait(topics.observations, encode(good), key=b"S1")
+                await producer.send_and_wait(topics.observations,
+                                             control("end", partitions=1, run="dlq"),
+                                             key=b"control", partition=0)
+            finally:
+                await producer.stop()
+            # the end marker passes every stage only if the worker survived the bad input
+            await asyncio.wait_for(out.done.wait(), 120)
+            assert all(p.poll() is None for p in procs), "the worker died"
+            consumer = AIOKafkaConsumer(topics.deadletter, group_id=None,
+                                        bootstrap_servers=kafka_settings.bootstrap,
+                                        auto_offset_reset="earliest")
+            await consumer.start()
+            letters: list[dict] = []  # type: ignore[type-arg]
+            try:
+                while len(letters) < len(bad):
+                    batch = await consumer.getmany(timeout_ms=10000)
+                    assert batch, f"only {len(letters)} dead letters"
+                    for recs in batch.values():
+                        letters.extend(orjson.loads(r.value) for r in recs)
+            finally:
+                await consumer.stop()
+            return letters, out
+        finally:
+            out.done.set()
+            await asyncio.wait_for(task, 10)
+            stop_workers(procs)
+
+    letters, _ = asyncio.run(go())
+    assert [d["schema"] for d in letters] == ["tocsin.deadletter/1"] * 3
+    assert letters[0]["source"] == f"{topics.observations}[0]@0"
+    assert "not JSON" in letters[0]["reason"]
+    assert "values" in letters[1]["reason"]
+    assert "-5" in letters[2]["reason"] and "sample_interval" in letters[2]["reason"]
+    assert letters[2]["value"].startswith("{")
