@@ -82,11 +82,11 @@ def test_stations_header_and_files(tonga: Path) -> None:
         header = next(csv.reader(fh))
     assert header == STATIONS_HEADER
     rows = _stations(tonga)
-    units = {"barometer": "hPa", "tide_gauge": "m", "bottom_pressure": "m"}
+    units = {"barometer": "hPa", "tide_gauge": "m", "bottom_pressure": "m", "plume": "m"}
     assert len({r["station_id"] for r in rows}) == len(rows)
     for r in rows:
         assert (tonga / r["file"]).is_file(), r
-        assert r["format"] == "csv"
+        assert r["format"] == ("grid_index" if r["kind"] == "plume" else "csv")
         assert units[r["kind"]] == r["units"]
         assert "," not in r["station_id"]
     kinds = [r["kind"] for r in rows]
@@ -101,6 +101,8 @@ def test_stations_header_and_files(tonga: Path) -> None:
 def test_every_csv_parses_with_ascending_utc_times(tonga: Path) -> None:
     start, end = _t("2022-01-15T00:00:00Z"), _t("2022-01-15T14:00:00Z")
     for r in _stations(tonga):
+        if r["format"] != "csv":
+            continue
         stamps, times, values = _read(tonga / r["file"])
         assert all(ISO_Z.match(s) for s in stamps), r["file"]
         assert np.all(np.diff(times) > 0), r["file"]
@@ -265,3 +267,20 @@ def test_ensure_builtin_builds_once_and_rebuilds_on_version_change(tmp_path: Pat
 def test_ensure_builtin_unknown_name_lists_the_known_ones(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"'tonga2021'.*\['tonga2022'\]"):
         ensure_builtin("tonga2021", tmp_path)
+
+
+def test_plume_frames_grow_over_the_vent(tonga: Path) -> None:
+    from replay.scenario import great_circle_km
+
+    pkg = load_package(tonga)
+    entry = next(e for e in pkg.stations if e.info.kind == "plume")
+    frames = pkg.packets(entry, 600.0)
+    assert len(frames) == 17  # 04:20 to 07:00 every 10 min
+    sizes = [len(f.values) for f in frames]
+    assert sizes == sorted(sizes) and sizes[0] > 100
+    tops = [float(f.values.max()) / 1000 for f in frames]
+    assert max(tops) == pytest.approx(58.2, abs=1.5)
+    last = frames[-1]
+    core = last.values >= last.values.max() - 500
+    lat, lon = float(last.lat[core].mean()), float(last.lon[core].mean())
+    assert float(great_circle_km(lat, lon, -20.546, -175.390)) < 10
