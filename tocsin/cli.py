@@ -66,6 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--workers", type=int, default=1)
     r.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    e = sub.add_parser("evaluate", help="metrics of a report against a package's truth, "
+                       "and the record-section figure")
+    e.add_argument("report", type=Path)
+    e.add_argument("--truth", required=True, help="the package (folder or built-in name)")
+    e.add_argument("--figure", type=Path, default=None, help="record section PNG")
+    e.add_argument("--out", type=Path, default=None, help="metrics JSON")
+
     run = sub.add_parser("run", help="the demo: broker, workers, dashboard, Tonga 2022 replay")
     run.add_argument("--package", default="tonga2022")
     run.add_argument("--duration", type=float, default=120.0,
@@ -128,6 +135,18 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
                 workers=args.workers, progress_stream=None if args.quiet else sys.stderr))
         write_report(report, args.report)
         _summary(report)
+        return 0
+    if args.command == "evaluate":
+        from replay.evaluate import evaluate, record_section, write_metrics
+
+        pkg = resolve_package(args.truth, settings)
+        report = json.loads(args.report.read_text())
+        metrics = evaluate(report, pkg)
+        print(json.dumps({k: v for k, v in metrics.items() if k != "detections"}, indent=1))
+        if args.out:
+            write_metrics(metrics, args.out)
+        if args.figure:
+            print(f"record section: {record_section(report, pkg, args.figure)}")
         return 0
     if args.command == "run":
         from tocsin.demo import run_demo

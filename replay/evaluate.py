@@ -1,0 +1,156 @@
+"""``tocsin evaluate REPORT --truth PACKAGE``: metrics against the truth, and a record section.
+
+Metrics (JSON, printed and returned):
+
+* the pressure-front source solution of every incident with one: distance of the final and
+  of the first solution from the true source (km), origin-time error (s), speed error
+  (m/s), the event time of the first solution and how many stations it used;
+* watch lead times: for each forecast station, the true Lamb-wave arrival minus the event
+  time the first watch covering it was issued (hours), with the minimum over a group of
+  stations (e.g. the Japanese gauges);
+* per detection: the onset minus the arrival predicted from the truth (s).
+
+The figure is the record section researchers expect: each station's high-passed trace
+(normalised) plotted at its distance from the true source against time, detections marked,
+and the fitted moveout line ``distance = speed * (t - origin)`` of the final solution.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from detectors.geo import great_circle_km
+from replay.package import ReplayPackage
+from streams.schemas import parse_time
+
+JAPAN_GAUGES = ("abur", "hako", "kush", "ofun", "omae", "tosa", "ishig", "chij", "mera")
+
+
+def truth_of(pkg: ReplayPackage) -> dict[str, float]:
+    t = pkg.truth
+    missing = [k for k in ("origin_time", "lat", "lon") if k not in t]
+    if missing:
+        raise ValueError(f"{pkg.root / 'event.toml'}: [truth] lacks {missing}")
+    return {"origin_time": parse_time(str(t["origin_time"]), "origin_time"),
+            "lat": float(t["lat"]), "lon": float(t["lon"]),
+            "speed_m_s": float(t.get("speed_m_s", math.nan))}
+
+
+def evaluate(report: dict[str, Any], pkg: ReplayPackage,
+             groups: dict[str, tuple[str, ...]] | None = None) -> dict[str, Any]:
+    truth = truth_of(pkg)
+    groups = groups if groups is not None else {"japan": JAPAN_GAUGES}
+    coords = {s.station_id: (s.lat, s.lon) for s in pkg.station_infos()}
+    speed = truth["speed_m_s"] if not math.isnan(truth["speed_m_s"]) else 315.0
+
+    def true_arrival(sid: str) -> float:
+        lat, lon = coords[sid]
+        return truth["origin_time"] + float(
+            great_circle_km(truth["lat"], truth["lon"], lat, lon)) * 1000.0 / speed
+
+    out: dict[str, Any] = {"truth": {k: v for k, v in truth.items()}, "incidents": []}
+    for inc in report["incidents"]:
+        sols = [r for r in inc["revisions"] if r["solution"]["speed_m_s"] is not None]
+        if not sols:
+            out["incidents"].append({"id": inc["id"], "type": inc["type"],
+                                     "evidence": inc["evidence"]})
+            continue
+        first, last = sols[0], sols[-1]
+
+        def err(rev: dict[str, Any]) -> dict[str, float]:
+            s = rev["solution"]
+            return {
+                "distance_km": round(float(great_circle_km(s["lat"], s["lon"], truth["lat"],
+                                                           truth["lon"])), 2),
+                "origin_time_s": round(parse_time(s["origin_time"]) - truth["origin_time"], 1),
+                "speed_m_s": round(s["speed_m_s"] - speed, 2),
+                "stations": len(s["stations_used"]),
+                "issued": rev["issued"],
+            }
+
+        # first watch per station: the first revision with a solution covers every station
+        issued0 = parse_time(first["issued"])
+        leads = {sid: round((true_arrival(sid) - issued0) / 3600.0, 3)
+                 for sid in (f["station_id"] for f in inc["forecasts"]) if sid in coords}
+        out["incidents"].append({
+            "id": inc["id"], "type": inc["type"], "evidence": inc["evidence"],
+            "first_solution": err(first), "final_solution": err(last),
+            "revisions": len(inc["revisions"]),
+            "watch_lead_h": leads,
+            "watch_lead_h_min": {g: min((leads[s] for s in ids if s in leads), default=None)
+                                 for g, ids in groups.items()},
+        })
+    out["detections"] = [{
+        "station_id": d["station_id"], "detector": d["detector"],
+        "onset_minus_predicted_s": round(parse_time(d["onset"]) - true_arrival(d["station_id"]), 1)
+        if d["station_id"] in coords and d["detector"] == "lamb_pulse" else None,
+    } for d in report["detections"]]
+    return out
+
+
+def record_section(report: dict[str, Any], pkg: ReplayPackage, out: Path,
+                   kinds: tuple[str, ...] = ("barometer",), corner_s: float = 3 * 3600.0,
+                   max_traces: int = 60) -> Path:
+    """Filtered traces against distance from the true source, detections and moveout."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from scipy.signal import butter, sosfiltfilt
+
+    truth = truth_of(pkg)
+    t0 = truth["origin_time"]
+    entries = [e for e in pkg.stations if e.info.kind in kinds and e.format != "grid_index"]
+    dist = {e.info.station_id: float(great_circle_km(truth["lat"], truth["lon"], e.info.lat,
+                                                     e.info.lon)) for e in entries}
+    entries = sorted(entries, key=lambda e: dist[e.info.station_id])[:max_traces]
+    span = max(dist.values(), default=1000.0)
+    scale = span / max(len(entries), 1) * 0.8
+    fig, ax = plt.subplots(figsize=(11, 8))
+    for e in entries:
+        s = pkg.series(e)
+        ok = np.isfinite(s.values)
+        if ok.sum() < 10:
+            continue
+        dt = float(np.median(np.diff(s.times)))
+        t, v = s.times[ok], s.values[ok]
+        grid = np.arange(t[0], t[-1] + dt / 2, dt)
+        y = np.interp(grid, t, v)
+        sos = butter(2, 1.0 / corner_s, btype="highpass", fs=1.0 / dt, output="sos")
+        y = sosfiltfilt(sos, y - y[0]) if len(y) > 20 else y - y.mean()
+        peak = np.nanmax(np.abs(y)) or 1.0
+        sid = e.info.station_id
+        ax.plot((grid - t0) / 3600.0, dist[sid] + scale * y / peak, lw=0.6, color="0.2")
+        ax.text((grid[-1] - t0) / 3600.0, dist[sid], f" {sid}", fontsize=6, va="center")
+    for d in report["detections"]:
+        if d["station_id"] in dist:
+            ax.plot((parse_time(d["onset"]) - t0) / 3600.0, dist[d["station_id"]], "r|", ms=14,
+                    mew=2)
+    finals = [i for i in report["incidents"] if i["speed_m_s"]]
+    hours = np.linspace(0, (pkg.end - t0) / 3600.0, 50)
+    for inc in finals:
+        dt0 = (parse_time(inc["origin_time"]) - t0) / 3600.0
+        ax.plot(hours, (hours - dt0) * 3.6 * inc["speed_m_s"], "b--", lw=1,
+                label=f"fitted moveout {inc['speed_m_s']:.0f} m/s")
+    ax.set_xlim((pkg.start - t0) / 3600.0, (pkg.end - t0) / 3600.0)
+    ax.set_ylim(-scale * 2, span + scale * 2)
+    ax.set_xlabel(f"hours after {report['event']['id']} origin ({pkg.truth.get('origin_time')})")
+    ax.set_ylabel("distance from the true source (km)")
+    ax.set_title(f"Record section: {pkg.title}\nhigh-passed ({corner_s / 3600:g} h corner), "
+                 "normalised; red = detection onsets")
+    if finals:
+        ax.legend(loc="upper left")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return out
+
+
+def write_metrics(metrics: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(metrics, indent=2) + "\n")
