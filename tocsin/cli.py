@@ -27,9 +27,8 @@ def _speed(text: str) -> float | None:
 
 def resolve_package(name: str, settings: Settings):  # type: ignore[no-untyped-def]
     """A folder path, or the name of a built-in package (built on first use)."""
-    from replay.scenario import BUILTIN_PACKAGES, ensure_builtin
-
     from replay.package import PackageError, load_package
+    from replay.scenario import BUILTIN_PACKAGES, ensure_builtin
 
     path = Path(name)
     if path.is_dir():

@@ -120,6 +120,7 @@ def _sinks(settings: Settings, pkg: Any, listeners: list[Any]) -> dict[str, Any]
 
 async def _serve_dashboard(settings: Settings, state: Any) -> tuple[Any, asyncio.Task[Any]]:
     import uvicorn
+
     from dashboards.app import create_app
 
     config = uvicorn.Config(create_app(state), host=settings.http_host, port=settings.http_port,
