@@ -41,6 +41,7 @@ from detectors.geo import great_circle_km
 from streams.schemas import Forecast, IncidentRevision
 
 PRESSURE_DETECTORS = ("lamb_pulse",)
+RETRACTED = "retracted"
 SEA_LEVEL_KINDS = ("tide_gauge", "bottom_pressure")
 FORECAST_KINDS = ("tide_gauge", "bottom_pressure")
 
@@ -97,16 +98,25 @@ class Associator:
         self._cache: dict[tuple[str, ...], FrontSolution | None] = {}
 
     def add(self, det: Detection) -> list[IncidentRevision]:
+        """New, corrected and retracted revisions after ``det`` (fed in declared order,
+        only new revisions come out; a late detection may correct or retract earlier ones).
+        """
         if det.key in self._keys:
             return []  # a redelivered detection changes nothing
         self._keys.add(det.key)
         bisect.insort(self._dets, (det.declared, det.key, det))
+        current = {r.key: r for r in associate((d for _, _, d in self._dets), self.registry,
+                                               self.params, cache=self._cache)}
         changed = []
-        for rev in associate((d for _, _, d in self._dets), self.registry, self.params,
-                             cache=self._cache):
-            old = self._published.get(rev.key)
+        for key, old in list(self._published.items()):
+            if key not in current:
+                # formed from an incomplete set: withdrawn under the same key
+                del self._published[key]
+                changed.append(replace(old, status=RETRACTED, detections=(), forecasts=()))
+        for key, rev in current.items():
+            old = self._published.get(key)
             if old is None or old.to_dict() != rev.to_dict():
-                self._published[rev.key] = rev
+                self._published[key] = rev
                 changed.append(rev)
         return changed
 
@@ -178,24 +188,25 @@ def _add_pressure(det: Detection, incidents: list[_Incident], unassigned: list[D
         return None
     used = set(sol.used)
     members = [d for d in picks if d.station_id in used]
+    for d in members:
+        unassigned.remove(d)
+    # a plume-only incident at this source (the plume flag came first) becomes this one
+    for other in incidents:
+        if other.solution is None and other.plumes and _near(other, sol, p):
+            other.picks = members
+            _set_solution(other, sol)
+            return other
     first = min(members, key=lambda d: (d.onset, d.key))
     inc = _Incident(_incident_id("eruption", first), "volcanic_eruption", det.declared,
                     picks=members)
     _set_solution(inc, sol)
-    for d in members:
-        unassigned.remove(d)
-    # an earlier plume-only incident at this source becomes part of this one
-    for other in list(incidents):
-        if other.solution is None and other.plumes and _near(other, inc, p):
-            inc.plumes.extend(other.plumes)
-            incidents.remove(other)
     incidents.append(inc)
     return inc
 
 
-def _near(plume_inc: _Incident, inc: _Incident, p: AssociationParams) -> bool:
-    dist = float(great_circle_km(plume_inc.lat, plume_inc.lon, inc.lat, inc.lon))
-    return dist <= p.plume_radius_km and abs(plume_inc.created - inc.origin_time) <= (
+def _near(plume_inc: _Incident, sol: FrontSolution, p: AssociationParams) -> bool:
+    dist = float(great_circle_km(plume_inc.lat, plume_inc.lon, sol.lat, sol.lon))
+    return dist <= p.plume_radius_km and abs(plume_inc.created - sol.origin_time) <= (
         p.plume_window_s
     )
 

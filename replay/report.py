@@ -19,11 +19,13 @@ REPORT_SCHEMA = "tocsin.report/1"
 
 
 def latest_revisions(revs: Iterable[IncidentRevision]) -> list[IncidentRevision]:
-    """The last version of each (incident_id, revision): corrections replace originals."""
+    """The last version of each (incident_id, revision): corrections replace originals,
+    and a retraction (status ``retracted``) removes the revision."""
     latest: dict[str, IncidentRevision] = {}
     for r in revs:
         latest[r.key] = r
-    return sorted(latest.values(), key=lambda r: (r.incident_id, r.revision))
+    return sorted((r for r in latest.values() if r.status != "retracted"),
+                  key=lambda r: (r.incident_id, r.revision))
 
 
 def _num(x: float, nd: int = 6) -> float | None:

@@ -42,9 +42,11 @@ def detect_package(pkg: ReplayPackage, *, packet_seconds: float = 600.0,
             dets = bank.feed_frame(info, pkt.time, pkt.lat, pkt.lon, pkt.values)
         else:
             dets = bank.feed(info, pkt.start, pkt.sample_interval, pkt.values)
-        for det in dets:
-            detections.append(det)
-            assoc.add(det)
+        detections.extend(dets)
+    # the stream's associator takes detections in declared order behind the watermark;
+    # so does this one
+    for det in sorted(detections, key=lambda d: (d.declared, d.key)):
+        assoc.add(det)
     revisions = assoc.revisions()
     alerts = alerts_for_revisions(revisions)
     event = {"id": pkg.event_id, "title": pkg.title, **_window(pkg)}

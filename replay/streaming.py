@@ -156,16 +156,34 @@ class Progress:
 
 async def publish(settings: Settings, topics: Topics,
                   packets: list[ObservationPacket | GridFrame],
-                  pkg: ReplayPackage, speed: float | None, progress: Progress) -> float:
+                  pkg: ReplayPackage, speed: float | None, progress: Progress,
+                  watermark_every: float = 600.0) -> float:
+    """Send the packets in order of their end time, with watermarks.
+
+    Every ``watermark_every`` seconds of event time a ``watermark`` control message goes to
+    every observation partition: no packet sent after it starts before its ``time`` (packets
+    go out by end time and last at most ``packet_seconds``), so the associator downstream
+    can take detections in event-time order.
+    """
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.bootstrap, acks="all", enable_idempotence=True,
         linger_ms=5, max_batch_size=1 << 20, max_request_size=8_000_000,
     )
     await producer.start()
     t_start = time.monotonic()
+    next_mark = pkg.start + watermark_every
+    lateness = 2.0 * settings.packet_seconds
     try:
         pending = []
         for pkt in packets:
+            if pkt.end >= next_mark:
+                mark = control("watermark", time=next_mark - lateness,
+                               partitions=topics.partitions, run=topics.run_id)
+                for p in range(topics.partitions):
+                    pending.append(await producer.send(topics.observations, mark,
+                                                       key=b"control", partition=p))
+                next_mark += watermark_every * max(1, int((pkt.end - next_mark)
+                                                          // watermark_every))
             if speed is not None:
                 due = t_start + (pkt.end - pkg.start) / speed
                 delay = due - time.monotonic()

@@ -31,7 +31,10 @@ class AlertStage:
         old = self._revisions.get(rev.key)
         if old is not None and old.to_dict() == rev.to_dict():
             return []
-        self._revisions[rev.key] = rev
+        if rev.status == "retracted":
+            self._revisions.pop(rev.key, None)
+        else:
+            self._revisions[rev.key] = rev
         changed = []
         for alert in alerts_for_revisions(self._revisions.values()):
             if self._sent.get(alert.identifier) != alert:

@@ -15,14 +15,16 @@ No app object exists at import time.
 
 from __future__ import annotations
 
+import heapq
 import logging
+import math
 from typing import Any
 
 import faust
 import orjson
 
 from detectors.association import Associator
-from detectors.base import DetectorError, StationInfo
+from detectors.base import Detection, DetectorError, StationInfo
 from detectors.pipeline import DetectorBank
 from responders.stage import AlertStage
 from streams.schemas import GridFrame, ObservationPacket, SchemaError, decode, encode
@@ -72,6 +74,40 @@ def station_for(pkt: ObservationPacket | GridFrame,
                        pkt.units)
 
 
+class WatermarkGate:
+    """Holds detections until every observation partition's watermark has passed them.
+
+    Detections come out in (declared, key) order, so the associator sees the same sequence
+    whatever the partition count, the worker count or the speed of the replay.
+    """
+
+    def __init__(self) -> None:
+        self.marks: dict[int, float] = {}
+        self.partitions = 0
+        self.buffer: list[tuple[float, str, Detection]] = []
+        self.ended = False
+
+    def add(self, det: Detection) -> None:
+        heapq.heappush(self.buffer, (det.declared, det.key, det))
+
+    def control(self, ctl: dict[str, Any]) -> list[Detection]:
+        kind = ctl.get("type")
+        if kind not in ("watermark", "end"):
+            return []
+        self.partitions = max(self.partitions, int(ctl.get("partitions") or 1))
+        p = int(ctl.get("partition") or 0)
+        t = math.inf if kind == "end" else float(ctl.get("time") or -math.inf)
+        self.marks[p] = max(self.marks.get(p, -math.inf), t)
+        low = min(self.marks.get(i, -math.inf) for i in range(self.partitions))
+        out = []
+        while self.buffer and self.buffer[0][0] <= low:
+            out.append(heapq.heappop(self.buffer)[2])
+        if low == math.inf:
+            self.ended = True
+            self.marks.clear()
+        return out
+
+
 def create_app(settings: Settings, topics: Topics, registry: list[StationInfo]) -> faust.App:
     app = faust.App(
         topics.app_id,
@@ -101,8 +137,8 @@ def create_app(settings: Settings, topics: Topics, registry: list[StationInfo]) 
 
     bank = DetectorBank()
     associator = Associator(registry)
+    gate = WatermarkGate()
     alert_stage = AlertStage()
-    ends_seen: set[int] = set()
 
     async def dead_letter(event: Any, reason: str) -> None:
         log.warning("dead-letter %s[%s]@%s: %s", event.message.topic, event.message.partition,
@@ -115,10 +151,12 @@ def create_app(settings: Settings, topics: Topics, registry: list[StationInfo]) 
             raw = event.value
             ctl = _is_control(raw) if isinstance(raw, bytes) else None
             if ctl is not None:
-                if ctl.get("type") == "end":
+                if ctl.get("type") in ("end", "watermark"):
+                    # after every packet before it on this partition: pass it on
                     await det_topic.send(key=b"control", value=control(
-                        "end", partition=event.message.partition,
-                        partitions=ctl.get("partitions"), run=ctl.get("run")))
+                        ctl["type"], partition=event.message.partition,
+                        partitions=ctl.get("partitions"), time=ctl.get("time"),
+                        run=ctl.get("run")))
                 continue
             try:
                 pkt = decode(raw)
@@ -143,19 +181,20 @@ def create_app(settings: Settings, topics: Topics, registry: list[StationInfo]) 
             raw = event.value
             ctl = _is_control(raw) if isinstance(raw, bytes) else None
             if ctl is not None:
-                if ctl.get("type") == "end":
-                    ends_seen.add(int(ctl["partition"]))
-                    if len(ends_seen) >= int(ctl.get("partitions") or 1):
-                        await inc_topic.send(key=b"control", value=control(
-                            "end", run=ctl.get("run")))
+                ready = gate.control(ctl)
+                for det in ready:
+                    for rev in associator.add(det):
+                        await inc_topic.send(key=rev.incident_id.encode(), value=encode(rev))
+                if gate.ended:
+                    await inc_topic.send(key=b"control", value=control("end", run=ctl.get("run")))
+                    gate.ended = False
                 continue
             try:
                 det = decode(raw, "tocsin.detection/1")
             except SchemaError as exc:
                 await dead_letter(event, f"SchemaError: {exc}")
                 continue
-            for rev in associator.add(det):  # type: ignore[arg-type]
-                await inc_topic.send(key=rev.incident_id.encode(), value=encode(rev))
+            gate.add(det)  # type: ignore[arg-type]
 
     @app.agent(inc_topic)
     async def alert(stream: Any) -> None:
