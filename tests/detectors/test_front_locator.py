@@ -1,0 +1,80 @@
+"""The pressure-front locator on synthetic picks at real station coordinates."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from detectors.base import StationInfo
+from detectors.front import FrontPick, forecast_eta, locate_front
+from detectors.geo import great_circle_km
+
+ORIGIN = 1642220085.0  # 2022-01-15T04:14:45Z
+TONGA = (-20.546, -175.390)
+SITES = {  # real tide-gauge / barometer sites (lat, lon)
+    "NUKU": (-21.14, -175.18), "MSVF": (-17.745, 178.053), "pago": (-14.28, -170.69),
+    "raro": (-21.2, -159.8), "levu": (-16.8, 179.3), "AUCK": (-36.85, 174.76),
+    "hilo": (19.73, -155.06), "SYDN": (-33.85, 151.23), "abur": (31.58, 131.41),
+    "valp": (-33.03, -71.63), "kahu": (20.9, -156.47), "NOUM": (-22.27, 166.44),
+}
+
+
+def picks(src: tuple[float, float], t0: float, speed: float, noise: float, seed: int = 0,
+          sites: dict[str, tuple[float, float]] = SITES) -> list[FrontPick]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for sid, (lat, lon) in sites.items():
+        d = float(great_circle_km(src[0], src[1], lat, lon))
+        out.append(FrontPick(sid, lat, lon, t0 + d * 1000 / speed + rng.normal(0, noise)))
+    return out
+
+
+def test_tonga_within_50_km_120_s_8_m_s_and_outlier_rejected() -> None:
+    ps = picks(TONGA, ORIGIN, 315.0, 30.0)
+    ps.append(FrontPick("ODD", -30.0, -140.0, ORIGIN + 2 * 3600))  # fits nothing
+    sol = locate_front(ps)
+    assert sol is not None
+    assert float(great_circle_km(sol.lat, sol.lon, *TONGA)) < 50
+    assert abs(sol.origin_time - ORIGIN) < 120
+    assert abs(sol.speed_m_s - 315.0) < 8
+    assert "ODD" in sol.rejected and "ODD" not in sol.used
+    assert sol.n_used == len(SITES)
+
+
+def test_order_independent() -> None:
+    ps = picks(TONGA, ORIGIN, 315.0, 30.0, seed=2)
+    ref = locate_front(ps)
+    for seed in range(4):
+        shuffled = ps[:]
+        random.Random(seed).shuffle(shuffled)
+        assert locate_front(shuffled) == ref
+
+
+def test_too_few_picks() -> None:
+    assert locate_front(picks(TONGA, ORIGIN, 315.0, 0.0)[:3]) is None
+
+
+@pytest.mark.parametrize("src", [(-6.10, 105.42), (46.2, -122.18), (64.6, -17.5)])
+def test_other_volcanoes(src: tuple[float, float]) -> None:
+    # Krakatau, St Helens, Iceland: a global network sees the front
+    sites = {f"S{i}": (float(la), float(lo)) for i, (la, lo) in enumerate(
+        zip(np.linspace(-50, 60, 9), np.linspace(-170, 170, 9), strict=True))}
+    sites |= {f"N{i}": (src[0] + dl, src[1] + dn) for i, (dl, dn) in
+              enumerate([(3, 2), (-2, 4), (5, -3), (-4, -5)])}
+    sol = locate_front(picks(src, ORIGIN, 320.0, 20.0, seed=5, sites=sites))
+    assert sol is not None
+    assert float(great_circle_km(sol.lat, sol.lon, *src)) < 50
+    assert abs(sol.speed_m_s - 320.0) < 8
+
+
+def test_across_the_antimeridian_and_forecast() -> None:
+    sol = locate_front(picks((-18.0, 179.8), ORIGIN, 310.0, 10.0))
+    assert sol is not None
+    assert float(great_circle_km(sol.lat, sol.lon, -18.0, 179.8)) < 30
+    etas = forecast_eta(sol, [StationInfo("abur", "tide_gauge", 31.58, 131.41),
+                              StationInfo("near", "tide_gauge", -18.1, -179.9)])
+    assert [sid for sid, _ in etas] == ["near", "abur"]
+    assert etas[1][1] - ORIGIN == pytest.approx(
+        float(great_circle_km(-18.0, 179.8, 31.58, 131.41)) * 1000 / 310, abs=120)
