@@ -106,6 +106,35 @@ def _search(lat_s: FloatArray, lon_s: FloatArray, y: FloatArray,
     return best, t0, s, cost
 
 
+def _global_search(la: FloatArray, lo: FloatArray, yy: FloatArray, smin: float, smax: float,
+                   cutoff: float, prior: _Prior) -> tuple[float, float, float, float]:
+    """Coarse global grid plus a dense patch around the first-arriving station, then the
+    best few basins refined coarse-to-fine; the best refined node wins."""
+    g = _grid(0.0, 0.0, 180.0, 2.0)
+    keep = np.abs(g[0]) <= 89.0
+    first = int(np.argmin(yy))
+    patch = _grid(float(la[first]), float(lo[first]), 6.0, 0.25)
+    nodes = (np.concatenate([g[0][keep], patch[0]]), np.concatenate([g[1][keep], patch[1]]))
+    _, _, _, cost = _search(la, lo, yy, nodes, smin, smax, cutoff, prior)
+    starts: list[tuple[float, float]] = []
+    for i in np.argsort(cost, kind="stable"):
+        cand = (float(nodes[0][i]), float(nodes[1][i]))
+        if all(float(great_circle_km(cand[0], cand[1], a, b)) > 500.0 for a, b in starts):
+            starts.append(cand)
+        if len(starts) == 4:
+            break
+    best: tuple[float, float, float, float, float] | None = None
+    for lat_b, lon_b in starts:
+        for half, step in ((3.0, 0.2), (0.3, 0.02), (0.03, 0.002)):
+            sub = _grid(lat_b, lon_b, half, step)
+            i, t0s, ss, c = _search(la, lo, yy, sub, smin, smax, cutoff, prior)
+            lat_b, lon_b = float(sub[0][i]), float(sub[1][i])
+        if best is None or float(c[i]) < best[0]:
+            best = (float(c[i]), lat_b, lon_b, float(t0s[i]), float(ss[i]))
+    assert best is not None
+    return best[1], best[2], best[3], best[4]
+
+
 def locate_front(picks: Iterable[Pick], *, min_stations: int = 4,
                  speed_bounds: tuple[float, float] = (250.0, 380.0),
                  speed_prior: float = 315.0, speed_prior_sigma: float = 20.0,
@@ -137,16 +166,7 @@ def locate_front(picks: Iterable[Pick], *, min_stations: int = 4,
     keep = np.ones(len(ids), dtype=bool)
     for _ in range(5):
         la, lo, yy = lat_s[keep], lon_s[keep], y[keep]
-        # coarse global search, then finer around the best node
-        nodes = _grid(0.0, 0.0, 180.0, 2.0)
-        nodes = (nodes[0][np.abs(nodes[0]) <= 89.0], nodes[1][np.abs(nodes[0]) <= 89.0])
-        best, *_ = _search(la, lo, yy, nodes, smin, smax, cutoff_s, prior)
-        lat_b, lon_b = nodes[0][best], nodes[1][best]
-        for half, step in ((3.0, 0.2), (0.3, 0.02), (0.03, 0.002)):
-            nodes = _grid(lat_b, lon_b, half, step)
-            best, t0s, ss, _ = _search(la, lo, yy, nodes, smin, smax, cutoff_s, prior)
-            lat_b, lon_b = float(nodes[0][best]), float(nodes[1][best])
-        t0, s = float(t0s[best]), float(ss[best])
+        lat_b, lon_b, t0, s = _global_search(la, lo, yy, smin, smax, cutoff_s, prior)
         d_all = great_circle_km(lat_b, lon_b, lat_s, lon_s) * 1000.0
         r_all = y - (t0 + s * d_all)
         r_in = r_all[keep]
