@@ -267,7 +267,7 @@ def forecasts(lat: float, lon: float, origin_time: float, speed: float,
     lons = np.array([s.lon for s in registry])
     dist = np.asarray(great_circle_km(lat, lon, lats, lons), dtype=float)
     etas = origin_time + dist * 1000.0 / speed
-    out = [Forecast(s.station_id, s.kind, float(e), float(d))
+    out = [Forecast(s.station_id, s.kind, float(e), float(d), s.lat, s.lon)
            for s, e, d in zip(registry, etas, dist, strict=True)]
     return tuple(sorted(out, key=lambda f: (f.eta, f.station_id)))
 

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from detectors.base import Detection, FloatArray, PacketError, StationInfo
+from detectors.bins import Binner
 
 
 @dataclass(frozen=True)
@@ -59,41 +60,6 @@ class LambParams:
         if self.min_amplitude is not None:
             return self.min_amplitude
         return 0.3 if units.lower() in ("hpa", "mbar") else 0.0
-
-
-@dataclass
-class _Binner:
-    """Averages samples into bins aligned to multiples of ``width``; emits closed bins."""
-
-    width: float
-    index: int | None = None  # bin being filled
-    total: float = 0.0
-    count: int = 0
-
-    def push(self, t0: float, dt: float,
-             values: FloatArray) -> list[tuple[int, float, float]]:
-        """Bins closed by this packet: (index, mean, time of the sample that closed it)."""
-        if len(values) == 0:
-            return []
-        t = t0 + dt * np.arange(len(values))
-        idx = np.floor(t / self.width + 1e-9).astype(np.int64)
-        ok = np.isfinite(values)
-        uniq, start = np.unique(idx, return_index=True)
-        sums = np.add.reduceat(np.where(ok, values, 0.0), start)
-        counts = np.add.reduceat(ok.astype(np.int64), start)
-        first_t = t[start]
-        out: list[tuple[int, float, float]] = []
-        for b, s, c, ft in zip(uniq.tolist(), sums.tolist(), counts.tolist(), first_t.tolist(),
-                               strict=True):
-            if self.index is not None and b == self.index:
-                self.total += s
-                self.count += c
-                continue
-            if self.index is not None:
-                out.append((self.index, self.total / self.count if self.count else math.nan,
-                            ft))
-            self.index, self.total, self.count = b, s, c
-        return out
 
 
 @dataclass
@@ -129,9 +95,9 @@ class LambPulseDetector:
             raise ValueError(f"lamb_pulse: bin_s={self.p.bin_s} and baseline_s="
                              f"{self.p.baseline_s} must leave >= 4 bins in the baseline")
         self.floor = self.p.floor(station.units)
-        self._binner = _Binner(self.p.bin_s)
+        self._binner = Binner(self.p.bin_s)
         self._s = _State()
-        self._next_t = -math.inf
+        self._last_t = -math.inf
 
     def params(self) -> dict[str, Any]:
         return {**self.p.__dict__, "min_amplitude": self.floor}
@@ -142,12 +108,12 @@ class LambPulseDetector:
                               f"{values.dtype} {values.shape}")
         if not (dt > 0 and math.isfinite(dt)):
             raise PacketError(f"{self.station.station_id}: sample interval {dt!r} must be > 0")
-        if t0 < self._next_t - 1e-6:
-            raise PacketError(f"{self.station.station_id}: packet starts at {t0}, before the "
-                              f"end of the previous one ({self._next_t - dt})")
+        if t0 <= self._last_t + 1e-6:
+            raise PacketError(f"{self.station.station_id}: packet starts at {t0}, not after the "
+                              f"last sample of the previous one ({self._last_t})")
         if len(values) == 0:
             return []
-        self._next_t = t0 + dt * len(values)
+        self._last_t = t0 + dt * (len(values) - 1)
         out: list[Detection] = []
         for b, v, closed_at in self._binner.push(t0, dt, values):
             det = self._bin(b * self.p.bin_s, v, closed_at)

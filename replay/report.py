@@ -35,7 +35,10 @@ def _num(x: float, nd: int = 6) -> float | None:
 def build_report(event: dict[str, Any], detections: Iterable[Detection],
                  revisions: Iterable[IncidentRevision], alerts: Iterable[AlertMessage],
                  *, mode: str) -> dict[str, Any]:
-    dets = sorted({d.key: d for d in detections}.values(), key=lambda d: (d.onset, d.key))
+    # a detection re-emitted under its key (a sea-level detection with its final amplitude)
+    # replaces the earlier version: the later declaration wins
+    latest = {d.key: d for d in sorted(detections, key=lambda d: (d.declared, d.key))}
+    dets = sorted(latest.values(), key=lambda d: (d.onset, d.key))
     revs = latest_revisions(revisions)
     by_incident: dict[str, list[IncidentRevision]] = {}
     for r in revs:
@@ -82,6 +85,7 @@ def build_report(event: dict[str, Any], detections: Iterable[Detection],
             "detector_version": d.detector_version, "onset": iso(d.onset),
             "peak_time": iso(d.peak_time), "declared": iso(d.declared),
             "amplitude": _num(float(d.amplitude)), "units": d.units,
+            "period_s": d.extra.get("period_s"),
         } for d in dets],
         "incidents": incidents,
         "alerts": [{"identifier": a.identifier, "msgType": a.msg_type, "sent": iso(a.sent),

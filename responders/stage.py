@@ -40,4 +40,13 @@ class AlertStage:
             if self._sent.get(alert.identifier) != alert:
                 self._sent[alert.identifier] = alert
                 changed.append(alert)
+        if rev.status == "retracted" and not any(
+                r.incident_id == rev.incident_id for r in self._revisions.values()):
+            # the incident is gone: agencies that got its alerts must get a Cancel
+            sent = [a for a in self._sent.values() if a.incident_id == rev.incident_id]
+            if sent and all(a.msg_type != "Cancel" for a in sent):
+                last = max(sent, key=lambda a: (a.revision, a.sent))
+                cancel = AlertPolicy().cancel(rev, last)
+                self._sent[cancel.identifier] = cancel
+                changed.append(cancel)
         return changed

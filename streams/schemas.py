@@ -325,15 +325,21 @@ class Forecast:
     kind: str
     eta: float
     distance_km: float
+    lat: float = float("nan")
+    lon: float = float("nan")
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "station_id": self.station_id,
             "kind": self.kind,
             "eta": iso(self.eta),
             "eta_s": self.eta,
             "distance_km": round(self.distance_km, 3),
         }
+        if math.isfinite(self.lat) and math.isfinite(self.lon):
+            d["lat"] = self.lat
+            d["lon"] = self.lon
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Forecast:
@@ -343,6 +349,8 @@ class Forecast:
             kind=str(d.get("kind", "")),
             eta=float(eta) if eta is not None else parse_time(d["eta"], "eta"),
             distance_km=float(d.get("distance_km", float("nan"))),
+            lat=float(d.get("lat", float("nan"))),
+            lon=float(d.get("lon", float("nan"))),
         )
 
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 from detectors.geo import great_circle_km
 from replay.package import load_package
+from replay.realdata import build_tonga_plume
 from replay.run import detect_package
 from streams.schemas import parse_time
-from tests.realdata import build_tonga_plume
 
 
 def test_himawari_plume_flags_the_eruption(shared_data: Path, tmp_path: Path) -> None:

@@ -37,6 +37,8 @@ lon = 142.373
 """
 
 # DART positions from tohoku2011/dart_residual_ptha/dart_locations.csv (PROVENANCE.md)
+TOHOKU_ORIGIN = 1299822384.0  # 2011-03-11T05:46:24Z (USGS)
+
 DARTS = {"21401": (42.617, 152.583), "21413": (30.554, 152.131),
          "21418": (38.670, 148.760), "21419": (44.398, 155.698)}
 

@@ -1,0 +1,48 @@
+"""Event-time bins shared by the binned detectors (pressure, sea level)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from detectors.base import FloatArray
+
+
+@dataclass
+class Binner:
+    """Averages samples into bins aligned to multiples of ``width``; emits closed bins.
+
+    The open bin keeps its samples and sums them once, on closing, as one array: the mean
+    is then bit-identical however the samples were split into packets.
+    """
+
+    width: float
+    index: int | None = None  # bin being filled
+    pending: list[FloatArray] = field(default_factory=list)
+
+    def push(self, t0: float, dt: float,
+             values: FloatArray) -> list[tuple[int, float, float]]:
+        """Bins closed by this packet: (index, mean, time of the sample that closed it)."""
+        if len(values) == 0:
+            return []
+        t = t0 + dt * np.arange(len(values))
+        idx = np.floor(t / self.width + 1e-9).astype(np.int64)
+        uniq, start = np.unique(idx, return_index=True)
+        ends = [*start[1:].tolist(), len(values)]
+        out: list[tuple[int, float, float]] = []
+        for b, a, e in zip(uniq.tolist(), start.tolist(), ends, strict=True):
+            seg = values[a:e]
+            seg = seg[np.isfinite(seg)]
+            if self.index is not None and b == self.index:
+                self.pending.append(seg)
+                continue
+            if self.index is not None:
+                out.append((self.index, self._mean(), float(t[a])))
+            self.index, self.pending = b, [seg]
+        return out
+
+    def _mean(self) -> float:
+        allv = self.pending[0] if len(self.pending) == 1 else np.concatenate(self.pending)
+        return float(allv.sum() / len(allv)) if len(allv) else math.nan

