@@ -57,6 +57,7 @@ class AssociationParams:
     cluster_window_s: float = 24 * 3600.0
     plume_radius_km: float = 300.0
     plume_window_s: float = 6 * 3600.0
+    plume_prior_km: float = 30.0  # sigma of the plume position as a prior on the source
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -137,10 +138,11 @@ def associate(dets: Iterable[Detection], registry: list[StationInfo],
     revisions: list[IncidentRevision] = []
     last: dict[str, IncidentRevision] = {}
 
-    def locate(picks: list[Detection]) -> FrontSolution | None:
-        key = tuple(sorted(d.key for d in picks))
+    def locate(picks: list[Detection],
+               prior: tuple[float, float, float] | None = None) -> FrontSolution | None:
+        key = (*sorted(d.key for d in picks), repr(prior))
         if key not in cache:
-            cache[key] = locate_front(picks, min_stations=p.min_stations)
+            cache[key] = locate_front(picks, min_stations=p.min_stations, source_prior=prior)
         return cache[key]
 
     for det in ordered:
@@ -169,7 +171,7 @@ def _add_pressure(det: Detection, incidents: list[_Incident], unassigned: list[D
         dist = float(great_circle_km(sol.lat, sol.lon, det.lat, det.lon))
         predicted = sol.origin_time + dist * 1000.0 / sol.speed_m_s
         if abs(det.onset - predicted) <= p.join_tolerance_s:
-            new = locate([*inc.picks, det])
+            new = locate([*inc.picks, det], _plume_prior(inc, p))
             inc.picks.append(det)
             if new is not None:
                 _set_solution(inc, new)
@@ -183,7 +185,18 @@ def _add_pressure(det: Detection, incidents: list[_Incident], unassigned: list[D
     if len(by_station) < p.min_stations:
         return None
     picks = list(by_station.values())
-    sol = locate(picks)
+    # a plume already flagged (geostationary, minutes after an eruption) where the front
+    # could have started: its position is a prior on the source
+    first_onset = min(d.onset for d in picks)
+    plume_inc = next((o for o in incidents if o.solution is None and o.plumes
+                      and abs(o.created - first_onset) <= p.plume_window_s), None)
+    sol = None
+    if plume_inc is not None:
+        sol = locate(picks, _plume_prior(plume_inc, p))
+        if sol is not None and not _near(plume_inc, sol, p):
+            sol = None
+    if sol is None:
+        sol = locate(picks)
     if sol is None or sol.n_used < p.min_stations:
         return None
     used = set(sol.used)
@@ -202,6 +215,15 @@ def _add_pressure(det: Detection, incidents: list[_Incident], unassigned: list[D
     _set_solution(inc, sol)
     incidents.append(inc)
     return inc
+
+
+def _plume_prior(inc: _Incident, p: AssociationParams) -> tuple[float, float, float] | None:
+    if not inc.plumes:
+        return None
+    first = min(inc.plumes, key=lambda d: (d.onset, d.key))
+    if not (math.isfinite(first.lat) and math.isfinite(first.lon)):
+        return None
+    return (first.lat, first.lon, p.plume_prior_km)
 
 
 def _near(plume_inc: _Incident, sol: FrontSolution, p: AssociationParams) -> bool:

@@ -66,10 +66,19 @@ def _grid(lat_c: float, lon_c: float, half: float, step: float) -> tuple[FloatAr
 
 @dataclass(frozen=True)
 class _Prior:
-    """Gaussian prior on slowness, in the units of the pick-time misfit."""
+    """Gaussian priors in the units of the pick-time misfit: on slowness, and optionally on
+    the source position (an eruption plume seen from space)."""
 
     s0: float
     weight: float  # (pick_sigma / slowness_sigma)^2
+    lat: float = math.nan
+    lon: float = math.nan
+    loc_weight: float = 0.0  # (pick_sigma / position_sigma_km)^2, per km^2
+
+    def position_cost(self, lat: FloatArray, lon: FloatArray) -> FloatArray | float:
+        if self.loc_weight == 0.0:
+            return 0.0
+        return self.loc_weight * great_circle_km(lat, lon, self.lat, self.lon) ** 2
 
 
 def _fit(dist_m: FloatArray, y: FloatArray, w: FloatArray, smin: float, smax: float,
@@ -101,7 +110,8 @@ def _search(lat_s: FloatArray, lon_s: FloatArray, y: FloatArray,
     w[w.sum(axis=1) < 2] = 1.0
     t0, s = _fit(d, y, w, smin, smax, prior)
     r = y[None, :] - (t0[:, None] + s[:, None] * d)
-    cost = np.minimum(r * r, cutoff * cutoff).sum(axis=1) + prior.weight * (s - prior.s0) ** 2
+    cost = (np.minimum(r * r, cutoff * cutoff).sum(axis=1) + prior.weight * (s - prior.s0) ** 2
+            + prior.position_cost(nodes[0], nodes[1]))
     best = int(np.argmin(cost))
     return best, t0, s, cost
 
@@ -113,8 +123,11 @@ def _global_search(la: FloatArray, lo: FloatArray, yy: FloatArray, smin: float, 
     g = _grid(0.0, 0.0, 180.0, 2.0)
     keep = np.abs(g[0]) <= 89.0
     first = int(np.argmin(yy))
-    patch = _grid(float(la[first]), float(lo[first]), 6.0, 0.25)
-    nodes = (np.concatenate([g[0][keep], patch[0]]), np.concatenate([g[1][keep], patch[1]]))
+    patches = [_grid(float(la[first]), float(lo[first]), 6.0, 0.25)]
+    if prior.loc_weight > 0.0:
+        patches.append(_grid(prior.lat, prior.lon, 2.0, 0.1))
+    nodes = (np.concatenate([g[0][keep], *(q[0] for q in patches)]),
+             np.concatenate([g[1][keep], *(q[1] for q in patches)]))
     _, _, _, cost = _search(la, lo, yy, nodes, smin, smax, cutoff, prior)
     starts: list[tuple[float, float]] = []
     for i in np.argsort(cost, kind="stable"):
@@ -139,13 +152,20 @@ def locate_front(picks: Iterable[Pick], *, min_stations: int = 4,
                  speed_bounds: tuple[float, float] = (250.0, 380.0),
                  speed_prior: float = 315.0, speed_prior_sigma: float = 20.0,
                  pick_sigma_s: float = 60.0,
-                 cutoff_s: float = 300.0, min_cutoff_s: float = 120.0) -> FrontSolution | None:
+                 cutoff_s: float = 300.0, min_cutoff_s: float = 120.0,
+                 source_prior: tuple[float, float, float] | None = None,
+                 ) -> FrontSolution | None:
     """The source of a front from its picks, or None with fewer than ``min_stations``.
 
     The Lamb wave's speed is known to a few per cent (310-340 m/s), so the speed carries a
     Gaussian prior (``speed_prior`` +- ``speed_prior_sigma``) against picks of
     ``pick_sigma_s`` accuracy: four picks then over-determine (lat, lon, t0) and the
     antipodal or plane-wave mirror solutions of a small network lose.
+
+    ``source_prior`` = (lat, lon, sigma_km) adds a Gaussian prior on the source position:
+    an eruption plume located by a geostationary satellite. It matters for the first
+    solutions, from a few nearby stations in a line (an island arc), whose geometry leaves
+    the position along one direction weakly constrained; many stations outweigh it.
     """
     first: dict[str, Pick] = {}
     for p in sorted(picks, key=lambda p: (p.station_id, p.onset)):
@@ -161,7 +181,11 @@ def locate_front(picks: Iterable[Pick], *, min_stations: int = 4,
     smin, smax = 1.0 / speed_bounds[1], 1.0 / speed_bounds[0]
     s0 = 1.0 / speed_prior
     sigma_s = s0 * speed_prior_sigma / speed_prior
-    prior = _Prior(s0, (pick_sigma_s / sigma_s) ** 2)
+    if source_prior is None:
+        prior = _Prior(s0, (pick_sigma_s / sigma_s) ** 2)
+    else:
+        plat, plon, psig = source_prior
+        prior = _Prior(s0, (pick_sigma_s / sigma_s) ** 2, plat, plon, (pick_sigma_s / psig) ** 2)
 
     keep = np.ones(len(ids), dtype=bool)
     for _ in range(5):

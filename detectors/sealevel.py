@@ -34,8 +34,8 @@ data:
    than about 3 h removed, like the de-tided references), ``extra["final"] = True``.
 
 A gap between data bins longer than ``max_gap_s`` re-warms the detector (``warmup_s``); a
-flat window or ``median`` identical bins in a row (a stuck sensor) never trigger. After a detection the
-station stays quiet for ``refractory_s``: a tsunami rings for many hours.
+flat window or ``median`` identical bins in a row (a stuck sensor) never trigger. After a
+detection the station stays quiet for ``refractory_s``: a tsunami rings for many hours.
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ from replay.package import ReplayPackage
 from replay.registry import build_registry, write_registry
 from replay.report import build_report
 from replay.run import package_packets
+from responders.store import migrate
 from streams.app import _is_control, control
 from streams.schemas import (
     AlertMessage,
@@ -63,12 +64,18 @@ class Collected:
 def start_workers(settings: Settings, topics: Topics, registry_file: Path, n: int,
                   log_dir: Path) -> list[subprocess.Popen[bytes]]:
     procs = []
-    env = {**os.environ, "TOCSIN_KAFKA_BOOTSTRAP": settings.bootstrap}
+    # the workers see the same settings as this process (bootstrap, home, database)
+    env = {**os.environ, "TOCSIN_KAFKA_BOOTSTRAP": settings.bootstrap,
+           "TOCSIN_HOME": str(settings.home), "TOCSIN_DATABASE_URL": settings.db_url,
+           "TOCSIN_PACKET_SECONDS": str(settings.packet_seconds),
+           "TOCSIN_SESSION_TIMEOUT_MS": str(settings.session_timeout_ms),
+           "TOCSIN_TOPIC_PREFIX": settings.topic_prefix}
     for i in range(n):
         log = open(log_dir / f"worker-{i}.log", "ab")  # noqa: SIM115 - handed to the child
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "tocsin", "worker", "--run-id", topics.run_id,
-             "--partitions", str(topics.partitions), "--registry", str(registry_file)],
+             "--partitions", str(topics.partitions), "--registry", str(registry_file),
+             "--no-migrate"],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
             start_new_session=True,
         ))
@@ -127,6 +134,27 @@ async def collect(settings: Settings, topics: Topics, out: Collected,
                         listener(msg)
     finally:
         await consumer.stop()
+
+
+async def drain_deliveries(settings: Settings, timeout: float) -> int:
+    """Keep the workers up while alert deliveries are still pending (up to ``timeout``);
+    returns how many are left (they stay in the outbox for the next worker)."""
+    from sqlalchemy import func, select
+
+    from responders.store import DeliveryRow, create_store_engine
+
+    engine = create_store_engine(settings.db_url)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            with engine.connect() as c:
+                left = int(c.execute(select(func.count()).select_from(DeliveryRow).where(
+                    DeliveryRow.status == "pending")).scalar_one())
+            if left == 0 or time.monotonic() > deadline:
+                return left
+            await asyncio.sleep(0.2)
+    finally:
+        engine.dispose()
 
 
 class Progress:
@@ -215,7 +243,8 @@ async def replay_package(pkg: ReplayPackage, settings: Settings, *, speed: float
                          listeners: list[Listener] | None = None,
                          progress_stream: TextIO | None = sys.stderr,
                          run_dir: Path | None = None, timeout: float = 1800.0,
-                         with_observations: bool = False) -> dict[str, Any]:
+                         with_observations: bool = False,
+                         drain_timeout: float = 60.0) -> dict[str, Any]:
     run_id = f"{pkg.event_id}-{uuid.uuid4().hex[:8]}"
     topics = Topics.for_run(settings, run_id, partitions)
     run_dir = run_dir or settings.home / "runs" / run_id
@@ -224,6 +253,7 @@ async def replay_package(pkg: ReplayPackage, settings: Settings, *, speed: float
     registry_file = run_dir / "registry.csv"
     write_registry(registry, registry_file)
     await create_topics(settings.bootstrap, topics)
+    migrate(settings.db_url)  # once, before the workers share the database
     packets = package_packets(pkg, settings.packet_seconds)
     procs = start_workers(settings, topics, registry_file, workers, run_dir)
     collected = Collected()
@@ -250,6 +280,7 @@ async def replay_package(pkg: ReplayPackage, settings: Settings, *, speed: float
         stats["elapsed_s"] = time.monotonic() - t0
         stats["samples"] = progress.samples
         stats["packets"] = len(packets)
+        stats["deliveries_pending"] = await drain_deliveries(settings, drain_timeout)
     finally:
         collected.done.set()
         with contextlib.suppress(Exception):

@@ -15,6 +15,7 @@ No app object exists at import time.
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import logging
 import math
@@ -26,7 +27,9 @@ import orjson
 from detectors.association import Associator
 from detectors.base import Detection, DetectorError, StationInfo
 from detectors.pipeline import DetectorBank
+from responders.delivery import Outbox
 from responders.stage import AlertStage
+from responders.store import Store
 from streams.schemas import GridFrame, ObservationPacket, SchemaError, decode, encode
 from streams.topics import CONTROL_SCHEMA, Topics
 from tocsin.settings import Settings
@@ -135,6 +138,11 @@ def create_app(settings: Settings, topics: Topics, registry: list[StationInfo]) 
     alert_topic = app.topic(topics.alerts, internal=False)
     dlq_topic = app.topic(topics.deadletter, internal=False)
 
+    # outputs are stored before the input's offset is committed (the agent acks an event
+    # when it moves to the next one): a crash in between redelivers, the upsert absorbs it
+    store = Store(settings.db_url, migrate_schema=False)
+    dead_deliveries: list[dict[str, Any]] = []
+    outbox = Outbox.from_settings(store, settings, dead_letter=dead_deliveries.append)
     bank = DetectorBank()
     associator = Associator(registry)
     gate = WatermarkGate()
@@ -172,6 +180,8 @@ def create_app(settings: Settings, topics: Topics, registry: list[StationInfo]) 
             except (SchemaError, DetectorError) as exc:
                 await dead_letter(event, f"{type(exc).__name__}: {exc}")
                 continue
+            if dets:
+                store.save_all(dets)
             for det in dets:
                 await det_topic.send(key=det.station_id.encode(), value=encode(det))
 
@@ -183,7 +193,10 @@ def create_app(settings: Settings, topics: Topics, registry: list[StationInfo]) 
             if ctl is not None:
                 ready = gate.control(ctl)
                 for det in ready:
-                    for rev in associator.add(det):
+                    revs = associator.add(det)
+                    if revs:
+                        store.save_all(revs)
+                    for rev in revs:
                         await inc_topic.send(key=rev.incident_id.encode(), value=encode(rev))
                 if gate.ended:
                     await inc_topic.send(key=b"control", value=control("end", run=ctl.get("run")))
@@ -211,11 +224,31 @@ def create_app(settings: Settings, topics: Topics, registry: list[StationInfo]) 
             except SchemaError as exc:
                 await dead_letter(event, f"SchemaError: {exc}")
                 continue
-            for msg in alert_stage.add(rev):  # type: ignore[arg-type]
+            msgs = alert_stage.add(rev)  # type: ignore[arg-type]
+            if msgs:
+                # the alert and its deliveries (the outbox) in one transaction, before the
+                # offset commit: a crash replays the revision, the keys absorb it
+                with store.begin() as conn:
+                    for msg in msgs:
+                        store.save_alert(msg, conn)
+                        outbox.enqueue(msg, conn)
+            for msg in msgs:
                 await alert_topic.send(key=msg.incident_id.encode(), value=encode(msg))
 
+    @app.timer(interval=0.5)
+    async def deliver() -> None:
+        await asyncio.to_thread(outbox.dispatch_due)
+        while dead_deliveries:
+            d = dead_deliveries.pop(0)
+            log.error("delivery %s dead after %s attempts: %s", d["key"], d["attempts"],
+                      d["reason"])
+            await dlq_topic.send(key=d["alert"].encode(), value=orjson.dumps({
+                "schema": "tocsin.deadletter/1", "reason": f"delivery failed: {d['reason']}",
+                "source": "delivery", "delivery": d}))
+
     app.tocsin = {  # type: ignore[attr-defined]
-        "bank": bank, "associator": associator, "alerts": alert_stage,
+        "bank": bank, "associator": associator, "alerts": alert_stage, "store": store,
+        "outbox": outbox,
         "agents": (detect, associate, alert),
     }
     return app

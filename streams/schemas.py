@@ -222,6 +222,11 @@ class GridFrame:
                               f"length ({len(self.lat)}, {len(self.lon)}, {len(self.values)})")
         if not math.isfinite(self.time):
             raise SchemaError(f"grid frame {self.station_id}: time {self.time!r} not finite")
+        # the wire carries float32: round here so an in-process run sees what a streamed
+        # one sees (tocsin detect == tocsin replay, to the last bit)
+        for name in ("lat", "lon", "values"):
+            arr = np.asarray(getattr(self, name))
+            object.__setattr__(self, name, arr.astype(np.float32).astype(np.float64))
 
     @property
     def end(self) -> float:

@@ -72,3 +72,62 @@ def kafka_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setting
         yield settings
     finally:
         broker.stop()
+
+
+PG_ROLE = "tocsin_test"
+
+
+def _local_postgres() -> str:
+    """Start the Debian PostgreSQL cluster if it is down; return a URL for a test role."""
+    import shutil
+    import subprocess
+
+    if shutil.which("pg_lsclusters") is None:
+        missing("PostgreSQL is not installed (apt-get install postgresql)")
+    lines = subprocess.run(["pg_lsclusters", "--no-header"], capture_output=True, text=True,
+                           check=True).stdout.split("\n")
+    clusters = [ln.split() for ln in lines if ln.strip()]
+    if not clusters:
+        missing("no PostgreSQL cluster (pg_createcluster)")
+    version, name, port, status = clusters[0][:4]
+    if status != "online":
+        subprocess.run(["pg_ctlcluster", version, name, "start"], check=True)
+    sql = (f"DO $$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{PG_ROLE}') "
+           f"THEN CREATE ROLE {PG_ROLE} LOGIN SUPERUSER PASSWORD '{PG_ROLE}'; END IF; END$$;")
+    subprocess.run(["runuser", "-u", "postgres", "--", "psql", "-p", port, "-q", "-c", sql],
+                   check=True, capture_output=True)
+    return f"postgresql+psycopg://{PG_ROLE}:{PG_ROLE}@127.0.0.1:{port}/postgres"
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    """URL of a real PostgreSQL server's maintenance database (the tests make their own)."""
+    url = os.environ.get("TOCSIN_TEST_DATABASE_URL")
+    if not url:
+        try:
+            url = _local_postgres()
+        except Exception as exc:  # noqa: BLE001 - reported as the reason
+            missing(f"PostgreSQL could not be started: {exc}")
+    return url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The same test on SQLite and on a fresh database of a real PostgreSQL server."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'tocsin.db'}"
+        return
+    import uuid
+
+    import psycopg
+
+    server = request.getfixturevalue("postgres_server")
+    dbname = f"tocsin_test_{uuid.uuid4().hex[:10]}"
+    plain = server.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(plain, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {dbname}")
+    try:
+        yield server.rsplit("/", 1)[0] + "/" + dbname
+    finally:
+        with psycopg.connect(plain, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {dbname} WITH (FORCE)")

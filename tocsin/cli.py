@@ -51,7 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--run-id", default="live")
     w.add_argument("--partitions", type=int, default=None)
     w.add_argument("--registry", type=Path, default=None)
-    w.add_argument("--loglevel", default="warning")
+    w.add_argument("--loglevel", default="warn",
+                   choices=["crit", "error", "warn", "info", "debug"])
+    w.add_argument("--no-migrate", action="store_true",
+                   help="do not upgrade the database schema (the replayer already did)")
 
     d = sub.add_parser("detect", help="run the detectors in-process on a package (no broker)")
     d.add_argument("package")
@@ -186,6 +189,10 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     from streams.topics import Topics
 
     registry = read_registry(args.registry) if args.registry else []
+    if not args.no_migrate:
+        from responders.store import migrate
+
+        migrate(settings.db_url)
     topics = Topics.for_run(settings, args.run_id, args.partitions)
     app = create_app(settings, topics, registry)
     sys.argv = ["tocsin-worker", "worker", "--without-web", "--loglevel", args.loglevel]

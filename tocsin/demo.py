@@ -54,6 +54,18 @@ class Console:
             self.out.flush()
 
 
+class CapFiles:
+    """Writes each CAP message to ``<dir>/<identifier>.xml`` (a drop folder for agencies)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def __call__(self, msg: Message) -> None:
+        if isinstance(msg, AlertMessage):
+            (self.directory / f"{msg.identifier}.xml").write_text(msg.cap_xml)
+
+
 def run_demo(settings: Settings, args: argparse.Namespace) -> int:
     return asyncio.run(_demo(settings, args))
 
@@ -67,13 +79,18 @@ async def _demo(settings: Settings, args: argparse.Namespace) -> int:
     speed = (pkg.end - pkg.start) / max(args.duration, 1.0)
     out = sys.stdout
     listeners: list[Any] = [Console(out)]
+    cap_dir = settings.home / "alerts" / pkg.event_id
+    listeners.append(CapFiles(cap_dir))
     sinks = _sinks(settings, pkg, listeners)
     server = task = None
     url = f"http://{settings.http_host}:{settings.http_port}/"
     with _broker(settings):
         if sinks.get("state") is not None:
+            sinks["state"].title = pkg.title
             server, task = await _serve_dashboard(settings, sinks["state"])
             print(f"dashboard: {url}", file=out)
+            print(f"Atom feed of CAP alerts: {url}feed.atom", file=out)
+        print(f"CAP 1.2 files: {cap_dir}/", file=out)
         print(f"replaying {pkg.event_id} ({pkg.title}) at {speed:.0f}x real time, "
               f"{len(pkg.stations)} stations", file=out)
         report = await replay_package(pkg, settings, speed=speed, listeners=listeners,
@@ -81,6 +98,8 @@ async def _demo(settings: Settings, args: argparse.Namespace) -> int:
         report_path = args.report or settings.home / "reports" / f"{pkg.event_id}.json"
         write_report(report, report_path)
         _final(report, report_path, sinks, out)
+        print(f"CAP 1.2 files: {cap_dir}/ ({len(list(cap_dir.glob('*.xml')))} messages)",
+              file=out)
         if not args.exit_when_done and server is not None:
             print(f"dashboard stays up at {url} - Ctrl-C to stop", file=out)
             await _wait_for_interrupt()

@@ -69,6 +69,36 @@ class Settings(BaseSettings):
         default=10000, description="TOCSIN_SESSION_TIMEOUT_MS: consumer group session timeout"
     )
 
+    api_tokens: str = Field(
+        default="",
+        description="TOCSIN_API_TOKENS: comma-separated tokens allowed to manage "
+        "subscriptions (compared as SHA-256 hashes, never logged); empty: management closed",
+    )
+    webhook_allowed_hosts: str = Field(
+        default="",
+        description="TOCSIN_WEBHOOK_ALLOWED_HOSTS: comma-separated host names webhooks may "
+        "target; empty: any host that is not link-local, metadata, multicast or unspecified",
+    )
+    webhook_allow_link_local: bool = Field(
+        default=False,
+        description="TOCSIN_WEBHOOK_ALLOW_LINK_LOCAL: allow link-local and cloud-metadata "
+        "webhook targets (169.254.0.0/16, fe80::/10)",
+    )
+    delivery_max_attempts: int = Field(
+        default=8, ge=1, description="TOCSIN_DELIVERY_MAX_ATTEMPTS: then dead-lettered"
+    )
+    delivery_backoff_s: float = Field(
+        default=1.0, gt=0, description="TOCSIN_DELIVERY_BACKOFF_S: first retry delay, doubled "
+        "each attempt"
+    )
+    delivery_backoff_max_s: float = Field(
+        default=300.0, gt=0, description="TOCSIN_DELIVERY_BACKOFF_MAX_S: longest retry delay"
+    )
+    smtp_host: str = Field(default="127.0.0.1", description="TOCSIN_SMTP_HOST")
+    smtp_port: int = Field(default=25, description="TOCSIN_SMTP_PORT")
+    smtp_from: str = Field(default="tocsin@localhost", description="TOCSIN_SMTP_FROM")
+    cap_sender: str = Field(default="tocsin@localhost", description="TOCSIN_CAP_SENDER")
+
     @property
     def broker_dir(self) -> Path:
         return self.broker_home or self.home / "broker"

@@ -37,6 +37,10 @@ def detect_report(tonga: ReplayPackage) -> dict:  # type: ignore[type-arg]
 
 def _same(a: dict, b: dict) -> None:  # type: ignore[type-arg]
     ca, cb = comparable(a), comparable(b)
+    import os
+    if os.environ.get("TOCSIN_DUMP"):
+        Path("/tmp/a.json").write_text(json.dumps(ca, indent=1, sort_keys=True))
+        Path("/tmp/b.json").write_text(json.dumps(cb, indent=1, sort_keys=True))
     assert json.dumps(ca, sort_keys=True) == json.dumps(cb, sort_keys=True)
 
 

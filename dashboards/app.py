@@ -1,0 +1,117 @@
+"""The duty dashboard: a FastAPI app over a :class:`~dashboards.state.LiveState`.
+
+Routes (all read-only, no login):
+
+* ``/`` - the page (Leaflet map, incident panel, alerts, station time series, feed health);
+  every script, style sheet and the Natural Earth coastline come from ``/static``.
+* ``/api/state`` - the whole snapshot; ``/api/stream`` - server-sent events, one
+  ``state`` event whenever the snapshot changed (at most ``push_interval`` apart).
+* ``/api/stations/{id}/series`` - a station's recent 1-min series and its detections.
+* ``/api/alerts`` - alerts; ``/api/alerts/{identifier}.xml`` - one CAP 1.2 message;
+  ``/feed.atom`` - an Atom feed of the CAP alerts.
+
+Extra routers (subscriptions and deliveries, which need a token) are mounted by
+:func:`create_app` callers through ``routers``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from xml.sax.saxutils import escape
+
+from fastapi import APIRouter, FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+
+from dashboards.state import LiveState
+from streams.schemas import AlertMessage
+
+STATIC = Path(__file__).parent / "static"
+
+
+def create_app(state: LiveState, *, push_interval: float = 0.5,
+               routers: Iterable[APIRouter] = (), base_url: str = "") -> FastAPI:
+    app = FastAPI(title="tocsin dashboard", docs_url="/api/docs", redoc_url=None)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    for r in routers:
+        app.include_router(r)
+
+    @app.get("/", response_class=HTMLResponse)
+    def index() -> HTMLResponse:
+        return HTMLResponse((STATIC / "index.html").read_text())
+
+    @app.get("/api/state")
+    def api_state() -> JSONResponse:
+        return JSONResponse(state.snapshot())
+
+    @app.get("/api/stations/{station_id}/series")
+    def api_series(station_id: str) -> JSONResponse:
+        s = state.series(station_id)
+        if s is None:
+            raise HTTPException(404, f"no station {station_id!r}")
+        return JSONResponse(s)
+
+    @app.get("/api/alerts")
+    def api_alerts() -> JSONResponse:
+        return JSONResponse([a.to_dict() | {"cap_url": f"/api/alerts/{a.identifier}.xml"}
+                             for a in state.alerts()])
+
+    @app.get("/api/alerts/{identifier}.xml")
+    def api_alert_xml(identifier: str) -> Response:
+        msg = state.alert(identifier)
+        if msg is None:
+            raise HTTPException(404, f"no alert {identifier!r}")
+        return Response(msg.cap_xml, media_type="application/cap+xml")
+
+    @app.get("/feed.atom")
+    def feed(request: Request) -> Response:
+        root = base_url or str(request.base_url).rstrip("/")
+        return Response(atom_feed(state.alerts(), root), media_type="application/atom+xml")
+
+    @app.get("/api/stream")
+    async def stream(request: Request) -> StreamingResponse:
+        async def events() -> AsyncIterator[str]:
+            last = -1
+            yield "retry: 2000\n\n"
+            while not await request.is_disconnected():
+                if state.version != last:
+                    last = state.version
+                    yield f"event: state\ndata: {json.dumps(state.snapshot())}\n\n"
+                else:
+                    yield ": keep-alive\n\n"
+                await asyncio.sleep(push_interval)
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache"})
+
+    return app
+
+
+def atom_feed(alerts: list[AlertMessage], base_url: str) -> str:
+    """An Atom 1.0 feed with one entry per CAP message (newest first), content = CAP XML."""
+    def ts(t: float) -> str:
+        return datetime.fromtimestamp(t, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    updated = ts(max((a.sent for a in alerts), default=0.0))
+    entries = []
+    for a in sorted(alerts, key=lambda a: (a.sent, a.identifier), reverse=True):
+        url = f"{base_url}/api/alerts/{a.identifier}.xml"
+        body = a.cap_xml.split("?>", 1)[-1].strip()  # without the XML declaration
+        entries.append(
+            f"<entry><id>urn:tocsin:alert:{escape(a.identifier)}</id>"
+            f"<title>{escape(a.msg_type)}: {escape(a.headline)}</title>"
+            f"<updated>{ts(a.sent)}</updated>"
+            f"<link rel=\"alternate\" type=\"application/cap+xml\" href=\"{escape(url)}\"/>"
+            f"<summary>{escape(a.severity)}/{escape(a.urgency)}/{escape(a.certainty)} "
+            f"{escape(a.event)}</summary>"
+            f"<content type=\"application/cap+xml\">{body}</content></entry>")
+    return ("<?xml version=\"1.0\" encoding=\"UTF-8\"?>"
+            "<feed xmlns=\"http://www.w3.org/2005/Atom\">"
+            f"<id>urn:tocsin:alerts</id><title>tocsin CAP alerts</title>"
+            f"<updated>{updated}</updated>"
+            f"<link rel=\"self\" href=\"{escape(base_url)}/feed.atom\"/>"
+            f"<author><name>tocsin</name></author>{''.join(entries)}</feed>")

@@ -1,0 +1,231 @@
+"""What the duty dashboard shows, kept up to date from the stream.
+
+:class:`LiveState` is fed every message the collector reads (observation packets,
+detections, incident revisions, alerts) and answers the dashboard's questions: the state of
+each station at the current event time, the incidents with their revisions and alerts, a
+station's recent time series with its detections, and feed health. Event time is the
+latest sample time seen; a station's ``behind_s`` is how far its last sample is behind it
+(the feed-health measure that works the same live and in a replay).
+
+Station states:
+
+* ``detecting`` - a detection with onset in the last ``detecting_s`` of event time;
+* ``gap`` - the last packet had missing samples (NaN) at its end;
+* ``late`` - no data for ``late_factor`` packet lengths of event time;
+* ``ok`` - otherwise; ``waiting`` before the first packet.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from detectors.base import Detection, StationInfo
+from streams.schemas import AlertMessage, IncidentRevision, ObservationPacket, iso
+
+SERIES_BIN_S = 60.0
+SERIES_KEEP_S = 12 * 3600.0
+
+
+@dataclass
+class _Station:
+    info: StationInfo
+    last_end: float = -math.inf
+    last_packet_len: float = 600.0
+    packets: int = 0
+    samples: int = 0
+    missing: int = 0
+    gap_at_end: bool = False
+    series: deque[tuple[float, float]] = field(default_factory=deque)  # (t, 1-min mean)
+    detections: list[Detection] = field(default_factory=list)
+
+
+class LiveState:
+    """Thread-safe live view of one run (see the module docstring)."""
+
+    def __init__(self, *, detecting_s: float = 3 * 3600.0, late_factor: float = 3.0) -> None:
+        self.detecting_s = detecting_s
+        self.late_factor = late_factor
+        self._lock = threading.Lock()
+        self._stations: dict[str, _Station] = {}
+        self._revisions: dict[str, dict[int, IncidentRevision]] = {}
+        self._alerts: dict[str, AlertMessage] = {}
+        self._detections: dict[str, Detection] = {}
+        self.event_time = -math.inf
+        self.version = 0
+        self.started = time.time()
+        self.title = ""
+
+    # ------------------------------------------------------------------ input
+    def add_station(self, info: StationInfo) -> None:
+        with self._lock:
+            self._stations.setdefault(info.station_id, _Station(info))
+            self.version += 1
+
+    def on_packet(self, pkt: ObservationPacket) -> None:
+        with self._lock:
+            st = self._stations.get(pkt.station_id)
+            if st is None:
+                st = self._stations[pkt.station_id] = _Station(StationInfo(
+                    pkt.station_id, pkt.kind, pkt.lat, pkt.lon, 0.0, pkt.units))
+            vals = np.asarray(pkt.values, dtype=float)
+            n = len(vals)
+            if n == 0:
+                return
+            end = pkt.start + (n - 1) * pkt.sample_interval
+            st.packets += 1
+            st.samples += n
+            st.missing += int(np.count_nonzero(~np.isfinite(vals)))
+            st.gap_at_end = not math.isfinite(float(vals[-1]))
+            st.last_end = max(st.last_end, end)
+            st.last_packet_len = n * pkt.sample_interval
+            t = pkt.start + pkt.sample_interval * np.arange(n)
+            idx = np.floor(t / SERIES_BIN_S)
+            ok = np.isfinite(vals)
+            for b in np.unique(idx[ok]):
+                sel = ok & (idx == b)
+                st.series.append((float(b * SERIES_BIN_S), float(vals[sel].mean())))
+            while st.series and st.series[0][0] < end - SERIES_KEEP_S:
+                st.series.popleft()
+            self.event_time = max(self.event_time, end)
+            self.version += 1
+
+    def on_detection(self, det: Detection) -> None:
+        with self._lock:
+            self._detections[det.key] = det
+            st = self._stations.get(det.station_id)
+            if st is not None:
+                st.detections = [d for d in st.detections if d.key != det.key] + [det]
+            self.event_time = max(self.event_time, det.declared)
+            self.version += 1
+
+    def on_revision(self, rev: IncidentRevision) -> None:
+        with self._lock:
+            revs = self._revisions.setdefault(rev.incident_id, {})
+            if rev.status == "retracted":
+                revs.pop(rev.revision, None)
+                if not revs:
+                    self._revisions.pop(rev.incident_id, None)
+            else:
+                revs[rev.revision] = rev
+            self.event_time = max(self.event_time, rev.issued)
+            self.version += 1
+
+    def on_alert(self, msg: AlertMessage) -> None:
+        with self._lock:
+            self._alerts[msg.identifier] = msg
+            self.version += 1
+
+    # ------------------------------------------------------------------ output
+    def station_state(self, st: _Station) -> str:
+        if any(self.event_time - d.onset <= self.detecting_s and d.onset <= self.event_time
+               for d in st.detections):
+            return "detecting"
+        if st.packets == 0:
+            return "waiting"
+        if st.gap_at_end:
+            return "gap"
+        if self.event_time - st.last_end > self.late_factor * max(st.last_packet_len, 60.0):
+            return "late"
+        return "ok"
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            now = self.event_time
+            stations = []
+            for st in sorted(self._stations.values(), key=lambda s: s.info.station_id):
+                i = st.info
+                stations.append({
+                    "station_id": i.station_id, "kind": i.kind, "lat": i.lat, "lon": i.lon,
+                    "units": i.units, "state": self.station_state(st),
+                    "last_sample": iso(st.last_end) if math.isfinite(st.last_end) else None,
+                    "behind_s": (now - st.last_end) if math.isfinite(st.last_end) else None,
+                    "packets": st.packets, "samples": st.samples, "missing": st.missing,
+                    "detections": len(st.detections),
+                })
+            incidents = []
+            for inc_id, revs in self._revisions.items():
+                ordered = [revs[k] for k in sorted(revs)]
+                last = ordered[-1]
+                incidents.append({
+                    "id": inc_id, "type": last.type, "status": last.status,
+                    "lat": _num(last.lat), "lon": _num(last.lon),
+                    "origin_time": _t(last.origin_time), "origin_time_s": _num(last.origin_time),
+                    "speed_m_s": _num(last.speed_m_s), "evidence": list(last.evidence),
+                    "confirmed": list(last.confirmed),
+                    "revisions": [{"revision": r.revision, "issued": iso(r.issued),
+                                   "status": r.status, "lat": _num(r.lat), "lon": _num(r.lon),
+                                   "origin_time": _t(r.origin_time),
+                                   "speed_m_s": _num(r.speed_m_s),
+                                   "stations_used": len(r.stations_used)} for r in ordered],
+                    "forecasts": [{"station_id": f.station_id, "kind": f.kind,
+                                   "eta": iso(f.eta), "eta_s": f.eta, "lat": _num(f.lat),
+                                   "lon": _num(f.lon),
+                                   "state": ("confirmed" if f.station_id in last.confirmed
+                                             else "arrived" if f.eta <= now else "watch")}
+                                  for f in last.forecasts],
+                    "alerts": [a.identifier for a in sorted(self._alerts.values(),
+                                                             key=lambda a: a.sent)
+                               if a.incident_id == inc_id],
+                })
+            incidents.sort(key=lambda x: x["revisions"][0]["issued"])
+            alerts = [{"identifier": a.identifier, "msgType": a.msg_type, "sent": iso(a.sent),
+                       "incident_id": a.incident_id, "severity": a.severity,
+                       "urgency": a.urgency, "certainty": a.certainty,
+                       "headline": a.headline}
+                      for a in sorted(self._alerts.values(), key=lambda a: (a.sent,
+                                                                            a.identifier))]
+            counts: dict[str, int] = {}
+            for s in stations:
+                counts[s["state"]] = counts.get(s["state"], 0) + 1
+            return {
+                "title": self.title, "version": self.version,
+                "event_time": iso(now) if math.isfinite(now) else None,
+                "event_time_s": now if math.isfinite(now) else None,
+                "stations": stations, "incidents": incidents, "alerts": alerts,
+                "health": {"stations": len(stations), "states": counts,
+                           "samples": sum(s["samples"] for s in stations),
+                           "missing": sum(s["missing"] for s in stations),
+                           "detections": len(self._detections)},
+            }
+
+    def series(self, station_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            st = self._stations.get(station_id)
+            if st is None:
+                return None
+            return {
+                "station_id": station_id, "kind": st.info.kind, "units": st.info.units,
+                "t": [p[0] for p in st.series], "v": [p[1] for p in st.series],
+                "detections": [{"onset": d.onset, "peak_time": d.peak_time,
+                                "amplitude": d.amplitude, "detector": d.detector}
+                               for d in st.detections],
+                "event_time_s": self.event_time if math.isfinite(self.event_time) else None,
+            }
+
+    def alert(self, identifier: str) -> AlertMessage | None:
+        with self._lock:
+            return self._alerts.get(identifier)
+
+    def alerts(self) -> list[AlertMessage]:
+        with self._lock:
+            return sorted(self._alerts.values(), key=lambda a: (a.sent, a.identifier))
+
+    def revision(self, incident_id: str) -> IncidentRevision | None:
+        with self._lock:
+            revs = self._revisions.get(incident_id)
+            return revs[max(revs)] if revs else None
+
+
+def _num(x: float) -> float | None:
+    return None if x is None or math.isnan(x) else round(float(x), 5)
+
+
+def _t(x: float) -> str | None:
+    return None if x is None or math.isnan(x) else iso(x)

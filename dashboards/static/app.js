@@ -1,0 +1,214 @@
+// tocsin duty dashboard: live state over server-sent events, drawn with Leaflet.
+"use strict";
+
+const COLORS = { ok: "#2a7d2e", detecting: "#c0392b", late: "#e67e22", gap: "#7d3c98",
+                 waiting: "#95a5a6" };
+const EARTH_R = 6371008.8;
+const map = L.map("map", { worldCopyJump: false, preferCanvas: false })
+  .setView([0, 180], 2);
+const stationLayer = L.layerGroup().addTo(map);
+const incidentLayer = L.layerGroup().addTo(map);
+const markers = new Map();
+let selected = null;
+let last = null;
+
+// longitudes drawn in [0, 360): the Pacific stays in one piece
+const wrap = (lon) => ((lon % 360) + 360) % 360;
+
+fetch("/static/vendor/world-atlas/land-50m.json")
+  .then((r) => r.json())
+  .then((topo) => {
+    const land = topojson.feature(topo, topo.objects.land);
+    const style = { color: "#7a8a78", weight: 0.6, fillColor: "#eef0e6", fillOpacity: 1 };
+    for (const shift of [0, 360]) {
+      L.geoJSON(land, { style, interactive: false,
+        coordsToLatLng: (c) => L.latLng(c[1], c[0] + shift) }).addTo(map).bringToBack();
+    }
+  });
+
+function fmt(iso) { return iso ? iso.slice(11, 19) : "-"; }
+
+function circlePoints(lat, lon, radiusM) {
+  // a great circle of the given radius around (lat, lon), as a polyline
+  const pts = [], d = radiusM / EARTH_R, la = lat * Math.PI / 180, lo = lon * Math.PI / 180;
+  for (let i = 0; i <= 180; i++) {
+    const b = (2 * Math.PI * i) / 180;
+    const la2 = Math.asin(Math.sin(la) * Math.cos(d) + Math.cos(la) * Math.sin(d) * Math.cos(b));
+    const lo2 = lo + Math.atan2(Math.sin(b) * Math.sin(d) * Math.cos(la),
+                                Math.cos(d) - Math.sin(la) * Math.sin(la2));
+    pts.push([la2 * 180 / Math.PI, lo2 * 180 / Math.PI]);
+  }
+  // unwrap so the line does not jump across the map
+  const ref = wrap(lon);
+  return pts.map(([a, b]) => { let x = wrap(b); if (x - ref > 180) x -= 360;
+                               if (ref - x > 180) x += 360; return [a, x]; });
+}
+
+function drawStations(stations) {
+  for (const s of stations) {
+    let m = markers.get(s.station_id);
+    if (!m) {
+      m = L.circleMarker([s.lat, wrap(s.lon)], { radius: 5, weight: 1, color: "#222",
+                                                 fillOpacity: 0.9 })
+        .bindTooltip(s.station_id).addTo(stationLayer);
+      m.on("click", () => selectStation(s.station_id));
+      markers.set(s.station_id, m);
+    }
+    m.setStyle({ fillColor: COLORS[s.state] || "#999" });
+    m.options.stationState = s.state;
+    const el = m.getElement();
+    if (el) { el.setAttribute("data-station", s.station_id);
+              el.setAttribute("data-state", s.state); }
+  }
+}
+
+function drawIncidents(state) {
+  incidentLayer.clearLayers();
+  const now = state.event_time_s;
+  for (const inc of state.incidents) {
+    if (inc.lat === null) continue;
+    const src = L.circleMarker([inc.lat, wrap(inc.lon)], { radius: 9, color: "#b00020",
+      weight: 3, fillColor: "#ffdd00", fillOpacity: 1 })
+      .bindTooltip(`${inc.type} ${inc.id}`).addTo(incidentLayer);
+    const el = src.getElement();
+    if (el) el.setAttribute("data-incident", inc.id);
+    if (inc.speed_m_s && inc.origin_time_s !== null && now > inc.origin_time_s) {
+      const r = inc.speed_m_s * (now - inc.origin_time_s);
+      if (r < Math.PI * EARTH_R) {
+        L.polyline(circlePoints(inc.lat, inc.lon, r), { color: "#b00020", weight: 2,
+          dashArray: "6 4", interactive: false }).addTo(incidentLayer);
+      }
+    }
+    for (const f of inc.forecasts) {
+      if (f.lat === null) continue;
+      const color = f.state === "confirmed" ? "#b00020" : f.state === "arrived" ? "#e67e22"
+                                                                               : "#f1c40f";
+      L.circleMarker([f.lat, wrap(f.lon)], { radius: 8, color, weight: 2, fill: false })
+        .bindTooltip(`${f.station_id}: ${f.state}, ETA ${f.eta.slice(0, 19)}Z`)
+        .addTo(incidentLayer);
+    }
+  }
+}
+
+function el(tag, attrs = {}, text = "") {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
+  if (text) e.textContent = text;
+  return e;
+}
+
+function drawPanels(state) {
+  document.getElementById("event-time").textContent =
+    state.event_time ? state.event_time.replace("T", " ").slice(0, 19) + " UTC" : "-";
+  document.getElementById("title").textContent = state.title || "";
+  const h = state.health, parts = Object.entries(h.states).map(([k, v]) => `${v} ${k}`);
+  document.getElementById("health").textContent =
+    `${h.stations} stations (${parts.join(", ")}), ${h.detections} detections`;
+
+  const incs = document.getElementById("incidents");
+  incs.replaceChildren();
+  if (!state.incidents.length) incs.append(el("p", { class: "empty" }, "none"));
+  for (const inc of state.incidents) {
+    const box = el("div", { class: "incident", "data-incident": inc.id });
+    box.append(el("h3", { class: `status-${inc.status}` },
+      `${inc.type} [${inc.status}] ${inc.id}`));
+    const where = inc.lat === null ? "" :
+      `${inc.lat.toFixed(2)}, ${inc.lon.toFixed(2)}` +
+      (inc.origin_time ? `, origin ${fmt(inc.origin_time)}` : "") +
+      (inc.speed_m_s ? `, ${inc.speed_m_s.toFixed(0)} m/s` : "");
+    box.append(el("div", {}, where));
+    const watches = inc.forecasts.filter((f) => f.state === "watch").length;
+    box.append(el("div", {}, `${inc.forecasts.length} ETA watches (${watches} pending), ` +
+      `${inc.confirmed.length} confirmed, evidence: ${inc.evidence.join(", ")}`));
+    const t = el("table");
+    t.append(el("tr", {}, ""));
+    t.firstChild.append(el("th", {}, "rev"), el("th", {}, "issued"), el("th", {}, "status"),
+                        el("th", {}, "stations"));
+    for (const r of inc.revisions) {
+      const tr = el("tr");
+      tr.append(el("td", {}, String(r.revision)), el("td", {}, fmt(r.issued)),
+                el("td", {}, r.status), el("td", {}, String(r.stations_used)));
+      t.append(tr);
+    }
+    box.append(t);
+    incs.append(box);
+  }
+
+  const al = document.getElementById("alerts");
+  al.replaceChildren();
+  if (!state.alerts.length) al.append(el("li", { class: "empty" }, "none"));
+  for (const a of state.alerts.slice().reverse()) {
+    const li = el("li", { "data-alert": a.identifier });
+    const link = el("a", { href: `/api/alerts/${encodeURIComponent(a.identifier)}.xml` },
+                    `CAP ${a.msgType}`);
+    li.append(link, document.createTextNode(
+      ` ${fmt(a.sent)} ${a.severity}/${a.urgency}: ${a.headline}`));
+    al.append(li);
+  }
+
+  const body = document.querySelector("#feed tbody");
+  body.replaceChildren();
+  const rows = state.stations.slice().sort((a, b) => (b.behind_s || 0) - (a.behind_s || 0));
+  for (const s of rows.slice(0, 40)) {
+    const tr = el("tr");
+    tr.append(el("td", {}, s.station_id), el("td", { class: `state-${s.state}` }, s.state),
+              el("td", {}, s.behind_s === null ? "-" : `${Math.round(s.behind_s / 60)} min`),
+              el("td", {}, String(s.missing)));
+    body.append(tr);
+  }
+}
+
+async function selectStation(id) {
+  selected = id;
+  await drawSeries();
+}
+
+async function drawSeries() {
+  if (!selected) return;
+  const r = await fetch(`/api/stations/${encodeURIComponent(selected)}/series`);
+  if (!r.ok) return;
+  const s = await r.json();
+  document.getElementById("series-title").textContent =
+    `${s.station_id} (${s.kind}, ${s.units})`;
+  const svg = document.getElementById("series");
+  svg.replaceChildren();
+  svg.setAttribute("data-station", s.station_id);
+  if (s.t.length < 2) return;
+  const t0 = s.t[0], t1 = s.t[s.t.length - 1];
+  let lo = Math.min(...s.v), hi = Math.max(...s.v);
+  if (hi === lo) { hi += 1; lo -= 1; }
+  const x = (t) => ((t - t0) / (t1 - t0)) * 400, y = (v) => 150 - ((v - lo) / (hi - lo)) * 140;
+  const ns = "http://www.w3.org/2000/svg";
+  const line = document.createElementNS(ns, "polyline");
+  line.setAttribute("points", s.t.map((t, i) => `${x(t).toFixed(1)},${y(s.v[i]).toFixed(1)}`)
+    .join(" "));
+  line.setAttribute("fill", "none");
+  line.setAttribute("stroke", "#1f5f99");
+  line.setAttribute("stroke-width", "1");
+  svg.append(line);
+  for (const d of s.detections) {
+    if (d.onset < t0 || d.onset > t1) continue;
+    const m = document.createElementNS(ns, "line");
+    for (const [k, v] of [["x1", x(d.onset)], ["x2", x(d.onset)], ["y1", 0], ["y2", 160]]) {
+      m.setAttribute(k, String(v));
+    }
+    m.setAttribute("stroke", "#c0392b");
+    m.setAttribute("class", "detection");
+    svg.append(m);
+  }
+}
+
+function render(state) {
+  last = state;
+  drawStations(state.stations);
+  drawIncidents(state);
+  drawPanels(state);
+}
+
+fetch("/api/state").then((r) => r.json()).then(render);
+const source = new EventSource("/api/stream");
+source.addEventListener("state", (e) => {
+  render(JSON.parse(e.data));
+  drawSeries();
+});
+window.tocsinState = () => last;

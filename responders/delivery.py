@@ -1,0 +1,383 @@
+"""Delivering CAP alerts to subscribed agencies: an outbox in the database.
+
+An agency's :class:`Subscription` has an area of interest (a GeoJSON geometry), a minimum
+CAP severity and channels (``webhook`` with a URL and an HMAC secret, ``email`` with an
+address). When the alert agent stores a CAP message it also calls :meth:`Outbox.enqueue`
+in the same transaction, before its Kafka offset is committed: one delivery row per
+matching subscription and channel, keyed by the idempotency key
+``<identifier>|<subscription>|<channel index>``. A crash before the commit replays the
+message and the upsert finds the same keys: nothing is lost, nothing doubled.
+
+:meth:`Outbox.dispatch_due` sends the due deliveries: it claims each row atomically (two
+workers never send the same row at once), posts or mails it, records the attempt, and on
+failure schedules a retry with exponential backoff; after ``max_attempts`` the delivery is
+marked ``dead`` and handed to the dead-letter callback. Nothing is dropped silently: every
+attempt is a row in ``delivery_attempts``.
+
+A webhook POST carries the CAP XML with ``X-Tocsin-Signature: sha256=<hex HMAC-SHA256 of
+the body with the subscription's secret>``, ``X-Tocsin-Idempotency-Key`` (the same on every
+retry, so the receiver can recognise a redelivery) and ``X-Tocsin-Attempt``.
+
+Matching: the alert's CAP areas (circles and polygons) intersect the subscription's area
+and its severity is at least the minimum. Updates and Cancels also go to every subscription
+that received an earlier message of the same incident: who got the Alert gets its Cancel.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import math
+import smtplib
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+from lxml import etree
+from shapely import affinity
+from shapely.geometry import Point, Polygon, shape
+from shapely.geometry.base import BaseGeometry
+from sqlalchemy import and_, select, update
+from sqlalchemy.engine import Connection
+
+from responders.alerting import CAP_NS, severity_at_least
+from responders.store import AlertRow, AttemptRow, DeliveryRow, Store, SubscriptionRow
+from streams.schemas import AlertMessage
+
+CHANNELS = ("webhook", "email")
+
+
+class SubscriptionError(ValueError):
+    """A subscription that cannot be accepted (bad area, channel, URL or severity)."""
+
+
+class UnsafeTarget(SubscriptionError):
+    """A webhook URL that tocsin will not call."""
+
+
+@dataclass(frozen=True)
+class Subscription:
+    id: str
+    name: str
+    area: dict[str, Any]
+    min_severity: str
+    channels: tuple[dict[str, Any], ...]
+    geometry: BaseGeometry = field(compare=False, repr=False, default=None)  # type: ignore[assignment]
+
+    @classmethod
+    def create(cls, name: str, area: dict[str, Any], min_severity: str,
+               channels: list[dict[str, Any]], *, id: str | None = None,
+               check_url: Callable[[str], None] | None = None) -> Subscription:
+        try:
+            geom = shape(area)
+        except Exception as exc:  # noqa: BLE001 - shapely raises several kinds
+            raise SubscriptionError(f"area is not a GeoJSON geometry: {exc}") from exc
+        if geom.is_empty or not geom.is_valid or geom.geom_type not in ("Polygon",
+                                                                         "MultiPolygon"):
+            raise SubscriptionError(f"area must be a valid Polygon or MultiPolygon, got "
+                                    f"{geom.geom_type} (valid={geom.is_valid})")
+        try:
+            severity_at_least(min_severity, "Unknown")
+        except ValueError as exc:
+            raise SubscriptionError(str(exc)) from exc
+        if not channels:
+            raise SubscriptionError("a subscription needs at least one channel")
+        for ch in channels:
+            kind = ch.get("type")
+            if kind == "webhook":
+                if not ch.get("url") or not ch.get("secret"):
+                    raise SubscriptionError("a webhook channel needs 'url' and 'secret'")
+                if check_url is not None:
+                    check_url(str(ch["url"]))
+            elif kind == "email":
+                if "@" not in str(ch.get("to", "")):
+                    raise SubscriptionError(f"email channel: 'to' {ch.get('to')!r} is not "
+                                            "an address")
+            else:
+                raise SubscriptionError(f"channel type {kind!r} is not one of {CHANNELS}")
+        return cls(id or uuid.uuid4().hex, name, area, min_severity, tuple(channels), geom)
+
+    def public(self) -> dict[str, Any]:
+        """The subscription without its secrets (for the API)."""
+        return {"id": self.id, "name": self.name, "area": self.area,
+                "min_severity": self.min_severity,
+                "channels": [{k: v for k, v in ch.items() if k != "secret"}
+                             for ch in self.channels]}
+
+
+# ---------------------------------------------------------------------- geometry
+def cap_areas(cap_xml: str) -> list[BaseGeometry]:
+    """The CAP message's ``circle`` and ``polygon`` areas as lon/lat shapely geometries."""
+    doc = etree.fromstring(cap_xml.encode())
+    out: list[BaseGeometry] = []
+    for el in doc.iterfind(f".//{{{CAP_NS}}}area/{{{CAP_NS}}}circle"):
+        centre, radius = el.text.split()
+        lat, lon = (float(x) for x in centre.split(","))
+        out.append(circle(lat, lon, float(radius)))
+    for el in doc.iterfind(f".//{{{CAP_NS}}}area/{{{CAP_NS}}}polygon"):
+        pts = [tuple(float(x) for x in p.split(",")) for p in el.text.split()]
+        out.append(Polygon([(lon, lat) for lat, lon in pts]))
+    return out
+
+
+def circle(lat: float, lon: float, radius_km: float) -> BaseGeometry:
+    """A circle on the lon/lat plane (longitude stretched by 1/cos(lat))."""
+    deg = radius_km / 111.32
+    c = Point(lon, lat).buffer(deg, 32)
+    return affinity.scale(c, xfact=1.0 / max(math.cos(math.radians(lat)), 0.01), yfact=1.0,
+                          origin=(lon, lat))
+
+
+def matches(sub: Subscription, msg: AlertMessage, areas: list[BaseGeometry]) -> bool:
+    if not severity_at_least(msg.severity or "Unknown", sub.min_severity):
+        return False
+    return any(sub.geometry.intersects(a) for a in areas)
+
+
+# ---------------------------------------------------------------------- webhook safety
+def make_url_checker(allowed_hosts: str = "", allow_link_local: bool = False,
+                     resolve: Callable[[str], list[str]] | None = None,
+                     ) -> Callable[[str], None]:
+    allow = {h.strip().lower() for h in allowed_hosts.split(",") if h.strip()}
+
+    def _resolve(host: str) -> list[str]:
+        return sorted({ai[4][0] for ai in socket.getaddrinfo(host, None)})
+
+    res = resolve or _resolve
+
+    def check(url: str) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https"):
+            raise UnsafeTarget(f"webhook URL {url!r}: scheme {parts.scheme!r} is not http(s)")
+        host = (parts.hostname or "").lower()
+        if not host:
+            raise UnsafeTarget(f"webhook URL {url!r} has no host")
+        if allow and host not in allow:
+            raise UnsafeTarget(f"webhook host {host!r} is not in the allow-list")
+        try:
+            addrs = res(host)
+        except OSError as exc:
+            raise UnsafeTarget(f"webhook host {host!r} does not resolve: {exc}") from exc
+        for a in addrs:
+            ip = ipaddress.ip_address(a.split("%")[0])
+            if ip.is_multicast or ip.is_unspecified or ip.is_reserved:
+                raise UnsafeTarget(f"webhook host {host!r} resolves to {ip}, which is not a "
+                                   "unicast address")
+            if ip.is_link_local and not allow_link_local:
+                raise UnsafeTarget(f"webhook host {host!r} resolves to the link-local/metadata "
+                                   f"address {ip}; set TOCSIN_WEBHOOK_ALLOW_LINK_LOCAL to allow")
+
+    return check
+
+
+def sign(secret: str, body: bytes) -> str:
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def verify(secret: str, body: bytes, signature: str) -> bool:
+    return hmac.compare_digest(sign(secret, body), signature)
+
+
+# ---------------------------------------------------------------------- the outbox
+@dataclass
+class SendResult:
+    ok: bool
+    status_code: int | None = None
+    error: str | None = None
+
+
+class Outbox:
+    def __init__(self, store: Store, *, max_attempts: int = 8, backoff_s: float = 1.0,
+                 backoff_max_s: float = 300.0, smtp: tuple[str, int] = ("127.0.0.1", 25),
+                 smtp_from: str = "tocsin@localhost",
+                 check_url: Callable[[str], None] | None = None,
+                 dead_letter: Callable[[dict[str, Any]], None] | None = None,
+                 clock: Callable[[], float] = time.time, http_timeout: float = 5.0) -> None:
+        self.store = store
+        self.max_attempts = max_attempts
+        self.backoff_s = backoff_s
+        self.backoff_max_s = backoff_max_s
+        self.smtp = smtp
+        self.smtp_from = smtp_from
+        self.check_url = check_url or make_url_checker()
+        self.dead_letter = dead_letter
+        self.clock = clock
+        self.http = httpx.Client(timeout=http_timeout, follow_redirects=False)
+
+    @classmethod
+    def from_settings(cls, store: Store, settings: Any, **kw: Any) -> Outbox:
+        return cls(store, max_attempts=settings.delivery_max_attempts,
+                   backoff_s=settings.delivery_backoff_s,
+                   backoff_max_s=settings.delivery_backoff_max_s,
+                   smtp=(settings.smtp_host, settings.smtp_port), smtp_from=settings.smtp_from,
+                   check_url=make_url_checker(settings.webhook_allowed_hosts,
+                                              settings.webhook_allow_link_local), **kw)
+
+    def close(self) -> None:
+        self.http.close()
+
+    # -- subscriptions
+    def add_subscription(self, sub: Subscription) -> None:
+        with self.store.begin() as c:
+            self.store._upsert(c, SubscriptionRow, {
+                "id": sub.id, "name": sub.name, "area": sub.area,
+                "min_severity": sub.min_severity, "channels": list(sub.channels),
+                "created": self.clock(), "active": 1}, ("id",))
+
+    def remove_subscription(self, sub_id: str) -> bool:
+        with self.store.begin() as c:
+            r = c.execute(update(SubscriptionRow).where(SubscriptionRow.id == sub_id)
+                          .values(active=0))
+            return bool(r.rowcount)
+
+    def subscriptions(self) -> list[Subscription]:
+        with self.store.engine.connect() as c:
+            rows = c.execute(select(SubscriptionRow).where(SubscriptionRow.active == 1)
+                             .order_by(SubscriptionRow.created, SubscriptionRow.id))
+            return [Subscription(r.id, r.name, r.area, r.min_severity, tuple(r.channels),
+                                 shape(r.area)) for r in rows]
+
+    # -- enqueue (inside the alert agent's transaction)
+    def enqueue(self, msg: AlertMessage, conn: Connection | None = None) -> int:
+        """Delivery rows for ``msg`` (idempotent); returns how many subscriptions match."""
+        areas = cap_areas(msg.cap_xml)
+        subs = self.subscriptions()
+        with self.store._conn(conn) as c:
+            earlier = set(c.execute(
+                select(DeliveryRow.subscription_id).distinct()
+                .join(AlertRow, AlertRow.identifier == DeliveryRow.alert_identifier)
+                .where(AlertRow.incident_id == msg.incident_id)).scalars())
+            n = 0
+            for sub in subs:
+                follow_up = msg.msg_type in ("Update", "Cancel") and sub.id in earlier
+                if not (follow_up or matches(sub, msg, areas)):
+                    continue
+                n += 1
+                for i, ch in enumerate(sub.channels):
+                    key = f"{msg.identifier}|{sub.id}|{i}"
+                    target = ch.get("url") or ch.get("to") or ""
+                    exists = c.execute(select(DeliveryRow.key).where(DeliveryRow.key == key)
+                                       ).first()
+                    if exists is None:
+                        c.execute(DeliveryRow.__table__.insert().values(
+                            key=key, alert_identifier=msg.identifier, subscription_id=sub.id,
+                            channel=ch["type"], target=target, status="pending", attempts=0,
+                            next_attempt=self.clock(), last_error=None, delivered_at=None))
+            return n
+
+    # -- dispatch
+    def dispatch_due(self, limit: int = 100) -> int:
+        """Try every due delivery once; returns the number attempted."""
+        now = self.clock()
+        with self.store.engine.connect() as c:
+            keys = list(c.execute(
+                select(DeliveryRow.key).where(and_(DeliveryRow.status == "pending",
+                                                   DeliveryRow.next_attempt <= now))
+                .order_by(DeliveryRow.next_attempt, DeliveryRow.key).limit(limit)).scalars())
+        done = 0
+        for key in keys:
+            if self._claim(key, now):
+                self._attempt(key)
+                done += 1
+        return done
+
+    def _claim(self, key: str, now: float) -> bool:
+        lease = now + 60.0  # another worker will not pick it up meanwhile
+        with self.store.begin() as c:
+            r = c.execute(update(DeliveryRow).where(and_(
+                DeliveryRow.key == key, DeliveryRow.status == "pending",
+                DeliveryRow.next_attempt <= now)).values(next_attempt=lease))
+            return r.rowcount == 1
+
+    def _attempt(self, key: str) -> None:
+        with self.store.engine.connect() as c:
+            d = c.execute(select(DeliveryRow).where(DeliveryRow.key == key)).one()
+            sub = c.execute(select(SubscriptionRow).where(
+                SubscriptionRow.id == d.subscription_id)).one_or_none()
+        alert = self.store.alert(d.alert_identifier)
+        attempt = d.attempts + 1
+        if sub is None or alert is None:
+            result = SendResult(False, error="subscription or alert no longer exists")
+        else:
+            idx = int(key.rsplit("|", 1)[1])
+            ch = sub.channels[idx]
+            result = self._send(ch, alert, key, attempt)
+        now = self.clock()
+        with self.store.begin() as c:
+            c.execute(AttemptRow.__table__.insert().values(
+                delivery_key=key, attempt=attempt, at=now, ok=int(result.ok),
+                status_code=result.status_code, error=result.error))
+            if result.ok:
+                c.execute(update(DeliveryRow).where(DeliveryRow.key == key).values(
+                    status="delivered", attempts=attempt, delivered_at=now, last_error=None))
+                return
+            dead = attempt >= self.max_attempts
+            delay = min(self.backoff_s * 2 ** (attempt - 1), self.backoff_max_s)
+            c.execute(update(DeliveryRow).where(DeliveryRow.key == key).values(
+                status="dead" if dead else "pending", attempts=attempt,
+                next_attempt=now + delay, last_error=result.error))
+        if dead and self.dead_letter is not None:
+            self.dead_letter({"key": key, "alert": d.alert_identifier,
+                              "subscription": d.subscription_id, "channel": d.channel,
+                              "target": d.target, "attempts": attempt,
+                              "reason": result.error})
+
+    def _send(self, ch: dict[str, Any], alert: dict[str, Any], key: str,
+              attempt: int) -> SendResult:
+        body = alert["cap_xml"].encode()
+        if ch["type"] == "webhook":
+            try:
+                self.check_url(ch["url"])
+                r = self.http.post(ch["url"], content=body, headers={
+                    "Content-Type": "application/cap+xml",
+                    "X-Tocsin-Signature": sign(ch["secret"], body),
+                    "X-Tocsin-Idempotency-Key": key,
+                    "X-Tocsin-Attempt": str(attempt)})
+            except UnsafeTarget as exc:
+                return SendResult(False, error=str(exc))
+            except httpx.HTTPError as exc:
+                return SendResult(False, error=f"{type(exc).__name__}: {exc}")
+            if 200 <= r.status_code < 300:
+                return SendResult(True, r.status_code)
+            return SendResult(False, r.status_code, f"HTTP {r.status_code}")
+        if ch["type"] == "email":
+            em = EmailMessage()
+            em["From"] = self.smtp_from
+            em["To"] = ch["to"]
+            em["Subject"] = f"[CAP {alert['msg_type']}] {alert['headline']}"[:200]
+            em["Message-ID"] = f"<{hashlib.sha256(key.encode()).hexdigest()[:32]}@tocsin>"
+            em["X-Tocsin-Idempotency-Key"] = key
+            em.set_content(f"{alert['headline']}\n\nCAP 1.2 message attached "
+                           f"({alert['identifier']}).\n")
+            em.add_attachment(body, maintype="application", subtype="cap+xml",
+                              filename=f"{alert['identifier']}.xml")
+            try:
+                with smtplib.SMTP(self.smtp[0], self.smtp[1], timeout=10) as s:
+                    s.send_message(em)
+            except (OSError, smtplib.SMTPException) as exc:
+                return SendResult(False, error=f"{type(exc).__name__}: {exc}")
+            return SendResult(True)
+        return SendResult(False, error=f"unknown channel {ch['type']!r}")
+
+    # -- reads for the API
+    def deliveries(self, alert_identifier: str | None = None) -> list[dict[str, Any]]:
+        q = select(DeliveryRow).order_by(DeliveryRow.alert_identifier, DeliveryRow.key)
+        if alert_identifier:
+            q = q.where(DeliveryRow.alert_identifier == alert_identifier)
+        with self.store.engine.connect() as c:
+            out = []
+            for r in c.execute(q):
+                row = dict(r._mapping)
+                row["attempt_log"] = [dict(a._mapping) for a in c.execute(
+                    select(AttemptRow.attempt, AttemptRow.at, AttemptRow.ok,
+                           AttemptRow.status_code, AttemptRow.error)
+                    .where(AttemptRow.delivery_key == r.key).order_by(AttemptRow.attempt))]
+                out.append(row)
+            return out

@@ -1,0 +1,322 @@
+"""Persistence: detections, incidents and their revisions, alerts, subscriptions, deliveries.
+
+SQLAlchemy 2 models, created and upgraded by the Alembic migrations in
+``responders/migrations`` (never by ``create_all``). SQLite is the default; any SQLAlchemy
+URL works (``TOCSIN_DATABASE_URL=postgresql+psycopg://...``). Every write is an upsert on
+the message's idempotency key (detection key, ``incident_id#revision``, CAP identifier,
+delivery key), so replaying a run, or a message redelivered after a crash before its Kafka
+commit, never duplicates a row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    event,
+    func,
+    select,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from detectors.base import Detection
+from streams.schemas import AlertMessage, IncidentRevision
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class DetectionRow(Base):
+    __tablename__ = "detections"
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    station_id: Mapped[str] = mapped_column(String(100), index=True)
+    kind: Mapped[str] = mapped_column(String(40))
+    detector: Mapped[str] = mapped_column(String(40))
+    detector_version: Mapped[str] = mapped_column(String(20))
+    onset: Mapped[float] = mapped_column(Float, index=True)
+    peak_time: Mapped[float] = mapped_column(Float)
+    amplitude: Mapped[float] = mapped_column(Float)
+    units: Mapped[str] = mapped_column(String(20))
+    declared: Mapped[float] = mapped_column(Float)
+    lat: Mapped[float | None] = mapped_column(Float, nullable=True)
+    lon: Mapped[float | None] = mapped_column(Float, nullable=True)
+    extra: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class IncidentRow(Base):
+    __tablename__ = "incidents"
+    incident_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    type: Mapped[str] = mapped_column(String(40))
+    status: Mapped[str] = mapped_column(String(20))
+    revision: Mapped[int] = mapped_column(Integer)
+    issued: Mapped[float] = mapped_column(Float)
+    origin_time: Mapped[float | None] = mapped_column(Float, nullable=True)
+    lat: Mapped[float | None] = mapped_column(Float, nullable=True)
+    lon: Mapped[float | None] = mapped_column(Float, nullable=True)
+    speed_m_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class RevisionRow(Base):
+    __tablename__ = "incident_revisions"
+    key: Mapped[str] = mapped_column(String(120), primary_key=True)
+    incident_id: Mapped[str] = mapped_column(String(100), index=True)
+    revision: Mapped[int] = mapped_column(Integer)
+    issued: Mapped[float] = mapped_column(Float)
+    status: Mapped[str] = mapped_column(String(20))
+    body: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class AlertRow(Base):
+    __tablename__ = "alerts"
+    identifier: Mapped[str] = mapped_column(String(200), primary_key=True)
+    incident_id: Mapped[str] = mapped_column(String(100), index=True)
+    revision: Mapped[int] = mapped_column(Integer)
+    msg_type: Mapped[str] = mapped_column(String(10))
+    sent: Mapped[float] = mapped_column(Float, index=True)
+    event: Mapped[str] = mapped_column(String(200))
+    severity: Mapped[str] = mapped_column(String(20))
+    urgency: Mapped[str] = mapped_column(String(20))
+    certainty: Mapped[str] = mapped_column(String(20))
+    headline: Mapped[str] = mapped_column(String(300))
+    references: Mapped[list[str]] = mapped_column(JSON)
+    cap_xml: Mapped[str] = mapped_column(Text)
+
+
+class SubscriptionRow(Base):
+    __tablename__ = "subscriptions"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    area: Mapped[dict[str, Any]] = mapped_column(JSON)  # GeoJSON geometry
+    min_severity: Mapped[str] = mapped_column(String(20))
+    channels: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    created: Mapped[float] = mapped_column(Float)
+    active: Mapped[int] = mapped_column(Integer, default=1)
+
+
+class DeliveryRow(Base):
+    __tablename__ = "deliveries"
+    key: Mapped[str] = mapped_column(String(300), primary_key=True)  # idempotency key
+    alert_identifier: Mapped[str] = mapped_column(
+        String(200), ForeignKey("alerts.identifier"), index=True)
+    subscription_id: Mapped[str] = mapped_column(String(64), index=True)
+    channel: Mapped[str] = mapped_column(String(20))
+    target: Mapped[str] = mapped_column(String(500))
+    status: Mapped[str] = mapped_column(String(20), index=True)  # pending|delivered|dead
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt: Mapped[float] = mapped_column(Float, index=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    delivered_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class AttemptRow(Base):
+    __tablename__ = "delivery_attempts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    delivery_key: Mapped[str] = mapped_column(String(300), ForeignKey("deliveries.key"),
+                                              index=True)
+    attempt: Mapped[int] = mapped_column(Integer)
+    at: Mapped[float] = mapped_column(Float)
+    ok: Mapped[int] = mapped_column(Integer)
+    status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+def _opt(x: float) -> float | None:
+    return None if x is None or math.isnan(x) else float(x)
+
+
+def migrate(url_or_engine: str | Engine, revision: str = "head") -> None:
+    """Bring the schema to ``revision`` with Alembic (idempotent)."""
+    from alembic import command
+    from alembic.config import Config
+
+    engine = create_store_engine(url_or_engine) if isinstance(url_or_engine, str) \
+        else url_or_engine
+    cfg = Config()
+    with resources.as_file(resources.files("responders") / "migrations") as path:
+        cfg.set_main_option("script_location", str(path))
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, revision)
+
+
+def create_store_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")  # workers and the dashboard side by side
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+@dataclass(frozen=True)
+class Counts:
+    detections: int
+    incidents: int
+    revisions: int
+    alerts: int
+    deliveries: int
+
+
+class Store:
+    """The database of one tocsin installation (see the module docstring)."""
+
+    def __init__(self, url: str, *, migrate_schema: bool = True) -> None:
+        self.url = url
+        self.engine = create_store_engine(url)
+        if migrate_schema:
+            migrate(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def begin(self) -> Iterator[Connection]:
+        with self.engine.begin() as conn:
+            yield conn
+
+    # ------------------------------------------------------------------ writes
+    def _upsert(self, conn: Connection, model: type[Base], row: dict[str, Any],
+                keys: tuple[str, ...]) -> None:
+        table = model.__table__
+        dialect = conn.dialect.name
+        if dialect == "postgresql":
+            stmt: Any = postgresql.insert(table).values(**row)
+        elif dialect == "sqlite":
+            stmt = sqlite.insert(table).values(**row)
+        else:  # pragma: no cover - other databases: merge through the ORM
+            raise NotImplementedError(f"upsert for {dialect}")
+        update = {k: v for k, v in row.items() if k not in keys}
+        conn.execute(stmt.on_conflict_do_update(index_elements=list(keys), set_=update))
+
+    def save_detection(self, det: Detection, conn: Connection | None = None) -> None:
+        row = {"key": det.key, "station_id": det.station_id, "kind": det.kind,
+               "detector": det.detector, "detector_version": det.detector_version,
+               "onset": det.onset, "peak_time": det.peak_time,
+               "amplitude": float(det.amplitude), "units": det.units,
+               "declared": det.declared, "lat": _opt(det.lat), "lon": _opt(det.lon),
+               "extra": _jsonable(det.extra)}
+        with self._conn(conn) as c:
+            self._upsert(c, DetectionRow, row, ("key",))
+
+    def save_revision(self, rev: IncidentRevision, conn: Connection | None = None) -> None:
+        with self._conn(conn) as c:
+            self._upsert(c, RevisionRow, {
+                "key": rev.key, "incident_id": rev.incident_id, "revision": rev.revision,
+                "issued": rev.issued, "status": rev.status, "body": rev.to_dict()}, ("key",))
+            cur = c.execute(select(IncidentRow.revision).where(
+                IncidentRow.incident_id == rev.incident_id)).scalar_one_or_none()
+            if cur is None or rev.revision >= cur:
+                self._upsert(c, IncidentRow, {
+                    "incident_id": rev.incident_id, "type": rev.type, "status": rev.status,
+                    "revision": rev.revision, "issued": rev.issued,
+                    "origin_time": _opt(rev.origin_time), "lat": _opt(rev.lat),
+                    "lon": _opt(rev.lon), "speed_m_s": _opt(rev.speed_m_s)},
+                    ("incident_id",))
+
+    def save_alert(self, msg: AlertMessage, conn: Connection | None = None) -> None:
+        with self._conn(conn) as c:
+            self._upsert(c, AlertRow, {
+                "identifier": msg.identifier, "incident_id": msg.incident_id,
+                "revision": msg.revision, "msg_type": msg.msg_type, "sent": msg.sent,
+                "event": msg.event, "severity": msg.severity, "urgency": msg.urgency,
+                "certainty": msg.certainty, "headline": msg.headline,
+                "references": list(msg.references), "cap_xml": msg.cap_xml},
+                ("identifier",))
+
+    def save(self, msg: Detection | IncidentRevision | AlertMessage) -> None:
+        """Store any output message in one transaction."""
+        with self.begin() as conn:
+            if isinstance(msg, Detection):
+                self.save_detection(msg, conn)
+            elif isinstance(msg, IncidentRevision):
+                self.save_revision(msg, conn)
+            elif isinstance(msg, AlertMessage):
+                self.save_alert(msg, conn)
+            else:
+                raise TypeError(f"cannot store a {type(msg).__name__}")
+
+    def save_all(self, msgs: Iterable[Detection | IncidentRevision | AlertMessage]) -> None:
+        for m in msgs:
+            self.save(m)
+
+    @contextmanager
+    def _conn(self, conn: Connection | None) -> Iterator[Connection]:
+        if conn is not None:
+            yield conn
+        else:
+            with self.begin() as c:
+                yield c
+
+    # ------------------------------------------------------------------ reads
+    def counts(self) -> Counts:
+        with self.engine.connect() as c:
+            def n(model: type[Base]) -> int:
+                return int(c.execute(select(func.count()).select_from(model)).scalar_one())
+            return Counts(n(DetectionRow), n(IncidentRow), n(RevisionRow), n(AlertRow),
+                          n(DeliveryRow))
+
+    def alerts(self, limit: int = 200) -> list[dict[str, Any]]:
+        with self.engine.connect() as c:
+            rows = c.execute(select(AlertRow).order_by(AlertRow.sent.desc(),
+                                                       AlertRow.identifier).limit(limit))
+            return [dict(r._mapping) for r in rows]
+
+    def alert(self, identifier: str) -> dict[str, Any] | None:
+        with self.engine.connect() as c:
+            r = c.execute(select(AlertRow).where(AlertRow.identifier == identifier)).first()
+            return None if r is None else dict(r._mapping)
+
+    def incidents(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as c:
+            rows = c.execute(select(IncidentRow).order_by(IncidentRow.issued))
+            return [dict(r._mapping) for r in rows]
+
+    def revisions(self, incident_id: str) -> list[dict[str, Any]]:
+        with self.engine.connect() as c:
+            rows = c.execute(select(RevisionRow.body).where(
+                RevisionRow.incident_id == incident_id).order_by(RevisionRow.revision))
+            return [r[0] for r in rows]
+
+    def detections(self, station_id: str | None = None) -> list[dict[str, Any]]:
+        q = select(DetectionRow).order_by(DetectionRow.onset)
+        if station_id is not None:
+            q = q.where(DetectionRow.station_id == station_id)
+        with self.engine.connect() as c:
+            return [dict(r._mapping) for r in c.execute(q)]
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def token_hash(token: str) -> str:
+    """Tokens are stored and compared as SHA-256 hashes, never in clear."""
+    return hashlib.sha256(token.encode()).hexdigest()

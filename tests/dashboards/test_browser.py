@@ -1,0 +1,91 @@
+"""The live dashboard in a real browser (Debian chromium via Playwright) during a replay.
+
+``tocsin run`` (the demo command, on the session's Kafka broker) replays the Tonga
+scenario while the page is open: the test waits for the incident on the map and in the
+alert list, clicks a station, checks its time series, saves screenshots under
+test-output/, and fails on any console error.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import OUTPUT, free_port, missing
+from tocsin.settings import Settings
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture()
+def demo(kafka_settings: Settings, tmp_path: Path):  # type: ignore[no-untyped-def]
+    port = free_port()
+    env = {**os.environ, "TOCSIN_KAFKA_BOOTSTRAP": kafka_settings.bootstrap,
+           "TOCSIN_HOME": str(tmp_path / "home"), "TOCSIN_HTTP_PORT": str(port),
+           "TOCSIN_SESSION_TIMEOUT_MS": "6000", "TOCSIN_CACHE_DIR": str(kafka_settings.cache_dir)}
+    log = (tmp_path / "demo.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "tocsin", "run", "--duration", "60"],
+                            stdout=log, stderr=subprocess.STDOUT, env=env,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(url + "/api/state", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the dashboard did not come up: {(tmp_path / 'demo.log').read_text()}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+
+
+def test_dashboard_shows_the_incident_live(demo: str) -> None:
+    if not Path(CHROMIUM).exists() or shutil.which("chromium") is None:
+        missing("Debian chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    shots = OUTPUT / "dashboard"
+    shots.mkdir(parents=True, exist_ok=True)
+    errors: list[str] = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+            "--no-sandbox", "--disable-background-networking", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1400, "height": 850})
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(demo)
+        page.wait_for_selector("#map path.leaflet-interactive[data-station]", timeout=30_000)
+        page.screenshot(path=str(shots / "1-start.png"))
+        # the incident on the map (its source marker) and in the alert list
+        page.wait_for_selector("#map [data-incident]", timeout=120_000)
+        page.wait_for_selector("#alerts li[data-alert]", timeout=120_000)
+        page.screenshot(path=str(shots / "2-incident.png"))
+        assert "volcanic_eruption" in page.inner_text("#incidents")
+        # a station opens its time series
+        page.click("#map path[data-station='BARO.NUKU']", force=True)
+        page.wait_for_selector("#series[data-station='BARO.NUKU'] polyline", timeout=30_000)
+        page.wait_for_selector("#series line.detection", timeout=60_000)
+        page.screenshot(path=str(shots / "3-station.png"))
+        state = page.evaluate("window.tocsinState()")
+        browser.close()
+    assert state["incidents"] and state["alerts"]
+    assert errors == [], errors

@@ -1,0 +1,121 @@
+"""Dashboard state and HTTP API (no browser): station states, incidents, CAP and Atom."""
+
+from __future__ import annotations
+
+import numpy as np
+from fastapi.testclient import TestClient
+from lxml import etree
+
+from dashboards.app import create_app
+from dashboards.state import LiveState
+from detectors.base import Detection, StationInfo
+from responders.alerting import AlertPolicy, validate_cap
+from streams.schemas import Forecast, IncidentRevision, ObservationPacket
+
+T = 1642220085.0
+
+
+def packet(sid: str, start: float, values: list[float]) -> ObservationPacket:
+    return ObservationPacket(station_id=sid, kind="barometer", channel="BDO", start=start,
+                             sample_interval=60.0, values=np.array(values, dtype=float),
+                             units="hPa", source="test", lat=-18.0, lon=178.0)
+
+
+def fed_state() -> tuple[LiveState, IncidentRevision]:
+    s = LiveState()
+    for sid in ("A", "B", "C"):
+        s.add_station(StationInfo(sid, "barometer", -18.0, 178.0, 0.0, "hPa"))
+    s.on_packet(packet("A", T, [1010.0 + 0.01 * i for i in range(600)]))
+    s.on_packet(packet("B", T, [1010.0] * 599 + [float("nan")]))
+    s.on_packet(packet("C", T - 6 * 3600, [1010.0] * 10))
+    s.on_detection(Detection("A", "barometer", "lamb_pulse", "1", T + 34000.0, T + 34100.0, 2.0,
+                             "hPa", T + 34600.0, -18.0, 178.0))
+    rev = IncidentRevision("eruption-1", "volcanic_eruption", 1, T + 3600.0, "watch", T,
+                           -20.5, -175.4, 314.0, ("x",), ("A", "B", "C", "D"),
+                           forecasts=(Forecast("nkfa", "tide_gauge", T + 300, 60.0, -21.1,
+                                               -175.2),))
+    s.on_revision(rev)
+    for msg in AlertPolicy().on_revision(rev):
+        s.on_alert(msg)
+    return s, rev
+
+
+def test_station_states_and_incidents() -> None:
+    s, _ = fed_state()
+    snap = s.snapshot()
+    states = {st["station_id"]: st["state"] for st in snap["stations"]}
+    assert states == {"A": "detecting", "B": "gap", "C": "late"}
+    (inc,) = snap["incidents"]
+    assert inc["forecasts"][0]["state"] == "arrived"  # ETA passed, not yet confirmed
+    assert inc["alerts"] and snap["alerts"][0]["msgType"] == "Alert"
+    ser = s.series("A")
+    assert ser is not None and len(ser["t"]) == 600 and ser["detections"][0]["onset"] == T + 34000
+
+
+def test_api_serves_state_series_cap_and_atom() -> None:
+    s, _ = fed_state()
+    client = TestClient(create_app(s))
+    assert client.get("/").status_code == 200
+    assert client.get("/static/vendor/leaflet/leaflet.js").status_code == 200
+    assert client.get("/static/vendor/world-atlas/land-50m.json").status_code == 200
+    assert client.get("/api/state").json()["incidents"][0]["id"] == "eruption-1"
+    assert client.get("/api/stations/A/series").json()["station_id"] == "A"
+    assert client.get("/api/stations/nope/series").status_code == 404
+    alerts = client.get("/api/alerts").json()
+    xml = client.get(alerts[0]["cap_url"])
+    assert xml.headers["content-type"].startswith("application/cap+xml")
+    validate_cap(xml.content)
+    feed = etree.fromstring(client.get("/feed.atom").content)
+    ns = {"a": "http://www.w3.org/2005/Atom"}
+    entries = feed.findall("a:entry", ns)
+    assert len(entries) == len(alerts)
+    cap = entries[0].find("a:content", ns)[0]
+    validate_cap(etree.tostring(cap))
+
+
+def test_sse_stream_sends_the_state() -> None:
+    s, _ = fed_state()
+    client = TestClient(create_app(s, push_interval=0.01))
+    with client.stream("GET", "/api/stream") as r:
+        lines = []
+        for line in r.iter_lines():
+            lines.append(line)
+            if line.startswith("data: "):
+                break
+    assert "event: state" in lines
+    assert '"eruption-1"' in lines[-1]
+
+
+def test_subscriptions_need_a_token_and_deliveries_are_visible(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from dashboards.subscriptions import subscription_router
+    from responders.delivery import Outbox
+    from responders.store import Store
+
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    box = Outbox(store)
+    s, _ = fed_state()
+    client = TestClient(create_app(s, routers=[subscription_router(box, "tok-1,tok-2")]))
+    body = {"name": "NDMO Tonga", "min_severity": "Moderate",
+            "area": {"type": "Polygon", "coordinates": [[[-176, -22], [-174, -22], [-174, -20],
+                                                         [-176, -20], [-176, -22]]]},
+            "channels": [{"type": "webhook", "url": "http://127.0.0.1:9/x", "secret": "zz"}]}
+    assert client.post("/api/subscriptions", json=body).status_code == 401
+    assert client.post("/api/subscriptions", json=body,
+                       headers={"Authorization": "Bearer wrong"}).status_code == 401
+    r = client.post("/api/subscriptions", json=body, headers={"Authorization": "Bearer tok-2"})
+    assert r.status_code == 201 and "secret" not in r.json()["channels"][0]
+    bad = {**body, "channels": [{"type": "webhook", "url": "http://169.254.169.254/",
+                                 "secret": "x"}]}
+    r2 = client.post("/api/subscriptions", json=bad, headers={"Authorization": "Bearer tok-1"})
+    assert r2.status_code == 422 and "link-local" in r2.json()["detail"]
+    subs = client.get("/api/subscriptions", headers={"Authorization": "Bearer tok-1"}).json()
+    assert [x["name"] for x in subs] == ["NDMO Tonga"]
+    for msg in s.alerts():
+        with store.begin() as c:
+            store.save_alert(msg, c)
+            assert box.enqueue(msg, c) == 1
+    (d,) = client.get("/api/deliveries").json()
+    assert d["status"] == "pending" and d["target"] == "http://127.0.0.1"
+    assert client.delete(f"/api/subscriptions/{subs[0]['id']}",
+                         headers={"Authorization": "Bearer tok-1"}).status_code == 204
+    store.close()

@@ -1,0 +1,51 @@
+"""The bundled Tonga scenario through `tocsin detect` and `tocsin evaluate`: the issue's
+thresholds (source within 50 km and 120 s, speed within 8 m/s, Japanese watches >= 6 h)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from replay.evaluate import JAPAN_GAUGES, evaluate
+from replay.package import ReplayPackage, load_package
+from replay.run import detect_package
+from replay.scenario import build_tonga2022
+from tests.conftest import OUTPUT
+from tocsin.cli import main
+
+
+@pytest.fixture(scope="module")
+def tonga(tmp_path_factory: pytest.TempPathFactory) -> ReplayPackage:
+    return load_package(build_tonga2022(tmp_path_factory.mktemp("pkg") / "tonga2022"))
+
+
+def test_tonga_scenario_meets_the_thresholds(tonga: ReplayPackage) -> None:
+    metrics = evaluate(detect_package(tonga), tonga)
+    (eruption,) = [i for i in metrics["incidents"] if "first_solution" in i]
+    for which in ("first_solution", "final_solution"):
+        sol = eruption[which]
+        assert sol["distance_km"] <= 50.0, sol
+        assert abs(sol["origin_time_s"]) <= 120.0, sol
+        assert abs(sol["speed_m_s"]) <= 8.0, sol
+    assert eruption["first_solution"]["stations"] >= 4
+    leads = eruption["watch_lead_h"]
+    assert set(JAPAN_GAUGES) <= set(leads)
+    assert eruption["watch_lead_h_min"]["japan"] >= 6.0, leads
+    assert "pressure_front" in eruption["evidence"] and "plume" in eruption["evidence"]
+    lamb = [d for d in metrics["detections"] if d["onset_minus_predicted_s"] is not None]
+    assert len(lamb) >= 40
+    assert sorted(abs(d["onset_minus_predicted_s"]) for d in lamb)[len(lamb) // 2] <= 60.0
+
+
+def test_evaluate_command_writes_metrics_and_record_section(tonga: ReplayPackage,
+                                                            tmp_path: Path) -> None:
+    report = tmp_path / "report.json"
+    assert main(["detect", str(tonga.root), "--report", str(report)]) == 0
+    out = OUTPUT / "evaluate"
+    png, metrics = out / "tonga2022-record-section.png", out / "tonga2022-metrics.json"
+    assert main(["evaluate", str(report), "--truth", str(tonga.root), "--figure", str(png),
+                 "--out", str(metrics)]) == 0
+    assert png.stat().st_size > 50_000  # a real figure, not an empty canvas
+    assert json.loads(metrics.read_text())["incidents"]

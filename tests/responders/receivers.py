@@ -1,0 +1,58 @@
+"""Loopback peers for delivery tests: a webhook receiver that can be down, an SMTP server."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from responders.delivery import verify
+
+
+@dataclass
+class Received:
+    key: str
+    attempt: int
+    body: bytes
+    signature_ok: bool
+
+
+@dataclass
+class WebhookReceiver:
+    secret: str
+    up: bool = True
+    received: list[Received] = field(default_factory=list)
+    refused: int = 0
+
+    def __post_init__(self) -> None:
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - the http.server API
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                if not outer.up:
+                    outer.refused += 1
+                    self.send_response(503)
+                    self.end_headers()
+                    return
+                outer.received.append(Received(
+                    self.headers["X-Tocsin-Idempotency-Key"],
+                    int(self.headers["X-Tocsin-Attempt"]), body,
+                    verify(outer.secret, body, self.headers.get("X-Tocsin-Signature", ""))))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/cap"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def unique_keys(self) -> set[str]:
+        return {r.key for r in self.received}
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -1,0 +1,91 @@
+"""CAP 1.2 alerts: every message type we produce validates against the official XSD."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from lxml import etree
+
+from responders.alerting import (
+    CAP_NS,
+    AlertPolicy,
+    CapValidationError,
+    severity_at_least,
+    validate_cap,
+)
+from responders.stage import AlertStage
+from streams.schemas import Forecast, IncidentRevision
+
+NS = {"cap": CAP_NS}
+T = 1642220085.0  # 2022-01-15T04:14:45Z
+
+
+def revision(n: int, *, status: str = "watch", issued: float = T + 1500.0,
+             confirmed: tuple[str, ...] = ()) -> IncidentRevision:
+    return IncidentRevision(
+        incident_id="eruption-20220115T041445Z-abc123", type="volcanic_eruption", revision=n,
+        issued=issued, status=status, origin_time=T + 3.0 * n, lat=-20.55, lon=-175.39,
+        speed_m_s=314.0, detections=("lamb_pulse:A:1",), stations_used=("A", "B", "C", "D"),
+        forecasts=(Forecast("chij", "tide_gauge", T + 8 * 3600.0, 7900.0, 35.13, 140.25),
+                   Forecast("nkfa", "tide_gauge", T + 220.0, 68.0, -21.14, -175.18)),
+        confirmed=confirmed, evidence=("pressure_front",))
+
+
+def test_alert_update_cancel_chain_validates() -> None:
+    policy = AlertPolicy()
+    (alert,) = policy.on_revision(revision(1))
+    assert policy.on_revision(revision(1)) == []  # same content: nothing new to say
+    (update,) = policy.on_revision(revision(2, status="confirmed", issued=T + 2000.0,
+                                            confirmed=("nkfa",)))
+    (cancel,) = policy.on_revision(replace(revision(2), status="retracted"))
+    assert [m.msg_type for m in (alert, update, cancel)] == ["Alert", "Update", "Cancel"]
+    for msg in (alert, update, cancel):
+        doc = validate_cap(msg.cap_xml)
+        assert doc.findtext("cap:msgType", namespaces=NS) == msg.msg_type
+        assert doc.findtext("cap:identifier", namespaces=NS) == msg.identifier
+        assert doc.findtext("cap:sent", namespaces=NS).endswith("+00:00")
+    assert update.references == (f"tocsin@localhost,{alert.identifier},2022-01-15T04:39:45+00:00",)
+    assert cancel.references[0].split(",")[1] == update.identifier
+    assert (alert.urgency, alert.certainty) == ("Expected", "Likely")
+    assert (update.urgency, update.certainty) == ("Immediate", "Observed")
+    doc = etree.fromstring(alert.cap_xml.encode())
+    circles = doc.findall(".//cap:area/cap:circle", NS)
+    assert circles[0].text == "-20.5500,-175.3900 50"  # the source, then one per gauge
+    assert len(circles) == 3
+    assert doc.findtext(".//cap:expires", namespaces=NS) > doc.findtext(".//cap:onset",
+                                                                         namespaces=NS)
+
+
+def test_plume_only_and_tsunami_incidents_validate() -> None:
+    plume = replace(revision(1), status="detected", forecasts=(), speed_m_s=float("nan"),
+                    origin_time=float("nan"), extra={"plume_height_km": 32.7})
+    tsunami = replace(revision(1), incident_id="tsunami-x", type="tsunami", status="observed",
+                      forecasts=(), lat=float("nan"), lon=float("nan"), confirmed=("21418",))
+    for rev, severity in ((plume, "Moderate"), (tsunami, "Severe")):
+        (msg,) = AlertPolicy().on_revision(rev)
+        validate_cap(msg.cap_xml)
+        assert msg.severity == severity
+
+
+def test_invalid_message_is_rejected_with_the_reason() -> None:
+    (msg,) = AlertPolicy().on_revision(revision(1))
+    broken = msg.cap_xml.replace("<msgType>Alert</msgType>", "<msgType>Panic</msgType>")
+    with pytest.raises(CapValidationError, match="msgType"):
+        validate_cap(broken)
+
+
+def test_stage_sends_cancel_when_an_incident_is_withdrawn() -> None:
+    stage = AlertStage()
+    (alert,) = stage.add(revision(1))
+    out = stage.add(replace(revision(1), status="retracted"))
+    assert [m.msg_type for m in out] == ["Cancel"]
+    validate_cap(out[0].cap_xml)
+    assert out[0].references[0].split(",")[1] == alert.identifier
+
+
+def test_severity_order() -> None:
+    assert severity_at_least("Extreme", "Severe")
+    assert not severity_at_least("Moderate", "Severe")
+    with pytest.raises(ValueError, match="'Huge'"):
+        severity_at_least("Huge", "Minor")

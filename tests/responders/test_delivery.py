@@ -1,0 +1,211 @@
+"""Subscriptions, matching, webhook and e-mail delivery with retries and dead letters."""
+
+from __future__ import annotations
+
+import email
+import time
+from collections.abc import Iterator
+
+import pytest
+from aiosmtpd.controller import Controller
+
+from responders.alerting import AlertPolicy
+from responders.delivery import (
+    Outbox,
+    Subscription,
+    SubscriptionError,
+    UnsafeTarget,
+    cap_areas,
+    make_url_checker,
+    matches,
+)
+from responders.store import Store
+from streams.schemas import Forecast, IncidentRevision
+from tests.conftest import free_port
+from tests.responders.receivers import WebhookReceiver
+
+T = 1642220085.0
+JAPAN = {"type": "Polygon", "coordinates": [[[128, 30], [146, 30], [146, 46], [128, 46],
+                                             [128, 30]]]}
+EUROPE = {"type": "Polygon", "coordinates": [[[-10, 35], [30, 35], [30, 60], [-10, 60],
+                                              [-10, 35]]]}
+
+
+def revision(n: int, status: str = "watch") -> IncidentRevision:
+    return IncidentRevision(
+        incident_id="eruption-x", type="volcanic_eruption", revision=n, issued=T + 600.0 * n,
+        status=status, origin_time=T, lat=-20.5, lon=-175.4, speed_m_s=314.0,
+        detections=("a",), stations_used=("A", "B", "C", "D"),
+        forecasts=(Forecast("chij", "tide_gauge", T + 28000.0, 7900.0, 35.13, 140.25),),
+        confirmed=("chij",) if status == "confirmed" else ())
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture()
+def store(database_url: str) -> Iterator[Store]:
+    s = Store(database_url)
+    yield s
+    s.close()
+
+
+def outbox(store: Store, clock: Clock, dead: list[dict] | None = None,  # type: ignore[type-arg]
+           **kw: object) -> Outbox:
+    return Outbox(store, clock=clock, backoff_s=1.0, backoff_max_s=8.0,
+                  check_url=make_url_checker(), dead_letter=(dead.append if dead is not None
+                                                             else None), **kw)  # type: ignore[arg-type]
+
+
+def publish(store: Store, box: Outbox, rev: IncidentRevision,
+            policy: AlertPolicy) -> list:  # type: ignore[type-arg]
+    msgs = policy.on_revision(rev)
+    for m in msgs:
+        with store.begin() as c:
+            store.save_alert(m, c)
+            box.enqueue(m, c)
+    return msgs
+
+
+def test_area_and_severity_matching() -> None:
+    (msg,) = AlertPolicy().on_revision(revision(1))
+    areas = cap_areas(msg.cap_xml)
+    web = [{"type": "webhook", "url": "http://example.org/x", "secret": "s"}]
+    japan = Subscription.create("JMA", JAPAN, "Severe", web)
+    europe = Subscription.create("EU", EUROPE, "Minor", web)
+    picky = Subscription.create("JMA-extreme", JAPAN, "Extreme", web)
+    assert matches(japan, msg, areas)  # the watch circle at Choshi lies in Japan
+    assert not matches(europe, msg, areas)
+    assert not matches(picky, msg, areas)  # a watch is Severe, not Extreme
+
+
+def test_bad_subscriptions_are_refused_with_the_reason() -> None:
+    web = [{"type": "webhook", "url": "http://example.org/x", "secret": "s"}]
+    with pytest.raises(SubscriptionError, match="Polygon"):
+        Subscription.create("x", {"type": "Point", "coordinates": [0, 0]}, "Minor", web)
+    with pytest.raises(SubscriptionError, match="'Huge'"):
+        Subscription.create("x", JAPAN, "Huge", web)
+    with pytest.raises(SubscriptionError, match="'pigeon'"):
+        Subscription.create("x", JAPAN, "Minor", [{"type": "pigeon"}])
+
+
+@pytest.mark.parametrize(("url", "reason"), [
+    ("ftp://example.org/x", "scheme"),
+    ("http://169.254.169.254/latest/meta-data", "link-local"),
+    ("http://[fe80::1]/x", "link-local"),
+    ("http://0.0.0.0/x", "unicast"),
+    ("http://224.0.0.1/x", "unicast"),
+])
+def test_unsafe_webhook_targets_are_refused(url: str, reason: str) -> None:
+    with pytest.raises(UnsafeTarget, match=reason):
+        make_url_checker()(url)
+
+
+def test_allow_list_and_explicit_link_local() -> None:
+    with pytest.raises(UnsafeTarget, match="allow-list"):
+        make_url_checker("alerts.example.org")("http://127.0.0.1/x")
+    make_url_checker(allow_link_local=True)("http://169.254.169.254/x")
+
+
+def test_webhook_down_then_up_gets_every_alert_once(store: Store) -> None:
+    clock = Clock()
+    rx = WebhookReceiver("s3cret", up=False)
+    box = outbox(store, clock)
+    box.add_subscription(Subscription.create("JMA", JAPAN, "Moderate", [
+        {"type": "webhook", "url": rx.url, "secret": "s3cret"}]))
+    policy = AlertPolicy()
+    sent = publish(store, box, revision(1), policy)
+    sent += publish(store, box, revision(2, "confirmed"), policy)
+    for _ in range(3):  # down: every attempt fails, retries back off
+        box.dispatch_due()
+        clock.t += 100.0
+    assert rx.refused >= 4 and rx.received == []
+    rx.up = True
+    box.dispatch_due()
+    box.dispatch_due()  # nothing left: no second send
+    assert rx.unique_keys() == {f"{m.identifier}|{box.subscriptions()[0].id}|0" for m in sent}
+    assert len(rx.received) == len(sent) == 2
+    assert all(r.signature_ok for r in rx.received)
+    assert {r.attempt for r in rx.received} == {4}
+    deliveries = box.deliveries()
+    assert [d["status"] for d in deliveries] == ["delivered", "delivered"]
+    assert [a["ok"] for a in deliveries[0]["attempt_log"]] == [0, 0, 0, 1]
+    # the message redelivered by Kafka after a crash: same keys, nothing new to send
+    for m in sent:
+        with store.begin() as c:
+            box.enqueue(m, c)
+    assert box.dispatch_due() == 0
+    rx.close()
+
+
+def test_dead_letter_after_max_attempts(store: Store) -> None:
+    clock = Clock()
+    dead: list[dict] = []  # type: ignore[type-arg]
+    rx = WebhookReceiver("k", up=False)
+    box = outbox(store, clock, dead, max_attempts=3)
+    box.add_subscription(Subscription.create("X", JAPAN, "Minor", [
+        {"type": "webhook", "url": rx.url, "secret": "k"}]))
+    publish(store, box, revision(1), AlertPolicy())
+    delays = []
+    for _ in range(10):
+        if box.dispatch_due():
+            delays.append(box.deliveries()[0]["next_attempt"] - clock.t)
+        clock.t += 1.0
+    (d,) = box.deliveries()
+    assert d["status"] == "dead" and d["attempts"] == 3
+    assert delays[:2] == [1.0, 2.0]  # exponential backoff
+    assert len(dead) == 1 and dead[0]["reason"] == "HTTP 503"
+    rx.close()
+
+
+def test_cancel_follows_the_alert_to_its_subscribers(store: Store) -> None:
+    clock = Clock()
+    rx = WebhookReceiver("k")
+    box = outbox(store, clock)
+    box.add_subscription(Subscription.create("JMA", JAPAN, "Severe", [
+        {"type": "webhook", "url": rx.url, "secret": "k"}]))
+    policy = AlertPolicy()
+    publish(store, box, revision(1), policy)
+    (cancel,) = publish(store, box, IncidentRevision(**{**revision(1).__dict__,
+                                                        "status": "retracted",
+                                                        "forecasts": ()}), policy)
+    assert cancel.msg_type == "Cancel"
+    box.dispatch_due()
+    assert len(rx.received) == 2  # the Cancel has no Japanese area but follows the Alert
+    rx.close()
+
+
+def test_email_through_a_loopback_smtp_server(store: Store) -> None:
+    got: list[bytes] = []
+
+    class Handler:
+        async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def] # noqa: N802
+            got.append(envelope.content)
+            return "250 OK"
+
+    port = free_port()
+    ctl = Controller(Handler(), hostname="127.0.0.1", port=port)
+    ctl.start()
+    try:
+        clock = Clock()
+        box = outbox(store, clock, smtp=("127.0.0.1", port))
+        box.add_subscription(Subscription.create("NDMO", JAPAN, "Minor", [
+            {"type": "email", "to": "duty@agency.example"}]))
+        (msg,) = publish(store, box, revision(1), AlertPolicy())
+        box.dispatch_due()
+        deadline = time.monotonic() + 5
+        while not got and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        ctl.stop()
+    (raw,) = got
+    mail = email.message_from_bytes(raw)
+    assert mail["Subject"].startswith("[CAP Alert]")
+    att = [p for p in mail.walk() if p.get_content_type() == "application/cap+xml"]
+    assert att and att[0].get_payload(decode=True).decode() == msg.cap_xml
+    assert box.deliveries()[0]["status"] == "delivered"
