@@ -141,8 +141,13 @@ async def _serve_dashboard(settings: Settings, state: Any) -> tuple[Any, asyncio
     import uvicorn
 
     from dashboards.app import create_app
+    from dashboards.subscriptions import subscription_router
+    from responders.delivery import Outbox
+    from responders.store import Store
 
-    config = uvicorn.Config(create_app(state), host=settings.http_host, port=settings.http_port,
+    outbox = Outbox.from_settings(Store(settings.db_url), settings)
+    app = create_app(state, routers=[subscription_router(outbox, settings.api_tokens)])
+    config = uvicorn.Config(app, host=settings.http_host, port=settings.http_port,
                             log_level="warning", lifespan="off")
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())

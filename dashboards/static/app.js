@@ -149,8 +149,9 @@ function drawPanels(state) {
   const body = document.querySelector("#feed tbody");
   body.replaceChildren();
   const rows = state.stations.slice().sort((a, b) => (b.behind_s || 0) - (a.behind_s || 0));
-  for (const s of rows.slice(0, 40)) {
-    const tr = el("tr");
+  for (const s of rows.filter((r) => r.station_id !== selected).slice(0, 40)) {
+    const tr = el("tr", { "data-station": s.station_id, title: "show its time series" });
+    tr.addEventListener("click", () => selectStation(s.station_id));
     tr.append(el("td", {}, s.station_id), el("td", { class: `state-${s.state}` }, s.state),
               el("td", {}, s.behind_s === null ? "-" : `${Math.round(s.behind_s / 60)} min`),
               el("td", {}, String(s.missing)));

@@ -81,10 +81,17 @@ def test_dashboard_shows_the_incident_live(demo: str) -> None:
         page.screenshot(path=str(shots / "2-incident.png"))
         assert "volcanic_eruption" in page.inner_text("#incidents")
         # a station opens its time series
-        page.click("#map path[data-station='BARO.NUKU']", force=True)
+        # the station marker sits under the incident's source marker at this zoom: send the
+        # click to the marker itself (Leaflet dispatches it from the map container)
+        page.dispatch_event("#map path[data-station='BARO.NUKU']", "click")
         page.wait_for_selector("#series[data-station='BARO.NUKU'] polyline", timeout=30_000)
-        page.wait_for_selector("#series line.detection", timeout=60_000)
+        # detection onsets are marked (zero-width SVG lines: attached, not 'visible')
+        page.wait_for_selector("#series line.detection", state="attached", timeout=60_000)
         page.screenshot(path=str(shots / "3-station.png"))
+        # the feed-health table selects a station too
+        page.click("#feed tr[data-station] td")
+        page.wait_for_function("document.querySelector('#series').dataset.station !== "
+                               "'BARO.NUKU'", timeout=30_000)
         state = page.evaluate("window.tocsinState()")
         browser.close()
     assert state["incidents"] and state["alerts"]

@@ -19,8 +19,10 @@ from tests.responders.receivers import WebhookReceiver
 from tocsin.settings import Settings
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
-PACIFIC = {"type": "Polygon", "coordinates": [[[120, -50], [180, -50], [180, 50], [120, 50],
-                                               [120, -50]]]}
+# the western Pacific on both sides of the antimeridian: Japan to Tonga
+PACIFIC = {"type": "MultiPolygon", "coordinates": [
+    [[[120, -50], [180, -50], [180, 50], [120, 50], [120, -50]]],
+    [[[-180, -50], [-160, -50], [-160, 50], [-180, 50], [-180, -50]]]]}
 
 
 def test_webhook_down_then_up_receives_every_alert_once(kafka_settings: Settings,
