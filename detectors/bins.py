@@ -7,7 +7,22 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from detectors.base import FloatArray
+from detectors.base import FloatArray, PacketError
+
+
+def check_packet(station_id: str, t0: float, dt: float, values: FloatArray,
+                 last_t: float) -> float:
+    """Check a packet against the stream it continues; return its last sample's time
+    (``last_t`` for an empty packet). Raises :class:`PacketError` naming the bad value."""
+    if values.dtype != np.float64 or values.ndim != 1:
+        raise PacketError(f"{station_id}: values must be 1-D float64, got {values.dtype} "
+                          f"{values.shape}")
+    if not (dt > 0 and math.isfinite(dt)):
+        raise PacketError(f"{station_id}: sample interval {dt!r} must be > 0")
+    if t0 <= last_t + 1e-6:
+        raise PacketError(f"{station_id}: packet starts at {t0}, not after the last sample "
+                          f"of the previous one ({last_t})")
+    return last_t if len(values) == 0 else t0 + dt * (len(values) - 1)
 
 
 @dataclass

@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from detectors.base import Detection, FloatArray, PacketError, StationInfo
+from detectors.base import Detection, FloatArray, StationInfo
+from detectors.bins import check_packet
 
 
 class MofjeldDetector:
@@ -45,9 +46,7 @@ class MofjeldDetector:
                 "consecutive": self.consecutive, "event_s": self.event_s}
 
     def feed(self, t0: float, dt: float, values: FloatArray) -> list[Detection]:
-        if t0 <= self._last_t + 1e-6:
-            raise PacketError(f"{self.station.station_id}: packet starts at {t0}, not after "
-                              f"the last sample of the previous one ({self._last_t})")
+        last = check_packet(self.station.station_id, t0, dt, values, self._last_t)
         out = []
         for i, v in enumerate(values.tolist()):
             t = t0 + i * dt
@@ -55,8 +54,7 @@ class MofjeldDetector:
                 det = self._sample(t, v)
                 if det is not None:
                     out.append(det)
-        if len(values):
-            self._last_t = t0 + dt * (len(values) - 1)
+        self._last_t = last
         return out
 
     def _sample(self, t: float, v: float) -> Detection | None:

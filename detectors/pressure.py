@@ -36,8 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from detectors.base import Detection, FloatArray, PacketError, StationInfo
-from detectors.bins import Binner
+from detectors.base import Detection, FloatArray, StationInfo
+from detectors.bins import Binner, check_packet
 
 
 @dataclass(frozen=True)
@@ -103,17 +103,7 @@ class LambPulseDetector:
         return {**self.p.__dict__, "min_amplitude": self.floor}
 
     def feed(self, t0: float, dt: float, values: FloatArray) -> list[Detection]:
-        if values.dtype != np.float64 or values.ndim != 1:
-            raise PacketError(f"{self.station.station_id}: values must be 1-D float64, got "
-                              f"{values.dtype} {values.shape}")
-        if not (dt > 0 and math.isfinite(dt)):
-            raise PacketError(f"{self.station.station_id}: sample interval {dt!r} must be > 0")
-        if t0 <= self._last_t + 1e-6:
-            raise PacketError(f"{self.station.station_id}: packet starts at {t0}, not after the "
-                              f"last sample of the previous one ({self._last_t})")
-        if len(values) == 0:
-            return []
-        self._last_t = t0 + dt * (len(values) - 1)
+        self._last_t = check_packet(self.station.station_id, t0, dt, values, self._last_t)
         out: list[Detection] = []
         for b, v, closed_at in self._binner.push(t0, dt, values):
             det = self._bin(b * self.p.bin_s, v, closed_at)

@@ -47,8 +47,8 @@ from typing import Any
 
 import numpy as np
 
-from detectors.base import Detection, FloatArray, PacketError, StationInfo
-from detectors.bins import Binner
+from detectors.base import Detection, FloatArray, StationInfo
+from detectors.bins import Binner, check_packet
 
 
 @dataclass(frozen=True)
@@ -129,18 +129,7 @@ class TsunamiDetector:
         return dict(self.p.__dict__)
 
     def feed(self, t0: float, dt: float, values: FloatArray) -> list[Detection]:
-        sid = self.station.station_id
-        if values.dtype != np.float64 or values.ndim != 1:
-            raise PacketError(f"{sid}: values must be 1-D float64, got {values.dtype} "
-                              f"{values.shape}")
-        if not (dt > 0 and math.isfinite(dt)):
-            raise PacketError(f"{sid}: sample interval {dt!r} must be > 0")
-        if t0 <= self._last_t + 1e-6:
-            raise PacketError(f"{sid}: packet starts at {t0}, not after the last sample "
-                              f"of the previous one ({self._last_t})")
-        if len(values) == 0:
-            return []
-        self._last_t = t0 + dt * (len(values) - 1)
+        self._last_t = check_packet(self.station.station_id, t0, dt, values, self._last_t)
         out: list[Detection] = []
         for b, v, closed_at in self._binner.push(t0, dt, values):
             out.extend(self._bin(b * self.p.bin_s, v, closed_at))
