@@ -136,6 +136,55 @@ async def collect(settings: Settings, topics: Topics, out: Collected,
         await consumer.stop()
 
 
+async def wait_for_group(settings: Settings, group_id: str, members: int,
+                         procs: list[subprocess.Popen[bytes]], timeout: float = 180.0,
+                         settle: float = 2.0) -> None:
+    """Wait until the workers' consumer group is Stable with ``members`` members.
+
+    Detector state lives in the workers' memory: a partition that moved to another worker
+    in the middle of a replay would restart its stations' detectors cold. So the replayer
+    publishes only once every worker has joined and the group has stayed Stable for
+    ``settle`` seconds.
+    """
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.errors import KafkaError
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap, request_timeout_ms=15000)
+    await admin.start()
+    deadline = time.monotonic() + timeout
+    stable_since: float | None = None
+    seen = "unknown"
+    try:
+        while True:
+            dead = [p.returncode for p in procs if p.poll() is not None]
+            if dead:
+                raise ReplayError(f"a worker exited before the group formed ({dead})")
+            groups = []
+            try:
+                for resp in await admin.describe_consumer_groups([group_id]):
+                    groups.extend(resp.groups)
+            except KafkaError as exc:  # no coordinator yet: the offsets topic is being made
+                seen = f"{type(exc).__name__}"
+            # (error_code, group, state, protocol_type, protocol, members, ...)
+            ok = any(g[1] == group_id and g[2] == "Stable" and len(g[5]) == members
+                     for g in groups)
+            if groups:
+                seen = ", ".join(f"{g[2]} with {len(g[5])} members" for g in groups)
+            now = time.monotonic()
+            if ok:
+                stable_since = stable_since or now
+                if now - stable_since >= settle:
+                    return
+            else:
+                stable_since = None
+            if now > deadline:
+                raise ReplayError(f"consumer group {group_id} not Stable with {members} "
+                                  f"members after {timeout:.0f} s (last seen: {seen})")
+            await asyncio.sleep(0.25)
+    finally:
+        await admin.close()
+
+
 async def drain_deliveries(settings: Settings, timeout: float) -> int:
     """Keep the workers up while alert deliveries are still pending (up to ``timeout``);
     returns how many are left (they stay in the outbox for the next worker)."""
@@ -263,6 +312,7 @@ async def replay_package(pkg: ReplayPackage, settings: Settings, *, speed: float
     stats: dict[str, Any] = {"run_id": run_id, "workers": workers,
                              "partitions": topics.partitions}
     try:
+        await wait_for_group(settings, topics.app_id, workers, procs)
         t0 = time.monotonic()
         stats["publish_s"] = await publish(settings, topics, packets, pkg, speed, progress)
         progress.update(pkg.end, 0, final=True)

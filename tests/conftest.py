@@ -57,7 +57,7 @@ def kafka_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setting
         broker_port=free_port(),
         controller_port=free_port(),
         partitions=4,
-        session_timeout_ms=6000,
+        session_timeout_ms=15000,
         packet_seconds=600.0,
     )
     if external:

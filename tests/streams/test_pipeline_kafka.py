@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import difflib
 import json
 from pathlib import Path
 
@@ -36,12 +37,10 @@ def detect_report(tonga: ReplayPackage) -> dict:  # type: ignore[type-arg]
 
 
 def _same(a: dict, b: dict) -> None:  # type: ignore[type-arg]
-    ca, cb = comparable(a), comparable(b)
-    import os
-    if os.environ.get("TOCSIN_DUMP"):
-        Path("/tmp/a.json").write_text(json.dumps(ca, indent=1, sort_keys=True))
-        Path("/tmp/b.json").write_text(json.dumps(cb, indent=1, sort_keys=True))
-    assert json.dumps(ca, sort_keys=True) == json.dumps(cb, sort_keys=True)
+    ja = json.dumps(comparable(a), indent=1, sort_keys=True).splitlines()
+    jb = json.dumps(comparable(b), indent=1, sort_keys=True).splitlines()
+    diff = list(difflib.unified_diff(ja, jb, "streaming", "other", lineterm="", n=2))
+    assert not diff, "reports differ:\n" + "\n".join(diff[:200])
 
 
 def test_detect_report_is_not_empty(detect_report: dict) -> None:  # type: ignore[type-arg]
@@ -132,3 +131,27 @@ def test_bad_messages_go_to_dead_letter_and_worker_keeps_running(
     assert "values" in letters[1]["reason"]
     assert "-5" in letters[2]["reason"] and "sample_interval" in letters[2]["reason"]
     assert letters[2]["value"].startswith("{")
+
+
+def test_replaying_twice_stores_each_output_once(kafka_settings: Settings, tonga: ReplayPackage,
+                                                tmp_path: Path) -> None:
+    from sqlalchemy import func, select
+
+    from responders.store import RevisionRow, Store
+
+    settings = kafka_settings.model_copy(update={"home": tmp_path / "home"})
+    reports = [asyncio.run(replay_package(tonga, settings, speed=None, progress_stream=None,
+                                          run_dir=tmp_path / f"run{i}", timeout=600))
+               for i in range(2)]
+    _same(reports[0], reports[1])
+    store = Store(settings.db_url)
+    counts = store.counts()
+    with store.engine.connect() as c:
+        live_revisions = c.execute(select(func.count()).select_from(RevisionRow).where(
+            RevisionRow.status != "retracted")).scalar_one()
+    report = reports[1]
+    assert counts.detections == len(report["detections"]) > 0
+    assert counts.incidents == len(report["incidents"]) > 0
+    assert live_revisions == sum(len(i["revisions"]) for i in report["incidents"])
+    assert counts.alerts == len(report["alerts"]) > 0
+    store.close()
