@@ -61,6 +61,13 @@ class LiveState:
         self.version = 0
         self.started = time.time()
         self.title = ""
+        self.lag: dict[str, Any] | None = None
+
+    def on_lag(self, lag: dict[str, Any]) -> None:
+        """The workers' consumer lag (from :func:`streams.lag.monitor_lag`)."""
+        with self._lock:
+            self.lag = dict(lag)
+            self.version += 1
 
     # ------------------------------------------------------------------ input
     def add_station(self, info: StationInfo) -> None:
@@ -138,7 +145,7 @@ class LiveState:
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
             now = self.event_time
-            stations = []
+            stations: list[dict[str, Any]] = []
             for st in sorted(self._stations.values(), key=lambda s: s.info.station_id):
                 i = st.info
                 stations.append({
@@ -149,7 +156,7 @@ class LiveState:
                     "packets": st.packets, "samples": st.samples, "missing": st.missing,
                     "detections": len(st.detections),
                 })
-            incidents = []
+            incidents: list[dict[str, Any]] = []
             for inc_id, revs in self._revisions.items():
                 ordered = [revs[k] for k in sorted(revs)]
                 last = ordered[-1]
@@ -192,8 +199,17 @@ class LiveState:
                 "health": {"stations": len(stations), "states": counts,
                            "samples": sum(s["samples"] for s in stations),
                            "missing": sum(s["missing"] for s in stations),
-                           "detections": len(self._detections)},
+                           "detections": len(self._detections),
+                           "consumer_lag": self._lag_view()},
             }
+
+    def _lag_view(self) -> dict[str, Any] | None:
+        if self.lag is None:
+            return None
+        # topic names carry the run's prefix: show the last part (observations, ...)
+        return {"group": self.lag["group"], "total": int(self.lag["total"]),
+                "topics": {t.rsplit(".", 1)[-1]: int(n) for t, n in self.lag["topics"].items()},
+                "age_s": round(time.time() - float(self.lag.get("at", time.time())), 1)}
 
     def series(self, station_id: str) -> dict[str, Any] | None:
         with self._lock:

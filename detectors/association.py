@@ -115,8 +115,8 @@ class Associator:
                 del self._published[key]
                 changed.append(replace(old, status=RETRACTED, detections=(), forecasts=()))
         for key, rev in current.items():
-            old = self._published.get(key)
-            if old is None or old.to_dict() != rev.to_dict():
+            prev = self._published.get(key)
+            if prev is None or prev.to_dict() != rev.to_dict():
                 self._published[key] = rev
                 changed.append(rev)
         return changed

@@ -26,10 +26,16 @@ from detectors.geo import great_circle_km
 
 
 class Pick(Protocol):
-    station_id: str
-    lat: float
-    lon: float
-    onset: float
+    """Anything with a station position and an onset time (a detection, a FrontPick)."""
+
+    @property
+    def station_id(self) -> str: ...
+    @property
+    def lat(self) -> float: ...
+    @property
+    def lon(self) -> float: ...
+    @property
+    def onset(self) -> float: ...
 
 
 @dataclass(frozen=True)

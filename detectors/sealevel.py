@@ -215,7 +215,8 @@ class TsunamiDetector:
             return t1
         return t0 + (self.p.k_onset - z0) / (z1 - z0) * (t1 - t0)
 
-    def _fit(self, t: float) -> tuple[FloatArray, float] | None:
+    def _fit(self, t: float) -> tuple[tuple[FloatArray, float], float] | None:
+        """((cubic coefficients, t_ref), sigma) of the recent tide, or None."""
         p, s = self.p, self._s
         pts = [(tb, db) for tb, db in s.window if tb <= t - p.guard_s]
         if len(pts) < p.min_points:
@@ -245,7 +246,7 @@ class TsunamiDetector:
         n = len(vv)
         mad = float(np.median(np.abs(resid - np.median(resid))))
         sigma = 1.4826 * mad * math.sqrt(n / max(n - degree - 1, 1))
-        return (coef, t_ref), max(sigma, p.min_sigma)  # type: ignore[return-value]
+        return (coef, t_ref), max(sigma, p.min_sigma)
 
     # ------------------------------------------------------------------ tide
     def _maybe_refit_tide(self, t: float) -> None:

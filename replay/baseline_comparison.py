@@ -53,7 +53,7 @@ class Row:
 
 def run_detectors(pkg: ReplayPackage) -> dict[tuple[str, str], list[Detection]]:
     infos = {s.station_id: s for s in pkg.station_infos() if s.kind in SEA_LEVEL}
-    dets = {}
+    dets: dict[tuple[str, str], TsunamiDetector | MofjeldDetector] = {}
     for sid, info in infos.items():
         dets[(sid, "tsunami")] = TsunamiDetector(info)
         dets[(sid, "mofjeld")] = MofjeldDetector(info)

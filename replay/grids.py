@@ -52,7 +52,7 @@ def read_frame(path: Path, t: float, info: StationInfo, seq: int = 0) -> GridFra
         da = rioxarray.open_rasterio(path, masked=True)
     except Exception as exc:  # rasterio raises several types for a bad file
         raise GridError(f"{path}: not readable as GeoTIFF: {exc}") from exc
-    band = np.asarray(da.values[0], dtype=np.float64)  # type: ignore[union-attr]
+    band = np.asarray(np.asarray(da)[0], dtype=np.float64)
     rows, cols = np.nonzero(np.isfinite(band))
     xs = np.asarray(da.x.values)[cols]  # type: ignore[union-attr]
     ys = np.asarray(da.y.values)[rows]  # type: ignore[union-attr]

@@ -18,6 +18,7 @@ from replay.package import ReplayPackage
 from replay.registry import build_registry
 from replay.report import build_report
 from responders.stage import alerts_for_revisions
+from responders.store import Store
 from streams.schemas import GridFrame, ObservationPacket
 
 
@@ -30,7 +31,10 @@ def package_packets(pkg: ReplayPackage,
 
 
 def detect_package(pkg: ReplayPackage, *, packet_seconds: float = 600.0,
-                   registry_file: Path | None = None) -> dict[str, Any]:
+                   registry_file: Path | None = None,
+                   store: Store | None = None) -> dict[str, Any]:
+    """The detectors, the associator and the alert policy in-process; with ``store`` the
+    outputs are also saved as the workers save them (same keys: rerunning adds nothing)."""
     bank = DetectorBank()
     registry = build_registry(pkg, registry_file)
     assoc = Associator(registry)
@@ -49,6 +53,10 @@ def detect_package(pkg: ReplayPackage, *, packet_seconds: float = 600.0,
         assoc.add(det)
     revisions = assoc.revisions()
     alerts = alerts_for_revisions(revisions)
+    if store is not None:
+        store.save_all(detections)
+        store.save_all(revisions)
+        store.save_all(alerts)
     event = {"id": pkg.event_id, "title": pkg.title, **_window(pkg)}
     return build_report(event, detections, revisions, alerts, mode="detect")
 

@@ -293,7 +293,13 @@ async def replay_package(pkg: ReplayPackage, settings: Settings, *, speed: float
                          progress_stream: TextIO | None = sys.stderr,
                          run_dir: Path | None = None, timeout: float = 1800.0,
                          with_observations: bool = False,
-                         drain_timeout: float = 60.0) -> dict[str, Any]:
+                         drain_timeout: float = 60.0,
+                         on_lag: Callable[[dict[str, Any]], None] | None = None,
+                         ) -> dict[str, Any]:
+    """Replay ``pkg`` through the workers and return the report (see the module doc).
+
+    ``on_lag`` receives the workers' consumer lag every 2 s while the run lasts.
+    """
     run_id = f"{pkg.event_id}-{uuid.uuid4().hex[:8]}"
     topics = Topics.for_run(settings, run_id, partitions)
     run_dir = run_dir or settings.home / "runs" / run_id
@@ -309,6 +315,13 @@ async def replay_package(pkg: ReplayPackage, settings: Settings, *, speed: float
     collector = asyncio.create_task(collect(settings, topics, collected, listeners or [],
                                             with_observations))
     progress = Progress(pkg, progress_stream)
+    lag_task = None
+    if on_lag is not None:
+        from streams.lag import monitor_lag
+
+        lag_task = asyncio.create_task(monitor_lag(
+            settings.bootstrap, topics.app_id,
+            [topics.observations, topics.detections, topics.incidents], on_lag))
     stats: dict[str, Any] = {"run_id": run_id, "workers": workers,
                              "partitions": topics.partitions}
     try:
@@ -333,6 +346,10 @@ async def replay_package(pkg: ReplayPackage, settings: Settings, *, speed: float
         stats["deliveries_pending"] = await drain_deliveries(settings, drain_timeout)
     finally:
         collected.done.set()
+        if lag_task is not None:
+            lag_task.cancel()
+            with contextlib.suppress(BaseException):
+                await lag_task
         with contextlib.suppress(Exception):
             await asyncio.wait_for(collector, 10)
         stop_workers(procs)

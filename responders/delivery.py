@@ -44,7 +44,7 @@ from lxml import etree
 from shapely import affinity
 from shapely.geometry import Point, Polygon, shape
 from shapely.geometry.base import BaseGeometry
-from sqlalchemy import and_, select, update
+from sqlalchemy import and_, insert, select, update
 from sqlalchemy.engine import Connection
 
 from responders.alerting import CAP_NS, severity_at_least
@@ -148,7 +148,7 @@ def make_url_checker(allowed_hosts: str = "", allow_link_local: bool = False,
     allow = {h.strip().lower() for h in allowed_hosts.split(",") if h.strip()}
 
     def _resolve(host: str) -> list[str]:
-        return sorted({ai[4][0] for ai in socket.getaddrinfo(host, None)})
+        return sorted({str(ai[4][0]) for ai in socket.getaddrinfo(host, None)})
 
     res = resolve or _resolve
 
@@ -266,7 +266,7 @@ class Outbox:
                     exists = c.execute(select(DeliveryRow.key).where(DeliveryRow.key == key)
                                        ).first()
                     if exists is None:
-                        c.execute(DeliveryRow.__table__.insert().values(
+                        c.execute(insert(DeliveryRow).values(
                             key=key, alert_identifier=msg.identifier, subscription_id=sub.id,
                             channel=ch["type"], target=target, status="pending", attempts=0,
                             next_attempt=self.clock(), last_error=None, delivered_at=None))
@@ -311,7 +311,7 @@ class Outbox:
             result = self._send(ch, alert, key, attempt)
         now = self.clock()
         with self.store.begin() as c:
-            c.execute(AttemptRow.__table__.insert().values(
+            c.execute(insert(AttemptRow).values(
                 delivery_key=key, attempt=attempt, at=now, ok=int(result.ok),
                 status_code=result.status_code, error=result.error))
             if result.ok:

@@ -203,7 +203,7 @@ class Store:
     # ------------------------------------------------------------------ writes
     def _upsert(self, conn: Connection, model: type[Base], row: dict[str, Any],
                 keys: tuple[str, ...]) -> None:
-        table = model.__table__
+        table: Any = model.__table__
         dialect = conn.dialect.name
         if dialect == "postgresql":
             stmt: Any = postgresql.insert(table).values(**row)

@@ -203,11 +203,12 @@ def create_app(settings: Settings, topics: Topics, registry: list[StationInfo]) 
                     gate.ended = False
                 continue
             try:
-                det = decode(raw, "tocsin.detection/1")
+                msg = decode(raw, "tocsin.detection/1")
             except SchemaError as exc:
                 await dead_letter(event, f"SchemaError: {exc}")
                 continue
-            gate.add(det)  # type: ignore[arg-type]
+            assert isinstance(msg, Detection)  # decode checked the schema name
+            gate.add(msg)
 
     @app.agent(inc_topic)
     async def alert(stream: Any) -> None:

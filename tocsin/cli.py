@@ -59,6 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("detect", help="run the detectors in-process on a package (no broker)")
     d.add_argument("package")
     d.add_argument("--report", type=Path, required=True)
+    d.add_argument("--save", action="store_true",
+                   help="also store detections, incidents and alerts in the database "
+                   "(TOCSIN_DATABASE_URL), as the workers do")
+
+    mp = sub.add_parser("map", help="write a standalone (offline) HTML map of one incident")
+    mp.add_argument("incident", help="incident id, as in the report or the dashboard")
+    mp.add_argument("--out", type=Path, required=True)
 
     r = sub.add_parser("replay", help="replay a package through Kafka and the workers")
     r.add_argument("package")
@@ -121,8 +128,17 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         from replay.run import detect_package
 
         pkg = resolve_package(args.package, settings)
-        report = detect_package(pkg, packet_seconds=settings.packet_seconds,
-                                registry_file=settings.station_registry)
+        store = None
+        if args.save:
+            from responders.store import Store
+
+            store = Store(settings.db_url)
+        try:
+            report = detect_package(pkg, packet_seconds=settings.packet_seconds,
+                                    registry_file=settings.station_registry, store=store)
+        finally:
+            if store is not None:
+                store.close()
         write_report(report, args.report)
         _summary(report)
         return 0
@@ -149,6 +165,16 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
             write_metrics(metrics, args.out)
         if args.figure:
             print(f"record section: {record_section(report, pkg, args.figure)}")
+        return 0
+    if args.command == "map":
+        from dashboards.incident_map import MapError, write_incident_map
+
+        try:
+            out = write_incident_map(settings.db_url, args.incident, args.out)
+        except MapError as exc:
+            print(f"tocsin map: {exc}", file=sys.stderr)
+            return 2
+        print(f"map of {args.incident}: {out}")
         return 0
     if args.command == "run":
         from tocsin.demo import run_demo

@@ -93,8 +93,10 @@ async def _demo(settings: Settings, args: argparse.Namespace) -> int:
         print(f"CAP 1.2 files: {cap_dir}/", file=out)
         print(f"replaying {pkg.event_id} ({pkg.title}) at {speed:.0f}x real time, "
               f"{len(pkg.stations)} stations", file=out)
+        state = sinks.get("state")
         report = await replay_package(pkg, settings, speed=speed, listeners=listeners,
-                                      with_observations=sinks.get("state") is not None)
+                                      with_observations=state is not None,
+                                      on_lag=None if state is None else state.on_lag)
         report_path = args.report or settings.home / "reports" / f"{pkg.event_id}.json"
         write_report(report, report_path)
         _final(report, report_path, sinks, out)
@@ -116,8 +118,8 @@ def _sinks(settings: Settings, pkg: Any, listeners: list[Any]) -> dict[str, Any]
     try:
         from dashboards.state import LiveState
     except ImportError:  # the dashboard package is optional for the console demo
-        LiveState = None  # noqa: N806
-    if LiveState is not None:
+        pass
+    else:
         state = LiveState()
         for info in pkg.station_infos():
             state.add_station(info)

@@ -146,6 +146,15 @@ function drawPanels(state) {
     al.append(li);
   }
 
+  const lag = state.health.consumer_lag;
+  if (lag) {
+    const parts = Object.entries(lag.topics).map(([t, n]) => `${t} ${n}`).join(", ");
+    const p = document.getElementById("lag");
+    p.textContent = `consumer lag: ${lag.total} messages (${parts}), ` +
+      `${lag.age_s} s ago`;
+    p.dataset.total = String(lag.total);
+  }
+
   const body = document.querySelector("#feed tbody");
   body.replaceChildren();
   const rows = state.stations.slice().sort((a, b) => (b.behind_s || 0) - (a.behind_s || 0));

@@ -92,7 +92,12 @@ def test_dashboard_shows_the_incident_live(demo: str) -> None:
         page.click("#feed tr[data-station] td")
         page.wait_for_function("document.querySelector('#series').dataset.station !== "
                                "'BARO.NUKU'", timeout=30_000)
+        # consumer lag of the workers' group, from Kafka
+        page.wait_for_selector("#lag[data-total]", timeout=30_000)
+        lag_text = page.inner_text("#lag")
         state = page.evaluate("window.tocsinState()")
         browser.close()
     assert state["incidents"] and state["alerts"]
+    assert "consumer lag:" in lag_text and "observations" in lag_text
+    assert state["health"]["consumer_lag"]["group"].startswith("tocsin-")
     assert errors == [], errors

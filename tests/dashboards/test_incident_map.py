@@ -1,0 +1,157 @@
+"""`tocsin map INCIDENT --out map.html`: a standalone incident map that works offline.
+
+The Tonga scenario goes through ``tocsin detect --save`` into a SQLite store; the map of
+its incident must carry no remote script or stylesheet, and must draw (in Debian chromium
+with every network request refused) the coastline, the source, the hourly front circles,
+the stations and the ETA watches, with no console error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from dashboards.incident_map import (
+    MapError,
+    coastline_geojson,
+    geodesic_circle,
+    incident_map,
+    standalone_html,
+)
+from detectors.geo import great_circle_km
+from tests.conftest import OUTPUT, missing
+from tocsin.cli import main
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+@contextmanager
+def _home(home: Path) -> Iterator[None]:
+    old = os.environ.get("TOCSIN_HOME")
+    os.environ["TOCSIN_HOME"] = str(home)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("TOCSIN_HOME")
+        else:
+            os.environ["TOCSIN_HOME"] = old
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:  # type: ignore[type-arg]
+    home = tmp_path_factory.mktemp("home")
+    with _home(home):
+        assert main(["detect", "tonga2022", "--report", str(home / "r.json"), "--save"]) == 0
+    return home, json.loads((home / "r.json").read_text())
+
+
+def _map(saved: tuple[Path, dict], out: Path, incident: str | None = None) -> int:  # type: ignore[type-arg]
+    home, report = saved
+    with _home(home):
+        return main(["map", incident or report["incidents"][0]["id"], "--out", str(out)])
+
+
+def test_geodesic_circle_is_at_the_radius_across_the_antimeridian() -> None:
+    ring = geodesic_circle(-20.546, -175.390, 5000.0)
+    d = [great_circle_km(-20.546, -175.390, la, lo) for la, lo in ring]
+    assert max(abs(x - 5000.0) for x in d) < 1.0
+    lons = [lo for _, lo in ring]
+    # continuous around the source: no jump of ~360 degrees between neighbours
+    assert max(abs(a - b) for a, b in zip(lons, lons[1:], strict=False)) < 10.0
+    assert max(lons) > -180.0 + 30 and min(lons) < -175.39 - 30
+
+
+def test_coastline_covers_both_sides_of_the_antimeridian() -> None:
+    gj = coastline_geojson(120.0, 200.0)  # Japan to Tonga, unwrapped
+    assert gj["features"]
+    text = json.dumps(gj)
+    lons = [float(x) for x in re.findall(r"\[(-?\d+\.?\d*), -?\d+\.?\d*\]", text)]
+    assert min(lons) >= 120.0 - 1e-6 and max(lons) <= 200.0 + 1e-6
+    assert any(x > 180.0 for x in lons), "Tongan islands shifted to +185 E are missing"
+    assert any(130.0 < x < 145.0 for x in lons), "Japan is missing"
+
+
+def test_map_of_the_tonga_incident_is_standalone(saved, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "map.html"
+    assert _map(saved, out) == 0
+    page = out.read_text()
+    assert not re.search(r'<(script|link)\b[^>]*(src|href)="(https?:)?//', page)
+    assert "L.map(" in page and "leafletjs.com" in page  # Leaflet itself, inlined
+    report = saved[1]
+    inc = report["incidents"][0]
+    assert inc["id"] in page and "volcanic_eruption" in page
+    # every forecast gauge and every station used by the last revision is drawn
+    last = inc["revisions"][-1]["solution"]
+    for sid in last["stations_used"]:
+        assert f"{sid} (" in page, sid
+    for f in inc["forecasts"]:
+        assert f"{f['station_id']} (" in page, f["station_id"]
+    assert page.count("front at origin + ") >= 6  # Japan is 7+ hours of Lamb wave away
+
+
+def test_map_unknown_incident_names_it_and_the_known_ones(saved, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                          capsys) -> None:
+    assert _map(saved, tmp_path / "x.html", "eruption-nope") == 2
+    err = capsys.readouterr().err
+    assert "eruption-nope" in err and saved[1]["incidents"][0]["id"] in err
+    assert not (tmp_path / "x.html").exists()
+
+
+def test_map_refuses_remote_assets() -> None:
+    import folium
+
+    m = folium.Map()  # folium's defaults: jQuery, Bootstrap... from CDNs
+    with pytest.raises(MapError, match="from the network"):
+        standalone_html(m)
+    with pytest.raises(MapError, match="no revision with a source"):
+        incident_map([{"incident_id": "x", "status": "detected", "lat": None, "lon": None}],
+                     [])
+
+
+def test_map_renders_offline_in_chromium(saved, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    if not Path(CHROMIUM).exists() or shutil.which("chromium") is None:
+        missing("Debian chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    out = OUTPUT / "incident-map"
+    out.mkdir(parents=True, exist_ok=True)
+    html_file = out / "map.html"
+    assert _map(saved, html_file) == 0
+    errors: list[str] = []
+    requested: list[str] = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+            "--no-sandbox", "--disable-background-networking", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1300, "height": 850})
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+
+        def refuse(route) -> None:  # type: ignore[no-untyped-def]
+            if not route.request.url.startswith(("file:", "data:")):
+                requested.append(route.request.url)
+                route.abort()
+            else:
+                route.continue_()
+
+        page.route("**/*", refuse)
+        page.goto(html_file.as_uri())
+        page.wait_for_selector("path.leaflet-interactive", timeout=30_000)
+        # coastline polygons, front circles, station and gauge markers are SVG paths
+        n_paths = page.evaluate("document.querySelectorAll('path.leaflet-interactive').length")
+        page.hover("#tocsin-legend")
+        page.screenshot(path=str(out / "map.png"))
+        legend = page.inner_text("#tocsin-legend")
+        browser.close()
+    inc = saved[1]["incidents"][0]
+    assert n_paths >= len(inc["forecasts"]) + 6
+    assert inc["id"] in legend and "Alert" in legend
+    assert requested == [], requested
+    assert errors == [], errors
