@@ -21,7 +21,7 @@ DEFAULT_DETECTORS: dict[str, tuple[str, ...]] = {
     "barometer": ("detectors.pressure:LambPulseDetector",),
     "tide_gauge": ("detectors.sealevel:TsunamiDetector",),
     "bottom_pressure": ("detectors.sealevel:TsunamiDetector",),
-    "seismic": (),
+    "seismic": ("detectors.picker:StaLtaPicker",),
     "plume": ("detectors.plume:PlumeDetector",),
 }
 
@@ -95,7 +95,11 @@ class StationPipeline:
 
 @dataclass
 class DetectorBank:
-    """One :class:`StationPipeline` per station, created on first packet."""
+    """One :class:`StationPipeline` per station, created on first packet.
+
+    ``params`` maps a detector name to its keyword arguments, and ``"name@station_id"`` to
+    the arguments of one stream (``{"sta_lta@II.MSVF.10.LHZ": {"on": 8.0}}``).
+    """
 
     detectors: dict[str, tuple[str, ...]] = field(default_factory=lambda: dict(DEFAULT_DETECTORS))
     params: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -107,7 +111,10 @@ class DetectorBank:
             dets = []
             for path in self.detectors.get(station.kind, ()):
                 cls = _load(path)
-                dets.append(cls(station, **self.params.get(cls.name, {})))
+                # "name@station_id" overrides "name" for one stream
+                params = {**self.params.get(cls.name, {}),
+                          **self.params.get(f"{cls.name}@{station.station_id}", {})}
+                dets.append(cls(station, **params))
             p = self.pipelines[station.station_id] = StationPipeline(station, dets)
         return p
 

@@ -5,10 +5,12 @@
 * raw consume: samples/s a plain aiokafka consumer reaches on the same packets from the
   same topic (no decoding), and the ratio of the two;
 * detector kernels: samples/s of the streaming pressure detector fed 1-s packets over all
-  stations, next to an ObsPy batch kernel (``recursive_sta_lta``) on the same arrays.
+  stations, next to an ObsPy batch kernel (``recursive_sta_lta``) on the same arrays;
+* seismic picker: samples/s of the STA/LTA picker fed 1-s packets over 1000 20-Hz channels,
+  next to ObsPy's batch ``bandpass`` + ``recursive_sta_lta`` on the same arrays.
 
-Targets (issue 2/3): >= 1 M samples/s end to end, >= 25 % of raw consume; kernels >= 25 %
-of the ObsPy batch kernel. The figures are printed, never asserted by unit tests.
+Targets (issues 2, 3, 5): >= 1 M samples/s end to end, >= 25 % of raw consume; kernels and
+picker >= 25 % of the ObsPy batch kernel. The figures are printed, never asserted by unit tests.
 """
 
 from __future__ import annotations
@@ -76,6 +78,38 @@ def kernel_bench(pkg: Any, seconds: float = 600.0) -> dict[str, float]:
             "kernel_ratio": ours / obspy_rate}
 
 
+def picker_bench(channels: int = 1000, seconds: int = 60, rate: float = 20.0,
+                 seed: int = 0) -> dict[str, float]:
+    """The STA/LTA picker on 1-s packets over ``channels`` 20-Hz channels of noise, and
+    ObsPy's batch ``bandpass`` + ``recursive_sta_lta`` on the same arrays."""
+    from obspy.signal.filter import bandpass
+    from obspy.signal.trigger import recursive_sta_lta
+
+    from detectors.base import StationInfo
+    from detectors.picker import PickerParams, StaLtaPicker
+
+    rng = np.random.default_rng(seed)
+    n = int(seconds * rate)
+    data = rng.standard_normal((channels, n)) * 100.0
+    pickers = [StaLtaPicker(StationInfo(f"XX.S{i:04d}..BHZ", "seismic", 0.0, 0.0))
+               for i in range(channels)]
+    per = int(rate)
+    dt = 1.0 / rate
+    t0 = time.perf_counter()
+    for k in range(0, n, per):
+        for picker, row in zip(pickers, data, strict=True):
+            picker.feed(1e9 + k * dt, dt, row[k:k + per])
+    ours = data.size / (time.perf_counter() - t0)
+    p = PickerParams.for_rate(rate)
+    t0 = time.perf_counter()
+    for row in data:
+        recursive_sta_lta(bandpass(row, p.freqmin, p.freqmax, rate, corners=p.corners),
+                          int(p.sta_s * rate), int(p.lta_s * rate))
+    batch = data.size / (time.perf_counter() - t0)
+    return {"picker_samples": data.size, "picker_samples_per_s": ours,
+            "obspy_batch_samples_per_s": batch, "picker_ratio": ours / batch}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="tocsin-bench", description=__doc__)
     ap.add_argument("--stations", type=int, default=500)
@@ -118,6 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     e2e = samples / run["elapsed_s"]
     raw = samples / raw_s
     kern = kernel_bench(pkg)
+    pick = picker_bench()
     lines = [
         f"package                      {pkg.event_id}: {len(pkg.stations)} stations, "
         f"{samples} samples in {run['packets']} packets",
@@ -131,6 +166,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"obspy recursive_sta_lta (batch):      "
         f"{kern['obspy_recursive_sta_lta_samples_per_s']:,.0f} samples/s",
         f"ratio kernels / obspy batch:          {kern['kernel_ratio']:.1%}   (target >= 25 %)",
+        f"seismic picker, 1-s packets:          {pick['picker_samples_per_s']:,.0f} samples/s "
+        f"({pick['picker_samples']:,} samples, 1000 channels at 20 Hz)",
+        f"obspy bandpass + recursive_sta_lta:   {pick['obspy_batch_samples_per_s']:,.0f} "
+        "samples/s (batch, same arrays)",
+        f"ratio picker / obspy batch:           {pick['picker_ratio']:.1%}   (target >= 25 %)",
     ]
     print("\n".join(lines))
     return 0

@@ -14,7 +14,7 @@ HEADER = "station_id,kind,lat,lon,elevation_m,units,file,format\n"
 
 TONGA_EVENT = """[event]
 id = "tonga2022-real"
-title = "Hunga Tonga-Hunga Ha'apai 2022: real barometers (AGBOM Tonga, II.MSVF Fiji)"
+title = "Hunga Tonga-Hunga Ha'apai 2022: real barometers (AGBOM Tonga, II.MSVF Fiji), MSVF LHZ"
 start = "2022-01-15T00:00:00Z"
 end = "2022-01-16T00:00:00Z"
 
@@ -56,17 +56,20 @@ def _csv_two_columns(src: Path, dst: Path, time_col: str, value_col: str) -> Non
             w.writerow([t, row[value_col]])
 
 
-def build_tonga_barometers(shared: Path, out: Path) -> Path:
+def build_tonga(shared: Path, out: Path) -> Path:
     baro = shared / "tonga2022" / "barometer"
     (out / "data").mkdir(parents=True, exist_ok=True)
     (out / "event.toml").write_text(TONGA_EVENT)
     _csv_two_columns(baro / "tonga_bp_AGBOM_1min_hPa.csv", out / "data" / "agbom.csv",
                      "time_utc", "pressure_hPa")
     shutil.copy(baro / "Tonga_2022-01-15_II.MSVF.00.LDI.mseed", out / "data" / "msvf.mseed")
+    seis = shared / "tonga2022" / "seismic" / "Tonga_2022-01-15_II.MSVF.10.LHZ.mseed"
+    shutil.copy(seis, out / "data" / "msvf_lhz.mseed")
     (out / "stations.csv").write_text(
         HEADER
         + "AGBOM.TONGA,barometer,-21.14,-175.18,5,hPa,data/agbom.csv,csv\n"
-        + "II.MSVF.00.LDI,barometer,-17.745,178.053,800,counts,data/msvf.mseed,mseed\n")
+        + "II.MSVF.00.LDI,barometer,-17.745,178.053,800,counts,data/msvf.mseed,mseed\n"
+        + "II.MSVF.10.LHZ,seismic,-17.745,178.053,800,counts,data/msvf_lhz.mseed,mseed\n")
     return out
 
 

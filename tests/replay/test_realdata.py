@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from replay.package import load_package
-from replay.realdata import build_tohoku, build_tonga_barometers
+from replay.realdata import build_tohoku, build_tonga
 from replay.report import comparable
 from replay.run import detect_package
 from replay.streaming import replay_package
@@ -22,7 +22,7 @@ TOHOKU = parse_time("2011-03-11T05:46:24Z")
 
 @pytest.fixture(scope="module")
 def tonga_pkg(shared_data: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    return load_package(build_tonga_barometers(shared_data, tmp_path_factory.mktemp("tonga")))
+    return load_package(build_tonga(shared_data, tmp_path_factory.mktemp("tonga")))
 
 
 @pytest.fixture(scope="module")
@@ -30,10 +30,18 @@ def tohoku_pkg(shared_data: Path, tmp_path_factory: pytest.TempPathFactory):  # 
     return load_package(build_tohoku(shared_data, tmp_path_factory.mktemp("tohoku")))
 
 
-def test_tonga_real_barometers(tonga_pkg) -> None:  # type: ignore[no-untyped-def]
+def test_tonga_real_barometers_and_seismometer(tonga_pkg) -> None:  # type: ignore[no-untyped-def]
     report = detect_package(tonga_pkg)
     by_station: dict[str, list[float]] = {}
+    picks = [d for d in report["detections"] if d["kind"] == "seismic"]
+    # the seismometer: the eruption's arrival is picked (~4 min after it, at 750 km), and
+    # nothing in the 4.7 quiet hours before it
+    assert picks and {d["detector"] for d in picks} == {"sta_lta"}
+    first = min(parse_time(d["onset"]) for d in picks)
+    assert ERUPTION + 60 <= first <= ERUPTION + 300
     for d in report["detections"]:
+        if d["kind"] == "seismic":
+            continue
         onset = parse_time(d["onset"])
         if onset < parse_time("2022-01-16T00:00:00Z"):
             by_station.setdefault(d["station_id"], []).append(onset)
@@ -66,6 +74,18 @@ def test_tohoku_real_sea_level(tohoku_pkg) -> None:  # type: ignore[no-untyped-d
     tsunami = [i for i in report["incidents"] if i["type"] == "tsunami"]
     assert len(tsunami) == 1
     assert sorted(tsunami[0]["confirmed"]) == stations
+
+
+@pytest.mark.kafka
+def test_tonga_real_through_kafka_equals_detect(tonga_pkg, kafka_settings: Settings,  # type: ignore[no-untyped-def]
+                                                tmp_path: Path) -> None:
+    """miniSEED replay sources (barometer and seismometer) through the real broker."""
+    expected = detect_package(tonga_pkg, packet_seconds=kafka_settings.packet_seconds)
+    got = asyncio.run(replay_package(tonga_pkg, kafka_settings, speed=None, partitions=3,
+                                     progress_stream=None, run_dir=tmp_path, timeout=600))
+    assert {d["kind"] for d in expected["detections"]} == {"barometer", "seismic"}
+    assert json.dumps(comparable(got), sort_keys=True) == json.dumps(comparable(expected),
+                                                                     sort_keys=True)
 
 
 @pytest.mark.kafka

@@ -1,0 +1,188 @@
+"""Streaming STA/LTA picker: ObsPy equivalence, the real MSVF record, gaps, flat, clipping."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from detectors.base import PacketError, StationInfo
+from detectors.picker import PickerParams, StaLtaPicker, aic_onset
+
+LHZ = StationInfo("II.MSVF.10.LHZ", "seismic", -17.745, 178.053, 800.0, "counts")
+BHZ = StationInfo("XX.TEST..BHZ", "seismic", 0.0, 0.0, 0.0, "counts")
+ERUPTION = 1642220085.0  # 2022-01-15T04:14:45Z
+T0 = 1_600_000_000.0
+
+
+def feed_packets(picker: StaLtaPicker, t0: float, dt: float, x: np.ndarray,
+                 n: int) -> tuple[list, np.ndarray]:
+    dets, cf = [], []
+    for i in range(0, len(x), n):
+        dets.extend(picker.feed(t0 + i * dt, dt, x[i:i + n]))
+        cf.append(picker.cf)
+    return dets, np.concatenate(cf)
+
+
+@pytest.fixture(scope="module")
+def msvf(shared_data: Path) -> tuple[float, float, np.ndarray]:
+    from obspy import read
+
+    path = shared_data / "tonga2022" / "seismic" / "Tonga_2022-01-15_II.MSVF.10.LHZ.mseed"
+    st = read(str(path))
+    st.merge()
+    tr = st[0]
+    assert tr.stats.sampling_rate == 1.0
+    return tr.stats.starttime.timestamp, tr.stats.delta, np.ma.filled(
+        tr.data.astype(np.float64), np.nan)
+
+
+@pytest.fixture(scope="module")
+def msvf_1s(msvf) -> tuple[list, np.ndarray]:
+    """The MSVF record fed in 1-s packets (one sample each): picks and the function."""
+    t0, dt, x = msvf
+    return feed_packets(StaLtaPicker(LHZ), t0, dt, x, 1)
+
+
+def test_one_second_packets_give_obspys_characteristic_function(msvf, msvf_1s) -> None:
+    from obspy.signal.filter import bandpass
+    from obspy.signal.trigger import recursive_sta_lta
+
+    t0, dt, x = msvf
+    assert np.isfinite(x).all(), "the comparison needs one contiguous trace"
+    _, cf = msvf_1s
+    p = PickerParams.for_rate(1.0 / dt)
+    # a band-pass has no DC gain: the picker's steady-state start on x equals a zero-state
+    # filter of x - x[0], which is ObsPy's bandpass
+    filtered = bandpass(x - x[0], p.freqmin, p.freqmax, 1.0 / dt, corners=p.corners,
+                        zerophase=False)
+    expected = recursive_sta_lta(filtered, int(p.sta_s / dt), int(p.lta_s / dt))
+    assert len(cf) == len(expected) == len(x)
+    np.testing.assert_allclose(cf, expected, rtol=1e-9, atol=1e-12)
+    assert expected.max() > p.on  # the eruption: the comparison covers a trigger
+
+
+def test_msvf_picks_the_eruption_and_nothing_in_the_quiet_hours(msvf, msvf_1s) -> None:
+    t0, dt, x = msvf
+    assert t0 < ERUPTION - 3 * 3600  # at least three quiet hours before it
+    dets, _ = msvf_1s
+    before = [d for d in dets if d.onset < ERUPTION]
+    assert before == []
+    first = min(dets, key=lambda d: d.onset)
+    # MSVF is 750 km from Hunga Tonga: the eruption's long-period waves (Rayleigh waves at
+    # ~3.5 km/s) arrive ~4 min after it
+    assert ERUPTION + 60 <= first.onset <= ERUPTION + 300, first
+    assert first.declared >= first.onset
+    assert first.extra["snr"] > 5
+    assert not first.extra["clipped"]
+
+
+@pytest.mark.parametrize("n", [1, 7, 60, 1000])
+def test_packet_size_does_not_change_the_picks(msvf, msvf_1s, n: int) -> None:
+    t0, dt, x = msvf
+    whole, cf_whole = feed_packets(StaLtaPicker(LHZ), t0, dt, x, len(x))
+    assert whole, "no pick would make the comparison meaningless"
+    chunked, cf = msvf_1s if n == 1 else feed_packets(StaLtaPicker(LHZ), t0, dt, x, n)
+    assert chunked == whole
+    np.testing.assert_allclose(cf, cf_whole, rtol=1e-9, atol=1e-12)
+
+
+def synthetic(seconds: float = 600.0, rate: float = 20.0, onset_s: float | None = 400.0,
+              amp: float = 40.0, seed: int = 3) -> tuple[float, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    n = int(seconds * rate)
+    t = np.arange(n) / rate
+    x = 1000.0 + rng.standard_normal(n)  # a DC offset, as raw counts have
+    if onset_s is not None:
+        s = t - onset_s
+        x += np.where(s >= 0, amp * np.sin(2 * np.pi * 1.2 * s) * np.exp(-s / 20.0), 0.0)
+    return 1.0 / rate, x
+
+
+def test_synthetic_onset_amplitude_and_snr() -> None:
+    dt, x = synthetic()
+    dets, _ = feed_packets(StaLtaPicker(BHZ), T0, dt, x, 20)
+    assert len(dets) == 1
+    d = dets[0]
+    assert abs(d.onset - (T0 + 400.0)) <= 0.25  # AIC refines the trigger to the onset
+    assert d.extra["trigger"] >= d.onset
+    assert d.declared == pytest.approx(d.extra["trigger"] + 10.0)  # 5 x STA later
+    assert 10.0 < abs(d.amplitude) < 45.0
+    assert d.extra["snr"] > 10
+    assert d.params["sta_s"] == 2.0 and d.params["freqmin"] == 0.7  # SeisComP defaults
+
+
+def test_gap_rewarms_without_a_pick_at_its_edge() -> None:
+    dt, x = synthetic(onset_s=None)
+    picker = StaLtaPicker(BHZ)
+    dets, _ = feed_packets(picker, T0, dt, x[:4000], 20)
+    # a 60-s gap, and the stream comes back with a different DC offset
+    dets2, cf = feed_packets(picker, T0 + (4000 + 1200) * dt, dt, x[4000:] + 5000.0, 20)
+    assert dets == dets2 == []
+    assert picker.status["segments"] == 2
+    assert (cf[: int(80 / dt)] == 0).all()  # warming up again: LTA samples of zeros
+
+
+def test_nan_samples_start_a_new_segment_like_a_gap() -> None:
+    dt, x = synthetic(onset_s=None)
+    x[5000:5100] = np.nan
+    x[5100:] += 3000.0
+    picker = StaLtaPicker(BHZ)
+    dets, cf = feed_packets(picker, T0, dt, x, 20)
+    assert dets == []
+    assert picker.status["segments"] == 2
+    assert (cf[5000:5100 + int(80 / dt)] == 0).all()
+
+
+def test_sample_rate_change_restarts_with_the_profile_of_the_new_rate() -> None:
+    picker = StaLtaPicker(BHZ)
+    dt, x = synthetic(onset_s=None)
+    feed_packets(picker, T0, dt, x, 20)
+    assert picker.params()["sta_s"] == 2.0
+    rng = np.random.default_rng(5)
+    assert picker.feed(T0 + 600.0, 1.0, rng.standard_normal(600)) == []
+    assert picker.status["segments"] == 2
+    assert picker.params()["sta_s"] == 10.0 and picker.params()["freqmax"] == 0.2
+
+
+def test_flat_channel_is_flagged_and_never_picked() -> None:
+    dt, x = synthetic(onset_s=None)
+    x[6000:] = 1234.0  # a dead channel: the same count for the last 5 min
+    picker = StaLtaPicker(BHZ)
+    dets, cf = feed_packets(picker, T0, dt, x, 20)
+    assert dets == []
+    assert picker.status["flat"] is True
+    assert (cf[6000 + int(30 / dt):] == 0).all()
+    picker.feed(T0 + len(x) * dt, dt, np.random.default_rng(9).standard_normal(20))
+    assert picker.status["flat"] is False
+
+
+def test_clipped_arrival_is_flagged() -> None:
+    dt, x = synthetic(amp=4000.0)
+    x = np.clip(x, -1500.0, 1500.0 + 1000.0)  # the digitiser saturates
+    dets, _ = feed_packets(StaLtaPicker(BHZ), T0, dt, x, 20)
+    assert len(dets) == 1 and dets[0].extra["clipped"] is True
+    dt, x = synthetic()
+    dets, _ = feed_packets(StaLtaPicker(BHZ, clip_counts=1e6), T0, dt, x, 20)
+    assert len(dets) == 1 and dets[0].extra["clipped"] is False
+
+
+def test_per_stream_parameters_and_clear_errors() -> None:
+    dt, x = synthetic()
+    dets, _ = feed_packets(StaLtaPicker(BHZ, on=1e6), T0, dt, x, 20)
+    assert dets == []
+    with pytest.raises(PacketError, match="Nyquist"):
+        StaLtaPicker(BHZ, freqmax=20.0).feed(T0, 0.05, x[:20])
+    picker = StaLtaPicker(BHZ)
+    picker.feed(T0, dt, x[:20])
+    with pytest.raises(PacketError, match="not after"):
+        picker.feed(T0, dt, x[:20])
+    with pytest.raises(PacketError, match="float64"):
+        picker.feed(T0 + 10, dt, x[:20].astype(np.float32))
+
+
+def test_aic_finds_the_onset_of_a_step_in_variance() -> None:
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.standard_normal(300), 20 * rng.standard_normal(100)])
+    assert abs(aic_onset(x) - 300) <= 2
