@@ -3,7 +3,9 @@
 A package is a folder with
 
 * ``event.toml``: an ``[event]`` table (``id``, ``title``, ``start``, ``end`` as ISO 8601
-  UTC, the replay window) and an optional ``[truth]`` table used only by evaluation;
+  UTC, the replay window), an optional ``[truth]`` table used only by evaluation and an
+  optional ``[seismic.gains]`` table (station id = counts per metre of displacement in the
+  picker's band) for the magnitudes of seismic events;
 * ``stations.csv`` with the header ``station_id,kind,lat,lon,elevation_m,units,file,format``;
   ``file`` is relative to the package and ``format`` is ``csv`` (``time,value`` rows),
   ``mseed`` (miniSEED read by ObsPy) or ``ndbc_dart`` (NOAA NDBC DART text).
@@ -68,6 +70,17 @@ class ReplayPackage:
 
     def station_infos(self) -> list[StationInfo]:
         return [s.info for s in self.stations]
+
+    @property
+    def seismic_gains(self) -> dict[str, float]:
+        gains = (self.raw_event.get("seismic") or {}).get("gains") or {}
+        out = {}
+        for sid, g in gains.items():
+            if not isinstance(g, int | float) or not g > 0:
+                raise PackageError(f"{self.root / 'event.toml'}: [seismic.gains] {sid} = "
+                                   f"{g!r} is not a positive number")
+            out[str(sid)] = float(g)
+        return out
 
     def series(self, entry: StationEntry) -> Series:
         if entry.format == "grid_index":

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from detectors.base import Detection
+from detectors.seismic import SeismicParams, associate_seismic
 from streams.schemas import AlertMessage, IncidentRevision, iso
 
 REPORT_SCHEMA = "tocsin.report/1"
@@ -34,7 +35,8 @@ def _num(x: float, nd: int = 6) -> float | None:
 
 def build_report(event: dict[str, Any], detections: Iterable[Detection],
                  revisions: Iterable[IncidentRevision], alerts: Iterable[AlertMessage],
-                 *, mode: str) -> dict[str, Any]:
+                 *, mode: str, seismic_gains: dict[str, float] | None = None
+                 ) -> dict[str, Any]:
     # a detection re-emitted under its key (a sea-level detection with its final amplitude)
     # replaces the earlier version: the later declaration wins
     latest = {d.key: d for d in sorted(detections, key=lambda d: (d.declared, d.key))}
@@ -73,6 +75,16 @@ def build_report(event: dict[str, Any], detections: Iterable[Detection],
             "forecasts": [{"station_id": f.station_id, "kind": f.kind, "eta": iso(f.eta),
                            "distance_km": round(f.distance_km, 1)} for f in last.forecasts],
         })
+    # seismic events: a pure function of the picks, like the incidents
+    events: dict[str, dict[str, Any]] = {}
+    for ev in associate_seismic(dets, SeismicParams(gains=dict(seismic_gains or {}))):
+        d = ev.as_dict()
+        d["origin_time"] = iso(d["origin_time"])
+        d["issued"] = iso(d["issued"])
+        for a in d["arrivals"]:
+            a["onset"] = iso(a["onset"])
+        d["revisions"] = ev.revision
+        events[ev.event_id] = d
     alert_list = sorted({a.identifier: a for a in alerts}.values(),
                         key=lambda a: (a.sent, a.identifier))
     return {
@@ -88,6 +100,7 @@ def build_report(event: dict[str, Any], detections: Iterable[Detection],
             "period_s": d.extra.get("period_s"),
         } for d in dets],
         "incidents": incidents,
+        "seismic_events": list(events.values()),
         "alerts": [{"identifier": a.identifier, "msgType": a.msg_type, "sent": iso(a.sent),
                     "incident_id": a.incident_id, "revision": a.revision,
                     "references": list(a.references), "severity": a.severity,

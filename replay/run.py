@@ -58,7 +58,8 @@ def detect_package(pkg: ReplayPackage, *, packet_seconds: float = 600.0,
         store.save_all(revisions)
         store.save_all(alerts)
     event = {"id": pkg.event_id, "title": pkg.title, **_window(pkg)}
-    return build_report(event, detections, revisions, alerts, mode="detect")
+    return build_report(event, detections, revisions, alerts, mode="detect",
+                        seismic_gains=pkg.seismic_gains)
 
 
 def _window(pkg: ReplayPackage) -> dict[str, str]:

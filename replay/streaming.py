@@ -357,6 +357,6 @@ async def replay_package(pkg: ReplayPackage, settings: Settings, *, speed: float
              "start": str(pkg.raw_event["event"]["start"]),
              "end": str(pkg.raw_event["event"]["end"])}
     report = build_report(event, collected.detections, collected.revisions, collected.alerts,
-                          mode="replay")
+                          mode="replay", seismic_gains=pkg.seismic_gains)
     report["run"] = stats
     return report

@@ -63,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also store detections, incidents and alerts in the database "
                    "(TOCSIN_DATABASE_URL), as the workers do")
 
+    q = sub.add_parser("quakeml", help="write the QuakeML 1.2 of each seismic event of a report")
+    q.add_argument("report", type=Path, help="a report of tocsin detect or tocsin replay")
+    q.add_argument("--out", type=Path, required=True, help="folder for <event_id>.xml files")
+
     mp = sub.add_parser("map", help="write a standalone (offline) HTML map of one incident")
     mp.add_argument("incident", help="incident id, as in the report or the dashboard")
     mp.add_argument("--out", type=Path, required=True)
@@ -166,6 +170,15 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         if args.figure:
             print(f"record section: {record_section(report, pkg, args.figure)}")
         return 0
+    if args.command == "quakeml":
+        from responders.quakeml import write_quakeml
+
+        written = write_quakeml(json.loads(args.report.read_text()), args.out)
+        for path in written:
+            print(path)
+        if not written:
+            print(f"{args.report}: no seismic events", file=sys.stderr)
+        return 0 if written else 1
     if args.command == "map":
         from dashboards.incident_map import MapError, write_incident_map
 
