@@ -7,7 +7,9 @@
 * detector kernels: samples/s of the streaming pressure detector fed 1-s packets over all
   stations, next to an ObsPy batch kernel (``recursive_sta_lta``) on the same arrays;
 * seismic picker: samples/s of the STA/LTA picker fed 1-s packets over 1000 20-Hz channels,
-  next to ObsPy's batch ``bandpass`` + ``recursive_sta_lta`` on the same arrays.
+  next to ObsPy's batch ``bandpass`` + ``recursive_sta_lta`` on the same arrays;
+* SeedLink ingest: samples/s our client receives from our SeedLink server over loopback
+  and decodes into observation packets (20 stations x a day of 1-Hz noise, Steim-2).
 
 Targets (issues 2, 3, 5): >= 1 M samples/s end to end, >= 25 % of raw consume; kernels and
 picker >= 25 % of the ObsPy batch kernel. The figures are printed, never asserted by unit tests.
@@ -110,6 +112,52 @@ def picker_bench(channels: int = 1000, seconds: int = 60, rate: float = 20.0,
             "obspy_batch_samples_per_s": batch, "picker_ratio": ours / batch}
 
 
+def _msvf_records() -> list[bytes]:
+    """512-byte records of a quiet synthetic 1-Hz LHZ day (int32 noise, Steim-2)."""
+    import io
+
+    from obspy import Trace, UTCDateTime
+
+    rng = np.random.default_rng(0)
+    tr = Trace((rng.standard_normal(86400) * 300).astype(np.int32),
+               header={"network": "XX", "station": "S000", "location": "10",
+                       "channel": "LHZ", "starttime": UTCDateTime(1.7e9), "delta": 1.0})
+    buf = io.BytesIO()
+    tr.write(buf, format="MSEED", reclen=512, encoding="STEIM2")
+    raw = buf.getvalue()
+    return [raw[i:i + 512] for i in range(0, len(raw), 512)]
+
+
+def seedlink_bench(records: list[bytes], stations: int = 20) -> dict[str, float]:
+    """SeedLink ingest over loopback: our client and server, records decoded into packets
+    (no Kafka), ``stations`` copies of the records under different station codes."""
+    from replay.seedlink_server import SeedLinkServer
+    from streams.seedlink import Ingest, SeedLinkClient
+
+    recs: list[bytes] = []
+    for i in range(stations):
+        code = f"S{i:03d}".ljust(5).encode()
+        recs.extend(r[:8] + code + r[13:] for r in records)
+
+    async def run() -> tuple[int, float]:
+        async with SeedLinkServer(recs) as srv:
+            client = SeedLinkClient("127.0.0.1", srv.port,
+                                    [f"XX.S{i:03d}.*.*" for i in range(stations)], fetch=True)
+            ingest = Ingest(client)
+            t0 = time.perf_counter()
+            samples = 0
+            async for seq, rec in client.packets():
+                pkt = ingest.packet(seq, rec)
+                samples += 0 if pkt is None else len(pkt.values)
+            return samples, time.perf_counter() - t0
+
+    for i, r in enumerate(recs):  # the network code of the copies
+        recs[i] = r[:18] + b"XX" + r[20:]
+    samples, seconds = asyncio.run(run())
+    return {"seedlink_records": len(recs), "seedlink_samples": samples,
+            "seedlink_samples_per_s": samples / seconds, "seedlink_s": seconds}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="tocsin-bench", description=__doc__)
     ap.add_argument("--stations", type=int, default=500)
@@ -153,6 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     raw = samples / raw_s
     kern = kernel_bench(pkg)
     pick = picker_bench()
+    sl = seedlink_bench(_msvf_records())
     lines = [
         f"package                      {pkg.event_id}: {len(pkg.stations)} stations, "
         f"{samples} samples in {run['packets']} packets",
@@ -171,6 +220,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"obspy bandpass + recursive_sta_lta:   {pick['obspy_batch_samples_per_s']:,.0f} "
         "samples/s (batch, same arrays)",
         f"ratio picker / obspy batch:           {pick['picker_ratio']:.1%}   (target >= 25 %)",
+        f"SeedLink ingest (loopback, decoded):  {sl['seedlink_samples_per_s']:,.0f} samples/s "
+        f"({sl['seedlink_records']} 512-byte records, {sl['seedlink_s']:.2f} s)",
     ]
     print("\n".join(lines))
     return 0

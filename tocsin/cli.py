@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 from collections.abc import Sequence
@@ -55,6 +56,21 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=["crit", "error", "warn", "info", "debug"])
     w.add_argument("--no-migrate", action="store_true",
                    help="do not upgrade the database schema (the replayer already did)")
+
+    sl = sub.add_parser("seedlink", help="ingest SeedLink streams into the observation topic")
+    sl.add_argument("server", help="HOST:PORT of a SeedLink 3.1 server")
+    sl.add_argument("streams", nargs="+", help="NET.STA.LOC.CHA (? wildcards in LOC, CHA)")
+    sl.add_argument("--run-id", default="live", help="the workers' run (topic names)")
+    sl.add_argument("--inventory", type=Path, default=None,
+                    help="FDSN StationXML with the streams' coordinates")
+    sl.add_argument("--registry", type=Path, default=None,
+                    help="station registry CSV with the streams' coordinates")
+
+    ss = sub.add_parser("seedlink-serve",
+                        help="serve miniSEED files as a SeedLink 3.1 server (drills, tests)")
+    ss.add_argument("files", nargs="+", type=Path)
+    ss.add_argument("--host", default="127.0.0.1")
+    ss.add_argument("--port", type=int, default=18000)
 
     d = sub.add_parser("detect", help="run the detectors in-process on a package (no broker)")
     d.add_argument("package")
@@ -127,6 +143,20 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     if args.command == "worker":
         return _worker(args, settings)
+    if args.command == "seedlink":
+        return _seedlink(args, settings)
+    if args.command == "seedlink-serve":
+        from replay.seedlink_server import SeedLinkServer, records_512
+
+        async def serve() -> None:
+            async with SeedLinkServer(records_512(args.files), args.host, args.port) as srv:
+                print(f"SeedLink 3.1 on {args.host}:{srv.port}: "
+                      f"{sum(len(r) for r in srv.by_station.values())} records", flush=True)
+                await asyncio.Event().wait()
+
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(serve())
+        return 0
     if args.command == "detect":
         from replay.report import write_report
         from replay.run import detect_package
@@ -236,6 +266,31 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     app = create_app(settings, topics, registry)
     sys.argv = ["tocsin-worker", "worker", "--without-web", "--loglevel", args.loglevel]
     app.main()
+    return 0
+
+
+def _seedlink(args: argparse.Namespace, settings: Settings) -> int:
+    from replay.registry import read_registry
+    from streams.seedlink import SeedLinkClient, run_ingest, stations_from_inventory
+    from streams.topics import Topics, create_topics
+
+    host, _, port = args.server.rpartition(":")
+    if not host or not port.isdigit():
+        print(f"tocsin seedlink: server {args.server!r} is not HOST:PORT", file=sys.stderr)
+        return 2
+    stations = {s.station_id: s for s in read_registry(args.registry)} if args.registry else {}
+    if args.inventory:
+        stations.update(stations_from_inventory(str(args.inventory)))
+    client = SeedLinkClient(host, int(port), args.streams)
+    topics = Topics.for_run(settings, args.run_id)
+
+    async def main() -> None:
+        await create_topics(settings.bootstrap, topics)
+        await run_ingest(settings.bootstrap, topics.observations, topics.deadletter, client,
+                         stations)
+
+    with _broker(settings), contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(main())
     return 0
 
 
