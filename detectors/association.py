@@ -21,6 +21,11 @@ Rules (documented in docs/design/association.md):
   ``cluster_window_s``) located, until more is known, at the first station.
 * Plume detections join the eruption whose source is within ``plume_radius_km``, or open a
   ``volcanic_eruption`` incident located at the plume.
+* Seismic picks are located into seismic events (:mod:`detectors.seismic`); an event whose
+  epicentre is within ``seismic_radius_km`` of an eruption's source and whose origin time
+  is within ``seismic_window_s`` of the eruption's joins it (evidence ``seismic``): an
+  eruption's seismic signal and its pressure front are one incident. A seismic event alone
+  opens no incident (earthquake alerting is not tocsin's policy yet).
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ import numpy as np
 from detectors.base import Detection, StationInfo
 from detectors.front import FrontSolution, locate_front
 from detectors.geo import great_circle_km
+from detectors.seismic import SeismicEvent, SeismicParams, associate_seismic
 from streams.schemas import Forecast, IncidentRevision
 
 PRESSURE_DETECTORS = ("lamb_pulse",)
@@ -58,6 +64,8 @@ class AssociationParams:
     plume_radius_km: float = 300.0
     plume_window_s: float = 6 * 3600.0
     plume_prior_km: float = 30.0  # sigma of the plume position as a prior on the source
+    seismic_radius_km: float = 150.0
+    seismic_window_s: float = 1800.0
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -72,6 +80,7 @@ class _Incident:
     sea_level: list[Detection] = field(default_factory=list)
     plumes: list[Detection] = field(default_factory=list)
     solution: FrontSolution | None = None
+    seismic: SeismicEvent | None = None
     lat: float = math.nan
     lon: float = math.nan
     origin_time: float = math.nan
@@ -97,6 +106,7 @@ class Associator:
         self._keys: set[str] = set()
         self._published: dict[str, IncidentRevision] = {}
         self._cache: dict[tuple[str, ...], FrontSolution | None] = {}
+        self._seismic_cache: dict[tuple[str, ...], list[SeismicEvent]] = {}
 
     def add(self, det: Detection) -> list[IncidentRevision]:
         """New, corrected and retracted revisions after ``det`` (fed in declared order,
@@ -107,7 +117,8 @@ class Associator:
         self._keys.add(det.key)
         bisect.insort(self._dets, (det.declared, det.key, det))
         current = {r.key: r for r in associate((d for _, _, d in self._dets), self.registry,
-                                               self.params, cache=self._cache)}
+                                               self.params, cache=self._cache,
+                                               seismic_cache=self._seismic_cache)}
         changed = []
         for key, old in list(self._published.items()):
             if key not in current:
@@ -128,10 +139,12 @@ class Associator:
 def associate(dets: Iterable[Detection], registry: list[StationInfo],
               params: AssociationParams | None = None, *,
               cache: dict[tuple[str, ...], FrontSolution | None] | None = None,
+              seismic_cache: dict[tuple[str, ...], list[SeismicEvent]] | None = None,
               ) -> list[IncidentRevision]:
     """All incident revisions for a set of detections (taken in declaration order)."""
     p = params or AssociationParams()
     cache = {} if cache is None else cache
+    seismic_cache = {} if seismic_cache is None else seismic_cache
     ordered = sorted(dets, key=lambda d: (d.declared, d.key))
     incidents: list[_Incident] = []
     unassigned: list[Detection] = []
@@ -145,21 +158,58 @@ def associate(dets: Iterable[Detection], registry: list[StationInfo],
             cache[key] = locate_front(picks, min_stations=p.min_stations, source_prior=prior)
         return cache[key]
 
+    seismic_picks: list[Detection] = []
+    events: dict[str, SeismicEvent] = {}  # the latest revision of each seismic event
     for det in ordered:
-        touched: _Incident | None = None
+        touched: list[_Incident] = []
         if det.detector in PRESSURE_DETECTORS:
-            touched = _add_pressure(det, incidents, unassigned, p, locate)
+            inc = _add_pressure(det, incidents, unassigned, p, locate)
+            if inc is not None:
+                _attach_seismic(inc, events.values(), p)
+                touched.append(inc)
         elif det.kind in SEA_LEVEL_KINDS:
-            touched = _add_sea_level(det, incidents, registry, p)
+            touched.extend(i for i in [_add_sea_level(det, incidents, registry, p)] if i)
         elif det.kind == "plume":
-            touched = _add_plume(det, incidents, p)
-        if touched is None:
-            continue
-        rev = _revision(touched, det.declared, registry, last.get(touched.incident_id), p)
-        if rev is not None:
-            last[touched.incident_id] = rev
-            revisions.append(rev)
+            inc = _add_plume(det, incidents, p)
+            if inc is not None:
+                _attach_seismic(inc, events.values(), p)
+                touched.append(inc)
+        elif det.kind == "seismic":
+            seismic_picks.append(det)
+            skey = tuple(d.key for d in seismic_picks)
+            if skey not in seismic_cache:
+                seismic_cache[skey] = associate_seismic(seismic_picks, SeismicParams())
+            latest = {e.event_id: e for e in seismic_cache[skey]}
+            new = [e for k, e in latest.items()
+                   if k not in events or events[k].revision != e.revision]
+            events = latest
+            for ev in new:
+                for inc in incidents:
+                    if _attach_seismic(inc, [ev], p) and inc not in touched:
+                        touched.append(inc)
+        for inc in touched:
+            rev = _revision(inc, det.declared, registry, last.get(inc.incident_id), p)
+            if rev is not None:
+                last[inc.incident_id] = rev
+                revisions.append(rev)
     return revisions
+
+
+def _attach_seismic(inc: _Incident, events: Iterable[SeismicEvent],
+                    p: AssociationParams) -> bool:
+    """Attach the newest revision of a matching seismic event to an eruption incident."""
+    if inc.type != "volcanic_eruption" or math.isnan(inc.lat):
+        return False
+    ref = inc.origin_time if not math.isnan(inc.origin_time) else inc.created
+    for ev in events:
+        o = ev.origin
+        if inc.seismic is not None and inc.seismic.event_id != ev.event_id:
+            continue
+        if (float(great_circle_km(inc.lat, inc.lon, o.lat, o.lon)) <= p.seismic_radius_km
+                and abs(o.time - ref) <= p.seismic_window_s):
+            inc.seismic = ev
+            return True
+    return False
 
 
 def _add_pressure(det: Detection, incidents: list[_Incident], unassigned: list[Detection],
@@ -304,6 +354,8 @@ def _revision(inc: _Incident, issued: float, registry: list[StationInfo],
         evidence.append("plume")
     if inc.sea_level:
         evidence.append("sea_level")
+    if inc.seismic is not None:
+        evidence.append("seismic")
     fc: tuple[Forecast, ...] = ()
     if sol is not None:
         fc = forecasts(sol.lat, sol.lon, sol.origin_time, sol.speed_m_s, registry)
@@ -312,8 +364,14 @@ def _revision(inc: _Incident, issued: float, registry: list[StationInfo],
         status = "observed"
     else:
         status = "detected"
-    dets = sorted(d.key for d in [*inc.picks, *inc.sea_level, *inc.plumes])
+    seismic_picks = list(inc.seismic.picks) if inc.seismic is not None else []
+    dets = sorted(d.key for d in [*inc.picks, *inc.sea_level, *inc.plumes, *seismic_picks])
     extra: dict[str, Any] = {}
+    if inc.seismic is not None:
+        ev = inc.seismic.as_dict()
+        extra["seismic"] = {k: ev[k] for k in ("event_id", "revision", "lat", "lon",
+                                               "depth_km", "origin_time", "rms_s", "herr_km",
+                                               "stations")}
     if inc.plumes:
         top = max(inc.plumes, key=lambda d: (d.amplitude, d.key))
         extra["plume_height_km"] = round(top.amplitude, 3)

@@ -41,7 +41,6 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import cache
 from typing import Any
 
 import numpy as np
@@ -63,6 +62,18 @@ class TravelTimes:
     depths: FloatArray
     seconds: FloatArray  # shape (len(depths), len(distances))
 
+    def to_arrays(self) -> dict[str, FloatArray]:
+        return {"distances": self.distances, "depths": self.depths, "seconds": self.seconds}
+
+    @classmethod
+    def from_arrays(cls, arrays: Any) -> TravelTimes:
+        t = cls(np.asarray(arrays["distances"]), np.asarray(arrays["depths"]),
+                np.asarray(arrays["seconds"]))
+        if t.seconds.shape != (len(t.depths), len(t.distances)):
+            raise ValueError(f"travel-time table of shape {t.seconds.shape} does not match "
+                             f"{len(t.depths)} depths x {len(t.distances)} distances")
+        return t
+
     def __call__(self, dist_deg: FloatArray, depth_km: float) -> FloatArray:
         if not self.depths[0] <= depth_km <= self.depths[-1]:
             raise ValueError(f"depth {depth_km} km outside the table "
@@ -77,9 +88,25 @@ class TravelTimes:
         return np.asarray((1.0 - w) * a + w * b)
 
 
-@cache
+_TABLE: TravelTimes | None = None
+
+
 def iasp91_p() -> TravelTimes:
-    """The iasp91 first-P table (``obspy.taup``, computed once per process)."""
+    """The iasp91 first-P table: the one given to :func:`use_table`, else computed once per
+    process with ``obspy.taup`` (about 10 s: callers with a cache load it with
+    :meth:`TravelTimes.from_arrays` and hand it over)."""
+    global _TABLE
+    if _TABLE is None:
+        _TABLE = compute_iasp91_p()
+    return _TABLE
+
+
+def use_table(table: TravelTimes) -> None:
+    global _TABLE
+    _TABLE = table
+
+
+def compute_iasp91_p() -> TravelTimes:
     from obspy.taup import TauPyModel
 
     model = TauPyModel("iasp91")

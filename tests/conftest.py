@@ -26,6 +26,14 @@ def missing(what: str) -> None:
     pytest.skip(what)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def travel_times() -> None:
+    """The seismic locator's iasp91 table from the usual cache (computed there once)."""
+    from tocsin.tables import prime_travel_times
+
+    prime_travel_times(Settings().cache_dir)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     root = Path(os.environ.get("TOCSIN_SHARED_DATA", REPO.parent / "shared" / "data"))

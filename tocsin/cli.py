@@ -117,6 +117,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = Settings()
     from replay.package import PackageError
 
+    if args.command in ("worker", "detect", "replay", "run"):
+        # the seismic locator's travel times: computed once, then read from the cache
+        from tocsin.tables import prime_travel_times
+
+        prime_travel_times(settings.cache_dir)
     try:
         return _dispatch(args, settings)
     except PackageError as exc:

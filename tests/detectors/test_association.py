@@ -119,3 +119,46 @@ def test_plume_joins_the_eruption() -> None:
     assert len({r.incident_id for r in revs}) == 1
     assert "plume" in revs[-1].evidence and "pressure_front" in revs[-1].evidence
     assert revs[-1].extra["plume_height_km"] == 57.0
+
+
+def seismic_picks(src: tuple[float, float], t0: float) -> list[Detection]:
+    """Exact P picks (obspy.taup iasp91) at real station sites for a source at ``src``."""
+    from replay.seismic_scenario import SITES, Quake, p_arrival
+
+    q = Quake(src[0], src[1], 10.0, t0, 5.8)
+    out = []
+    for sid, (lat, lon) in SITES.items():
+        onset = p_arrival(q, lat, lon)[0]
+        out.append(Detection(sid, "seismic", "sta_lta", "1", onset, onset + 5, 5e4, "counts",
+                             onset + 50, lat=lat, lon=lon, extra={"band_hz": [0.05, 0.2]}))
+    return out
+
+
+def test_the_eruptions_seismic_event_joins_its_pressure_incident() -> None:
+    dets = pressure_dets() + seismic_picks(SRC, ORIGIN)
+    revs = associate(dets, GAUGES)
+    assert len({r.incident_id for r in revs}) == 1
+    last = revs[-1]
+    assert last.type == "volcanic_eruption" and "seismic" in last.evidence
+    assert "pressure_front" in last.evidence
+    seis = last.extra["seismic"]
+    assert float(great_circle_km(seis["lat"], seis["lon"], *SRC)) < 25
+    assert abs(seis["origin_time"] - ORIGIN) < 5
+    assert {k for k in last.detections if k.startswith("sta_lta:")} == {
+        d.key for d in seismic_picks(SRC, ORIGIN)}
+    # the same whichever arrives first, through the incremental associator
+    assoc = Associator(GAUGES)
+    for d in sorted(dets, key=lambda d: (d.declared, d.key)):
+        assoc.add(d)
+    assert [r.to_dict() for r in assoc.revisions()] == [r.to_dict() for r in revs]
+
+
+def test_a_distant_earthquake_does_not_join_the_eruption() -> None:
+    from detectors.seismic import associate_seismic
+
+    far = (-30.0, -177.0)  # Kermadec, ~1100 km from Hunga Tonga
+    quake = seismic_picks(far, ORIGIN + 300)
+    assert associate_seismic(quake), "the earthquake itself must be located"
+    revs = associate(pressure_dets() + quake, GAUGES)
+    assert len({r.incident_id for r in revs}) == 1  # an earthquake alone opens nothing
+    assert all("seismic" not in r.evidence for r in revs)
