@@ -47,6 +47,36 @@ from scipy.signal import iirfilter, lfilter, sosfilt, sosfilt_zi
 
 from detectors.base import Detection, FloatArray, PacketError, StationInfo
 
+# scipy's own kernels behind ``sosfilt`` and ``lfilter``, without their 20-40 us of argument
+# handling per call (a picker makes three calls per packet); the public functions if a
+# scipy release moves them
+try:
+    from scipy.signal._sigtools import _linear_filter
+    from scipy.signal._sosfilt import _sosfilt as _sosfilt_kernel
+except ImportError:  # pragma: no cover
+    _linear_filter = _sosfilt_kernel = None
+
+
+def _recursive_mean(c: float, x: FloatArray, prev: float) -> FloatArray:
+    """``y[i] = c * x[i] + (1 - c) * y[i-1]`` from ``y[-1] = prev``: ``lfilter([c],
+    [1, c - 1], x, zi=[(1 - c) * prev])[0]``."""
+    b, a, zi = np.array([c]), np.array([1.0, c - 1.0]), np.array([(1.0 - c) * prev])
+    if _linear_filter is None:
+        return np.asarray(lfilter(b, a, x, zi=zi)[0])
+    return np.asarray(_linear_filter(b, a, x, -1, zi)[0])
+
+
+def _sosfilt_state(sos: np.ndarray, x: FloatArray, zi: np.ndarray
+                   ) -> tuple[FloatArray, np.ndarray]:
+    """``sosfilt(sos, x, zi=zi)`` for a 1-D float64 ``x`` (same arithmetic, same result)."""
+    if _sosfilt_kernel is None:
+        y, zf = sosfilt(sos, x, zi=zi)
+        return y, zf
+    y = np.array(x, dtype=np.float64, order="C", ndmin=2)  # a copy: filtered in place
+    z = np.array(zi, dtype=np.float64, order="C").reshape(1, len(sos), 2)
+    _sosfilt_kernel(sos, y, z)
+    return y[0], z[0]
+
 
 @dataclass(frozen=True)
 class PickerParams:
@@ -171,10 +201,15 @@ class StaLtaPicker:
         self.last_t = t0 + (len(values) - 1) * dt
         # each run of finite samples is fed in turn; a run that does not follow the last
         # sample fed (a gap, NaN samples, a new sample rate) starts a new segment
-        good = np.concatenate([[False], np.isfinite(values), [False]])
-        starts = np.flatnonzero(good[1:] & ~good[:-1]).tolist()
-        ends = np.flatnonzero(~good[1:] & good[:-1]).tolist()
+        finite = np.isfinite(values)
+        if finite.all():
+            starts, ends = [0], [len(values)]
+        else:
+            good = np.concatenate([[False], finite, [False]])
+            starts = np.flatnonzero(good[1:] & ~good[:-1]).tolist()
+            ends = np.flatnonzero(~good[1:] & good[:-1]).tolist()
         out: list[Detection] = []
+        whole = len(starts) == 1 and ends[0] - starts[0] == len(values)
         cf = np.zeros(len(values))
         for a, b in zip(starts, ends, strict=True):
             t = t0 + a * dt
@@ -182,8 +217,11 @@ class StaLtaPicker:
             if (seg is None or abs(dt - seg.dt) > 1e-9 * dt
                     or t - (seg.t0 + (seg.n - 1) * seg.dt) > 1.5 * seg.dt):
                 self._new_segment(t, dt)
-            out.extend(self._run(values[a:b]))
-            cf[a:b] = self._cf
+            out.extend(self._run(values if whole else values[a:b]))
+            if whole:
+                cf = self._cf
+            else:
+                cf[a:b] = self._cf
         self.cf = cf
         return out
 
@@ -203,7 +241,7 @@ class StaLtaPicker:
         assert seg is not None
         if seg.zi is None:
             seg.zi = sosfilt_zi(seg.sos) * raw[0]
-        x, seg.zi = sosfilt(seg.sos, raw, zi=seg.zi)
+        x, seg.zi = _sosfilt_state(seg.sos, raw, seg.zi)
         sq = x * x
         skip = 1 if seg.n == 0 else 0  # ObsPy's recursion starts at the second sample
         cs, cl = 1.0 / seg.nsta, 1.0 / seg.nlta
@@ -212,21 +250,33 @@ class StaLtaPicker:
         if skip:
             sta[0], lta[0] = seg.sta, seg.lta
         if len(x) > skip:
-            sta[skip:], zs = lfilter([cs], [1.0, cs - 1.0], sq[skip:], zi=[(1 - cs) * seg.sta])
-            lta[skip:], zl = lfilter([cl], [1.0, cl - 1.0], sq[skip:], zi=[(1 - cl) * seg.lta])
+            sta[skip:] = _recursive_mean(cs, sq[skip:], seg.sta)
+            lta[skip:] = _recursive_mean(cl, sq[skip:], seg.lta)
             seg.sta, seg.lta = float(sta[-1]), float(lta[-1])
         cf = sta / lta
         if skip:
             cf[0] = 0.0
-        k = seg.n + np.arange(len(x))
-        cf[k < seg.nlta] = 0.0
+        if seg.n < seg.nlta:
+            cf[:seg.nlta - seg.n] = 0.0
         seg.n += len(x)
         return cf, x
 
-    def _flat(self, raw: FloatArray) -> np.ndarray:
-        """Mask of samples inside a flat run of at least ``flat_s`` (dead channel)."""
+    def _flat(self, raw: FloatArray) -> np.ndarray | None:
+        """Mask of samples inside a flat run of at least ``flat_s`` (dead channel), or None
+        when there is none."""
         seg, p = self.seg, self.p
         assert seg is not None and p is not None
+        n_flat = max(2, round(p.flat_s / seg.dt))
+        if seg.flat_run + len(raw) < n_flat:
+            # no run can reach the threshold in this packet: only the run at its end counts
+            changes = np.flatnonzero(raw[1:] != raw[:-1])
+            if len(changes):
+                seg.flat_run = len(raw) - 2 - int(changes[-1])
+            else:
+                seg.flat_run = seg.flat_run + len(raw) if raw[0] == seg.last_raw else len(raw) - 1
+            seg.last_raw = float(raw[-1])
+            self.status["flat"] = False
+            return None
         same = np.empty(len(raw), dtype=bool)
         same[0] = raw[0] == seg.last_raw
         same[1:] = raw[1:] == raw[:-1]
@@ -236,7 +286,7 @@ class StaLtaPicker:
         run = np.where(reset >= 0, idx - reset, seg.flat_run + idx + 1)
         seg.flat_run = int(run[-1])
         seg.last_raw = float(raw[-1])
-        flat = run >= max(2, round(p.flat_s / seg.dt))
+        flat = run >= n_flat
         self.status["flat"] = bool(flat[-1])
         return flat
 
@@ -246,7 +296,8 @@ class StaLtaPicker:
         k0 = seg.n
         flat = self._flat(raw)
         cf, x = self.characteristic(raw)
-        cf[flat] = 0.0
+        if flat is not None:
+            cf[flat] = 0.0
         self._cf = cf
         # the recent samples and this packet: a pick's window may reach back before it
         seg.buf_f = np.concatenate([seg.buf_f, x])
