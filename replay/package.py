@@ -4,8 +4,11 @@ A package is a folder with
 
 * ``event.toml``: an ``[event]`` table (``id``, ``title``, ``start``, ``end`` as ISO 8601
   UTC, the replay window), an optional ``[truth]`` table used only by evaluation and an
-  optional ``[seismic.gains]`` table (station id = counts per metre of displacement in the
-  picker's band) for the magnitudes of seismic events;
+  optional ``[seismic]`` table: ``inventory`` (a file of the package that ObsPy's
+  ``read_inventory`` reads: FDSN StationXML, or RESP) gives the seismic channels' responses
+  (their gains for magnitudes) and the coordinates of seismic stations whose ``lat`` and
+  ``lon`` are left empty in stations.csv; ``[seismic.gains]`` (station id = counts per metre
+  of displacement in the picker's band) overrides the inventory's gains;
 * ``stations.csv`` with the header ``station_id,kind,lat,lon,elevation_m,units,file,format``;
   ``file`` is relative to the package and ``format`` is ``csv`` (``time,value`` rows),
   ``mseed`` (miniSEED read by ObsPy) or ``ndbc_dart`` (NOAA NDBC DART text).
@@ -73,8 +76,11 @@ class ReplayPackage:
 
     @property
     def seismic_gains(self) -> dict[str, float]:
-        gains = (self.raw_event.get("seismic") or {}).get("gains") or {}
-        out = {}
+        """Counts per metre of displacement: the inventory's responses, then [seismic.gains]."""
+        seismic = self.raw_event.get("seismic") or {}
+        inventory = _load_inventory(self.root, seismic, self.start)
+        out = {sid: ch.gain_m for sid, ch in inventory.items() if math.isfinite(ch.gain_m)}
+        gains = seismic.get("gains") or {}
         for sid, g in gains.items():
             if not isinstance(g, int | float) or not g > 0:
                 raise PackageError(f"{self.root / 'event.toml'}: [seismic.gains] {sid} = "
@@ -133,13 +139,67 @@ def load_package(path: str | Path) -> ReplayPackage:
     if end <= start:
         raise PackageError(f"{event_file}: [event] end {event['end']} is not after start "
                            f"{event['start']}")
-    stations = _load_stations(root / "stations.csv", root)
+    inventory = _load_inventory(root, doc.get("seismic") or {}, start)
+    stations = _load_stations(root / "stations.csv", root, inventory)
     truth = doc.get("truth") or {}
     return ReplayPackage(root, str(event["id"]), str(event["title"]), start, end, stations,
                          dict(truth), doc)
 
 
-def _load_stations(path: Path, root: Path) -> list[StationEntry]:
+@dataclass(frozen=True)
+class _Channel:
+    lat: float
+    lon: float
+    elevation_m: float
+    gain_m: float  # counts per metre of displacement at the picker's band centre
+
+
+def _load_inventory(root: Path, seismic: dict[str, Any], start: float) -> dict[str, _Channel]:
+    """``NET.STA.LOC.CHA`` -> coordinates and gain, from ``[seismic] inventory``."""
+    name = seismic.get("inventory")
+    if name is None:
+        return {}
+    path = (root / str(name)).resolve()
+    where = f"{root / 'event.toml'}: [seismic] inventory {name!r}"
+    if not path.is_file():
+        raise PackageError(f"{where}: no such file in {root}")
+    from obspy import UTCDateTime, read_inventory
+
+    from detectors.picker import PickerParams
+
+    try:
+        inv = read_inventory(str(path))
+    except Exception as exc:  # obspy raises many types for a bad file
+        raise PackageError(f"{where}: not readable as StationXML or RESP: {exc}") from exc
+    out: dict[str, _Channel] = {}
+    t = UTCDateTime(start)
+    for net in inv:
+        for sta in net:
+            for cha in sta:
+                if cha.start_date is not None and cha.start_date > t:
+                    continue
+                if cha.end_date is not None and cha.end_date < t:
+                    continue
+                sid = f"{net.code}.{sta.code}.{cha.location_code}.{cha.code}"
+                gain = math.nan
+                if cha.response is not None and cha.response.response_stages:
+                    p = PickerParams.for_rate(float(cha.sample_rate or 1.0))
+                    f = math.sqrt(p.freqmin * p.freqmax)
+                    try:
+                        h = cha.response.get_evalresp_response_for_frequencies([f], output="DISP")
+                        gain = float(abs(h[0]))
+                    except Exception as exc:
+                        raise PackageError(f"{where}: {sid}: response not usable: {exc}") from exc
+                lat = cha.latitude if cha.latitude is not None else sta.latitude
+                lon = cha.longitude if cha.longitude is not None else sta.longitude
+                elev = cha.elevation if cha.elevation is not None else sta.elevation
+                out[sid] = _Channel(float(lat or math.nan), float(lon or math.nan),
+                                    float(elev or 0.0), gain)
+    return out
+
+
+def _load_stations(path: Path, root: Path,
+                   inventory: dict[str, _Channel] | None = None) -> list[StationEntry]:
     if not path.is_file():
         raise PackageError(f"{path}: missing (every package has a stations.csv)")
     with path.open(newline="") as fh:
@@ -152,14 +212,14 @@ def _load_stations(path: Path, root: Path) -> list[StationEntry]:
         for lineno, row in enumerate(reader, start=2):
             if not row or all(not c.strip() for c in row):
                 continue
-            entries.append(_station_row(path, lineno, row, root, seen))
+            entries.append(_station_row(path, lineno, row, root, seen, inventory or {}))
     if not entries:
         raise PackageError(f"{path}: no stations")
     return entries
 
 
 def _station_row(path: Path, lineno: int, row: list[str], root: Path,
-                 seen: set[str]) -> StationEntry:
+                 seen: set[str], inventory: dict[str, _Channel]) -> StationEntry:
     where = f"{path}:{lineno}"
     if len(row) != len(STATIONS_HEADER):
         raise PackageError(f"{where}: {len(row)} columns, expected {len(STATIONS_HEADER)}")
@@ -173,6 +233,12 @@ def _station_row(path: Path, lineno: int, row: list[str], root: Path,
         raise PackageError(f"{where}: kind {kind!r} is not one of {SENSOR_KINDS}")
     if fmt not in FORMATS:
         raise PackageError(f"{where}: format {fmt!r} is not one of {FORMATS}")
+    if kind == "seismic" and not lat_s and not lon_s:
+        ch = inventory.get(sid)
+        if ch is None or math.isnan(ch.lat) or math.isnan(ch.lon):
+            raise PackageError(f"{where}: {sid} has no lat/lon and the [seismic] inventory "
+                               "gives none")
+        lat_s, lon_s, elev_s = repr(ch.lat), repr(ch.lon), elev_s or repr(ch.elevation_m)
     nums = []
     for name, text in (("lat", lat_s), ("lon", lon_s), ("elevation_m", elev_s or "0")):
         try:

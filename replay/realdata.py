@@ -59,12 +59,14 @@ def _csv_two_columns(src: Path, dst: Path, time_col: str, value_col: str) -> Non
 def build_tonga(shared: Path, out: Path) -> Path:
     baro = shared / "tonga2022" / "barometer"
     (out / "data").mkdir(parents=True, exist_ok=True)
-    (out / "event.toml").write_text(TONGA_EVENT)
+    (out / "event.toml").write_text(
+        TONGA_EVENT + '\n[seismic]\ninventory = "data/RESP.II.MSVF.10.LHZ"\n')
     _csv_two_columns(baro / "tonga_bp_AGBOM_1min_hPa.csv", out / "data" / "agbom.csv",
                      "time_utc", "pressure_hPa")
     shutil.copy(baro / "Tonga_2022-01-15_II.MSVF.00.LDI.mseed", out / "data" / "msvf.mseed")
-    seis = shared / "tonga2022" / "seismic" / "Tonga_2022-01-15_II.MSVF.10.LHZ.mseed"
-    shutil.copy(seis, out / "data" / "msvf_lhz.mseed")
+    seis = shared / "tonga2022" / "seismic"
+    shutil.copy(seis / "Tonga_2022-01-15_II.MSVF.10.LHZ.mseed", out / "data" / "msvf_lhz.mseed")
+    shutil.copy(seis / "RESP.II.MSVF.10.LHZ", out / "data" / "RESP.II.MSVF.10.LHZ")
     (out / "stations.csv").write_text(
         HEADER
         + "AGBOM.TONGA,barometer,-21.14,-175.18,5,hPa,data/agbom.csv,csv\n"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -74,15 +75,40 @@ def record(q: Quake, noise: FloatArray, t0: float, dt: float = 1.0, seconds: flo
     return out
 
 
+def inventory(traces: dict[StationInfo, FloatArray], t0: float) -> Any:
+    """A StationXML inventory of the sites: coordinates and a broadband velocity response
+    (flat above 1/120 Hz) whose displacement gain at 10 s is :data:`GAIN`."""
+    from obspy import UTCDateTime
+    from obspy.core.inventory import Channel, Inventory, Network, Response, Site, Station
+
+    sens = GAIN / (2 * math.pi * 0.1)  # counts per m/s: G = S * 2 pi f for a velocity sensor
+    w = 2 * math.pi / 120.0 / math.sqrt(2)  # two poles at 1/120 Hz, damping 0.707
+    poles = [complex(-w, w), complex(-w, -w)]
+    nets: dict[str, Network] = {}
+    for st in traces:
+        net, sta, loc, cha = st.station_id.split(".")
+        resp = Response.from_paz(zeros=[0j, 0j], poles=poles,
+                                 stage_gain=sens, stage_gain_frequency=0.1, input_units="M/S",
+                                 output_units="COUNTS", normalization_frequency=0.1)
+        channel = Channel(cha, loc, st.lat, st.lon, st.elevation_m, 0.0, sample_rate=1.0,
+                          start_date=UTCDateTime(t0 - 86400), response=resp)
+        station = Station(sta, st.lat, st.lon, st.elevation_m, channels=[channel],
+                          site=Site(name=f"{sta} (synthetic, real coordinates)"))
+        nets.setdefault(net, Network(net)).stations.append(station)
+    return Inventory(networks=list(nets.values()), source="tocsin seismic scenario")
+
+
 def write_package(q: Quake, traces: dict[StationInfo, FloatArray], t0: float, out: Path,
                   dt: float = 1.0) -> Path:
-    """A replay package (miniSEED per station) of ``record``'s traces, truth included."""
+    """A replay package (miniSEED per station, a StationXML inventory giving coordinates and
+    responses) of ``record``'s traces, truth included."""
     from obspy import Trace, UTCDateTime
 
     from streams.schemas import iso
 
     (out / "data").mkdir(parents=True, exist_ok=True)
     n = max(len(v) for v in traces.values())
+    inventory(traces, t0).write(str(out / "data" / "stations.xml"), format="STATIONXML")
     (out / "event.toml").write_text(
         "[event]\n"
         f'id = "seismic-synthetic"\n'
@@ -91,8 +117,7 @@ def write_package(q: Quake, traces: dict[StationInfo, FloatArray], t0: float, ou
         "[truth]\n"
         f'origin_time = "{iso(q.time)}"\nlat = {q.lat}\nlon = {q.lon}\n'
         f"depth_km = {q.depth_km}\nmagnitude = {q.magnitude}\n\n"
-        "[seismic.gains]\n"
-        + "".join(f'"{st.station_id}" = {GAIN:g}\n' for st in traces))
+        '[seismic]\ninventory = "data/stations.xml"\n')
     rows = ["station_id,kind,lat,lon,elevation_m,units,file,format"]
     for st, values in traces.items():
         net, sta, loc, cha = st.station_id.split(".")
@@ -101,6 +126,7 @@ def write_package(q: Quake, traces: dict[StationInfo, FloatArray], t0: float, ou
                            "starttime": UTCDateTime(t0), "delta": dt})
         name = f"data/{st.station_id}.mseed"
         tr.write(str(out / name), format="MSEED", encoding="FLOAT64")
-        rows.append(f"{st.station_id},seismic,{st.lat},{st.lon},0,counts,{name},mseed")
+        # coordinates left to the inventory
+        rows.append(f"{st.station_id},seismic,,,,counts,{name},mseed")
     (out / "stations.csv").write_text("\n".join(rows) + "\n")
     return out

@@ -76,6 +76,13 @@ def test_tohoku_real_sea_level(tohoku_pkg) -> None:  # type: ignore[no-untyped-d
     assert sorted(tsunami[0]["confirmed"]) == stations
 
 
+def test_tonga_msvf_gain_from_its_resp_file(tonga_pkg) -> None:  # type: ignore[no-untyped-def]
+    # RESP.II.MSVF.10.LHZ: sensitivity 1.97716e9 counts/(m/s) at 0.05 Hz; the displacement
+    # gain at the long-period band centre (0.1 Hz) is about S * 2 pi f
+    gain = tonga_pkg.seismic_gains["II.MSVF.10.LHZ"]
+    assert gain == pytest.approx(1.97716e9 * 2 * 3.141592653589793 * 0.1, rel=0.05)
+
+
 @pytest.mark.kafka
 def test_tonga_real_through_kafka_equals_detect(tonga_pkg, kafka_settings: Settings,  # type: ignore[no-untyped-def]
                                                 tmp_path: Path) -> None:

@@ -66,6 +66,34 @@ def test_located_within_25_km_and_5_s_magnitude_within_half(quake_report) -> Non
     assert all(abs(a["residual_s"]) <= 5.0 for a in ev["arrivals"])
 
 
+def test_coordinates_and_gains_come_from_the_stationxml(quake_pkg) -> None:  # type: ignore[no-untyped-def]
+    from replay.seismic_scenario import GAIN
+
+    assert {s.info.station_id: (s.info.lat, s.info.lon) for s in quake_pkg.stations} == SITES
+    gains = quake_pkg.seismic_gains
+    assert sorted(gains) == sorted(SITES)
+    assert all(g == pytest.approx(GAIN, rel=1e-3) for g in gains.values())
+
+
+def test_bad_inventory_is_a_clear_package_error(quake_pkg, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import shutil
+
+    from replay.package import PackageError
+
+    bad = tmp_path / "pkg"
+    shutil.copytree(quake_pkg.root, bad)
+    (bad / "data" / "stations.xml").write_text("not xml")
+    with pytest.raises(PackageError, match="inventory 'data/stations.xml'"):
+        load_package(bad)
+    (bad / "data" / "stations.xml").unlink()
+    with pytest.raises(PackageError, match="no such file"):
+        load_package(bad)
+    toml = (bad / "event.toml").read_text().replace('inventory = "data/stations.xml"\n', "")
+    (bad / "event.toml").write_text(toml)
+    with pytest.raises(PackageError, match="II.MSVF.10.LHZ has no lat/lon"):
+        load_package(bad)
+
+
 def test_quakeml_is_valid_and_reads_back(quake_report, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     import obspy
     from lxml import etree
