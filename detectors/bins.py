@@ -40,7 +40,15 @@ class Binner:
     def push(self, t0: float, dt: float,
              values: FloatArray) -> list[tuple[int, float, float]]:
         """Bins closed by this packet: (index, mean, time of the sample that closed it)."""
-        if len(values) == 0:
+        n = len(values)
+        if n == 0:
+            return []
+        if (self.index is not None
+                and math.floor(t0 / self.width + 1e-9) == self.index
+                and math.floor((t0 + dt * (n - 1)) / self.width + 1e-9) == self.index):
+            # the whole packet falls in the open bin (the common case for short packets);
+            # NaN samples are dropped when the bin closes
+            self.pending.append(values.copy())
             return []
         t = t0 + dt * np.arange(len(values))
         idx = np.floor(t / self.width + 1e-9).astype(np.int64)
@@ -48,8 +56,7 @@ class Binner:
         ends = [*start[1:].tolist(), len(values)]
         out: list[tuple[int, float, float]] = []
         for b, a, e in zip(uniq.tolist(), start.tolist(), ends, strict=True):
-            seg = values[a:e]
-            seg = seg[np.isfinite(seg)]
+            seg = values[a:e].copy()
             if self.index is not None and b == self.index:
                 self.pending.append(seg)
                 continue
@@ -60,4 +67,5 @@ class Binner:
 
     def _mean(self) -> float:
         allv = self.pending[0] if len(self.pending) == 1 else np.concatenate(self.pending)
+        allv = allv[np.isfinite(allv)]
         return float(allv.sum() / len(allv)) if len(allv) else math.nan
