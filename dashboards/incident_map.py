@@ -35,7 +35,7 @@ EARTH_RADIUS_KM = 6371.0
 
 COLOURS = {"source": "#c0392b", "track": "#7f8c8d", "front": "#e67e22", "used": "#2471a3",
            "rejected": "#7d3c98", "watch": "#f39c12", "arrived": "#d35400",
-           "confirmed": "#1e8449"}
+           "confirmed": "#1e8449", "seismic": "#17202a"}
 
 
 class MapError(ValueError):
@@ -226,6 +226,22 @@ def incident_map(revisions: list[dict[str, Any]], detections: list[dict[str, Any
         ).add_to(gauges)
     gauges.add_to(m)
 
+    # the seismic event that joined the incident: epicentre and its 68 % uncertainty
+    seis = (last.get("extra") or {}).get("seismic")
+    if seis and seis.get("lat") is not None:
+        slat, slon = float(seis["lat"]), near(float(seis["lon"]), lon0)
+        tip = html.escape(f"seismic event {seis['event_id']} (revision {seis['revision']}): "
+                          f"origin {_iso(seis['origin_time'])}, depth {seis['depth_km']} km, "
+                          f"± {seis['herr_km']} km, {len(seis.get('stations', []))} stations")
+        layer = folium.FeatureGroup(name="seismic event")
+        folium.PolyLine(geodesic_circle(slat, slon, max(float(seis["herr_km"]), 1.0)),
+                        color=COLOURS["seismic"], weight=1, tooltip=tip).add_to(layer)
+        # (a CircleMarker: folium's RegularPolygonMarker needs a plugin from a CDN)
+        folium.CircleMarker((slat, slon), radius=7, color=COLOURS["seismic"], weight=3,
+                            fill=True, fill_color="#ffffff", fill_opacity=1.0,
+                            tooltip=tip).add_to(layer)
+        layer.add_to(m)
+
     # the source of the last revision, on top
     popup = (f"<b>{html.escape(inc_id)}</b><br>{html.escape(last['type'])}, "
              f"{html.escape(last['status'])}, revision {last['revision']}<br>"
@@ -252,7 +268,8 @@ def _legend(last: dict[str, Any], alerts: list[dict[str, Any]]) -> str:
         for k, label in (("source", "source (last revision)"), ("track", "earlier solutions"),
                          ("front", "pressure front, hourly"), ("used", "station used"),
                          ("rejected", "station rejected"), ("watch", "ETA watch"),
-                         ("arrived", "ETA passed"), ("confirmed", "sea level confirmed")))
+                         ("arrived", "ETA passed"), ("confirmed", "sea level confirmed"),
+                         ("seismic", "seismic epicentre")))
     sent = ""
     if alerts:
         kinds: dict[str, int] = {}

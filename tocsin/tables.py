@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,8 @@ def prime_travel_times(cache_dir: Path) -> TravelTimes:
                 and np.array_equal(cached.depths, DEPTHS_KM)):
             table = cached
     if table is None:
+        print(f"computing the iasp91 travel-time table once (about 10 s) into {path}",
+              file=sys.stderr)
         table = compute_iasp91_p()
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.npz")

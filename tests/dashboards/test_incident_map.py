@@ -155,3 +155,19 @@ def test_map_renders_offline_in_chromium(saved, tmp_path: Path) -> None:  # type
     assert inc["id"] in legend and "Alert" in legend
     assert requested == [], requested
     assert errors == [], errors
+
+
+def test_map_draws_the_seismic_event_of_the_incident() -> None:
+    rev = {"incident_id": "eruption-x", "type": "volcanic_eruption", "status": "watch",
+           "revision": 2, "issued_s": 1642221000.0, "lat": -20.55, "lon": -175.39,
+           "origin_time_s": 1642220085.0, "speed_m_s": 315.0, "forecasts": [],
+           "detections": [], "stations_used": [], "rejected": [], "confirmed": [],
+           "extra": {"seismic": {"event_id": "seismic-20220115T041445-abc123", "revision": 3,
+                                 "lat": -20.6, "lon": -175.3, "depth_km": 10.0,
+                                 "origin_time": 1642220086.0, "rms_s": 0.4, "herr_km": 12.0,
+                                 "stations": ["A", "B", "C", "D"]}}}
+    page = standalone_html(incident_map([rev], []))
+    assert "seismic event seismic-20220115T041445-abc123 (revision 3)" in page
+    assert "seismic epicentre" in page  # in the legend
+    without = standalone_html(incident_map([{**rev, "extra": {}}], []))
+    assert "seismic event" not in without
