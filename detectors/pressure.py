@@ -234,29 +234,107 @@ class LambPulseDetector:
 
 def lamb_pulse_reference(times: FloatArray, values: FloatArray, station: StationInfo,
                          **params: Any) -> list[Detection]:
-    """Slow, obvious reference: the whole record at once, one bin at a time.
+    """Slow, obvious reference of the same rules on a whole record (the tests compare it
+    with the streaming detector fed in packets of any size).
 
-    Bins the record with a plain loop, then runs the same per-bin rule with the baseline
-    recomputed from the full bin arrays (no deques, no incremental state beyond the
-    trigger). The streaming detector must give the same detections.
+    Nothing is shared with :class:`LambPulseDetector` but :class:`LambParams`: bins are
+    gathered with a dict, the baseline window is a plain list re-scanned for every bin, the
+    line is fitted with ``numpy.polyfit``, medians with ``statistics.median``.
     """
+    import statistics
+
     p = LambParams(**params)
     floor = p.floor(station.units)
-    bins: dict[int, list[float]] = {}
-    for t, v in zip(times.tolist(), values.tolist(), strict=True):
+    # 1. bins: every bin but the last closes, "closed_at" is the first sample after it
+    tl, vl = times.tolist(), values.tolist()
+    members: dict[int, list[float]] = {}
+    first_t: dict[int, float] = {}
+    for t, v in zip(tl, vl, strict=True):
         b = math.floor(t / p.bin_s + 1e-9)
-        bins.setdefault(b, [])
+        members.setdefault(b, [])
+        first_t.setdefault(b, t)
         if math.isfinite(v):
-            bins[b].append(v)
-    keys = sorted(bins)[:-1]  # the last bin never closes
-    det = LambPulseDetector(station, **params)
-    out = []
-    for b in keys:
-        vals = bins[b]
-        mean = sum(vals) / len(vals) if vals else math.nan
-        last = max(t for t in times.tolist() if math.floor(t / p.bin_s + 1e-9) <= b + 1)
-        d = det._bin(b * p.bin_s, mean, last)
-        if d is not None:
-            out.append(d)
-    del floor
+            members[b].append(v)
+    order = sorted(members)
+    out: list[Detection] = []
+    window: list[tuple[float, float]] = []
+    recent: list[float] = []
+    history: list[tuple[float, float]] = []
+    above, warm_since, last_bin_t, quiet_until = 0, -math.inf, -math.inf, -math.inf
+    event: dict[str, Any] | None = None  # slope, icpt, t_ref, onset, peak_v, peak_t, ...
+
+    def declare(t: float, closed_at: float) -> None:
+        nonlocal event, quiet_until, recent, history
+        if event is None or t - event["onset"] < p.declare_after_s:
+            return
+        out.append(Detection(
+            station_id=station.station_id, kind=station.kind, detector="lamb_pulse",
+            detector_version="1", onset=event["onset"], peak_time=event["peak_t"],
+            amplitude=float(event["peak_v"]), units=station.units, declared=closed_at,
+            lat=station.lat, lon=station.lon, params={**p.__dict__, "min_amplitude": floor},
+            extra={"snr": round(event["snr"], 2), "sigma": event["sigma"]}))
+        quiet_until = event["onset"] + p.refractory_s
+        event, recent, history = None, [], []
+
+    for i, b in enumerate(order[:-1]):
+        t = b * p.bin_s
+        closed_at = first_t[order[i + 1]]
+        vals = members[b]
+        if not vals:
+            declare(t, closed_at)
+            continue
+        v = float(np.asarray(vals).sum() / len(vals))  # numpy's pairwise sum, as Binner
+        if t - last_bin_t > p.max_gap_s:
+            window, recent, history, above, warm_since = [], [], [], 0, t
+        last_bin_t = t
+        if event is not None:
+            r = v - (event["slope"] * (t - event["t_ref"]) + event["icpt"])
+            if t - event["onset"] <= p.declare_after_s and abs(r) > abs(event["peak_v"]):
+                event["peak_v"], event["peak_t"] = r, t
+            declare(t, closed_at)
+            continue
+        # 2. the baseline from the window as it stands, then the bin joins the window
+        base = [(wt, wv) for wt, wv in window if wt <= t - p.guard_s]
+        window.append((t, v))
+        window = [(wt, wv) for wt, wv in window if wt >= t - p.baseline_s - p.guard_s]
+        if len(base) < max(p.min_coverage * p.baseline_s / p.bin_s, 4):
+            continue
+        t_ref = base[-1][0]
+        x = np.array([wt - t_ref for wt, _ in base])
+        y = np.array([wv for _, wv in base])
+        slope, icpt = (float(c) for c in np.polyfit(x, y, 1))
+        resid = (y - (slope * x + icpt)).tolist()
+        med = statistics.median(resid)
+        sigma = 1.4826 * statistics.median([abs(e - med) for e in resid])
+        steps = [abs(y[k + 1] - y[k]) for k in range(len(y) - 1) if y[k + 1] != y[k]]
+        if steps:
+            sigma = max(sigma, 0.5 * float(min(steps)))
+        elif float(y.max() - y.min()) == 0:
+            sigma = 0.0
+        r = v - (slope * (t - t_ref) + icpt)
+        recent = [*recent, r][-3:]
+        if len(recent) < 3 or sigma <= 0.0:
+            above = 0
+            continue
+        rm = statistics.median(recent)
+        z = abs(rm) / sigma
+        history = [h for h in [*history, (t, abs(r) / sigma)] if h[0] >= t - p.onset_lookback_s]
+        armed = t >= quiet_until and t - warm_since >= p.warmup_s
+        above = above + 1 if armed and z > p.k_on and abs(rm) > floor else 0
+        if above < p.persist:
+            continue
+        above = 0
+        # 5. onset: back along the run above k_onset, interpolated into the quiet bin
+        j = len(history) - 1
+        while j > 0 and history[j - 1][1] >= p.k_onset:
+            j -= 1
+        if j <= 0:
+            onset = history[0][0]
+        else:
+            (ta, za), (tb, zb) = history[j - 1], history[j]
+            onset = tb if tb - ta > 1.5 * p.bin_s or zb <= za else (
+                ta + (p.k_onset - za) / (zb - za) * (tb - ta))
+        event = {"slope": slope, "icpt": icpt, "t_ref": t_ref, "onset": onset, "peak_v": rm,
+                 "peak_t": t - p.bin_s, "snr": z, "sigma": sigma}
+        declare(t, closed_at)
     return out
