@@ -397,3 +397,182 @@ def _detide(raw: deque[tuple[float, float]], coef: Any) -> list[tuple[float, flo
     tt = np.array([x[0] for x in raw])
     vv = np.array([x[1] for x in raw])
     return list(zip(tt.tolist(), (vv - predict_tide(coef, tt)).tolist(), strict=True))
+
+
+def tsunami_reference(times: FloatArray, values: FloatArray, station: StationInfo,
+                      **params: Any) -> list[Detection]:
+    """Slow, obvious reference of the same rules on a whole record (the tests compare it
+    with the streaming detector fed in packets of any size, to floating-point tolerance).
+
+    It shares only the numerical helpers (``fit_tide``, ``predict_tide``, ``highpass``,
+    ``zero_crossing_period``) with :class:`TsunamiDetector`: bins are gathered with a dict,
+    windows are plain lists re-scanned for every bin, block means are computed per block.
+    """
+    import statistics
+
+    p = SeaLevelParams(**params)
+    members: dict[int, list[float]] = {}
+    first_t: dict[int, float] = {}
+    for t, v in zip(times.tolist(), values.tolist(), strict=True):
+        b = math.floor(t / p.bin_s + 1e-9)
+        members.setdefault(b, [])
+        first_t.setdefault(b, t)
+        if math.isfinite(v):
+            members[b].append(v)
+    order = sorted(members)
+    keep = max(p.harmonic_history_s, p.measure_s + p.highpass_s + p.onset_lookback_s)
+    out: list[Detection] = []
+    raw: list[tuple[float, float]] = []
+    window: list[tuple[float, float]] = []
+    recent: list[float] = []
+    history: list[tuple[float, float]] = []
+    warm_since = last_bin_t = quiet_until = tide_fit_t = -math.inf
+    tide: Any = None
+    tide_t0, tide_table = 0.0, np.zeros(0)
+    ev: dict[str, Any] | None = None
+
+    def poly(coef: FloatArray, t_ref: float, t: float) -> float:
+        return float(np.polyval(coef, (t - t_ref) / 3600.0))
+
+    def detection(peak_v: float, peak_t: float, declared: float, period: float,
+                  final: bool) -> Detection:
+        assert ev is not None
+        extra: dict[str, Any] = {"snr": round(ev["snr"], 2), "sigma": round(ev["sigma"], 5),
+                                 "trigger": ev["trigger_t"], "final": final,
+                                 "tide": "harmonic" if tide is not None else "cubic"}
+        if math.isfinite(period):
+            extra["period_s"] = round(period, 1)
+        return Detection(station.station_id, station.kind, "tsunami", "1", ev["onset"], peak_t,
+                         float(peak_v), station.units, declared, station.lat, station.lon,
+                         dict(p.__dict__), extra)
+
+    def finish(t: float, closed_at: float) -> None:
+        nonlocal ev, quiet_until, window, recent, warm_since
+        if ev is None:
+            return
+        if not ev["declared"] and t - ev["onset"] >= p.declare_after_s:
+            if abs(ev["peak_v"]) < p.k_declare * ev["sigma"]:
+                ev = None
+                return
+            quiet_until = ev["onset"] + p.refractory_s
+            trace = np.array(ev["trace"]).T if len(ev["trace"]) >= 3 else None
+            period = math.nan if trace is None else zero_crossing_period(trace[0], trace[1])
+            out.append(detection(ev["peak_v"], ev["peak_t"], closed_at, period, False))
+            ev["declared"] = True
+        if ev["declared"] and t - ev["onset"] >= p.measure_s + p.highpass_s / 2:
+            lo, hi = ev["onset"] - p.highpass_s / 2, ev["onset"] + p.measure_s + p.highpass_s / 2
+            sel_raw = [(tb, vb) for tb, vb in raw if lo <= tb <= hi]
+            tt = np.array([x[0] for x in sel_raw])
+            vv = np.array([x[1] for x in sel_raw])
+            hp = highpass(tt, vv, p.highpass_s, p.degree)
+            sel = (tt >= ev["onset"]) & (tt <= ev["onset"] + p.measure_s) & np.isfinite(hp)
+            if sel.any():
+                i = int(np.argmax(np.where(sel, np.abs(hp), -1.0)))
+                final = (float(hp[i]), float(tt[i]), zero_crossing_period(tt[sel], hp[sel]))
+            else:
+                final = (ev["peak_v"], ev["peak_t"], math.nan)
+            out.append(detection(final[0], final[1], closed_at, final[2], True))
+            ev, window, recent, warm_since = None, [], [], t
+
+    for i, b in enumerate(order[:-1]):
+        t = b * p.bin_s
+        closed_at = first_t[order[i + 1]]
+        if not members[b]:
+            finish(t, closed_at)
+            continue
+        v = float(np.asarray(members[b]).sum() / len(members[b]))
+        raw = [x for x in [*raw, (t, v)] if x[0] >= t - keep]
+        if t - last_bin_t > p.max_gap_s:
+            window, recent, history, warm_since = [], [], [], t
+            if ev is not None and not ev["declared"]:
+                ev = None
+        last_bin_t = t
+        # the harmonic tide, refitted once a day on the history (not during an event)
+        if (t - tide_fit_t >= p.harmonic_refit_s and ev is None and raw
+                and t - raw[0][0] >= p.harmonic_min_s):
+            tide_fit_t = t
+            rt = np.array([x[0] for x in raw])
+            tide = fit_tide(rt, np.array([x[1] for x in raw]), station.lat)
+            n = int((p.harmonic_refit_s + p.measure_s + p.highpass_s) / p.bin_s) + 2
+            tide_t0, tide_table = t, predict_tide(tide, t + p.bin_s * np.arange(n))
+            pred = predict_tide(tide, rt)
+            window = [(tb, vb - float(pb)) for (tb, vb), pb in zip(raw, pred, strict=True)
+                      if tb >= t - (p.baseline_s + p.guard_s)]
+        if tide is None:
+            d = v
+        else:
+            k = int(round((t - tide_t0) / p.bin_s))
+            d = v - float(tide_table[k] if 0 <= k < len(tide_table)
+                          else predict_tide(tide, [t])[0])
+        if ev is not None:
+            r = d - poly(ev["coef"], ev["t_ref"], t)
+            ev["trace"].append((t, r))
+            window = [x for x in [*window, (t, d)] if x[0] >= t - p.baseline_s - p.guard_s]
+            if t - ev["onset"] <= p.declare_after_s and abs(r) > abs(ev["peak_v"]):
+                ev["peak_v"], ev["peak_t"] = r, t
+            finish(t, closed_at)
+            continue
+        # the short-window predictor from the window as it stands
+        fit = None
+        pts = [x for x in window if x[0] <= t - p.guard_s]
+        last_raw = [x[1] for x in raw[-p.median:]]
+        if (len(pts) >= p.min_points and pts[-1][0] - pts[0][0] >= 0.5 * p.baseline_s
+                and max(x[1] for x in pts) != min(x[1] for x in pts)
+                and not (len(raw) >= p.median and max(last_raw) == min(last_raw))):
+            t_ref = pts[-1][0]
+            degree = p.degree if tide is None else p.degree_detided
+            blocks: dict[float, list[tuple[float, float]]] = {}
+            for x in pts:
+                blocks.setdefault(math.floor(x[0] / p.fit_block_s), []).append(x)
+            bt = np.array([sum(x[0] for x in g) / len(g) for g in blocks.values()])
+            bv = np.array([sum(x[1] for x in g) / len(g) for g in blocks.values()])
+            if len(bt) > degree + 2:
+                coef = np.polyfit((bt - t_ref) / 3600.0, bv, degree)
+                tt = np.array([x[0] for x in pts])
+                resid = [x[1] - poly(coef, t_ref, x[0]) for x in pts]
+                med = statistics.median(resid)
+                mad = statistics.median([abs(e - med) for e in resid])
+                n = len(pts)
+                sigma = 1.4826 * mad * math.sqrt(n / max(n - degree - 1, 1))
+                fit = (coef, t_ref, max(sigma, p.min_sigma))
+                del tt
+        window = [x for x in [*window, (t, d)] if x[0] >= t - p.baseline_s - p.guard_s]
+        if fit is None:
+            continue
+        coef, t_ref, sigma = fit
+        r = d - poly(coef, t_ref, t)
+        recent = [*recent, r][-p.median:]
+        history = [h for h in [*history, (t, abs(r) / sigma)] if h[0] >= t - p.onset_lookback_s]
+        if len(recent) < p.median:
+            continue
+        rm = statistics.median(recent)
+        z = abs(rm) / sigma
+        armed = t >= quiet_until and t - warm_since >= p.warmup_s
+        if not (armed and z > p.k_on and abs(rm) > p.min_amplitude):
+            continue
+        signs = [math.copysign(1.0, x) if x else 0.0 for x in recent]
+        if sum(1 for a, c in zip(signs, signs[1:], strict=False) if a * c < 0) > p.max_sign_changes:
+            continue
+        j = len(history) - 1
+        while j > 0 and history[j - 1][1] >= p.k_onset:
+            j -= 1
+        if j <= 0:
+            onset = history[0][0]
+        else:
+            (ta, za), (tb2, zb) = history[j - 1], history[j]
+            onset = tb2 if tb2 - ta > 1.5 * p.bin_s or zb <= za else (
+                ta + (p.k_onset - za) / (zb - za) * (tb2 - ta))
+        ev = {"coef": coef, "t_ref": t_ref, "sigma": sigma, "onset": onset, "trigger_t": t,
+              "snr": z, "peak_t": t, "peak_v": rm, "declared": False, "trace": []}
+        # the bins since the onset count (the current one is in the window already, and is
+        # appended once more after them, as the streaming detector does)
+        for tb, db in window:
+            if tb >= onset:
+                rb = db - poly(coef, t_ref, tb)
+                ev["trace"].append((tb, rb))
+                if abs(rb) > abs(ev["peak_v"]):
+                    ev["peak_v"], ev["peak_t"] = rb, tb
+        ev["trace"].append((t, r))
+        recent, history = [], []
+        finish(t, closed_at)
+    return out

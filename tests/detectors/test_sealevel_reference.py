@@ -1,0 +1,98 @@
+"""Tsunami detector: streaming vs the whole-record reference, synthetic and real records."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from detectors.base import Detection
+from detectors.sealevel import TsunamiDetector, tsunami_reference
+from tests.detectors.test_sealevel import GAUGE, record
+
+
+def stream(t: np.ndarray, v: np.ndarray, n: int, station=GAUGE) -> list[Detection]:  # type: ignore[no-untyped-def]
+    det = TsunamiDetector(station)
+    out = []
+    dt = float(np.median(np.diff(t)))
+    for i in range(0, len(t), n):
+        chunk = t[i:i + n]
+        if len(chunk):
+            # packets of constant interval: cut where the spacing changes (NDBC mixes rates)
+            out.extend(feed_irregular(det, chunk, v[i:i + n], dt))
+    return out
+
+
+def feed_irregular(det: TsunamiDetector, t: np.ndarray, v: np.ndarray,
+                   dt: float) -> list[Detection]:
+    out = []
+    start = 0
+    for k in range(1, len(t) + 1):
+        if k == len(t) or abs((t[k] - t[k - 1]) - (t[start + 1] - t[start] if k - start > 1
+                                                    else t[k] - t[k - 1])) > 1e-6:
+            step = float(t[start + 1] - t[start]) if k - start > 1 else dt
+            out.extend(det.feed(float(t[start]), step, v[start:k].astype(np.float64)))
+            start = k
+    return out
+
+
+def same(a: list[Detection], b: list[Detection]) -> None:
+    """Equal to floating-point tolerance (block means are summed in another order)."""
+    assert [(d.key, d.extra.get("final")) for d in a] == [(d.key, d.extra.get("final")) for d in b]
+    for x, y in zip(a, b, strict=True):
+        assert x.onset == pytest.approx(y.onset, abs=1e-3)
+        assert x.peak_time == y.peak_time and x.declared == y.declared
+        assert x.amplitude == pytest.approx(y.amplitude, rel=1e-6, abs=1e-9)
+        for k in ("snr", "sigma", "period_s", "tide", "final", "trigger"):
+            vx, vy = x.extra.get(k), y.extra.get(k)
+            if isinstance(vx, float):
+                assert vx == pytest.approx(vy, rel=1e-4, abs=1e-4), k
+            else:
+                assert vx == vy, k
+
+
+@pytest.mark.parametrize("history_h", [0.0, 30.0])  # 30 h before: a harmonic tide too
+def test_streaming_equals_the_reference(history_h: float) -> None:
+    t, v = record(dt=60.0, hours=30.0)
+    if history_h:
+        # the same gauge recorded for history_h more hours before (tide and noise only)
+        tp = t[0] - history_h * 3600.0 + np.arange(0.0, history_h * 3600.0, 60.0)
+        s = tp - t[0]
+        rng = np.random.default_rng(7)
+        vp = (0.6 * np.cos(2 * np.pi * s / 44714.0) + 0.2 * np.cos(2 * np.pi * s / 86164.0 + 1.0)
+              + 0.004 * rng.standard_normal(len(tp)))
+        t, v = np.concatenate([tp, t]), np.concatenate([vp, v])
+    fast = stream(t, v, 600)
+    assert fast, "no detection would make the comparison meaningless"
+    assert fast[0].extra["tide"] == ("harmonic" if history_h else "cubic")
+    same(fast, tsunami_reference(t, v, GAUGE))
+
+
+def test_gaps_nan_and_a_spike_equal_the_reference() -> None:
+    t, v = record(dt=60.0, hours=30.0)
+    v = v.copy()
+    v[100:140] = np.nan                      # 40 min of NaN
+    v[900] += 1.0                            # a spike
+    keep = (t < t[0] + 8 * 3600) | (t > t[0] + 9 * 3600)  # a one-hour hole
+    t, v = t[keep], v[keep]
+    fast = stream(t, v, 37)
+    assert fast
+    same(fast, tsunami_reference(t, v, GAUGE))
+
+
+def test_real_dart_and_tide_gauge_equal_the_reference(shared_data: Path) -> None:
+    from detectors.base import StationInfo
+    from replay.package import read_ndbc_series
+    from replay.realdata import DARTS
+
+    root = shared_data / "tohoku2011" / "dart_ndbc_raw"
+    for dart in ("21418", "21413"):
+        s = read_ndbc_series(root / f"{dart}.txt")
+        lat, lon = DARTS[dart]
+        st = StationInfo(dart, "bottom_pressure", lat, lon, 0.0, "m")
+        fast = stream(s.times, s.values, 500, st)
+        assert fast, dart
+        same(fast, tsunami_reference(s.times, s.values, st))
+        assert all(math.isfinite(d.amplitude) for d in fast)
