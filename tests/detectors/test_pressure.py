@@ -39,6 +39,18 @@ def stream(station: StationInfo, t: np.ndarray, v: np.ndarray, n: int) -> list:
     return out
 
 
+def same(a: list, b: list) -> None:
+    """The same detections to floating-point tolerance (the streaming detector fits its
+    line in closed form, the reference with numpy.polyfit)."""
+    assert [d.key for d in a] == [d.key for d in b]
+    for x, y in zip(a, b, strict=True):
+        assert (x.peak_time, x.declared, x.params) == (y.peak_time, y.declared, y.params)
+        assert x.onset == pytest.approx(y.onset, abs=1e-6)
+        assert x.amplitude == pytest.approx(y.amplitude, rel=1e-9, abs=1e-12)
+        assert x.extra["snr"] == pytest.approx(y.extra["snr"], abs=0.011)
+        assert x.extra["sigma"] == pytest.approx(y.extra["sigma"], rel=1e-9)
+
+
 def broken(t: np.ndarray, v: np.ndarray) -> np.ndarray:
     """NaN samples, a spike and a 20-min gap (as NaN) before the pulse."""
     v = v.copy()
@@ -56,7 +68,7 @@ def test_streaming_equals_the_reference(case: str) -> None:
     fast = stream(HPA, t, v, 600)
     ref = lamb_pulse_reference(t, v, HPA)
     assert ref, "no detection would make the comparison meaningless"
-    assert fast == ref
+    same(fast, ref)
 
 
 @pytest.mark.parametrize("n", [1, 7, 60, 599, 3601])
@@ -110,10 +122,12 @@ def test_real_barometers_streaming_equals_the_reference(shared_data: Path) -> No
 
     t, v = _agbom(shared_data)
     fast = stream(HPA, t, v, 10)
-    assert fast and fast == lamb_pulse_reference(t, v, HPA)
+    assert fast
+    same(fast, lamb_pulse_reference(t, v, HPA))
     tr = read(str(shared_data / "tonga2022" / "barometer"
                   / "Tonga_2022-01-15_II.MSVF.00.LDI.mseed")).merge()[0]
     tm = tr.stats.starttime.timestamp + np.arange(tr.stats.npts) * tr.stats.delta
     vm = np.ma.filled(np.ma.asarray(tr.data, dtype=np.float64), np.nan)
     fast = stream(COUNTS, tm, vm, int(60 / tr.stats.delta))
-    assert fast and fast == lamb_pulse_reference(tm, vm, COUNTS)
+    assert fast
+    same(fast, lamb_pulse_reference(tm, vm, COUNTS))
