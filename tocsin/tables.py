@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -16,17 +17,21 @@ def prime_travel_times(cache_dir: Path) -> TravelTimes:
     path = cache_dir / "tables" / "iasp91_first_p.npz"
     table = None
     if path.is_file():
-        with np.load(path) as f:
-            cached = TravelTimes.from_arrays(f)
-        if (np.array_equal(cached.distances, DISTANCES_DEG)
-                and np.array_equal(cached.depths, DEPTHS_KM)):
-            table = cached
+        try:
+            with np.load(path) as f:
+                cached = TravelTimes.from_arrays(f)
+        except (OSError, ValueError, KeyError) as exc:  # a damaged cache file: recompute
+            print(f"{path}: unreadable ({exc}); recomputing", file=sys.stderr)
+        else:
+            if (np.array_equal(cached.distances, DISTANCES_DEG)
+                    and np.array_equal(cached.depths, DEPTHS_KM)):
+                table = cached
     if table is None:
         print(f"computing the iasp91 travel-time table once (about 10 s) into {path}",
               file=sys.stderr)
         table = compute_iasp91_p()
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npz")
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")  # concurrent first runs
         np.savez(tmp, distances=table.distances, depths=table.depths, seconds=table.seconds)
         tmp.replace(path)
     use_table(table)
