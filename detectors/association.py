@@ -107,6 +107,8 @@ class Associator:
         self._published: dict[str, IncidentRevision] = {}
         self._cache: dict[tuple[str, ...], FrontSolution | None] = {}
         self._seismic_cache: dict[tuple[str, ...], list[SeismicEvent]] = {}
+        self._seismic: dict[str, SeismicEvent] = {}
+        self._seismic_sent: dict[str, int] = {}
 
     def add(self, det: Detection) -> list[IncidentRevision]:
         """New, corrected and retracted revisions after ``det`` (fed in declared order,
@@ -116,9 +118,11 @@ class Associator:
             return []  # a redelivered detection changes nothing
         self._keys.add(det.key)
         bisect.insort(self._dets, (det.declared, det.key, det))
+        self._seismic.clear()
         current = {r.key: r for r in associate((d for _, _, d in self._dets), self.registry,
                                                self.params, cache=self._cache,
-                                               seismic_cache=self._seismic_cache)}
+                                               seismic_cache=self._seismic_cache,
+                                               seismic_out=self._seismic)}
         changed = []
         for key, old in list(self._published.items()):
             if key not in current:
@@ -135,13 +139,22 @@ class Associator:
     def revisions(self) -> list[IncidentRevision]:
         return sorted(self._published.values(), key=lambda r: (r.issued, r.key))
 
+    def take_seismic(self) -> list[SeismicEvent]:
+        """Seismic event revisions not handed out yet (the latest of each event)."""
+        new = [e for k, e in self._seismic.items() if self._seismic_sent.get(k) != e.revision]
+        for e in new:
+            self._seismic_sent[e.event_id] = e.revision
+        return sorted(new, key=lambda e: (e.issued, e.event_id))
+
 
 def associate(dets: Iterable[Detection], registry: list[StationInfo],
               params: AssociationParams | None = None, *,
               cache: dict[tuple[str, ...], FrontSolution | None] | None = None,
               seismic_cache: dict[tuple[str, ...], list[SeismicEvent]] | None = None,
+              seismic_out: dict[str, SeismicEvent] | None = None,
               ) -> list[IncidentRevision]:
-    """All incident revisions for a set of detections (taken in declaration order)."""
+    """All incident revisions for a set of detections (taken in declaration order);
+    ``seismic_out`` receives the latest revision of every seismic event."""
     p = params or AssociationParams()
     cache = {} if cache is None else cache
     seismic_cache = {} if seismic_cache is None else seismic_cache
@@ -192,6 +205,8 @@ def associate(dets: Iterable[Detection], registry: list[StationInfo],
             if rev is not None:
                 last[inc.incident_id] = rev
                 revisions.append(rev)
+    if seismic_out is not None:
+        seismic_out.update(events)
     return revisions
 
 

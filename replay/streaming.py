@@ -39,6 +39,7 @@ from streams.schemas import (
     Message,
     ObservationPacket,
     SchemaError,
+    SeismicEventMessage,
     decode,
     encode,
     iso,
@@ -58,6 +59,7 @@ class Collected:
     detections: list[Detection] = field(default_factory=list)
     revisions: list[IncidentRevision] = field(default_factory=list)
     alerts: list[AlertMessage] = field(default_factory=list)
+    seismic: list[SeismicEventMessage] = field(default_factory=list)
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -101,7 +103,8 @@ def stop_workers(procs: list[subprocess.Popen[bytes]], timeout: float = 20.0) ->
 async def collect(settings: Settings, topics: Topics, out: Collected,
                   listeners: list[Listener], with_observations: bool = False) -> None:
     """Read the run's output topics (and observations, for a dashboard) until the end."""
-    names = [topics.detections, topics.incidents, topics.alerts]
+    names = [topics.detections, topics.incidents, topics.alerts, topics.seismic]
+    ended: set[str] = set()  # the run is over when the alerts and the seismic events end
     if with_observations:
         names.append(topics.observations)
     consumer = AIOKafkaConsumer(
@@ -117,8 +120,11 @@ async def collect(settings: Settings, topics: Topics, out: Collected,
                 for rec in records:
                     ctl = _is_control(rec.value)
                     if ctl is not None:
-                        if tp.topic == topics.alerts and ctl.get("type") == "end":
-                            out.done.set()
+                        if ctl.get("type") == "end" and tp.topic in (topics.alerts,
+                                                                     topics.seismic):
+                            ended.add(tp.topic)
+                            if len(ended) == 2:
+                                out.done.set()
                         continue
                     try:
                         msg = decode(rec.value)
@@ -130,6 +136,8 @@ async def collect(settings: Settings, topics: Topics, out: Collected,
                         out.revisions.append(msg)
                     elif isinstance(msg, AlertMessage):
                         out.alerts.append(msg)
+                    elif isinstance(msg, SeismicEventMessage):
+                        out.seismic.append(msg)
                     for listener in listeners:
                         listener(msg)
     finally:
@@ -358,5 +366,8 @@ async def replay_package(pkg: ReplayPackage, settings: Settings, *, speed: float
              "end": str(pkg.raw_event["event"]["end"])}
     report = build_report(event, collected.detections, collected.revisions, collected.alerts,
                           mode="replay", seismic_gains=pkg.seismic_gains)
+    # the seismic event revisions as the workers published them (without magnitudes: the
+    # workers have no gains); the report's seismic_events are computed from the picks
+    stats["seismic_revisions"] = [m.body for m in collected.seismic]
     report["run"] = stats
     return report

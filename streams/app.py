@@ -30,7 +30,14 @@ from detectors.pipeline import DetectorBank
 from responders.delivery import Outbox
 from responders.stage import AlertStage
 from responders.store import Store
-from streams.schemas import GridFrame, ObservationPacket, SchemaError, decode, encode
+from streams.schemas import (
+    GridFrame,
+    ObservationPacket,
+    SchemaError,
+    SeismicEventMessage,
+    decode,
+    encode,
+)
 from streams.topics import CONTROL_SCHEMA, Topics
 from tocsin.settings import Settings
 
@@ -136,6 +143,7 @@ def create_app(settings: Settings, topics: Topics, registry: list[StationInfo]) 
     det_topic = app.topic(topics.detections, internal=False)
     inc_topic = app.topic(topics.incidents, internal=False)
     alert_topic = app.topic(topics.alerts, internal=False)
+    seis_topic = app.topic(topics.seismic, internal=False)
     dlq_topic = app.topic(topics.deadletter, internal=False)
 
     # outputs are stored before the input's offset is committed (the agent acks an event
@@ -198,7 +206,12 @@ def create_app(settings: Settings, topics: Topics, registry: list[StationInfo]) 
                         store.save_all(revs)
                     for rev in revs:
                         await inc_topic.send(key=rev.incident_id.encode(), value=encode(rev))
+                    for ev in associator.take_seismic():
+                        sm = SeismicEventMessage(ev.as_dict())
+                        await seis_topic.send(key=sm.key.encode(), value=encode(sm))
                 if gate.ended:
+                    await seis_topic.send(key=b"control", value=control("end",
+                                                                        run=ctl.get("run")))
                     await inc_topic.send(key=b"control", value=control("end", run=ctl.get("run")))
                     gate.ended = False
                 continue

@@ -513,7 +513,37 @@ class AlertMessage:
 # --------------------------------------------------------------------------- wire
 
 
-Message = ObservationPacket | GridFrame | Detection | IncidentRevision | AlertMessage
+@dataclass(frozen=True)
+class SeismicEventMessage:
+    """One revision of a located seismic event (``detectors.seismic.SeismicEvent.as_dict``
+    plus the schema): origin, uncertainty, stations and arrivals; times in POSIX seconds."""
+
+    SCHEMA: ClassVar[str] = "tocsin.seismic_event/1"
+
+    body: dict[str, Any]
+
+    @property
+    def key(self) -> str:
+        return f"{self.body['event_id']}#{self.body['revision']}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": self.SCHEMA, **self.body}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SeismicEventMessage:
+        d = _check_schema(d, cls.SCHEMA)
+        _require(d, "event_id", str, cls.SCHEMA)
+        if not isinstance(d.get("revision"), int) or d["revision"] < 1:
+            raise SchemaError(f"{cls.SCHEMA}: revision {d.get('revision')!r} is not a "
+                              "positive integer")
+        for name in ("lat", "lon", "depth_km", "origin_time", "issued"):
+            _number(d, name, cls.SCHEMA)
+        _require(d, "arrivals", list, cls.SCHEMA)
+        return cls({k: v for k, v in d.items() if k != "schema"})
+
+
+Message = (ObservationPacket | GridFrame | Detection | IncidentRevision | AlertMessage
+           | SeismicEventMessage)
 
 
 def to_dict(msg: Message) -> dict[str, Any]:
@@ -533,6 +563,7 @@ _DECODERS: dict[str, Any] = {
     "tocsin.detection/1": detection_from_dict,
     IncidentRevision.SCHEMA: IncidentRevision.from_dict,
     AlertMessage.SCHEMA: AlertMessage.from_dict,
+    SeismicEventMessage.SCHEMA: SeismicEventMessage.from_dict,
 }
 
 

@@ -52,6 +52,10 @@ class Topics:
         return self._name("alerts")
 
     @property
+    def seismic(self) -> str:
+        return self._name("seismic")
+
+    @property
     def deadletter(self) -> str:
         return self._name("deadletter")
 
@@ -61,6 +65,7 @@ class Topics:
             self.detections: 1,
             self.incidents: 1,
             self.alerts: 1,
+            self.seismic: 1,
             self.deadletter: 1,
         }
 

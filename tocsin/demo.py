@@ -18,7 +18,14 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from detectors.base import Detection
-from streams.schemas import AlertMessage, IncidentRevision, Message, ObservationPacket, iso
+from streams.schemas import (
+    AlertMessage,
+    IncidentRevision,
+    Message,
+    ObservationPacket,
+    SeismicEventMessage,
+    iso,
+)
 from tocsin.settings import Settings
 
 
@@ -37,6 +44,12 @@ def describe(msg: Message) -> str | None:
         return (f"INCIDENT   {iso(msg.issued)[:19]}Z  {msg.incident_id} rev {msg.revision} "
                 f"[{msg.status}] {msg.type}{where}{origin}{speed}"
                 f" ({len(msg.stations_used)} stations{watches}{confirmed})")
+    if isinstance(msg, SeismicEventMessage):
+        b = msg.body
+        return (f"SEISMIC    {iso(b['issued'])[:19]}Z  {b['event_id']} rev {b['revision']}: "
+                f"{b['lat']:.2f}, {b['lon']:.2f}, depth {b['depth_km']:.0f} km, origin "
+                f"{iso(b['origin_time'])[:19]}Z +-{b['herr_km']:.0f} km, "
+                f"{len(b['stations'])} stations")
     if isinstance(msg, AlertMessage):
         return (f"ALERT      {iso(msg.sent)[:19]}Z  CAP {msg.msg_type:<6} {msg.identifier} "
                 f"{msg.severity}/{msg.urgency}/{msg.certainty}: {msg.headline}")

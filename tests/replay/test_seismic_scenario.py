@@ -137,3 +137,12 @@ def test_through_kafka_equals_detect(quake_pkg, kafka_settings: Settings,  # typ
     assert len(expected["seismic_events"]) == 1
     assert json.dumps(comparable(got), sort_keys=True) == json.dumps(comparable(expected),
                                                                      sort_keys=True)
+    # the workers published each revision of the event on the seismic topic as it was made
+    streamed = got["run"]["seismic_revisions"]
+    (ev,) = expected["seismic_events"]
+    assert [m["revision"] for m in streamed] == list(range(1, ev["revisions"] + 1))
+    last = streamed[-1]
+    assert last["event_id"] == ev["event_id"]
+    assert (last["lat"], last["lon"], last["depth_km"]) == (ev["lat"], ev["lon"], ev["depth_km"])
+    assert abs(last["origin_time"] - parse_time(ev["origin_time"])) < 1e-3
+    assert last["magnitude"] is None  # the workers have no gains; the report has

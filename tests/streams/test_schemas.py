@@ -98,3 +98,19 @@ def test_times() -> None:
     assert iso(t) == "2022-01-15T04:14:45.000Z"
     with pytest.raises(SchemaError, match="no time zone"):
         parse_time("2022-01-15T04:14:45")
+
+
+def test_seismic_event_round_trip_and_bad_revision() -> None:
+    from streams.schemas import SeismicEventMessage, encode
+
+    body = {"event_id": "seismic-20231114T222702-1a2b3c", "revision": 2, "issued": 1.7e9,
+            "lat": -20.03, "lon": -174.49, "depth_km": 33.0, "origin_time": 1.7e9 - 300,
+            "rms_s": 0.31, "herr_km": 12.2, "gap_deg": 178.2, "magnitude": None,
+            "magnitude_sigma": None, "magnitude_type": None, "stations": ["A", "B"],
+            "arrivals": [{"pick": "sta_lta:A:1.000", "station_id": "A", "onset": 1.0}]}
+    msg = decode(encode(SeismicEventMessage(body)))
+    assert isinstance(msg, SeismicEventMessage) and msg.body == body
+    assert msg.key == "seismic-20231114T222702-1a2b3c#2"
+    bad = encode(SeismicEventMessage({**body, "revision": 0}))
+    with pytest.raises(SchemaError, match="revision 0"):
+        decode(bad)
