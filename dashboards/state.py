@@ -57,6 +57,7 @@ class LiveState:
         self._revisions: dict[str, dict[int, IncidentRevision]] = {}
         self._alerts: dict[str, AlertMessage] = {}
         self._detections: dict[str, Detection] = {}
+        self._seismic: dict[str, dict[str, Any]] = {}  # event id -> latest revision body
         self.event_time = -math.inf
         self.version = 0
         self.started = time.time()
@@ -122,6 +123,15 @@ class LiveState:
             else:
                 revs[rev.revision] = rev
             self.event_time = max(self.event_time, rev.issued)
+            self.version += 1
+
+    def on_seismic(self, body: dict[str, Any]) -> None:
+        """A seismic event revision (the body of a ``tocsin.seismic_event/1`` message)."""
+        with self._lock:
+            prev = self._seismic.get(body["event_id"])
+            if prev is None or body["revision"] >= prev["revision"]:
+                self._seismic[body["event_id"]] = dict(body)
+            self.event_time = max(self.event_time, float(body["issued"]))
             self.version += 1
 
     def on_alert(self, msg: AlertMessage) -> None:
@@ -196,6 +206,12 @@ class LiveState:
                 "event_time": iso(now) if math.isfinite(now) else None,
                 "event_time_s": now if math.isfinite(now) else None,
                 "stations": stations, "incidents": incidents, "alerts": alerts,
+                "seismic_events": [
+                    {"event_id": b["event_id"], "revision": b["revision"], "lat": b["lat"],
+                     "lon": b["lon"], "depth_km": b["depth_km"],
+                     "origin_time": iso(b["origin_time"]), "herr_km": b["herr_km"],
+                     "magnitude": b.get("magnitude"), "stations": len(b["stations"])}
+                    for b in sorted(self._seismic.values(), key=lambda b: b["origin_time"])],
                 "health": {"stations": len(stations), "states": counts,
                            "samples": sum(s["samples"] for s in stations),
                            "missing": sum(s["missing"] for s in stations),

@@ -146,6 +146,8 @@ def _sinks(settings: Settings, pkg: Any, listeners: list[Any]) -> dict[str, Any]
                 state.on_revision(msg)
             elif isinstance(msg, AlertMessage):
                 state.on_alert(msg)
+            elif isinstance(msg, SeismicEventMessage):
+                state.on_seismic(msg.body)
 
         listeners.append(feed)
         sinks["state"] = state

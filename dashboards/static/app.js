@@ -90,6 +90,21 @@ function drawIncidents(state) {
   }
 }
 
+function drawSeismic(state) {
+  for (const ev of state.seismic_events || []) {
+    const mag = ev.magnitude === null ? "" : `M${ev.magnitude.toFixed(1)}, `;
+    L.polyline(circlePoints(ev.lat, ev.lon, Math.max(ev.herr_km, 1) * 1000),
+      { color: "#17202a", weight: 1, interactive: false }).addTo(incidentLayer);
+    const m = L.circleMarker([ev.lat, wrap(ev.lon)], { radius: 7, color: "#17202a", weight: 3,
+      fillColor: "#ffffff", fillOpacity: 1 })
+      .bindTooltip(`seismic ${ev.event_id} rev ${ev.revision}: ${mag}depth ` +
+                   `${ev.depth_km} km, origin ${fmt(ev.origin_time)}, ${ev.stations} stations`)
+      .addTo(incidentLayer);
+    const e = m.getElement();
+    if (e) e.setAttribute("data-seismic", ev.event_id);
+  }
+}
+
 function el(tag, attrs = {}, text = "") {
   const e = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
@@ -212,6 +227,7 @@ function render(state) {
   last = state;
   drawStations(state.stations);
   drawIncidents(state);
+  drawSeismic(state);
   drawPanels(state);
 }
 

@@ -119,3 +119,15 @@ def test_subscriptions_need_a_token_and_deliveries_are_visible(tmp_path) -> None
     assert client.delete(f"/api/subscriptions/{subs[0]['id']}",
                          headers={"Authorization": "Bearer tok-1"}).status_code == 204
     store.close()
+
+
+def test_seismic_events_keep_their_latest_revision() -> None:
+    state = LiveState()
+    body = {"event_id": "seismic-x", "revision": 1, "issued": 1.7e9, "lat": -20.0,
+            "lon": -174.5, "depth_km": 33.0, "origin_time": 1.7e9 - 200, "herr_km": 40.0,
+            "magnitude": None, "stations": ["A", "B", "C", "D"], "arrivals": []}
+    state.on_seismic({**body, "revision": 2, "herr_km": 12.0, "issued": 1.7e9 + 30})
+    state.on_seismic(body)  # an older revision arriving late changes nothing
+    (ev,) = state.snapshot()["seismic_events"]
+    assert (ev["revision"], ev["herr_km"], ev["stations"]) == (2, 12.0, 4)
+    assert ev["origin_time"].startswith("2023-11-14T22:")
