@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -69,3 +70,35 @@ class Binner:
         allv = self.pending[0] if len(self.pending) == 1 else np.concatenate(self.pending)
         allv = allv[np.isfinite(allv)]
         return float(allv.sum() / len(allv)) if len(allv) else math.nan
+
+
+def run_onset(history: Sequence[tuple[float, float]], k_onset: float, bin_s: float,
+              t: float) -> float:
+    """Start of the run of bins whose (time, |residual|/sigma) stayed >= ``k_onset`` up to
+    the last one, interpolated between the last quiet bin and the first loud one (sub-bin
+    resolution); ``t`` when there is no history."""
+    j = len(history) - 1
+    while j > 0 and history[j - 1][1] >= k_onset:
+        j -= 1
+    if j <= 0:
+        return history[0][0] if history else t
+    (t0, z0), (t1, z1) = history[j - 1], history[j]
+    if t1 - t0 > 1.5 * bin_s or z1 <= z0:
+        return t1
+    return t0 + (k_onset - z0) / (z1 - z0) * (t1 - t0)
+
+
+def whole_record_bins(times: FloatArray, values: FloatArray,
+                      bin_s: float) -> list[tuple[int, list[float], float]]:
+    """The closed bins of a whole record, for the slow references: (bin index, its finite
+    values in order, time of the first sample after it). Every bin but the last closes."""
+    members: dict[int, list[float]] = {}
+    first_t: dict[int, float] = {}
+    for t, v in zip(times.tolist(), values.tolist(), strict=True):
+        b = math.floor(t / bin_s + 1e-9)
+        members.setdefault(b, [])
+        first_t.setdefault(b, t)
+        if math.isfinite(v):
+            members[b].append(v)
+    order = sorted(members)
+    return [(b, members[b], first_t[nxt]) for b, nxt in zip(order, order[1:], strict=False)]

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from detectors.base import Detection, FloatArray, StationInfo
-from detectors.bins import Binner, check_packet
+from detectors.bins import Binner, check_packet, run_onset, whole_record_bins
 
 
 def line_fit(x: FloatArray, y: FloatArray) -> tuple[float, float]:
@@ -181,24 +181,10 @@ class LambPulseDetector:
         s.above = 0
         s.frozen = (slope, icpt)
         s.sigma = sigma
-        s.onset = self._onset(t)
+        s.onset = run_onset(self._s.history, self.p.k_onset, self.p.bin_s, t)
         s.peak_v, s.peak_t = rm, t - p.bin_s
         s.snr = z
         return self._maybe_declare(t, last_sample)
-
-    def _onset(self, t: float) -> float:
-        """Start of the run of bins above k_onset, interpolated between the last quiet bin
-        and the first loud one (sub-bin resolution: a minute is 19 km of Lamb wave)."""
-        hist = list(self._s.history)
-        j = len(hist) - 1
-        while j > 0 and hist[j - 1][1] >= self.p.k_onset:
-            j -= 1
-        if j <= 0:
-            return hist[0][0] if hist else t
-        (t0, z0), (t1, z1) = hist[j - 1], hist[j]
-        if t1 - t0 > 1.5 * self.p.bin_s or z1 <= z0:
-            return t1
-        return t0 + (self.p.k_onset - z0) / (z1 - z0) * (t1 - t0)
 
     def _window_add(self, t: float, v: float) -> None:
         s = self._s
@@ -258,25 +244,15 @@ def lamb_pulse_reference(times: FloatArray, values: FloatArray, station: Station
     """Slow, obvious reference of the same rules on a whole record (the tests compare it
     with the streaming detector fed in packets of any size).
 
-    Nothing is shared with :class:`LambPulseDetector` but :class:`LambParams`: bins are
-    gathered with a dict, the baseline window is a plain list re-scanned for every bin, the
-    line is fitted with ``numpy.polyfit``, medians with ``statistics.median``.
+    Nothing is shared with :class:`LambPulseDetector` but :class:`LambParams` and the
+    onset rule (:func:`detectors.bins.run_onset`): bins come from the whole record at once,
+    the baseline window is a plain list re-scanned for every bin, the line is fitted with
+    ``numpy.polyfit``, medians with ``statistics.median``.
     """
     import statistics
 
     p = LambParams(**params)
     floor = p.floor(station.units)
-    # 1. bins: every bin but the last closes, "closed_at" is the first sample after it
-    tl, vl = times.tolist(), values.tolist()
-    members: dict[int, list[float]] = {}
-    first_t: dict[int, float] = {}
-    for t, v in zip(tl, vl, strict=True):
-        b = math.floor(t / p.bin_s + 1e-9)
-        members.setdefault(b, [])
-        first_t.setdefault(b, t)
-        if math.isfinite(v):
-            members[b].append(v)
-    order = sorted(members)
     out: list[Detection] = []
     window: list[tuple[float, float]] = []
     recent: list[float] = []
@@ -297,10 +273,8 @@ def lamb_pulse_reference(times: FloatArray, values: FloatArray, station: Station
         quiet_until = event["onset"] + p.refractory_s
         event, recent, history = None, [], []
 
-    for i, b in enumerate(order[:-1]):
+    for b, vals, closed_at in whole_record_bins(times, values, p.bin_s):
         t = b * p.bin_s
-        closed_at = first_t[order[i + 1]]
-        vals = members[b]
         if not vals:
             declare(t, closed_at)
             continue
@@ -345,16 +319,7 @@ def lamb_pulse_reference(times: FloatArray, values: FloatArray, station: Station
         if above < p.persist:
             continue
         above = 0
-        # 5. onset: back along the run above k_onset, interpolated into the quiet bin
-        j = len(history) - 1
-        while j > 0 and history[j - 1][1] >= p.k_onset:
-            j -= 1
-        if j <= 0:
-            onset = history[0][0]
-        else:
-            (ta, za), (tb, zb) = history[j - 1], history[j]
-            onset = tb if tb - ta > 1.5 * p.bin_s or zb <= za else (
-                ta + (p.k_onset - za) / (zb - za) * (tb - ta))
+        onset = run_onset(history, p.k_onset, p.bin_s, t)
         event = {"slope": slope, "icpt": icpt, "t_ref": t_ref, "onset": onset, "peak_v": rm,
                  "peak_t": t - p.bin_s, "snr": z, "sigma": sigma}
         declare(t, closed_at)

@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from detectors.base import Detection, FloatArray, StationInfo
-from detectors.bins import Binner, check_packet
+from detectors.bins import Binner, check_packet, run_onset, whole_record_bins
 
 
 @dataclass(frozen=True)
@@ -188,7 +188,7 @@ class TsunamiDetector:
             return []
         if _sign_changes(recent) > p.max_sign_changes:
             return []  # ringing (seismic shaking of a DART, a harbour seiche), not a wave
-        onset = self._onset(t)
+        onset = run_onset(self._s.history, self.p.k_onset, self.p.bin_s, t)
         s.event = _Event(frozen=coef, sigma=sigma, onset=onset, trigger_t=t, snr=z,
                          peak_t=t, peak_v=rm)
         # the bins since the onset count towards the provisional peak
@@ -202,18 +202,6 @@ class TsunamiDetector:
         s.recent.clear()
         s.history.clear()
         return self._finish(t, last_sample)
-
-    def _onset(self, t: float) -> float:
-        hist = list(self._s.history)
-        j = len(hist) - 1
-        while j > 0 and hist[j - 1][1] >= self.p.k_onset:
-            j -= 1
-        if j <= 0:
-            return hist[0][0] if hist else t
-        (t0, z0), (t1, z1) = hist[j - 1], hist[j]
-        if t1 - t0 > 1.5 * self.p.bin_s or z1 <= z0:
-            return t1
-        return t0 + (self.p.k_onset - z0) / (z1 - z0) * (t1 - t0)
 
     def _fit(self, t: float) -> tuple[tuple[FloatArray, float], float] | None:
         """((cubic coefficients, t_ref), sigma) of the recent tide, or None."""
@@ -405,21 +393,13 @@ def tsunami_reference(times: FloatArray, values: FloatArray, station: StationInf
     with the streaming detector fed in packets of any size, to floating-point tolerance).
 
     It shares only the numerical helpers (``fit_tide``, ``predict_tide``, ``highpass``,
-    ``zero_crossing_period``) with :class:`TsunamiDetector`: bins are gathered with a dict,
-    windows are plain lists re-scanned for every bin, block means are computed per block.
+    ``zero_crossing_period``) and the onset rule (``run_onset``) with
+    :class:`TsunamiDetector`: bins come from the whole record at once, windows are plain
+    lists re-scanned for every bin, block means are computed per block.
     """
     import statistics
 
     p = SeaLevelParams(**params)
-    members: dict[int, list[float]] = {}
-    first_t: dict[int, float] = {}
-    for t, v in zip(times.tolist(), values.tolist(), strict=True):
-        b = math.floor(t / p.bin_s + 1e-9)
-        members.setdefault(b, [])
-        first_t.setdefault(b, t)
-        if math.isfinite(v):
-            members[b].append(v)
-    order = sorted(members)
     keep = max(p.harmonic_history_s, p.measure_s + p.highpass_s + p.onset_lookback_s)
     out: list[Detection] = []
     raw: list[tuple[float, float]] = []
@@ -474,13 +454,12 @@ def tsunami_reference(times: FloatArray, values: FloatArray, station: StationInf
             out.append(detection(final[0], final[1], closed_at, final[2], True))
             ev, window, recent, warm_since = None, [], [], t
 
-    for i, b in enumerate(order[:-1]):
+    for b, vals, closed_at in whole_record_bins(times, values, p.bin_s):
         t = b * p.bin_s
-        closed_at = first_t[order[i + 1]]
-        if not members[b]:
+        if not vals:
             finish(t, closed_at)
             continue
-        v = float(np.asarray(members[b]).sum() / len(members[b]))
+        v = float(np.asarray(vals).sum() / len(vals))
         raw = [x for x in [*raw, (t, v)] if x[0] >= t - keep]
         if t - last_bin_t > p.max_gap_s:
             window, recent, history, warm_since = [], [], [], t
@@ -553,15 +532,7 @@ def tsunami_reference(times: FloatArray, values: FloatArray, station: StationInf
         signs = [math.copysign(1.0, x) if x else 0.0 for x in recent]
         if sum(1 for a, c in zip(signs, signs[1:], strict=False) if a * c < 0) > p.max_sign_changes:
             continue
-        j = len(history) - 1
-        while j > 0 and history[j - 1][1] >= p.k_onset:
-            j -= 1
-        if j <= 0:
-            onset = history[0][0]
-        else:
-            (ta, za), (tb2, zb) = history[j - 1], history[j]
-            onset = tb2 if tb2 - ta > 1.5 * p.bin_s or zb <= za else (
-                ta + (p.k_onset - za) / (zb - za) * (tb2 - ta))
+        onset = run_onset(history, p.k_onset, p.bin_s, t)
         ev = {"coef": coef, "t_ref": t_ref, "sigma": sigma, "onset": onset, "trigger_t": t,
               "snr": z, "peak_t": t, "peak_v": rm, "declared": False, "trace": []}
         # the bins since the onset count (the current one is in the window already, and is

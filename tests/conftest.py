@@ -139,3 +139,30 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     finally:
         with psycopg.connect(plain, autocommit=True) as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {dbname} WITH (FORCE)")
+
+
+def same_reports(a: dict, b: dict) -> None:  # type: ignore[type-arg]
+    """Two reports equal apart from how they were made (mode, run), with a readable diff."""
+    import difflib
+    import json
+
+    from replay.report import comparable
+
+    ja = json.dumps(comparable(a), indent=1, sort_keys=True).splitlines()
+    jb = json.dumps(comparable(b), indent=1, sort_keys=True).splitlines()
+    diff = list(difflib.unified_diff(ja, jb, "first", "second", lineterm="", n=2))
+    assert not diff, "reports differ:\n" + "\n".join(diff[:200])
+
+
+def detect_and_replay(pkg, settings: Settings, run_dir: Path,  # type: ignore[no-untyped-def]
+                      partitions: int = 3) -> tuple[dict, dict]:  # type: ignore[type-arg]
+    """The package's report in-process (``tocsin detect``) and through the real broker."""
+    import asyncio
+
+    from replay.run import detect_package
+    from replay.streaming import replay_package
+
+    expected = detect_package(pkg, packet_seconds=settings.packet_seconds)
+    got = asyncio.run(replay_package(pkg, settings, speed=None, partitions=partitions,
+                                     progress_stream=None, run_dir=run_dir, timeout=600))
+    return expected, got

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
 from pathlib import Path
 
 import pytest
 
 from replay.package import load_package
 from replay.realdata import build_tohoku, build_tonga
-from replay.report import comparable
 from replay.run import detect_package
-from replay.streaming import replay_package
 from streams.schemas import parse_time
+from tests.conftest import detect_and_replay, same_reports
 from tocsin.settings import Settings
 
 ERUPTION = parse_time("2022-01-15T04:14:45Z")
@@ -87,23 +84,17 @@ def test_tonga_msvf_gain_from_its_resp_file(tonga_pkg) -> None:  # type: ignore[
 def test_tonga_real_through_kafka_equals_detect(tonga_pkg, kafka_settings: Settings,  # type: ignore[no-untyped-def]
                                                 tmp_path: Path) -> None:
     """miniSEED replay sources (barometer and seismometer) through the real broker."""
-    expected = detect_package(tonga_pkg, packet_seconds=kafka_settings.packet_seconds)
-    got = asyncio.run(replay_package(tonga_pkg, kafka_settings, speed=None, partitions=3,
-                                     progress_stream=None, run_dir=tmp_path, timeout=600))
+    expected, got = detect_and_replay(tonga_pkg, kafka_settings, tmp_path)
     assert {d["kind"] for d in expected["detections"]} == {"barometer", "seismic"}
-    assert json.dumps(comparable(got), sort_keys=True) == json.dumps(comparable(expected),
-                                                                     sort_keys=True)
+    same_reports(got, expected)
 
 
 @pytest.mark.kafka
 def test_tohoku_real_through_kafka_equals_detect(tohoku_pkg, kafka_settings: Settings,  # type: ignore[no-untyped-def]
                                                  tmp_path: Path) -> None:
-    expected = detect_package(tohoku_pkg, packet_seconds=kafka_settings.packet_seconds)
-    got = asyncio.run(replay_package(tohoku_pkg, kafka_settings, speed=None, partitions=3,
-                                     progress_stream=None, run_dir=tmp_path, timeout=600))
+    expected, got = detect_and_replay(tohoku_pkg, kafka_settings, tmp_path)
     assert expected["detections"], "an empty report would make the comparison meaningless"
-    assert json.dumps(comparable(got), sort_keys=True) == json.dumps(comparable(expected),
-                                                                     sort_keys=True)
+    same_reports(got, expected)
 
 
 def test_sea_level_detector_against_the_dart_baseline(tohoku_pkg, shared_data: Path) -> None:  # type: ignore[no-untyped-def]

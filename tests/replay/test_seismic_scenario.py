@@ -6,7 +6,6 @@ cut from the quiet hours of the real II.MSVF.10.LHZ record (before the eruption)
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 import sys
@@ -17,12 +16,11 @@ import pytest
 
 from detectors.geo import great_circle_km
 from replay.package import load_package
-from replay.report import comparable
 from replay.run import detect_package
 from replay.seismic_scenario import SITES, Quake, record, write_package
-from replay.streaming import replay_package
 from responders.quakeml import event_quakeml
 from streams.schemas import parse_time
+from tests.conftest import detect_and_replay, same_reports
 from tocsin.settings import Settings
 
 ERUPTION = 1642220085.0
@@ -131,12 +129,9 @@ def test_tocsin_quakeml_command(quake_report, tmp_path: Path) -> None:  # type: 
 @pytest.mark.kafka
 def test_through_kafka_equals_detect(quake_pkg, kafka_settings: Settings,  # type: ignore[no-untyped-def]
                                      tmp_path: Path) -> None:
-    expected = detect_package(quake_pkg, packet_seconds=kafka_settings.packet_seconds)
-    got = asyncio.run(replay_package(quake_pkg, kafka_settings, speed=None, partitions=3,
-                                     progress_stream=None, run_dir=tmp_path, timeout=600))
+    expected, got = detect_and_replay(quake_pkg, kafka_settings, tmp_path)
     assert len(expected["seismic_events"]) == 1
-    assert json.dumps(comparable(got), sort_keys=True) == json.dumps(comparable(expected),
-                                                                     sort_keys=True)
+    same_reports(got, expected)
     # the workers published each revision of the event on the seismic topic as it was made
     streamed = got["run"]["seismic_revisions"]
     (ev,) = expected["seismic_events"]

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import difflib
-import json
 from pathlib import Path
 
 import numpy as np
@@ -14,13 +12,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from replay.package import ReplayPackage, load_package
 from replay.registry import write_registry
-from replay.report import comparable
 from replay.run import detect_package
 from replay.scenario import build_tonga2022
 from replay.streaming import Collected, collect, replay_package, start_workers, stop_workers
 from streams.app import control
 from streams.schemas import ObservationPacket, encode
 from streams.topics import Topics, create_topics
+from tests.conftest import same_reports
 from tocsin.settings import Settings
 
 pytestmark = pytest.mark.kafka
@@ -34,13 +32,6 @@ def tonga(tmp_path_factory: pytest.TempPathFactory) -> ReplayPackage:
 @pytest.fixture(scope="module")
 def detect_report(tonga: ReplayPackage) -> dict:  # type: ignore[type-arg]
     return detect_package(tonga, packet_seconds=600.0)
-
-
-def _same(a: dict, b: dict) -> None:  # type: ignore[type-arg]
-    ja = json.dumps(comparable(a), indent=1, sort_keys=True).splitlines()
-    jb = json.dumps(comparable(b), indent=1, sort_keys=True).splitlines()
-    diff = list(difflib.unified_diff(ja, jb, "streaming", "other", lineterm="", n=2))
-    assert not diff, "reports differ:\n" + "\n".join(diff[:200])
 
 
 def test_detect_report_is_not_empty(detect_report: dict) -> None:  # type: ignore[type-arg]
@@ -59,7 +50,7 @@ def test_replay_equals_detect(kafka_settings: Settings, tonga: ReplayPackage,
                                         partitions=partitions, progress_stream=None,
                                         run_dir=tmp_path, timeout=600))
     assert report["mode"] == "replay" and report["run"]["partitions"] == partitions
-    _same(report, detect_report)
+    same_reports(report, detect_report)
 
 
 def test_two_workers_one_group_equal_one_worker(kafka_settings: Settings,
@@ -71,7 +62,7 @@ def test_two_workers_one_group_equal_one_worker(kafka_settings: Settings,
     assert report["run"]["workers"] == 2
     logs = sorted(tmp_path.glob("worker-*.log"))
     assert len(logs) == 2
-    _same(report, detect_report)
+    same_reports(report, detect_report)
 
 
 def test_bad_messages_go_to_dead_letter_and_worker_keeps_running(
@@ -143,7 +134,7 @@ def test_replaying_twice_stores_each_output_once(kafka_settings: Settings, tonga
     reports = [asyncio.run(replay_package(tonga, settings, speed=None, progress_stream=None,
                                           run_dir=tmp_path / f"run{i}", timeout=600))
                for i in range(2)]
-    _same(reports[0], reports[1])
+    same_reports(reports[0], reports[1])
     store = Store(settings.db_url)
     counts = store.counts()
     with store.engine.connect() as c:
