@@ -26,6 +26,7 @@ import math
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -138,7 +139,7 @@ class SeedLinkClient:
                         raise SeedLinkError(f"bad SeedLink packet header {pkt[:8]!r}")
                     seq = int(pkt[2:8], 16)
                     rec = pkt[8:]
-                    key = f"{rec[18:20].decode().strip()}.{rec[8:13].decode().strip()}"
+                    key = record_stream_id(rec).rsplit(".", 2)[0]
                     last = self.last_seq.get(key)
                     if last is not None and seq <= last:
                         yield -seq, rec  # sent again: the caller counts, never re-emits
@@ -153,6 +154,12 @@ class SeedLinkClient:
             finally:
                 if writer is not None:
                     writer.close()
+
+
+def record_stream_id(rec: bytes) -> str:
+    """``NET.STA.LOC.CHA`` from a miniSEED record's fixed header."""
+    return ".".join(rec[a:b].decode("ascii", "replace").strip()
+                    for a, b in ((18, 20), (8, 13), (13, 15), (15, 18)))
 
 
 def record_to_packet(rec: bytes, seq: int, stations: dict[str, StationInfo],
@@ -192,7 +199,13 @@ def stations_from_inventory(path: str) -> dict[str, StationInfo]:
 
 @dataclass
 class Ingest:
-    """SeedLink -> Kafka. ``metrics`` per ``NET.STA.LOC.CHA``; ``bad`` records dead-lettered."""
+    """SeedLink -> Kafka. ``metrics`` per ``NET.STA.LOC.CHA``; ``bad`` records dead-lettered.
+
+    With ``state_file`` the last sequence number Kafka acknowledged for each station is
+    saved (every ``save_every`` records and at the end) and read back on start, so a
+    restarted ingest resumes where the last one stopped; records sent again after a crash
+    are skipped downstream (the detectors drop packets they have seen).
+    """
 
     client: SeedLinkClient
     stations: dict[str, StationInfo] = field(default_factory=dict)
@@ -200,11 +213,31 @@ class Ingest:
     bad: int = 0
     clock: Callable[[], float] = time.time
     prev_seq: dict[str, int] = field(default_factory=dict)  # "NET.STA" -> last accounted
+    state_file: Path | None = None
+    save_every: int = 50
+    acked: dict[str, int] = field(default_factory=dict)  # "NET.STA" -> last in Kafka
+
+    def __post_init__(self) -> None:
+        if self.state_file is not None and self.state_file.is_file():
+            try:
+                saved = json.loads(self.state_file.read_text())
+                self.acked = {str(k): int(v) for k, v in saved["last_seq"].items()}
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise ValueError(f"{self.state_file}: not a SeedLink state file ({exc})") from exc
+            self.client.last_seq.update(self.acked)
+
+    def save_state(self) -> None:
+        if self.state_file is None:
+            return
+        self.state_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"server": f"{self.client.host}:{self.client.port}",
+                                   "last_seq": self.acked}, sort_keys=True))
+        tmp.replace(self.state_file)
 
     def packet(self, seq: int, rec: bytes) -> ObservationPacket | None:
         """Decode and account one record; None for a duplicate (raises ValueError)."""
-        sid = ".".join(rec[a:b].decode("ascii", "replace").strip()
-                       for a, b in ((18, 20), (8, 13), (13, 15), (15, 18)))
+        sid = record_stream_id(rec)
         if seq < 0:
             self.metrics.setdefault(sid, StreamMetrics()).duplicates += 1
             return None
@@ -232,22 +265,31 @@ class Ingest:
                   limit: int | None = None) -> int:
         """Produce packets until ``limit`` records (or forever); the number produced."""
         sent = 0
-        async for seq, rec in self.client.packets():
-            try:
-                pkt = self.packet(seq, rec)
-            except ValueError as exc:
-                self.bad += 1
-                log.warning("dead-letter SeedLink record #%s: %s", seq, exc)
-                await producer.send_and_wait(deadletter, json.dumps({
-                    "schema": "tocsin.deadletter/1", "reason": str(exc),
-                    "source": f"seedlink://{self.client.host}:{self.client.port}#{seq}",
-                    "key": "", "value": rec.hex()}).encode())
-                continue
-            if pkt is not None:
-                await producer.send_and_wait(topic, encode(pkt), key=pkt.station_id.encode())
-                sent += 1
-            if limit is not None and sent >= limit:
-                break
+        try:
+            async for seq, rec in self.client.packets():
+                station = record_stream_id(rec).rsplit(".", 2)[0]
+                try:
+                    pkt = self.packet(seq, rec)
+                except ValueError as exc:
+                    self.bad += 1
+                    log.warning("dead-letter SeedLink record #%s: %s", seq, exc)
+                    await producer.send_and_wait(deadletter, json.dumps({
+                        "schema": "tocsin.deadletter/1", "reason": str(exc),
+                        "source": f"seedlink://{self.client.host}:{self.client.port}#{seq}",
+                        "key": "", "value": rec.hex()}).encode())
+                    self.acked[station] = seq
+                    continue
+                if pkt is not None:
+                    await producer.send_and_wait(topic, encode(pkt),
+                                                 key=pkt.station_id.encode())
+                    self.acked[station] = seq
+                    sent += 1
+                    if sent % self.save_every == 0:
+                        self.save_state()
+                if limit is not None and sent >= limit:
+                    break
+        finally:
+            self.save_state()
         return sent
 
 
@@ -257,11 +299,11 @@ def summary(metrics: dict[str, StreamMetrics]) -> dict[str, dict[str, Any]]:
 
 async def run_ingest(bootstrap: str, topic: str, deadletter: str, client: SeedLinkClient,
                      stations: dict[str, StationInfo], limit: int | None = None,
-                     report_every: float = 60.0) -> Ingest:
+                     report_every: float = 60.0, state_file: Path | None = None) -> Ingest:
     """An :class:`Ingest` with its own idempotent producer; logs metrics periodically."""
     from aiokafka import AIOKafkaProducer
 
-    ingest = Ingest(client, stations)
+    ingest = Ingest(client, stations, state_file=state_file)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
                                 enable_idempotence=True, linger_ms=5)
     await producer.start()

@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="FDSN StationXML with the streams' coordinates")
     sl.add_argument("--registry", type=Path, default=None,
                     help="station registry CSV with the streams' coordinates")
+    sl.add_argument("--state", type=Path, default=None,
+                    help="where the last sequence numbers are kept, to resume after a "
+                    "restart (default: HOME/seedlink/HOST_PORT.json)")
 
     ss = sub.add_parser("seedlink-serve",
                         help="serve miniSEED files as a SeedLink 3.1 server (drills, tests)")
@@ -291,8 +294,9 @@ def _seedlink(args: argparse.Namespace, settings: Settings) -> int:
 
     async def main() -> None:
         await create_topics(settings.bootstrap, topics)
+        state = args.state or settings.home / "seedlink" / f"{host}_{port}.json"
         await run_ingest(settings.bootstrap, topics.observations, topics.deadletter, client,
-                         stations)
+                         stations, state_file=state)
 
     with _broker(settings), contextlib.suppress(KeyboardInterrupt):
         asyncio.run(main())

@@ -7,6 +7,7 @@ so the protocol on the wire is not only agreed between our two halves.
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import threading
 from collections.abc import Iterator
@@ -290,3 +291,56 @@ def test_seedlink_to_worker_picks_through_kafka(server_thread: SeedLinkServer, m
                 os.killpg(p.pid, signal.SIGKILL)
     assert sorted(d.key for d in got) == expected
     assert all(d.lat == INFO.lat for d in got)
+
+
+@pytest.mark.kafka
+def test_a_restarted_ingest_resumes_from_its_state_file(records: list[bytes], kafka_settings,  # type: ignore[no-untyped-def]
+                                                        tmp_path: Path) -> None:
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+    from streams.schemas import ObservationPacket, decode
+    from streams.topics import Topics, create_topics
+
+    topics = Topics.for_run(kafka_settings, "seedlink-restart", 1)
+    state = tmp_path / "state.json"
+
+    async def ingest_once(limit: int | None) -> tuple[int, list[str]]:
+        async with SeedLinkServer(records) as srv:
+            client = SeedLinkClient("127.0.0.1", srv.port, [LHZ], fetch=True)
+            ingest = Ingest(client, {LHZ: INFO}, state_file=state, save_every=7)
+            producer = AIOKafkaProducer(bootstrap_servers=kafka_settings.bootstrap,
+                                        acks="all", enable_idempotence=True)
+            await producer.start()
+            try:
+                n = await ingest.run(producer, topics.observations, topics.deadletter, limit)
+            finally:
+                await producer.stop()
+            return n, list(srv.commands)
+
+    async def main() -> tuple[int, int, list[str], list[int]]:
+        await create_topics(kafka_settings.bootstrap, topics)
+        first, _ = await ingest_once(100)   # stops after 100 records, like a crash would
+        second, commands = await ingest_once(None)  # a new process: reads the state file
+        consumer = AIOKafkaConsumer(topics.observations,
+                                    bootstrap_servers=kafka_settings.bootstrap,
+                                    auto_offset_reset="earliest", group_id=None)
+        await consumer.start()
+        seqs: list[int] = []
+        try:
+            while len(seqs) < len(records):
+                batch = await consumer.getmany(timeout_ms=5000)
+                assert batch, f"stalled at {len(seqs)} packets"
+                for msgs in batch.values():
+                    for m in msgs:
+                        msg = decode(m.value)
+                        assert isinstance(msg, ObservationPacket)
+                        seqs.append(msg.seq)
+        finally:
+            await consumer.stop()
+        return first, second, commands, seqs
+
+    first, second, commands, seqs = asyncio.run(main())
+    assert (first, second) == (100, len(records) - 100)
+    assert "FETCH 000065" in commands  # resumed at record 101 (0x65)
+    assert sorted(seqs) == list(range(1, len(records) + 1))  # nothing lost, nothing twice
+    assert json.loads(state.read_text())["last_seq"] == {"II.MSVF": len(records)}
