@@ -70,6 +70,7 @@ class ReplayPackage:
     stations: list[StationEntry]
     truth: dict[str, Any] = field(default_factory=dict)
     raw_event: dict[str, Any] = field(default_factory=dict)
+    channels: dict[str, _Channel] = field(default_factory=dict)  # from [seismic] inventory
 
     def station_infos(self) -> list[StationInfo]:
         return [s.info for s in self.stations]
@@ -77,10 +78,8 @@ class ReplayPackage:
     @property
     def seismic_gains(self) -> dict[str, float]:
         """Counts per metre of displacement: the inventory's responses, then [seismic.gains]."""
-        seismic = self.raw_event.get("seismic") or {}
-        inventory = _load_inventory(self.root, seismic, self.start)
-        out = {sid: ch.gain_m for sid, ch in inventory.items() if math.isfinite(ch.gain_m)}
-        gains = seismic.get("gains") or {}
+        out = {sid: ch.gain_m for sid, ch in self.channels.items() if math.isfinite(ch.gain_m)}
+        gains = (self.raw_event.get("seismic") or {}).get("gains") or {}
         for sid, g in gains.items():
             if not isinstance(g, int | float) or not g > 0:
                 raise PackageError(f"{self.root / 'event.toml'}: [seismic.gains] {sid} = "
@@ -143,7 +142,7 @@ def load_package(path: str | Path) -> ReplayPackage:
     stations = _load_stations(root / "stations.csv", root, inventory)
     truth = doc.get("truth") or {}
     return ReplayPackage(root, str(event["id"]), str(event["title"]), start, end, stations,
-                         dict(truth), doc)
+                         dict(truth), doc, inventory)
 
 
 @dataclass(frozen=True)

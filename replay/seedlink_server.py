@@ -23,6 +23,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from streams.seedlink import record_stream_id
+
 HEADER = b"SeedLink v3.1 (tocsin replay server) :: SLPROTO:3.1 CAP EXTREPLY NSWILDCARD"
 
 
@@ -49,8 +51,8 @@ def records_512(paths: Iterable[Path]) -> list[bytes]:
 
 def record_ids(rec: bytes) -> tuple[str, str, str, str]:
     """(network, station, location, channel) from a miniSEED fixed header."""
-    return (rec[18:20].decode().strip(), rec[8:13].decode().strip(),
-            rec[13:15].decode().strip(), rec[15:18].decode().strip())
+    net, sta, loc, cha = record_stream_id(rec).split(".")
+    return net, sta, loc, cha
 
 
 @dataclass

@@ -9,6 +9,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from deploy.broker import Broker, BrokerError
 from streams.topics import Topics, create_topics
+from tests.conftest import missing
 from tocsin.settings import Settings
 
 pytestmark = pytest.mark.kafka
@@ -16,7 +17,7 @@ pytestmark = pytest.mark.kafka
 
 def test_status_reports_running(kafka_settings: Settings) -> None:
     if kafka_settings.kafka_bootstrap:
-        pytest.skip("external cluster: no local broker to inspect")
+        missing("external cluster (TOCSIN_TEST_KAFKA_BOOTSTRAP): no local broker to inspect")
     st = Broker(kafka_settings).status()
     assert st.running and st.pid is not None
     assert str(kafka_settings.broker_port) in st.bootstrap
@@ -58,7 +59,7 @@ def test_topics_are_created_explicitly_and_round_trip(kafka_settings: Settings) 
 
 def test_port_taken_is_a_clear_error(kafka_settings: Settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
     if kafka_settings.kafka_bootstrap:
-        pytest.skip("external cluster: no local broker")
+        missing("external cluster (TOCSIN_TEST_KAFKA_BOOTSTRAP): no local broker")
     other = Settings(home=tmp_path, broker_port=kafka_settings.broker_port,
                      controller_port=kafka_settings.controller_port + 1)
     with pytest.raises(BrokerError, match=str(kafka_settings.broker_port)):

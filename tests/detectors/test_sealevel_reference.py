@@ -10,32 +10,27 @@ import pytest
 
 from detectors.base import Detection
 from detectors.sealevel import TsunamiDetector, tsunami_reference
+from replay.package import Series, series_to_packets
 from tests.detectors.test_sealevel import GAUGE, record
 
 
-def stream(t: np.ndarray, v: np.ndarray, n: int, station=GAUGE) -> list[Detection]:  # type: ignore[no-untyped-def]
+def packets(t: np.ndarray, v: np.ndarray, seconds: float,  # type: ignore[no-untyped-def]
+            station=GAUGE) -> list:
+    """The record in packets of ``seconds`` (cut where NDBC's sample interval changes)."""
+    return list(series_to_packets(station, Series(t, v.astype(np.float64)), seconds))
+
+
+def stream_and_reference(t: np.ndarray, v: np.ndarray, seconds: float,  # type: ignore[no-untyped-def]
+                         station=GAUGE) -> tuple[list[Detection], list[Detection]]:
+    """The streaming detector fed the packets, and the reference fed the same samples."""
     det = TsunamiDetector(station)
-    out = []
-    dt = float(np.median(np.diff(t)))
-    for i in range(0, len(t), n):
-        chunk = t[i:i + n]
-        if len(chunk):
-            # packets of constant interval: cut where the spacing changes (NDBC mixes rates)
-            out.extend(feed_irregular(det, chunk, v[i:i + n], dt))
-    return out
-
-
-def feed_irregular(det: TsunamiDetector, t: np.ndarray, v: np.ndarray,
-                   dt: float) -> list[Detection]:
-    out = []
-    start = 0
-    for k in range(1, len(t) + 1):
-        if k == len(t) or abs((t[k] - t[k - 1]) - (t[start + 1] - t[start] if k - start > 1
-                                                    else t[k] - t[k - 1])) > 1e-6:
-            step = float(t[start + 1] - t[start]) if k - start > 1 else dt
-            out.extend(det.feed(float(t[start]), step, v[start:k].astype(np.float64)))
-            start = k
-    return out
+    fast: list[Detection] = []
+    pkts = packets(t, v, seconds, station)
+    for pkt in pkts:
+        fast.extend(det.feed(pkt.start, pkt.sample_interval, pkt.values))
+    tt = np.concatenate([p.start + p.sample_interval * np.arange(len(p.values)) for p in pkts])
+    vv = np.concatenate([p.values for p in pkts])
+    return fast, tsunami_reference(tt, vv, station)
 
 
 def same(a: list[Detection], b: list[Detection]) -> None:
@@ -64,10 +59,10 @@ def test_streaming_equals_the_reference(history_h: float) -> None:
         vp = (0.6 * np.cos(2 * np.pi * s / 44714.0) + 0.2 * np.cos(2 * np.pi * s / 86164.0 + 1.0)
               + 0.004 * rng.standard_normal(len(tp)))
         t, v = np.concatenate([tp, t]), np.concatenate([vp, v])
-    fast = stream(t, v, 600)
+    fast, ref = stream_and_reference(t, v, 36000.0)
     assert fast, "no detection would make the comparison meaningless"
     assert fast[0].extra["tide"] == ("harmonic" if history_h else "cubic")
-    same(fast, tsunami_reference(t, v, GAUGE))
+    same(fast, ref)
 
 
 def test_gaps_nan_and_a_spike_equal_the_reference() -> None:
@@ -77,9 +72,9 @@ def test_gaps_nan_and_a_spike_equal_the_reference() -> None:
     v[900] += 1.0                            # a spike
     keep = (t < t[0] + 8 * 3600) | (t > t[0] + 9 * 3600)  # a one-hour hole
     t, v = t[keep], v[keep]
-    fast = stream(t, v, 37)
+    fast, ref = stream_and_reference(t, v, 37 * 60.0)
     assert fast
-    same(fast, tsunami_reference(t, v, GAUGE))
+    same(fast, ref)
 
 
 def test_real_dart_and_tide_gauge_equal_the_reference(shared_data: Path) -> None:
@@ -92,7 +87,7 @@ def test_real_dart_and_tide_gauge_equal_the_reference(shared_data: Path) -> None
         s = read_ndbc_series(root / f"{dart}.txt")
         lat, lon = DARTS[dart]
         st = StationInfo(dart, "bottom_pressure", lat, lon, 0.0, "m")
-        fast = stream(s.times, s.values, 500, st)
+        fast, ref = stream_and_reference(s.times, s.values, 30000.0, st)
         assert fast, dart
-        same(fast, tsunami_reference(s.times, s.values, st))
+        same(fast, ref)
         assert all(math.isfinite(d.amplitude) for d in fast)
