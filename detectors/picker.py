@@ -30,6 +30,14 @@ channel going dead) is not declared; a pick whose window reaches the clip level
 (``clip_counts``, or three samples at the window's extreme raw value) is flagged
 ``clipped``.
 
+Many channels are advanced together by :meth:`StaLtaPicker.feed_many` (one packet per
+channel): channels sharing a sample interval and parameters keep their filter, STA/LTA,
+flat-run and recent-sample state as rows of arrays (:class:`PickerRows`), and a packet per
+row is filtered and scanned in one call of the same kernels, row for row the arithmetic of
+a single channel. A channel leaves its row for the one-channel path whenever that path has
+something to decide (a trigger, a gap or NaN, a possible flat run, a new sample rate) and
+returns when it is quiet again, so the picks are those of feeding each channel alone.
+
 Defaults follow SeisComP (STA 2 s, LTA 80 s, on 3, off 1.5, 0.7-2 Hz) for short-period and
 broadband channels. Below 2.5 samples/s (long-period ``LH?`` channels, whose Nyquist is
 under the 2 Hz corner) the long-period profile applies: 0.05-0.2 Hz, STA 10 s, LTA 300 s,
@@ -39,13 +47,16 @@ on 6, off 2. Every value can be set per stream.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from operator import attrgetter, itemgetter
 from typing import Any
 
 import numpy as np
 from scipy.signal import iirfilter, lfilter, sosfilt, sosfilt_zi
 
-from detectors.base import Detection, FloatArray, PacketError, StationInfo
+from detectors.base import Detection, DetectorError, FloatArray, PacketError, StationInfo
 
 # scipy's own kernels behind ``sosfilt`` and ``lfilter``, without their 20-40 us of argument
 # handling per call (a picker makes three calls per packet); the public functions if a
@@ -57,24 +68,33 @@ except ImportError:  # pragma: no cover
     _linear_filter = _sosfilt_kernel = None
 
 
-def _recursive_mean(c: float, x: FloatArray, prev: float) -> FloatArray:
-    """``y[i] = c * x[i] + (1 - c) * y[i-1]`` from ``y[-1] = prev``: ``lfilter([c],
-    [1, c - 1], x, zi=[(1 - c) * prev])[0]``."""
-    b, a, zi = np.array([c]), np.array([1.0, c - 1.0]), np.array([(1.0 - c) * prev])
+def _recursive_mean(c: float, x: FloatArray, prev: float | FloatArray) -> FloatArray:
+    """``y[i] = c * x[i] + (1 - c) * y[i-1]`` along the last axis from ``y[-1] = prev``
+    (one value per row): ``lfilter([c], [1, c - 1], x, zi=[(1 - c) * prev])[0]``."""
+    b, a = np.array([c]), np.array([1.0, c - 1.0])
+    zi = ((1.0 - c) * np.asarray(prev, dtype=np.float64))[..., None]
     if _linear_filter is None:
         return np.asarray(lfilter(b, a, x, zi=zi)[0])
     return np.asarray(_linear_filter(b, a, x, -1, zi)[0])
 
 
+def _sosfilt_rows(sos: np.ndarray, x: FloatArray, zi: np.ndarray
+                  ) -> tuple[FloatArray, np.ndarray]:
+    """``sosfilt`` of each row of a 2-D ``x`` (rows, samples) from its state ``zi`` (rows,
+    sections, 2): the filtered rows and their final states (new arrays)."""
+    y = np.array(x, dtype=np.float64, order="C")  # a copy: filtered in place
+    z = np.array(zi, dtype=np.float64, order="C")
+    if _sosfilt_kernel is None:
+        y, zf = sosfilt(sos, y, axis=-1, zi=np.moveaxis(z, 0, 1))
+        return y, np.moveaxis(zf, 1, 0)
+    _sosfilt_kernel(sos, y, z)
+    return y, z
+
+
 def _sosfilt_state(sos: np.ndarray, x: FloatArray, zi: np.ndarray
                    ) -> tuple[FloatArray, np.ndarray]:
     """``sosfilt(sos, x, zi=zi)`` for a 1-D float64 ``x`` (same arithmetic, same result)."""
-    if _sosfilt_kernel is None:
-        y, zf = sosfilt(sos, x, zi=zi)
-        return y, zf
-    y = np.array(x, dtype=np.float64, order="C", ndmin=2)  # a copy: filtered in place
-    z = np.array(zi, dtype=np.float64, order="C").reshape(1, len(sos), 2)
-    _sosfilt_kernel(sos, y, z)
+    y, z = _sosfilt_rows(sos, x[None, :], zi.reshape(1, len(sos), 2))
     return y[0], z[0]
 
 
@@ -114,14 +134,17 @@ class PickerParams:
         return 5.0 * self.sta_s if self.aic_pre_s is None else self.aic_pre_s
 
 
+@lru_cache(maxsize=256)
 def design_filter(p: PickerParams, dt: float) -> np.ndarray:
-    """Butterworth band-pass (second-order sections), as ObsPy's ``bandpass`` designs it."""
+    """Butterworth band-pass (second-order sections), as ObsPy's ``bandpass`` designs it
+    (one shared array per parameter set and interval: do not modify it)."""
     nyq = 0.5 / dt
     if not 0 < p.freqmin < p.freqmax < nyq:
         raise PacketError(f"picker band {p.freqmin}-{p.freqmax} Hz does not fit under the "
                           f"Nyquist frequency {nyq:g} Hz of a {dt:g}-s stream")
-    return np.asarray(iirfilter(p.corners, [p.freqmin / nyq, p.freqmax / nyq], btype="band",
-                                ftype="butter", output="sos"))
+    sos = np.asarray(iirfilter(p.corners, [p.freqmin / nyq, p.freqmax / nyq], btype="band",
+                               ftype="butter", output="sos"))
+    return sos
 
 
 def aic_onset(x: FloatArray) -> int:
@@ -177,16 +200,19 @@ class StaLtaPicker:
         self.trig_cf = 0.0
         self.declared = False
         self.status: dict[str, Any] = {"segments": 0, "flat": False}
-        #: the characteristic function (STA/LTA) of the samples of the last ``feed``,
-        #: 0 where warming up or flat; NaN samples contribute 0 (for monitoring and tests)
-        self.cf: FloatArray = np.empty(0)
+        self._cf_out: FloatArray = np.empty(0)  # see the ``cf`` property
         self._cf: FloatArray = np.empty(0)
+        # while the channel is quiet its state may live in a row of a PickerRows
+        self._rows: PickerRows | None = None
+        self._row = -1
 
     def params(self) -> dict[str, Any]:
         return {} if self.p is None else dict(self.p.__dict__)
 
     # ------------------------------------------------------------------ input
     def feed(self, t0: float, dt: float, values: FloatArray) -> list[Detection]:
+        if self._rows is not None:
+            self._rows.release(self)
         if values.dtype != np.float64 or values.ndim != 1:
             raise PacketError(f"{self.station.station_id}: values must be 1-D float64, got "
                               f"{values.dtype} {values.shape}")
@@ -370,3 +396,230 @@ class StaLtaPicker:
                    "trigger": t + self.trig_k * seg.dt, "clipped": clipped,
                    "band_hz": [p.freqmin, p.freqmax]},
         )
+
+    # ------------------------------------------------------------------ many channels
+    @property
+    def cf(self) -> FloatArray:
+        """The characteristic function (STA/LTA) of the samples of the last ``feed``, 0
+        where warming up or flat; NaN samples contribute 0 (for monitoring and tests)."""
+        rows = self._rows
+        if rows is not None and rows.cf_len[self._row] >= 0:
+            return rows.cf[self._row, :rows.cf_len[self._row]]
+        return self._cf_out
+
+    @cf.setter
+    def cf(self, value: FloatArray) -> None:
+        self._cf_out = value
+
+    @classmethod
+    def feed_many(cls, calls: Sequence[tuple[StaLtaPicker, float, float, FloatArray]],
+                  groups: dict[tuple[float, PickerParams], PickerRows],
+                  ) -> list[Sequence[Detection] | DetectorError]:
+        """Feed one packet to each of many pickers (each picker at most once), as
+        ``[picker.feed(t0, dt, values) for picker, t0, dt, values in calls]`` would, with
+        an error in place of the detections of a packet that raised one.
+
+        Quiet channels are advanced together in the rows of ``groups`` (keep the same dict
+        from call to call); the others go through :meth:`feed` one by one."""
+        pickers = list(map(itemgetter(0), calls))
+        if len(set(map(id, pickers))) != len(calls):
+            raise ValueError("feed_many takes at most one packet per picker")
+        out: list[Sequence[Detection] | DetectorError] = [()] * len(calls)
+        buckets: dict[tuple[int, int], list[int]] = {}
+        slow: list[int] = []
+        values = list(map(itemgetter(3), calls))
+        rows_of = list(map(attrgetter("_rows"), pickers))
+        one_rows = set(map(id, rows_of))
+        sizes = set(map(len, values))
+        first = rows_of[0] if calls else None
+        if (len(one_rows) == 1 and len(sizes) == 1 and first is not None
+                and set(map(itemgetter(2), calls)) == {first.dt} and 0 not in sizes
+                and set(map(attrgetter("dtype"), values)) == {np.dtype(np.float64)}
+                and set(map(attrgetter("ndim"), values)) == {1}):
+            buckets[(id(first), sizes.pop())] = list(range(len(calls)))  # the usual case
+        else:
+            for i, (pk, _t0, dt, v) in enumerate(calls):
+                rows = pk._rows
+                if (rows is not None and dt == rows.dt and v.dtype == np.float64
+                        and v.ndim == 1 and len(v)):
+                    buckets.setdefault((id(rows), len(v)), []).append(i)
+                else:
+                    slow.append(i)
+        for items in buckets.values():
+            rows = calls[items[0]][0]._rows
+            assert rows is not None
+            ok = rows.advance(calls if len(items) == len(calls) else [calls[i] for i in items])
+            if not ok.all():
+                slow.extend(items[j] for j in np.flatnonzero(~ok).tolist())
+        for i in sorted(slow):
+            pk, t0, dt, v = calls[i]
+            try:
+                out[i] = pk.feed(t0, dt, v)
+            except DetectorError as e:
+                out[i] = e
+            PickerRows.attach(pk, groups)
+        return out
+
+
+class PickerRows:
+    """The state of quiet pickers that share a sample interval and parameters, one row
+    each, advanced a packet per row at a time (see :meth:`StaLtaPicker.feed_many`).
+
+    The recent samples (filtered and raw, for a pick's AIC window) are a ring per row:
+    ``hist[r, head[r]:]`` then ``hist[r, :head[r]]`` are the last ``keep``, oldest first."""
+
+    # one row per channel (grown by ``_grow``)
+    zi: np.ndarray
+    sta: FloatArray
+    lta: FloatArray
+    last_raw: FloatArray
+    last_t: FloatArray
+    seg_t0: FloatArray
+    n: np.ndarray
+    flat_run: np.ndarray
+    head: np.ndarray
+    cf_len: np.ndarray  # samples of the last packet in ``cf``; -1: the picker's own
+    cf: FloatArray
+    hist_f: FloatArray
+    hist_r: FloatArray
+
+    def __init__(self, dt: float, p: PickerParams, sos: np.ndarray) -> None:
+        self.dt, self.p, self.sos = dt, p, sos
+        self.nsta = max(1, round(p.sta_s / dt))
+        self.nlta = max(1, round(p.lta_s / dt))
+        self.keep = int(math.ceil((p.pre_s + p.declare_s) / dt)) + 2
+        self.n_flat = max(2, round(p.flat_s / dt))
+        self.warm = round(p.warm_s / dt)
+        self.cs, self.cl = 1.0 / self.nsta, 1.0 / self.nlta
+        self.pickers: list[StaLtaPicker | None] = []
+        self.free: list[int] = []
+        self.cf = np.zeros((0, 1))
+        self._grow(16)
+
+    def _grow(self, cap: int) -> None:
+        old, nsec = len(self.pickers), len(self.sos)
+
+        def more(name: str, shape: tuple[int, ...], dtype: Any = np.float64) -> None:
+            new = np.zeros((cap, *shape), dtype=dtype)
+            if old:
+                new[:old] = getattr(self, name)
+            setattr(self, name, new)
+
+        more("zi", (nsec, 2))
+        for name in ("sta", "lta", "last_raw", "last_t", "seg_t0"):
+            more(name, ())
+        for name in ("n", "flat_run", "head"):
+            more(name, (), np.int64)
+        more("cf_len", (), np.int64)
+        more("cf", (self.cf.shape[1],))
+        more("hist_f", (self.keep,))
+        more("hist_r", (self.keep,))
+        self.pickers.extend([None] * (cap - old))
+        self.free.extend(range(cap - 1, old - 1, -1))
+
+    @staticmethod
+    def attach(pk: StaLtaPicker, groups: dict[tuple[float, PickerParams], PickerRows]
+               ) -> None:
+        """Move a quiet picker's state into a row of its group (created on first use);
+        a picker with something pending (a trigger, a flat run, a fresh segment) stays."""
+        seg, p = pk.seg, pk.p
+        if (pk._rows is not None or seg is None or p is None or seg.zi is None or seg.n < 1
+                or pk.trig_k is not None or pk.status["flat"]):
+            return
+        rows = groups.get((seg.dt, p))
+        if rows is None:
+            rows = groups[(seg.dt, p)] = PickerRows(seg.dt, p, seg.sos)
+        valid = min(seg.n, rows.keep)
+        if len(seg.buf_f) != valid:  # pragma: no cover - the buffers keep the last samples
+            return
+        if not rows.free:
+            rows._grow(2 * len(rows.pickers))
+        r = rows.free.pop()
+        rows.zi[r] = seg.zi
+        rows.sta[r], rows.lta[r], rows.n[r] = seg.sta, seg.lta, seg.n
+        rows.flat_run[r], rows.last_raw[r] = seg.flat_run, seg.last_raw
+        rows.last_t[r], rows.seg_t0[r] = pk.last_t, seg.t0
+        rows.head[r], rows.cf_len[r] = 0, -1  # -1: cf is still the picker's own
+        rows.hist_f[r, rows.keep - valid:] = seg.buf_f
+        rows.hist_r[r, rows.keep - valid:] = seg.buf_r
+        rows.pickers[r] = pk
+        pk._rows, pk._row = rows, r
+
+    def release(self, pk: StaLtaPicker) -> None:
+        """Give the picker its state back (its segment object) and free its row."""
+        r, seg = pk._row, pk.seg
+        assert seg is not None and self.pickers[r] is pk
+        pk.cf = pk.cf.copy()
+        seg.zi = self.zi[r].copy()
+        seg.sta, seg.lta = float(self.sta[r]), float(self.lta[r])
+        seg.n, seg.flat_run = int(self.n[r]), int(self.flat_run[r])
+        seg.last_raw = float(self.last_raw[r])
+        pk.last_t = float(self.last_t[r])
+        valid = min(seg.n, self.keep)
+        h = int(self.head[r])
+        seg.buf_f = np.concatenate([self.hist_f[r, h:], self.hist_f[r, :h]])[self.keep - valid:]
+        seg.buf_r = np.concatenate([self.hist_r[r, h:], self.hist_r[r, :h]])[self.keep - valid:]
+        seg.buf_k0 = seg.n - valid
+        self.pickers[r] = None
+        self.free.append(r)
+        pk._rows, pk._row = None, -1
+
+    def advance(self, calls: Sequence[tuple[StaLtaPicker, float, float, FloatArray]]
+                ) -> np.ndarray:
+        """One packet of equal length for each of these rows' pickers. Rows with nothing
+        to decide are advanced and marked True; the others are left untouched, for the
+        one-channel path."""
+        m, k, dt = len(calls), len(calls[0][3]), self.dt
+        idx = np.fromiter(map(attrgetter("_row"), map(itemgetter(0), calls)), np.int64, m)
+        t0 = np.fromiter(map(itemgetter(1), calls), np.float64, m)
+        raw = np.concatenate(list(map(itemgetter(3), calls))).reshape(m, k)
+        n0 = self.n[idx]
+        ok = np.isfinite(raw).all(axis=1)
+        ok &= t0 > self.last_t[idx] + 1e-6 * dt
+        ok &= ~(t0 - (self.seg_t0[idx] + (n0 - 1) * dt) > 1.5 * dt)
+        # flat runs: only the run at the packet's end, and only while none can reach
+        # the threshold (the one-channel path decides the others)
+        run0 = self.flat_run[idx]
+        ok &= run0 + k < self.n_flat
+        if k > 1:
+            changes = raw[:, 1:] != raw[:, :-1]
+            since = np.argmax(changes[:, ::-1], axis=1)
+            run = np.where(changes.any(axis=1), since,
+                           np.where(raw[:, 0] == self.last_raw[idx], run0 + k, k - 1))
+        else:
+            run = np.where(raw[:, 0] == self.last_raw[idx], run0 + 1, 0)
+        # filter and STA/LTA, every row at once (the kernels of the one-channel path)
+        x, zi = _sosfilt_rows(self.sos, raw, self.zi[idx])
+        sq = x * x
+        sta = _recursive_mean(self.cs, sq, self.sta[idx])
+        lta = _recursive_mean(self.cl, sq, self.lta[idx])
+        cf = sta / lta
+        cols = np.arange(k)
+        if (n0 < self.nlta).any():
+            cf[cols[None, :] < (self.nlta - n0)[:, None]] = 0.0
+        if (n0 + k > self.warm).any():
+            hot = (cf > self.p.on) & (cols[None, :] >= (self.warm - n0)[:, None])
+            ok &= ~hot.any(axis=1)
+        if not ok.any():
+            return ok
+        sel = ok if not ok.all() else slice(None)
+        r = idx[sel]
+        self.zi[r] = zi[sel]
+        self.sta[r], self.lta[r] = sta[sel, -1], lta[sel, -1]
+        self.n[r] += k
+        self.flat_run[r], self.last_raw[r] = run[sel], raw[sel, -1]
+        self.last_t[r] = t0[sel] + (k - 1) * dt
+        if k > self.cf.shape[1]:
+            wider = np.zeros((len(self.pickers), k))
+            wider[:, :self.cf.shape[1]] = self.cf
+            self.cf = wider
+        self.cf[r, :k] = cf[sel]
+        self.cf_len[r] = k
+        # the ring: the last (up to keep) samples go in after each row's head
+        w = min(k, self.keep)
+        head = self.head[r]
+        at = (head[:, None] + (k - w) + np.arange(w)[None, :]) % self.keep
+        self.hist_f[r[:, None], at] = x[sel, k - w:]
+        self.hist_r[r[:, None], at] = raw[sel, k - w:]
+        self.head[r] = (head + k) % self.keep
+        return ok

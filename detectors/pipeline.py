@@ -10,10 +10,19 @@ from __future__ import annotations
 
 import importlib
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter, itemgetter
 from typing import Any
 
-from detectors.base import Detection, FloatArray, PacketError, StationInfo, StreamDetector
+from detectors.base import (
+    Detection,
+    DetectorError,
+    FloatArray,
+    PacketError,
+    StationInfo,
+    StreamDetector,
+)
 
 # kind -> detector classes ("module:Class"); imported lazily so a kind without detectors
 # costs nothing.
@@ -40,9 +49,24 @@ class StationPipeline:
     packets: int = 0
     samples: int = 0
     duplicates: int = 0
+    _batchable: list[tuple[StreamDetector, Any]] | None = field(default=None, repr=False)
 
     def feed(self, station_id: str, kind: str, t0: float, dt: float,
              values: FloatArray) -> list[Detection]:
+        fresh = self.fresh(station_id, kind, t0, dt, values)
+        if fresh is None:
+            return []
+        t0, values = fresh
+        out: list[Detection] = []
+        for det in self.detectors:
+            out.extend(det.feed(t0, dt, values))
+        self.advance(t0, dt, len(values))
+        out.sort(key=lambda d: (d.declared, d.key))
+        return out
+
+    def fresh(self, station_id: str, kind: str, t0: float, dt: float,
+              values: FloatArray) -> tuple[float, FloatArray] | None:
+        """The part of a packet not seen yet (start, values), or None if there is none."""
         if station_id != self.station.station_id or kind != self.station.kind:
             raise PacketError(
                 f"packet for {station_id!r} ({kind}) fed to the pipeline of "
@@ -50,26 +74,30 @@ class StationPipeline:
             )
         n = len(values)
         if n == 0:
-            return []
+            return None
         end = t0 + (n - 1) * dt
         if end <= self.last_end + 1e-6:
             # wholly seen already: a redelivery
             self.duplicates += 1
-            return []
+            return None
         if t0 <= self.last_end + 1e-6:
             # overlaps what was seen: keep only the new tail
             skip = int(math.floor((self.last_end - t0) / dt + 1e-6)) + 1
             t0, values = t0 + skip * dt, values[skip:]
-            n = len(values)
-        out: list[Detection] = []
-        for det in self.detectors:
-            out.extend(det.feed(t0, dt, values))
+        return t0, values
+
+    def batchable(self) -> list[tuple[StreamDetector, Any]]:
+        """Each detector with its class's ``feed_many`` (None when it has none)."""
+        if self._batchable is None:
+            self._batchable = [(d, getattr(type(d), "feed_many", None)) for d in self.detectors]
+        return self._batchable
+
+    def advance(self, t0: float, dt: float, n: int) -> None:
+        """Record a packet the detectors took."""
         self.last_end = t0 + (n - 1) * dt
         self.last_dt = dt
         self.packets += 1
         self.samples += n
-        out.sort(key=lambda d: (d.declared, d.key))
-        return out
 
     def feed_frame(self, station_id: str, t: float, lat: FloatArray, lon: FloatArray,
                    values: FloatArray) -> list[Detection]:
@@ -104,6 +132,8 @@ class DetectorBank:
     detectors: dict[str, tuple[str, ...]] = field(default_factory=lambda: dict(DEFAULT_DETECTORS))
     params: dict[str, dict[str, Any]] = field(default_factory=dict)
     pipelines: dict[str, StationPipeline] = field(default_factory=dict)
+    #: the array state ``feed_many`` keeps for detectors that advance channels together
+    groups: dict[Any, dict[Any, Any]] = field(default_factory=dict)
 
     def pipeline(self, station: StationInfo) -> StationPipeline:
         p = self.pipelines.get(station.station_id)
@@ -125,3 +155,79 @@ class DetectorBank:
     def feed_frame(self, station: StationInfo, t: float, lat: FloatArray, lon: FloatArray,
                    values: FloatArray) -> list[Detection]:
         return self.pipeline(station).feed_frame(station.station_id, t, lat, lon, values)
+
+    def feed_many(self, packets: Sequence[tuple[StationInfo, float, float, FloatArray]]
+                  ) -> list[Sequence[Detection] | DetectorError]:
+        """Many packets (any stations; a station's packets in order), with the result of
+        ``feed`` for each: its detections, or the error it raised (the other packets
+        still go through). Detectors that have a ``feed_many`` (the STA/LTA picker) take
+        their channels' packets in one call; the detections are those of feeding the
+        packets one by one."""
+        out: list[Sequence[Detection] | DetectorError] = [()] * len(packets)
+        # the k-th packet of every station goes in round k
+        sids = list(map(attrgetter("station_id"), map(itemgetter(0), packets)))
+        rounds: list[list[int]] = [list(range(len(packets)))]
+        if len(set(sids)) != len(sids):
+            rounds = [[]]
+            seen: dict[str, int] = {}
+            for i, sid in enumerate(sids):
+                k = seen.get(sid, 0)
+                seen[sid] = k + 1
+                if k == len(rounds):
+                    rounds.append([])
+                rounds[k].append(i)
+        pipelines = self.pipelines
+        for items in rounds:
+            batched: dict[Any, tuple[list[int], list[tuple[Any, float, float, FloatArray]]]]
+            batched = {}
+            todo: list[tuple[int, StationPipeline, float, float, int]] = []
+            for i in items:
+                station, t0, dt, values = packets[i]
+                try:
+                    pipe = pipelines.get(station.station_id)
+                    if pipe is None:
+                        pipe = self.pipeline(station)
+                    ps = pipe.station
+                    if not (station.station_id == ps.station_id and station.kind == ps.kind
+                            and len(values)
+                            and t0 > pipe.last_end + 1e-6):
+                        fresh = pipe.fresh(station.station_id, station.kind, t0, dt, values)
+                        if fresh is None:
+                            continue
+                        t0, values = fresh
+                    for det, many in pipe.batchable():
+                        if many is None:
+                            found = det.feed(t0, dt, values)
+                            if found:
+                                prev = out[i]
+                                assert not isinstance(prev, DetectorError)
+                                out[i] = [*prev, *found]
+                        else:
+                            entry = batched.get(many)
+                            if entry is None:
+                                entry = batched[many] = ([], [])
+                            entry[0].append(i)
+                            entry[1].append((det, t0, dt, values))
+                except DetectorError as e:
+                    out[i] = e
+                    continue
+                todo.append((i, pipe, t0, dt, len(values)))
+            for many, (idx, calls) in batched.items():
+                results = many(calls, self.groups.setdefault(many, {}))
+                for i, res in zip(idx, results, strict=True):
+                    dets = out[i]
+                    if isinstance(res, DetectorError):
+                        if not isinstance(dets, DetectorError):
+                            out[i] = res
+                    elif res and not isinstance(dets, DetectorError):
+                        out[i] = [*dets, *res]
+            for i, pipe, t0, dt, n in todo:
+                dets = out[i]
+                if not isinstance(dets, DetectorError):
+                    pipe.last_end = t0 + (n - 1) * dt
+                    pipe.last_dt = dt
+                    pipe.packets += 1
+                    pipe.samples += n
+                    if len(dets) > 1:
+                        out[i] = sorted(dets, key=lambda d: (d.declared, d.key))
+        return out

@@ -186,3 +186,92 @@ def test_aic_finds_the_onset_of_a_step_in_variance() -> None:
     rng = np.random.default_rng(0)
     x = np.concatenate([rng.standard_normal(300), 20 * rng.standard_normal(100)])
     assert abs(aic_onset(x) - 300) <= 2
+
+
+# ---------------------------------------------------------------- many channels at once
+def _channels(seed: int = 2, channels: int = 40, seconds: float = 1500.0,
+              rate: float = 20.0) -> np.ndarray:
+    """Noise with bursts on every other channel, and the troubles the one-channel path
+    handles: NaN samples, a hole, a channel going flat, a step into a constant."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * rate)
+    data = rng.standard_normal((channels, n)) * 100.0
+    for c in range(0, channels, 2):
+        for _ in range(3):
+            k = int(rng.uniform(300, seconds - 100) * rate)
+            data[c, k:k + 300] += rng.standard_normal(300) * 3000.0
+    data[5, 5000:5100] = np.nan
+    data[7, 6000:] = data[7, 6000]
+    data[9, 3000:3500] = np.nan
+    data[11, 8000:9000] = 5.0
+    data[13, ::997] = np.nan
+    return data
+
+
+def test_feed_many_equals_feeding_each_channel_alone() -> None:
+    """Channels fed together (packets of mixed lengths, gaps, a time jump, a new sample
+    rate, a packet out of order) give the picks, functions, statuses and errors of the
+    same channels fed one by one, and the quiet ones really go through the rows."""
+    from detectors.picker import PickerRows
+
+    rate, dt = 20.0, 0.05
+    data = _channels(rate=rate)
+    rng = np.random.default_rng(7)
+    channels, n = data.shape
+    stations = [StationInfo(f"XX.S{i:03d}..BHZ", "seismic", 0.0, 0.0) for i in range(channels)]
+    alone = [StaLtaPicker(s) for s in stations]
+    together = [StaLtaPicker(s) for s in stations]
+    groups: dict = {}
+    pos = np.zeros(channels, dtype=int)
+    got_alone: list = []
+    got_together: list = []
+    advanced = 0
+    real_advance = PickerRows.advance
+
+    def counting(self, calls):  # noqa: ANN001, ANN202
+        nonlocal advanced
+        ok = real_advance(self, calls)
+        advanced += int(ok.sum())
+        return ok
+
+    PickerRows.advance = counting  # type: ignore[method-assign]
+    try:
+        while (pos < n).any():
+            calls = []
+            for c in np.flatnonzero(pos < n):
+                size = int(rng.choice([1, 1, 5, 20, 20, 20, 37, 500, 1300]))
+                k = pos[c]
+                t0, step = T0 + k * dt, dt
+                if c == 15 and k > 10000:
+                    t0 += 3600.0  # a jump forward: a new segment
+                if c == 17 and k > 12000:
+                    step = dt / 2  # the channel changes its sample rate
+                if c == 19 and rng.random() < 0.02:
+                    t0 -= 10.0  # a packet out of order: an error, then on as before
+                values = data[c, k:k + size]
+                try:
+                    got_alone.append(alone[c].feed(t0, step, values))
+                except PacketError as e:
+                    got_alone.append(str(e))
+                calls.append((together[c], t0, step, values))
+                pos[c] += size
+            for r in StaLtaPicker.feed_many(calls, groups):
+                got_together.append(str(r) if isinstance(r, PacketError) else list(r))
+            for a, b in zip(alone, together, strict=True):
+                assert np.array_equal(a.cf, b.cf)
+    finally:
+        PickerRows.advance = real_advance  # type: ignore[method-assign]
+    picks = [d for r in got_alone if isinstance(r, list) for d in r]
+    errors = [r for r in got_alone if isinstance(r, str)]
+    assert len(picks) > 30 and errors
+    assert got_together == got_alone
+    assert [a.status for a in alone] == [b.status for b in together]
+    assert advanced > 0.8 * sum(isinstance(r, list) for r in got_alone)
+    assert together[7]._rows is None  # the dead channel stays on the one-channel path
+
+
+def test_feed_many_rejects_a_picker_twice() -> None:
+    p = StaLtaPicker(BHZ)
+    x = np.zeros(20)
+    with pytest.raises(ValueError, match="at most one packet per picker"):
+        StaLtaPicker.feed_many([(p, T0, 0.05, x), (p, T0 + 1, 0.05, x)], {})

@@ -1,0 +1,81 @@
+"""DetectorBank: many packets at once equal the same packets one by one."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from detectors.base import StationInfo
+from detectors.pipeline import DetectorBank
+
+T0 = 1_600_000_000.0
+
+
+def _packets(seed: int = 3) -> list[tuple[StationInfo, float, float, np.ndarray]]:
+    """Seismic channels with bursts and barometers, cut into packets of random length and
+    interleaved in batches: several packets of one station in one batch, redeliveries,
+    overlaps and a packet of the wrong dtype among them."""
+    rng = np.random.default_rng(seed)
+    out = []
+    seis = [StationInfo(f"XX.S{i:02d}..BHZ", "seismic", 0.0, i * 0.1) for i in range(12)]
+    baro = [StationInfo(f"XX.B{i:02d}", "barometer", 10.0, i * 0.1, units="hPa")
+            for i in range(4)]
+    streams = []
+    for s in seis:
+        x = rng.standard_normal(int(900 * 20)) * 50.0
+        k = int(rng.uniform(400, 800) * 20)
+        x[k:k + 400] += rng.standard_normal(400) * 2000.0
+        streams.append((s, 0.05, x))
+    for s in baro:
+        t = np.arange(4 * 3600.0)
+        x = 1010.0 + np.cumsum(rng.standard_normal(len(t))) * 0.002
+        x += 2.0 * np.exp(-0.5 * ((t - 9000.0) / 120.0) ** 2)
+        streams.append((s, 1.0, x))
+    pos = [0] * len(streams)
+    while any(p < len(x) for p, (_, _, x) in zip(pos, streams, strict=True)):
+        for j, (s, dt, x) in enumerate(streams):
+            if pos[j] >= len(x):
+                continue
+            for _ in range(int(rng.integers(1, 4))):
+                size = int(rng.choice([1, 20, 20, 60, 333]))
+                a = pos[j]
+                values = x[a:a + size]
+                if rng.random() < 0.01:
+                    values = values.astype(np.float32)
+                out.append((s, T0 + a * dt, dt, values))
+                if rng.random() < 0.05:
+                    out.append((s, T0 + a * dt, dt, values))  # redelivered
+                if rng.random() < 0.05 and a > 10:  # overlapping the last packet
+                    out.append((s, T0 + (a - 5) * dt, dt, x[a - 5:a + size + 3]))
+                    size += 3
+                pos[j] = min(a + size, len(x))
+    return out
+
+
+def test_feed_many_equals_feed() -> None:
+    packets = _packets()
+    one = DetectorBank()
+    expected = []
+    for s, t0, dt, values in packets:
+        try:
+            expected.append(one.feed(s, t0, dt, values))
+        except ValueError as e:
+            expected.append(str(e))
+    many = DetectorBank()
+    got = []
+    rng = np.random.default_rng(0)
+    i = 0
+    while i < len(packets):
+        size = int(rng.integers(1, 200))
+        got.extend(str(r) if isinstance(r, ValueError) else list(r)
+                   for r in many.feed_many(packets[i:i + size]))
+        i += size
+    detections = [d for r in expected if isinstance(r, list) for d in r]
+    kinds = {d.kind for d in detections}
+    assert kinds == {"seismic", "barometer"}, kinds
+    assert any(isinstance(r, str) for r in expected)
+    assert got == expected
+    for sid, p in one.pipelines.items():
+        q = many.pipelines[sid]
+        assert (p.packets, p.samples, p.duplicates, p.last_end) == (
+            q.packets, q.samples, q.duplicates, q.last_end)
+    assert many.groups, "the seismic channels went through the picker's rows"
