@@ -97,11 +97,13 @@ class Associator:
     """Incremental front end of :func:`associate`: ``add`` returns new or corrected revisions."""
 
     def __init__(self, registry: Iterable[StationInfo],
-                 params: AssociationParams | None = None) -> None:
+                 params: AssociationParams | None = None,
+                 seismic: SeismicParams | None = None) -> None:
         self.registry = sorted(
             (s for s in registry if s.kind in FORECAST_KINDS), key=lambda s: s.station_id
         )
         self.params = params or AssociationParams()
+        self.seismic = seismic or SeismicParams()
         self._dets: list[tuple[float, str, Detection]] = []
         self._keys: set[str] = set()
         self._published: dict[str, IncidentRevision] = {}
@@ -122,7 +124,8 @@ class Associator:
         current = {r.key: r for r in associate((d for _, _, d in self._dets), self.registry,
                                                self.params, cache=self._cache,
                                                seismic_cache=self._seismic_cache,
-                                               seismic_out=self._seismic)}
+                                               seismic_out=self._seismic,
+                                               seismic=self.seismic)}
         changed = []
         for key, old in list(self._published.items()):
             if key not in current:
@@ -152,9 +155,12 @@ def associate(dets: Iterable[Detection], registry: list[StationInfo],
               cache: dict[tuple[str, ...], FrontSolution | None] | None = None,
               seismic_cache: dict[tuple[str, ...], list[SeismicEvent]] | None = None,
               seismic_out: dict[str, SeismicEvent] | None = None,
+              seismic: SeismicParams | None = None,
               ) -> list[IncidentRevision]:
     """All incident revisions for a set of detections (taken in declaration order);
-    ``seismic_out`` receives the latest revision of every seismic event."""
+    ``seismic_out`` receives the latest revision of every seismic event, located (and with
+    ``seismic.gains``, sized) with ``seismic``."""
+    seismic = seismic or SeismicParams()
     p = params or AssociationParams()
     cache = {} if cache is None else cache
     seismic_cache = {} if seismic_cache is None else seismic_cache
@@ -191,7 +197,7 @@ def associate(dets: Iterable[Detection], registry: list[StationInfo],
             seismic_picks.append(det)
             skey = tuple(d.key for d in seismic_picks)
             if skey not in seismic_cache:
-                seismic_cache[skey] = associate_seismic(seismic_picks, SeismicParams())
+                seismic_cache[skey] = associate_seismic(seismic_picks, seismic)
             latest = {e.event_id: e for e in seismic_cache[skey]}
             new = [e for k, e in latest.items()
                    if k not in events or events[k].revision != e.revision]

@@ -70,7 +70,7 @@ class ReplayPackage:
     stations: list[StationEntry]
     truth: dict[str, Any] = field(default_factory=dict)
     raw_event: dict[str, Any] = field(default_factory=dict)
-    channels: dict[str, _Channel] = field(default_factory=dict)  # from [seismic] inventory
+    channels: dict[str, Channel] = field(default_factory=dict)  # from [seismic] inventory
 
     def station_infos(self) -> list[StationInfo]:
         return [s.info for s in self.stations]
@@ -146,32 +146,32 @@ def load_package(path: str | Path) -> ReplayPackage:
 
 
 @dataclass(frozen=True)
-class _Channel:
+class Channel:
+    """A seismic channel of an inventory at one time."""
+
     lat: float
     lon: float
     elevation_m: float
-    gain_m: float  # counts per metre of displacement at the picker's band centre
+    gain_m: float  # counts per metre of displacement at the picker's band centre (or NaN)
 
 
-def _load_inventory(root: Path, seismic: dict[str, Any], start: float) -> dict[str, _Channel]:
-    """``NET.STA.LOC.CHA`` -> coordinates and gain, from ``[seismic] inventory``."""
-    name = seismic.get("inventory")
-    if name is None:
-        return {}
-    path = (root / str(name)).resolve()
-    where = f"{root / 'event.toml'}: [seismic] inventory {name!r}"
-    if not path.is_file():
-        raise PackageError(f"{where}: no such file in {root}")
+def read_channels(path: Path, at: float, where: str) -> dict[str, Channel]:
+    """``NET.STA.LOC.CHA`` -> coordinates and gain of the channels in operation at ``at``,
+    from a file ObsPy's ``read_inventory`` reads (FDSN StationXML or RESP). The gain is the
+    displacement response at the centre of the picker's band for the channel's rate
+    (evalresp). ``where`` names the file in errors."""
     from obspy import UTCDateTime, read_inventory
 
     from detectors.picker import PickerParams
 
+    if not path.is_file():
+        raise PackageError(f"{where}: no such file")
     try:
         inv = read_inventory(str(path))
     except Exception as exc:  # obspy raises many types for a bad file
         raise PackageError(f"{where}: not readable as StationXML or RESP: {exc}") from exc
-    out: dict[str, _Channel] = {}
-    t = UTCDateTime(start)
+    out: dict[str, Channel] = {}
+    t = UTCDateTime(at)
     for net in inv:
         for sta in net:
             for cha in sta:
@@ -192,13 +192,25 @@ def _load_inventory(root: Path, seismic: dict[str, Any], start: float) -> dict[s
                 lat = cha.latitude if cha.latitude is not None else sta.latitude
                 lon = cha.longitude if cha.longitude is not None else sta.longitude
                 elev = cha.elevation if cha.elevation is not None else sta.elevation
-                out[sid] = _Channel(float(lat or math.nan), float(lon or math.nan),
-                                    float(elev or 0.0), gain)
+                out[sid] = Channel(float(lat or math.nan), float(lon or math.nan),
+                                   float(elev or 0.0), gain)
     return out
 
 
+def _load_inventory(root: Path, seismic: dict[str, Any], start: float) -> dict[str, Channel]:
+    """``NET.STA.LOC.CHA`` -> coordinates and gain, from ``[seismic] inventory``."""
+    name = seismic.get("inventory")
+    if name is None:
+        return {}
+    where = f"{root / 'event.toml'}: [seismic] inventory {name!r}"
+    path = (root / str(name)).resolve()
+    if not path.is_file():
+        raise PackageError(f"{where}: no such file in {root}")
+    return read_channels(path, start, where)
+
+
 def _load_stations(path: Path, root: Path,
-                   inventory: dict[str, _Channel] | None = None) -> list[StationEntry]:
+                   inventory: dict[str, Channel] | None = None) -> list[StationEntry]:
     if not path.is_file():
         raise PackageError(f"{path}: missing (every package has a stations.csv)")
     with path.open(newline="") as fh:
@@ -218,7 +230,7 @@ def _load_stations(path: Path, root: Path,
 
 
 def _station_row(path: Path, lineno: int, row: list[str], root: Path,
-                 seen: set[str], inventory: dict[str, _Channel]) -> StationEntry:
+                 seen: set[str], inventory: dict[str, Channel]) -> StationEntry:
     where = f"{path}:{lineno}"
     if len(row) != len(STATIONS_HEADER):
         raise PackageError(f"{where}: {len(row)} columns, expected {len(STATIONS_HEADER)}")

@@ -1,8 +1,14 @@
-"""The station registry: who gets ETA forecasts (the package's stations + a registry file)."""
+"""The station registry: who gets ETA forecasts (the package's stations + a registry file).
+
+A registry is a CSV with at least ``station_id,kind,lat,lon`` (the stations.csv header
+works); an optional ``gain`` column gives seismic channels' gains (counts per metre of
+displacement at the picker's band centre), which the workers need for magnitudes.
+"""
 
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 
 from detectors.base import StationInfo
@@ -27,6 +33,43 @@ def read_registry(path: Path) -> list[StationInfo]:
     return out
 
 
+def read_gains(path: Path) -> dict[str, float]:
+    """The registry's ``gain`` column (rows that have one), station id -> counts per m."""
+    out: dict[str, float] = {}
+    with path.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        if "gain" not in (reader.fieldnames or []):
+            return out
+        for lineno, row in enumerate(reader, start=2):
+            text = (row.get("gain") or "").strip()
+            if not text:
+                continue
+            try:
+                g = float(text)
+            except ValueError:
+                g = math.nan
+            if not (g > 0 and math.isfinite(g)):
+                raise PackageError(f"{path}:{lineno}: gain {text!r} of {row['station_id']} is "
+                                   "not a positive number (counts per metre)")
+            out[row["station_id"]] = g
+    return out
+
+
+def worker_gains(registry: Path | None, inventory: Path | None, at: float
+                 ) -> dict[str, float]:
+    """A worker's seismic gains: the inventory's responses at time ``at`` (StationXML or
+    RESP), overridden by the registry's gain column."""
+    gains: dict[str, float] = {}
+    if inventory is not None:
+        from replay.package import read_channels
+
+        chans = read_channels(inventory, at, f"--inventory {inventory}")
+        gains = {sid: ch.gain_m for sid, ch in chans.items() if math.isfinite(ch.gain_m)}
+    if registry is not None:
+        gains |= read_gains(registry)
+    return gains
+
+
 def build_registry(pkg: ReplayPackage | None, extra: Path | None) -> list[StationInfo]:
     stations: dict[str, StationInfo] = {}
     if extra is not None:
@@ -38,9 +81,13 @@ def build_registry(pkg: ReplayPackage | None, extra: Path | None) -> list[Statio
     return sorted(stations.values(), key=lambda s: s.station_id)
 
 
-def write_registry(stations: list[StationInfo], path: Path) -> None:
+def write_registry(stations: list[StationInfo], path: Path,
+                   gains: dict[str, float] | None = None) -> None:
+    gains = gains or {}
     with path.open("w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(STATIONS_HEADER)
+        w.writerow([*STATIONS_HEADER, "gain"])
         for s in stations:
-            w.writerow([s.station_id, s.kind, s.lat, s.lon, s.elevation_m, s.units, "", ""])
+            g = gains.get(s.station_id)
+            w.writerow([s.station_id, s.kind, s.lat, s.lon, s.elevation_m, s.units, "", "",
+                        "" if g is None else repr(g)])

@@ -14,6 +14,7 @@ from typing import Any
 from detectors.association import Associator
 from detectors.base import Detection
 from detectors.pipeline import DetectorBank
+from detectors.seismic import SeismicParams
 from replay.package import ReplayPackage
 from replay.registry import build_registry
 from replay.report import build_report
@@ -37,7 +38,7 @@ def detect_package(pkg: ReplayPackage, *, packet_seconds: float = 600.0,
     outputs are also saved as the workers save them (same keys: rerunning adds nothing)."""
     bank = DetectorBank()
     registry = build_registry(pkg, registry_file)
-    assoc = Associator(registry)
+    assoc = Associator(registry, seismic=SeismicParams(gains=pkg.seismic_gains))
     infos = {s.station_id: s for s in pkg.station_infos()}
     detections: list[Detection] = []
     for pkt in package_packets(pkg, packet_seconds):

@@ -314,7 +314,7 @@ async def replay_package(pkg: ReplayPackage, settings: Settings, *, speed: float
     run_dir.mkdir(parents=True, exist_ok=True)
     registry = build_registry(pkg, settings.station_registry)
     registry_file = run_dir / "registry.csv"
-    write_registry(registry, registry_file)
+    write_registry(registry, registry_file, pkg.seismic_gains)
     await create_topics(settings.bootstrap, topics)
     migrate(settings.db_url)  # once, before the workers share the database
     packets = package_packets(pkg, settings.packet_seconds)

@@ -22,11 +22,13 @@ import math
 from typing import Any
 
 import faust
+import faust.transport.drivers.aiokafka as faust_aiokafka
 import orjson
 
 from detectors.association import Associator
 from detectors.base import Detection, DetectorError, StationInfo
 from detectors.pipeline import DetectorBank
+from detectors.seismic import SeismicParams
 from responders.delivery import Outbox
 from responders.stage import AlertStage
 from responders.store import Store
@@ -42,6 +44,34 @@ from streams.topics import CONTROL_SCHEMA, Topics
 from tocsin.settings import Settings
 
 log = logging.getLogger("tocsin.streams")
+
+#: how long a fetch may wait on the broker for more data. Faust hard-codes 1500 ms, and
+#: aiokafka keeps one fetch in flight per broker, so a quiet topic's records (detections,
+#: incidents) waited behind a busy one's 1.5-s fetches: up to seconds of latency per stage.
+FETCH_MAX_WAIT_MS = 50
+
+
+class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read when the consumer starts
+        return consumer
+
+
+class _Consumer(faust_aiokafka.Consumer):
+    def _new_consumer_thread(self) -> _ConsumerThread:
+        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class _Transport(faust_aiokafka.Transport):
+    Consumer = _Consumer
+
+
+class _App(faust.App):
+    """faust.App with a consumer that fetches with a short wait (``FETCH_MAX_WAIT_MS``)."""
+
+    def _new_transport(self) -> Any:
+        return _Transport(self.conf.broker_consumer, self)
 
 
 def control(kind: str, **fields: Any) -> bytes:
@@ -118,9 +148,13 @@ class WatermarkGate:
         return out
 
 
-def create_app(settings: Settings, topics: Topics, registry: list[StationInfo]) -> faust.App:
-    app = faust.App(
+def create_app(settings: Settings, topics: Topics, registry: list[StationInfo],
+               gains: dict[str, float] | None = None) -> faust.App:
+    """The worker app; ``gains`` (seismic station id -> counts per metre of displacement)
+    size the seismic events the associator publishes (no magnitude without them)."""
+    app = _App(
         topics.app_id,
+        datadir=str(settings.cache_dir / "faust"),  # not the working directory
         broker=f"kafka://{settings.bootstrap}",
         value_serializer="raw",
         key_serializer="raw",
@@ -152,7 +186,7 @@ def create_app(settings: Settings, topics: Topics, registry: list[StationInfo]) 
     dead_deliveries: list[dict[str, Any]] = []
     outbox = Outbox.from_settings(store, settings, dead_letter=dead_deliveries.append)
     bank = DetectorBank()
-    associator = Associator(registry)
+    associator = Associator(registry, seismic=SeismicParams(gains=dict(gains or {})))
     gate = WatermarkGate()
     alert_stage = AlertStage()
 

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -51,7 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("worker", help="run a stream worker (Faust) for one run's topics")
     w.add_argument("--run-id", default="live")
     w.add_argument("--partitions", type=int, default=None)
-    w.add_argument("--registry", type=Path, default=None)
+    w.add_argument("--registry", type=Path, default=None,
+                   help="station registry CSV (station_id,kind,lat,lon[,...,gain])")
+    w.add_argument("--inventory", type=Path, default=None,
+                   help="StationXML or RESP: seismic gains for magnitudes (the registry's "
+                        "gain column wins)")
     w.add_argument("--loglevel", default="warn",
                    choices=["crit", "error", "warn", "info", "debug"])
     w.add_argument("--no-migrate", action="store_true",
@@ -261,17 +266,18 @@ class _broker:
 
 
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
-    from replay.registry import read_registry
+    from replay.registry import read_registry, worker_gains
     from streams.app import create_app
     from streams.topics import Topics
 
     registry = read_registry(args.registry) if args.registry else []
+    gains = worker_gains(args.registry, args.inventory, time.time())
     if not args.no_migrate:
         from responders.store import migrate
 
         migrate(settings.db_url)
     topics = Topics.for_run(settings, args.run_id, args.partitions)
-    app = create_app(settings, topics, registry)
+    app = create_app(settings, topics, registry, gains)
     sys.argv = ["tocsin-worker", "worker", "--without-web", "--loglevel", args.loglevel]
     app.main()
     return 0

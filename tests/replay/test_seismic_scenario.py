@@ -126,6 +126,29 @@ def test_tocsin_quakeml_command(quake_report, tmp_path: Path) -> None:  # type: 
     assert written.read_text().startswith("<?xml")
 
 
+def test_worker_gains_from_registry_and_inventory(quake_pkg, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The gains a worker reads: the registry's gain column, else the inventory's."""
+    from replay.package import PackageError, read_channels
+    from replay.registry import read_gains, worker_gains, write_registry
+
+    reg = tmp_path / "registry.csv"
+    write_registry(quake_pkg.station_infos(), reg, quake_pkg.seismic_gains)
+    assert read_gains(reg) == quake_pkg.seismic_gains
+    assert len(read_gains(reg)) == len(SITES)
+    inv = quake_pkg.root / quake_pkg.raw_event["seismic"]["inventory"]
+    chans = read_channels(inv, quake_pkg.start, "test")
+    assert {k: c.gain_m for k, c in chans.items()} == quake_pkg.seismic_gains
+    assert worker_gains(None, inv, quake_pkg.start) == quake_pkg.seismic_gains
+    one = tmp_path / "one.csv"
+    sid = sorted(quake_pkg.seismic_gains)[0]
+    one.write_text(f"station_id,kind,lat,lon,gain\n{sid},seismic,0,0,123.5\n")
+    assert worker_gains(one, inv, quake_pkg.start) == {**quake_pkg.seismic_gains, sid: 123.5}
+    bad = tmp_path / "bad.csv"
+    bad.write_text("station_id,kind,lat,lon,gain\nXX.A..BHZ,seismic,0,0,-3\n")
+    with pytest.raises(PackageError, match=r"bad.csv:2: gain '-3' of XX.A..BHZ"):
+        read_gains(bad)
+
+
 @pytest.mark.kafka
 def test_through_kafka_equals_detect(quake_pkg, kafka_settings: Settings,  # type: ignore[no-untyped-def]
                                      tmp_path: Path) -> None:
@@ -140,4 +163,6 @@ def test_through_kafka_equals_detect(quake_pkg, kafka_settings: Settings,  # typ
     assert last["event_id"] == ev["event_id"]
     assert (last["lat"], last["lon"], last["depth_km"]) == (ev["lat"], ev["lon"], ev["depth_km"])
     assert abs(last["origin_time"] - parse_time(ev["origin_time"])) < 1e-3
-    assert last["magnitude"] is None  # the workers have no gains; the report has
+    # the workers sized it with the package's gains (the registry's gain column)
+    assert last["magnitude"] == pytest.approx(ev["magnitude"])
+    assert last["magnitude_sigma"] == pytest.approx(ev["magnitude_sigma"])
