@@ -176,7 +176,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--stations", type=int, default=500)
     ap.add_argument("--hours", type=float, default=2.0)
     ap.add_argument("--partitions", type=int, default=4)
-    ap.add_argument("--workers", type=int, default=1)
+    # two workers: one per core of the reference machine (2 cores)
+    ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args(argv)
 
     from deploy.broker import Broker

@@ -49,6 +49,9 @@ log = logging.getLogger("tocsin.streams")
 #: aiokafka keeps one fetch in flight per broker, so a quiet topic's records (detections,
 #: incidents) waited behind a busy one's 1.5-s fetches: up to seconds of latency per stage.
 FETCH_MAX_WAIT_MS = 50
+#: observation events handled together, and how long a batch waits to fill
+DETECT_BATCH = 500
+DETECT_WITHIN_S = 0.05
 
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -195,37 +198,61 @@ def create_app(settings: Settings, topics: Topics, registry: list[StationInfo],
                     event.message.offset, reason)
         await dlq_topic.send(key=event.key, value=dead_letter_record(event, reason))
 
+    async def emit(dets: list[Detection]) -> None:
+        if dets:
+            store.save_all(dets)
+        for det in dets:
+            await det_topic.send(key=det.station_id.encode(), value=encode(det))
+
+    async def feed_batch(batch: list[tuple[Any, StationInfo, ObservationPacket]]) -> None:
+        """The batch's packets through the detector bank at once, in order."""
+        if not batch:
+            return
+        results = bank.feed_many([(st, p.start, p.sample_interval, p.values)
+                                  for _, st, p in batch])
+        dets: list[Detection] = []
+        for (event, _, _), res in zip(batch, results, strict=True):
+            if isinstance(res, DetectorError):
+                await dead_letter(event, f"{type(res).__name__}: {res}")
+            else:
+                dets.extend(res)
+        batch.clear()
+        await emit(dets)
+
     @app.agent(obs_topic)
     async def detect(stream: Any) -> None:
-        async for event in stream.events():
-            raw = event.value
-            ctl = _is_control(raw) if isinstance(raw, bytes) else None
-            if ctl is not None:
-                if ctl.get("type") in ("end", "watermark"):
-                    # after every packet before it on this partition: pass it on
-                    await det_topic.send(key=b"control", value=control(
-                        ctl["type"], partition=event.message.partition,
-                        partitions=ctl.get("partitions"), time=ctl.get("time"),
-                        run=ctl.get("run")))
-                continue
-            try:
-                pkt = decode(raw)
-                if isinstance(pkt, ObservationPacket):
-                    station = station_for(pkt, by_id)
-                    dets = bank.feed(station, pkt.start, pkt.sample_interval, pkt.values)
-                elif isinstance(pkt, GridFrame):
+        # events come in batches (the STA/LTA picker advances its quiet channels together);
+        # a batch's offsets are committed after it has been processed, its outputs stored
+        async for events in stream.take_events(DETECT_BATCH, within=DETECT_WITHIN_S):
+            batch: list[tuple[Any, StationInfo, ObservationPacket]] = []
+            for event in events:
+                raw = event.value
+                ctl = _is_control(raw) if isinstance(raw, bytes) else None
+                if ctl is not None:
+                    await feed_batch(batch)
+                    if ctl.get("type") in ("end", "watermark"):
+                        # after every packet before it on this partition: pass it on
+                        await det_topic.send(key=b"control", value=control(
+                            ctl["type"], partition=event.message.partition,
+                            partitions=ctl.get("partitions"), time=ctl.get("time"),
+                            run=ctl.get("run")))
+                    continue
+                try:
+                    pkt = decode(raw)
+                    if isinstance(pkt, ObservationPacket):
+                        batch.append((event, station_for(pkt, by_id), pkt))
+                        continue
+                    if not isinstance(pkt, GridFrame):
+                        raise SchemaError(f"{type(pkt).__name__} does not belong on the "
+                                          "observations topic")
+                    await feed_batch(batch)
                     station = station_for(pkt, by_id)
                     dets = bank.feed_frame(station, pkt.time, pkt.lat, pkt.lon, pkt.values)
-                else:
-                    raise SchemaError(f"{type(pkt).__name__} does not belong on the "
-                                      "observations topic")
-            except (SchemaError, DetectorError) as exc:
-                await dead_letter(event, f"{type(exc).__name__}: {exc}")
-                continue
-            if dets:
-                store.save_all(dets)
-            for det in dets:
-                await det_topic.send(key=det.station_id.encode(), value=encode(det))
+                except (SchemaError, DetectorError) as exc:
+                    await dead_letter(event, f"{type(exc).__name__}: {exc}")
+                    continue
+                await emit(dets)
+            await feed_batch(batch)
 
     @app.agent(det_topic)
     async def associate(stream: Any) -> None:
