@@ -1,17 +1,20 @@
 """Versioned message schemas: observation packets, detections, incidents, alerts.
 
 Every message is a JSON object whose ``schema`` field names its type and version
-(``tocsin.observation/1``). ``to_dict``/``from_dict`` round-trip exactly; ``from_dict``
+(``tocsin.observation/2``). ``to_dict``/``from_dict`` round-trip exactly; ``from_dict``
 validates and raises :class:`SchemaError` naming the field, the bad value and what was
 allowed. ``decode`` turns raw Kafka bytes into the right message type.
 
 Times are ISO 8601 UTC strings on the wire (``2022-01-15T04:14:45.000Z``) and POSIX
-seconds (float) in memory. Missing samples are ``null`` on the wire and NaN in memory.
+seconds (float) in memory. An observation packet's samples travel as base64 of
+little-endian float64 (NaN = missing; version 1, a JSON list with ``null``, still decodes).
 The formats are documented in docs/schemas.md.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -95,7 +98,8 @@ class ObservationPacket:
     duplicates.
     """
 
-    SCHEMA: ClassVar[str] = "tocsin.observation/1"
+    SCHEMA: ClassVar[str] = "tocsin.observation/2"
+    SCHEMA_V1: ClassVar[str] = "tocsin.observation/1"  # values as a JSON list; decoded
 
     station_id: str
     kind: str
@@ -145,7 +149,9 @@ class ObservationPacket:
             "start": iso(self.start),
             "start_s": self.start,
             "sample_interval_s": self.sample_interval,
-            "values": self.values,
+            "dtype": "<f8",
+            "values_b64": base64.b64encode(self.values.astype("<f8", copy=False).tobytes()
+                                           ).decode("ascii"),
             "units": self.units,
             "quality": list(self.quality),
             "source": self.source,
@@ -157,14 +163,19 @@ class ObservationPacket:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ObservationPacket:
-        d = _check_schema(d, cls.SCHEMA)
-        raw = _require(d, "values", list, cls.SCHEMA)
-        try:
-            values = np.array(raw, dtype=np.float64)
-        except (TypeError, ValueError) as exc:
-            raise SchemaError(f"{cls.SCHEMA}: values are not numbers or null: {exc}") from exc
-        if values.ndim != 1:
-            raise SchemaError(f"{cls.SCHEMA}: values must be a flat list, got shape {values.shape}")
+        if isinstance(d, dict) and d.get("schema") == cls.SCHEMA_V1:
+            raw = _require(d, "values", list, cls.SCHEMA_V1)
+            try:
+                values = np.array(raw, dtype=np.float64)
+            except (TypeError, ValueError) as exc:
+                raise SchemaError(f"{cls.SCHEMA_V1}: values are not numbers or null: {exc}"
+                                  ) from exc
+            if values.ndim != 1:
+                raise SchemaError(f"{cls.SCHEMA_V1}: values must be a flat list, got shape "
+                                  f"{values.shape}")
+        else:
+            d = _check_schema(d, cls.SCHEMA)
+            values = _f64_values(d, cls.SCHEMA)
         # start_s carries the exact float; start (ISO, ms) is for people and other tools.
         start = d.get("start_s")
         start_t = float(start) if isinstance(start, int | float) else parse_time(
@@ -185,6 +196,21 @@ class ObservationPacket:
             lon=_opt_number(d, "lon"),
             elevation_m=_opt_number(d, "elevation_m"),
         )
+
+
+def _f64_values(d: dict[str, Any], schema: str) -> FloatArray:
+    dtype = d.get("dtype")
+    if dtype != "<f8":
+        raise SchemaError(f"{schema}: dtype {dtype!r} is not '<f8' (little-endian float64)")
+    text = _require(d, "values_b64", str, schema)
+    try:
+        buf = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise SchemaError(f"{schema}: values_b64 is not base64 ({exc}): {text[:40]!r}") from exc
+    if len(buf) % 8:
+        raise SchemaError(f"{schema}: values_b64 holds {len(buf)} bytes, not a whole number "
+                          "of float64 samples")
+    return np.frombuffer(buf, dtype="<f8").astype(np.float64)
 
 
 # --------------------------------------------------------------------------- grid frame
@@ -559,6 +585,7 @@ def encode(msg: Message) -> bytes:
 
 _DECODERS: dict[str, Any] = {
     ObservationPacket.SCHEMA: ObservationPacket.from_dict,
+    ObservationPacket.SCHEMA_V1: ObservationPacket.from_dict,
     GridFrame.SCHEMA: GridFrame.from_dict,
     "tocsin.detection/1": detection_from_dict,
     IncidentRevision.SCHEMA: IncidentRevision.from_dict,

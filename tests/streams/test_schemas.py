@@ -66,6 +66,24 @@ def test_incident_and_alert_round_trip() -> None:
     assert decode(encode(alert)) == alert
 
 
+V2 = (b'{"schema": "tocsin.observation/2", "station_id": "X", "kind": "barometer", '
+      b'"channel": "c", "start": "2022-01-15T00:00:00Z", "sample_interval_s": 1, '
+      b'"units": "hPa", ')
+
+
+def test_observation_version_1_still_decodes() -> None:
+    """Packets written before version 2 (values as a JSON list, null = missing)."""
+    raw = (b'{"schema": "tocsin.observation/1", "station_id": "X", "kind": "barometer", '
+           b'"channel": "c", "start": "2022-01-15T00:00:00Z", "start_s": 1642204800.25, '
+           b'"sample_interval_s": 1, "values": [1013.5, null, 1e-3], "units": "hPa"}')
+    pkt = decode(raw)
+    assert isinstance(pkt, ObservationPacket) and pkt.start == 1642204800.25
+    np.testing.assert_array_equal(pkt.values, [1013.5, np.nan, 1e-3])
+    wire = encode(pkt)
+    assert b'"tocsin.observation/2"' in wire and b'"values_b64"' in wire
+    np.testing.assert_array_equal(decode(wire).values, pkt.values)  # type: ignore[union-attr]
+
+
 @pytest.mark.parametrize(
     ("raw", "needle"),
     [
@@ -85,6 +103,10 @@ def test_incident_and_alert_round_trip() -> None:
         (b'{"schema": "tocsin.observation/1", "station_id": "X", "kind": "barometer", '
          b'"channel": "c", "start": "2022-01-15T00:00:00Z", "sample_interval_s": 1, '
          b'"values": ["a"], "units": "hPa"}', "values"),
+        (V2 + b'"dtype": "<f4", "values_b64": "AAAAAA=="}', "dtype '<f4'"),
+        (V2 + b'"dtype": "<f8", "values_b64": "not base64!"}', "'not base64!'"),
+        (V2 + b'"dtype": "<f8", "values_b64": "AAAAAA=="}', "4 bytes"),
+        (V2 + b'"dtype": "<f8"}', "values_b64"),
     ],
 )
 def test_bad_messages_name_the_bad_value(raw: bytes, needle: str) -> None:
