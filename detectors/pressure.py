@@ -31,22 +31,25 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter, itemgetter
 from typing import Any
 
 import numpy as np
 
-from detectors.base import Detection, FloatArray, StationInfo
+from detectors.base import Detection, DetectorError, FloatArray, StationInfo
 from detectors.bins import Binner, check_packet, run_onset, whole_record_bins
 
 
 def line_fit(x: FloatArray, y: FloatArray) -> tuple[float, float]:
     """Least-squares line ``y = slope * x + icpt`` (closed form: a fraction of the cost of
-    ``numpy.polyfit``, which solves the same problem by SVD)."""
+    ``numpy.polyfit``, which solves the same problem by SVD). Sums are numpy's pairwise
+    sums, not BLAS dot products, so :class:`LambRows` gets the same bits row by row."""
     xm, ym = float(x.mean()), float(y.mean())
     dx = x - xm
-    sxx = float(dx @ dx)
-    slope = float(dx @ (y - ym)) / sxx if sxx > 0 else 0.0
+    sxx = float((dx * dx).sum())
+    slope = float((dx * (y - ym)).sum()) / sxx if sxx > 0 else 0.0
     return slope, ym - slope * xm
 
 
@@ -118,11 +121,16 @@ class LambPulseDetector:
         self._binner = Binner(self.p.bin_s)
         self._s = _State()
         self._last_t = -math.inf
+        # while nothing happens at the station its state may live in a row of a LambRows
+        self._rows: LambRows | None = None
+        self._row = -1
 
     def params(self) -> dict[str, Any]:
         return {**self.p.__dict__, "min_amplitude": self.floor}
 
     def feed(self, t0: float, dt: float, values: FloatArray) -> list[Detection]:
+        if self._rows is not None:
+            self._rows.release(self)
         self._last_t = check_packet(self.station.station_id, t0, dt, values, self._last_t)
         out: list[Detection] = []
         for b, v, closed_at in self._binner.push(t0, dt, values):
@@ -237,6 +245,379 @@ class LambPulseDetector:
         s.recent.clear()
         s.history.clear()
         return det
+
+    # ------------------------------------------------------------------ many stations
+    @classmethod
+    def feed_many(cls, calls: Sequence[tuple[LambPulseDetector, float, float, FloatArray]],
+                  groups: dict[LambParams, list[LambRows]],
+                  ) -> list[Sequence[Detection] | DetectorError]:
+        """One packet for each of many detectors (each at most once), as
+        ``[det.feed(t0, dt, values) for det, t0, dt, values in calls]`` would, with an
+        error in place of the detections of a packet that raised one. Packets sharing a
+        start, an interval and a length (a frame: the same stretch of time at many stations)
+        go through the rows of ``groups`` together (keep the dict from call to call)."""
+        dets = list(map(itemgetter(0), calls))
+        if len(set(map(id, dets))) != len(calls):
+            raise ValueError("feed_many takes at most one packet per detector")
+        out: list[Sequence[Detection] | DetectorError] = [()] * len(calls)
+        frames: dict[tuple[float, float, int], list[int]] = {}
+        for i, (d, t0, dt, v) in enumerate(calls):
+            if v.dtype == np.float64 and v.ndim == 1:
+                frames.setdefault((t0, dt, len(v)), []).append(i)
+                continue
+            try:  # the one-detector path names what is wrong with it
+                out[i] = d.feed(t0, dt, v)
+            except DetectorError as e:
+                out[i] = e
+        for (t0, dt, _n), items in frames.items():
+            block = np.stack([calls[i][3] for i in items])
+            found = cls.feed_block([dets[i] for i in items], t0, dt, block, groups)
+            for i, res in zip(items, found, strict=True):
+                out[i] = res
+        return out
+
+    @classmethod
+    def feed_block(cls, dets: Sequence[LambPulseDetector], t0: float, dt: float,
+                   block: FloatArray, groups: dict[LambParams, list[LambRows]],
+                   ) -> list[Sequence[Detection] | DetectorError]:
+        """A frame: ``block[i]`` (float64) is the packet of ``dets[i]``, all from ``t0``
+        every ``dt``. Detectors in one group's rows advance together; the others one by
+        one, then join a group if their state allows."""
+        out: list[Sequence[Detection] | DetectorError] = [()] * len(dets)
+        alone: list[int] = []
+        by_rows: dict[int, list[int]] = {}
+        rows_of = list(map(attrgetter("_rows"), dets))
+        first = rows_of[0] if rows_of else None
+        if first is not None and rows_of.count(first) == len(rows_of):
+            by_rows[id(first)] = list(range(len(dets)))  # the usual case
+        else:
+            for i, r in enumerate(rows_of):
+                if r is None:
+                    alone.append(i)
+                else:
+                    by_rows.setdefault(id(r), []).append(i)
+        for items in by_rows.values():
+            rows = dets[items[0]]._rows
+            assert rows is not None
+            if len(items) == len(dets):
+                left = rows.feed_frame(dets, t0, dt, block)
+            else:
+                left = rows.feed_frame([dets[i] for i in items], t0, dt, block[items])
+            # rows that left the group before the frame take it on their own
+            alone.extend(items[j] for j in left)
+        for i in sorted(alone):
+            try:
+                out[i] = dets[i].feed(t0, dt, block[i])
+            except DetectorError as e:
+                out[i] = e
+            LambRows.attach(dets[i], groups)
+        return out
+
+
+class LambRows:
+    """Lamb-pulse detectors of many barometers that have been fed the same frames (the
+    same stretches of time), advanced together: one row each.
+
+    While nothing happens at its station, a detector's state differs from the others'
+    only in its samples: the open bin's count, the baseline window's bin times, the count
+    of recent residuals and the onset history's bin times are the same for every row and
+    kept once. Every bin is processed for all rows at once with the arithmetic of
+    :meth:`LambPulseDetector._bin` (sums are pairwise sums along each row, the same bits
+    as on one row). A row whose bin has anything to decide (a missing bin, a flat
+    baseline, a residual over the trigger threshold) leaves: its detector gets its state
+    as it was before the frame and takes the frame alone, as do rows not in a frame.
+    """
+
+    def __init__(self, p: LambParams) -> None:
+        self.p = p
+        self.dets: list[LambPulseDetector | None] = []
+        self.free: list[int] = []
+        self.members = 0
+        # shared state
+        self.last_t = -math.inf
+        self.bidx: int | None = None   # the open bin
+        self.pc = 0                    # samples in the open bin
+        self.wt = np.empty(0)          # baseline window: bin times
+        self.rc = 0                    # recent residuals
+        self.ht = np.empty(0)          # onset history: bin times
+        self.last_bin_t = -math.inf
+        self.warm_since = -math.inf
+        self.t_ref = 0.0
+        # one row each
+        self.pend = np.zeros((0, 1))
+        self.win = np.zeros((0, 0))
+        self.recent = np.zeros((0, 3))
+        self.hz = np.zeros((0, 0))
+        self.quiet_until = np.zeros(0)
+        self.floor = np.zeros(0)
+
+    # ------------------------------------------------------------------ membership
+    def _shared_matches(self, d: LambPulseDetector) -> bool:
+        s, b = d._s, d._binner
+        if s.frozen is not None or s.above != 0:
+            return False
+        if not self.members:
+            return True  # an empty group takes the first one's state
+        return (d._last_t == self.last_t and b.index == self.bidx
+                and sum(len(a) for a in b.pending) == self.pc
+                and len(s.times) == len(self.wt) and list(s.times) == self.wt.tolist()
+                and len(s.recent) == self.rc
+                and len(s.history) == len(self.ht)
+                and [h[0] for h in s.history] == self.ht.tolist()
+                and s.last_bin_t == self.last_bin_t and s.warm_since == self.warm_since)
+
+    @staticmethod
+    def attach(d: LambPulseDetector, groups: dict[LambParams, list[LambRows]]) -> None:
+        """Give a quiet detector a row in a group whose state it shares (a new group if
+        none does)."""
+        if d._rows is not None or d._s.frozen is not None or d._s.above != 0:
+            return
+        for rows in groups.setdefault(d.p, []):
+            if rows._shared_matches(d):
+                rows._take(d)
+                return
+        rows = LambRows(d.p)
+        groups[d.p].append(rows)
+        rows._take(d)
+
+    def _take(self, d: LambPulseDetector) -> None:
+        s, b = d._s, d._binner
+        if not self.members:
+            self.last_t, self.bidx = d._last_t, b.index
+            self.pc = sum(len(a) for a in b.pending)
+            self.wt = np.array(s.times, dtype=np.float64)
+            self.rc = len(s.recent)
+            self.ht = np.array([h[0] for h in s.history], dtype=np.float64)
+            self.last_bin_t, self.warm_since, self.t_ref = s.last_bin_t, s.warm_since, s.t_ref
+            self.win = np.zeros((len(self.dets), len(self.wt)))
+            self.hz = np.zeros((len(self.dets), len(self.ht)))
+        if not self.free:
+            self._grow(max(16, 2 * len(self.dets)))
+        r = self.free.pop()
+        if self.pc > self.pend.shape[1]:
+            self._widen_pending(self.pc)
+        if self.pc:
+            self.pend[r, :self.pc] = np.concatenate(b.pending)
+        self.win[r] = np.fromiter(s.values, np.float64, len(s.values))
+        self.recent[r, 3 - self.rc:] = np.fromiter(s.recent, np.float64, self.rc)
+        self.hz[r] = [h[1] for h in s.history]
+        self.quiet_until[r] = s.quiet_until
+        self.floor[r] = d.floor
+        self.dets[r] = d
+        self.members += 1
+        d._rows, d._row = self, r
+
+    def _grow(self, cap: int) -> None:
+        old = len(self.dets)
+
+        def more(a: np.ndarray) -> np.ndarray:
+            new = np.zeros((cap, *a.shape[1:]))
+            new[:old] = a
+            return new
+
+        self.pend, self.win, self.recent, self.hz = (more(a) for a in (
+            self.pend, self.win, self.recent, self.hz))
+        self.quiet_until, self.floor = more(self.quiet_until), more(self.floor)
+        self.dets.extend([None] * (cap - old))
+        self.free.extend(range(cap - 1, old - 1, -1))
+
+    def _widen_pending(self, width: int) -> None:
+        new = np.zeros((len(self.dets), max(width, 2 * self.pend.shape[1])))
+        new[:, :self.pend.shape[1]] = self.pend
+        self.pend = new
+
+    def release(self, d: LambPulseDetector) -> None:
+        """Give the detector its own state back (as of the last frame) and free its row."""
+        r = d._row
+        assert self.dets[r] is d
+        s, b = d._s, d._binner
+        d._last_t, b.index = self.last_t, self.bidx
+        b.pending = [self.pend[r, :self.pc].copy()] if self.pc else []
+        s.times = deque(self.wt.tolist())
+        s.values = deque(self.win[r].tolist())
+        s.recent = deque(self.recent[r, 3 - self.rc:].tolist())
+        s.history = deque(zip(self.ht.tolist(), self.hz[r].tolist(), strict=True))
+        s.above, s.frozen = 0, None
+        s.last_bin_t, s.warm_since, s.t_ref = self.last_bin_t, self.warm_since, self.t_ref
+        s.quiet_until = float(self.quiet_until[r])
+        self.dets[r] = None
+        self.members -= 1
+        self.free.append(r)
+        d._rows, d._row = None, -1
+
+    # ------------------------------------------------------------------ a frame
+    def feed_frame(self, dets: Sequence[LambPulseDetector], t0: float, dt: float,
+                   block: FloatArray) -> list[int]:
+        """``block[i]``, from ``t0`` every ``dt``, for ``dets[i]`` (rows of this group).
+        Returns the positions ``i`` of the rows that left the group instead (their
+        detectors hold the state before the frame: feed them the frame alone); the others
+        declared nothing."""
+        m, n = block.shape
+        idx = np.fromiter(map(attrgetter("_row"), dets), np.int64, m)
+        # rows of the group that are not in the frame leave it first
+        if m != self.members:
+            fed = np.zeros(len(self.dets), dtype=bool)
+            fed[idx] = True
+            for row, d in enumerate(self.dets):
+                if d is not None and not fed[row]:
+                    self.release(d)
+        if not (dt > 0 and math.isfinite(dt)) or not t0 > self.last_t + 1e-6 or n == 0:
+            for d in dets:  # the one-detector path raises (or ignores) it
+                self.release(d)
+            return list(range(m))
+        p = self.p
+        w = p.bin_s
+        last = t0 + dt * (n - 1)
+        b_first = math.floor(t0 / w + 1e-9)
+        if self.bidx is not None and b_first == self.bidx and math.floor(
+                last / w + 1e-9) == self.bidx:
+            # the frame falls in the open bin: the common case for short packets
+            if self.pc + n > self.pend.shape[1]:
+                self._widen_pending(self.pc + n)
+            self.pend[idx, self.pc:self.pc + n] = block
+            self.pc += n
+            self.last_t = last
+            return []
+        # bins closed by this frame, on working copies (committed if the rows stay)
+        t = t0 + dt * np.arange(n)
+        bins = np.floor(t / w + 1e-9).astype(np.int64)
+        uniq, start = np.unique(bins, return_index=True)
+        ends = [*start[1:].tolist(), n]
+        pend = self.pend[idx, :self.pc]
+        win, recent, hz = self.win[idx], self.recent[idx], self.hz[idx]
+        quiet, floor = self.quiet_until[idx], self.floor[idx]
+        st = _Shared(self.bidx, self.wt, self.rc, self.ht, self.last_bin_t, self.warm_since,
+                     self.t_ref)
+        bad = np.zeros(m, dtype=bool)
+        for b, a, e in zip(uniq.tolist(), start.tolist(), ends, strict=True):
+            seg = block[:, a:e]
+            if st.bidx is not None and b == st.bidx:
+                pend = np.concatenate([pend, seg], axis=1)
+                continue
+            if st.bidx is not None:
+                v = _row_means(pend)
+                win, recent, hz = _bins(p, st, st.bidx * w, v, win, recent, hz, quiet, floor,
+                                        bad)
+            st.bidx, pend = b, seg
+        keep = ~bad
+        left = np.flatnonzero(bad).tolist()
+        for j in left:
+            self.release(dets[j])
+        r = idx[keep]
+        self.bidx, self.wt, self.rc, self.ht = st.bidx, st.wt, st.rc, st.ht
+        self.last_bin_t, self.warm_since, self.t_ref = st.last_bin_t, st.warm_since, st.t_ref
+        self.last_t = last
+        self.pc = pend.shape[1]
+        if self.pc > self.pend.shape[1]:
+            self._widen_pending(self.pc)
+        self.pend[r, :self.pc] = pend[keep]
+        cap = len(self.dets)
+        if win.shape[1] != self.win.shape[1]:
+            self.win = np.zeros((cap, win.shape[1]))
+        if hz.shape[1] != self.hz.shape[1]:
+            self.hz = np.zeros((cap, hz.shape[1]))
+        self.win[r], self.recent[r], self.hz[r] = win[keep], recent[keep], hz[keep]
+        return left
+
+
+@dataclass
+class _Shared:
+    """The state every row of a :class:`LambRows` shares (see there)."""
+
+    bidx: int | None
+    wt: FloatArray
+    rc: int
+    ht: FloatArray
+    last_bin_t: float
+    warm_since: float
+    t_ref: float
+
+
+def _row_means(pend: FloatArray) -> FloatArray:
+    """Each row's bin mean over its finite samples (``Binner._mean`` row by row)."""
+    finite = np.isfinite(pend)
+    if finite.all():
+        return pend.sum(axis=1) / pend.shape[1]
+    out = pend.sum(axis=1) / pend.shape[1]
+    for j in np.flatnonzero(~finite.all(axis=1)).tolist():
+        x = pend[j][finite[j]]
+        out[j] = x.sum() / len(x) if len(x) else math.nan
+    return out
+
+
+def _rows_median(a: FloatArray) -> FloatArray:
+    """:func:`median` of each row."""
+    n = a.shape[1]
+    k = n // 2
+    if n % 2:
+        return np.partition(a, k, axis=1)[:, k]
+    part = np.partition(a, [k - 1, k], axis=1)
+    return (part[:, k - 1] + part[:, k]) / 2.0
+
+
+def _bins(p: LambParams, st: _Shared, t: float, v: FloatArray, win: FloatArray,
+          recent: FloatArray, hz: FloatArray, quiet: FloatArray, floor: FloatArray,
+          bad: np.ndarray) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """:meth:`LambPulseDetector._bin` for every row at once (frozen is None in all of
+    them); rows with anything to decide are marked in ``bad``."""
+    bad |= ~np.isfinite(v)  # a missing bin: its row's window would differ
+    if t - st.last_bin_t > p.max_gap_s:
+        win, hz = win[:, :0], hz[:, :0]
+        st.wt, st.ht, st.rc, st.warm_since = st.wt[:0], st.ht[:0], 0, t
+    st.last_bin_t = t
+    fit = None
+    if len(st.wt):
+        n = int(np.searchsorted(st.wt, t - p.guard_s, side="right"))
+        if n >= max(p.min_coverage * p.baseline_s / p.bin_s, 4):
+            st.t_ref = float(st.wt[n - 1])
+            x = st.wt[:n] - st.t_ref
+            vv = win[:, :n]
+            xm = float(x.mean())
+            ym = vv.mean(axis=1)
+            dx = x - xm
+            sxx = float((dx * dx).sum())
+            slope = (dx * (vv - ym[:, None])).sum(axis=1) / sxx if sxx > 0 else np.zeros(len(v))
+            icpt = ym - slope * xm
+            resid = vv - (slope[:, None] * x + icpt[:, None])
+            sigma = 1.4826 * _rows_median(np.abs(resid - _rows_median(resid)[:, None]))
+            steps = np.abs(np.diff(vv, axis=1))
+            smin = np.where(steps > 0, steps, np.inf).min(axis=1) if n > 1 else np.full(
+                len(v), np.inf)
+            has = np.isfinite(smin)
+            sigma = np.where(has, np.maximum(sigma, 0.5 * smin), sigma)
+            flat = ~has & (vv.max(axis=1) == vv.min(axis=1))
+            sigma = np.where(flat, 0.0, sigma)
+            fit = (slope, icpt, sigma)
+    # the bin joins the window
+    st.wt = np.append(st.wt, t)
+    win = np.concatenate([win, v[:, None]], axis=1)
+    k = 0
+    while k < len(st.wt) and st.wt[k] < t - p.baseline_s - p.guard_s:
+        k += 1
+    if k:
+        st.wt, win = st.wt[k:], win[:, k:]
+    if fit is None:
+        return win, recent, hz
+    slope, icpt, sigma = fit
+    r = v - (slope * (t - st.t_ref) + icpt)
+    recent = np.concatenate([recent[:, 1:], r[:, None]], axis=1)
+    st.rc = min(st.rc + 1, 3)
+    if st.rc < 3:
+        return win, recent, hz
+    bad |= ~(sigma > 0.0)  # a flat baseline: that row's detector holds it
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rm = np.partition(recent, 1, axis=1)[:, 1]
+        z = np.abs(rm) / sigma
+        st.ht = np.append(st.ht, t)
+        hz = np.concatenate([hz, (np.abs(r) / sigma)[:, None]], axis=1)
+    k = 0
+    while k < len(st.ht) and st.ht[k] < t - p.onset_lookback_s:
+        k += 1
+    if k:
+        st.ht, hz = st.ht[k:], hz[:, k:]
+    armed = (t >= quiet) & (t - st.warm_since >= p.warmup_s)
+    bad |= armed & (z > p.k_on) & (np.abs(rm) > floor)
+    return win, recent, hz
 
 
 def lamb_pulse_reference(times: FloatArray, values: FloatArray, station: StationInfo,

@@ -131,3 +131,88 @@ def test_real_barometers_streaming_equals_the_reference(shared_data: Path) -> No
     fast = stream(COUNTS, tm, vm, int(60 / tr.stats.delta))
     assert fast
     same(fast, lamb_pulse_reference(tm, vm, COUNTS))
+
+
+# ---------------------------------------------------------------- many stations at once
+def _state(det: LambPulseDetector) -> tuple:
+    """Everything a detector's future output depends on."""
+    if det._rows is not None:
+        det._rows.release(det)
+    s, b = det._s, det._binner
+    pending = np.concatenate(b.pending) if b.pending else np.empty(0)
+    event = (s.frozen, s.t_ref, s.sigma, s.onset, s.peak_t, s.peak_v, s.snr) if s.frozen else ()
+    return (det._last_t, b.index, pending.tobytes(), list(s.times), list(s.values),
+            list(s.recent), list(s.history), s.above, s.warm_since, s.last_bin_t,
+            s.quiet_until, event)
+
+
+def test_feed_many_equals_feeding_each_station_alone() -> None:
+    """Barometers fed together in frames (packets of mixed lengths, stations missing from
+    frames or a frame apart, NaN, a long hole, a flat line, 0.1-hPa steps, raw counts,
+    pulses, a packet out of order) give the detections, errors and states of the same
+    stations fed one by one, and the quiet ones go through the rows."""
+    from detectors.pressure import LambRows
+
+    rng = np.random.default_rng(5)
+    m, n = 30, 9 * 3600
+    t = np.arange(n, dtype=float)
+    data = 1010.0 + np.cumsum(rng.standard_normal((m, n)) * 0.003, axis=1)
+    data += 0.5 * np.sin(2 * np.pi * t / 43200.0)
+    for j in range(0, m, 3):
+        c = rng.uniform(3 * 3600, 8 * 3600)
+        data[j] += 3.0 * lamb_pulse(t - c, 300.0)
+    data[4, 10000:10100] = np.nan
+    data[5, 20000:24000] = np.nan
+    data[7, 15000:] = data[7, 15000]
+    data[8, ::777] = np.nan
+    data[9] = np.round(data[9], 1)
+    stations = [StationInfo(f"B{i:02d}", "barometer", 0.0, i * 0.1,
+                            units="counts" if i % 5 == 0 else "hPa") for i in range(m)]
+    alone = [LambPulseDetector(s) for s in stations]
+    together = [LambPulseDetector(s) for s in stations]
+    groups: dict = {}
+    advanced = 0
+    real = LambRows.feed_frame
+
+    def counting(self, dets, t0, dt, block):  # noqa: ANN001, ANN202
+        nonlocal advanced
+        left = real(self, dets, t0, dt, block)
+        advanced += len(dets) - len(left)
+        return left
+
+    LambRows.feed_frame = counting  # type: ignore[method-assign]
+    got_alone: list = []
+    got_together: list = []
+    pos = np.zeros(m, dtype=int)
+    sizes = [1, 1, 1, 60, 600, 7, 1, 333, 90]
+    k = 0
+    try:
+        while (pos < n).any():
+            size = sizes[k % len(sizes)]
+            k += 1
+            calls = []
+            for j in np.flatnonzero(pos < n):
+                if j == 11 and k % 13 == 0:
+                    continue  # missing from this frame
+                step = size + 1 if j == 12 and k % 17 == 0 else size  # a frame apart
+                a = pos[j]
+                t0 = T0 + a
+                if j == 13 and k % 29 == 0:
+                    t0 -= 5.0  # out of order: an error, then on as before
+                values = data[j, a:a + step].copy()
+                try:
+                    got_alone.append(alone[j].feed(t0, 1.0, values))
+                except ValueError as e:
+                    got_alone.append(str(e))
+                calls.append((together[j], t0, 1.0, values))
+                pos[j] += step
+            for r in LambPulseDetector.feed_many(calls, groups):
+                got_together.append(str(r) if isinstance(r, ValueError) else list(r))
+    finally:
+        LambRows.feed_frame = real  # type: ignore[method-assign]
+    detections = [d for r in got_alone if isinstance(r, list) for d in r]
+    assert len(detections) >= 8, len(detections)
+    assert any(isinstance(r, str) for r in got_alone)
+    assert got_together == got_alone
+    assert [_state(d) for d in together] == [_state(d) for d in alone]
+    assert advanced > 0.8 * sum(isinstance(r, list) for r in got_alone)
