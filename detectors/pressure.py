@@ -22,6 +22,11 @@ change the result. For each bin:
    passed, with ``declared`` = the time of the sample that closed the last bin of the
    window (the latest sample the decision rests on; independent of packet boundaries).
 
+Many barometers are advanced together by :meth:`LambPulseDetector.feed_many` /
+:meth:`LambPulseDetector.feed_block` (a frame: the same stretch of time at many stations):
+quiet stations keep their state as rows of :class:`LambRows` and every bin is processed
+for all of them at once, with results identical to feeding each station alone (tested).
+
 After a detection the station stays quiet for ``refractory_s``. A gap longer than
 ``max_gap_s`` re-warms the detector: it needs ``warmup_s`` of data again before it can
 trigger, so the edge of a gap cannot be mistaken for a pulse.
@@ -311,6 +316,9 @@ class LambPulseDetector:
             except DetectorError as e:
                 out[i] = e
             LambRows.attach(dets[i], groups)
+        for plist in groups.values():
+            if len(plist) > 1 and any(g.closed for g in plist):
+                LambRows.merge(plist)
         return out
 
 
@@ -333,6 +341,7 @@ class LambRows:
         self.dets: list[LambPulseDetector | None] = []
         self.free: list[int] = []
         self.members = 0
+        self.closed = False  # a bin closed since the last merge
         # shared state
         self.last_t = -math.inf
         self.bidx: int | None = None   # the open bin
@@ -379,6 +388,28 @@ class LambRows:
         rows = LambRows(d.p)
         groups[d.p].append(rows)
         rows._take(d)
+
+    def _key(self) -> tuple[Any, ...]:
+        return (self.last_t, self.bidx, self.pc, self.wt.tobytes(), self.rc, self.ht.tobytes(),
+                self.last_bin_t, self.warm_since)
+
+    @staticmethod
+    def merge(plist: list[LambRows]) -> None:
+        """Move the rows of groups whose shared state has become the same (stations whose
+        histories realigned after a detection, a gap leaving the window) into one."""
+        for g in plist:
+            g.closed = False
+        by_key: dict[tuple[Any, ...], LambRows] = {}
+        for g in sorted(plist, key=lambda g: -g.members):
+            if not g.members:
+                continue
+            into = by_key.setdefault(g._key(), g)
+            if into is g:
+                continue
+            for d in [d for d in g.dets if d is not None]:
+                g.release(d)
+                into._take(d)
+        plist[:] = [g for g in plist if g.members] or plist[:1]
 
     def _take(self, d: LambPulseDetector) -> None:
         s, b = d._s, d._binner
@@ -499,6 +530,7 @@ class LambRows:
                 win, recent, hz = _bins(p, st, st.bidx * w, v, win, recent, hz, quiet, floor,
                                         bad)
             st.bidx, pend = b, seg
+        self.closed = True
         keep = ~bad
         left = np.flatnonzero(bad).tolist()
         for j in left:
