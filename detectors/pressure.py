@@ -304,6 +304,10 @@ class LambPulseDetector:
         for items in by_rows.values():
             rows = dets[items[0]]._rows
             assert rows is not None
+            if len(items) != rows.members:
+                # part of a group: the part goes on in a group of its own (the rest can
+                # catch up and merge back)
+                rows = rows.split([dets[i] for i in items], groups[rows.p])
             if len(items) == len(dets):
                 left = rows.feed_frame(dets, t0, dt, block)
             else:
@@ -404,12 +408,41 @@ class LambRows:
             if not g.members:
                 continue
             into = by_key.setdefault(g._key(), g)
-            if into is g:
-                continue
-            for d in [d for d in g.dets if d is not None]:
-                g.release(d)
-                into._take(d)
+            if into is not g:
+                g._move([d for d in g.dets if d is not None], into)
         plist[:] = [g for g in plist if g.members] or plist[:1]
+
+    def split(self, dets: Sequence[LambPulseDetector], plist: list[LambRows]) -> LambRows:
+        """A new group (in ``plist``) with this group's shared state and these rows."""
+        new = LambRows(self.p)
+        new.last_t, new.bidx, new.pc = self.last_t, self.bidx, self.pc
+        new.wt, new.rc, new.ht = self.wt, self.rc, self.ht  # never changed in place
+        new.last_bin_t, new.warm_since, new.t_ref = self.last_bin_t, self.warm_since, self.t_ref
+        new.win, new.hz = np.zeros((0, len(self.wt))), np.zeros((0, len(self.ht)))
+        self._move(dets, new)
+        plist.append(new)
+        return new
+
+    def _move(self, dets: Sequence[LambPulseDetector], into: LambRows) -> None:
+        """Move these rows (their samples) to ``into``, whose shared state is this one's."""
+        k = len(dets)
+        src = np.fromiter(map(attrgetter("_row"), dets), np.int64, k)
+        if len(into.free) < k:
+            into._grow(max(16, 2 * len(into.dets), len(into.dets) + k))
+        dst = np.array([into.free.pop() for _ in range(k)], dtype=np.int64)
+        if self.pc > into.pend.shape[1]:
+            into._widen_pending(self.pc)
+        into.pend[dst, :self.pc] = self.pend[src, :self.pc]
+        into.win[dst], into.recent[dst], into.hz[dst] = (
+            self.win[src], self.recent[src], self.hz[src])
+        into.quiet_until[dst], into.floor[dst] = self.quiet_until[src], self.floor[src]
+        for d, a, b in zip(dets, src.tolist(), dst.tolist(), strict=True):
+            self.dets[a] = None
+            self.free.append(a)
+            into.dets[b] = d
+            d._rows, d._row = into, b
+        self.members -= k
+        into.members += k
 
     def _take(self, d: LambPulseDetector) -> None:
         s, b = d._s, d._binner

@@ -423,11 +423,15 @@ def _run(t: FloatArray, i: int) -> tuple[int, float]:
     dt = float(t[i + 1] - t[i])
     if i + 2 < n:
         dt = min(dt, float(t[i + 2] - t[i + 1]))
+    # the first step that is not 1-3 intervals (within 1e-3), looked for in growing chunks
     j = i + 1
+    size = 256
     while j < n:
-        k = (t[j] - t[j - 1]) / dt
-        r = round(k)
-        if abs(k - r) > 1e-3 or r < 1 or r > 3:
-            break
-        j += 1
+        k = (t[j:j + size] - t[j - 1:j - 1 + size][:n - j]) / dt
+        r = np.round(k)  # half to even, as round()
+        off = np.flatnonzero((np.abs(k - r) > 1e-3) | (r < 1) | (r > 3))
+        if len(off):
+            return j + int(off[0]), dt
+        j += len(k)
+        size *= 4
     return j, dt

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.partitioner import DefaultPartitioner
 
 from detectors.base import Detection
 from replay.package import ReplayPackage
@@ -111,6 +112,7 @@ async def collect(settings: Settings, topics: Topics, out: Collected,
         *names,
         bootstrap_servers=settings.bootstrap, auto_offset_reset="earliest",
         enable_auto_commit=False, group_id=None,
+        fetch_max_wait_ms=50,  # the end markers arrive on quiet topics: do not wait 0.5 s
     )
     await consumer.start()
     try:
@@ -239,6 +241,52 @@ class Progress:
         self.stream.flush()
 
 
+class _Batches:
+    """Messages into per-partition batches (aiokafka ``BatchBuilder``), each sent when full
+    or flushed: a fraction of ``send``'s per-message cost. A key's partition is the one
+    ``send`` would choose (aiokafka's default partitioner, murmur2), computed once per key;
+    messages of one partition keep their order."""
+
+    def __init__(self, producer: AIOKafkaProducer, topic: str, partitions: list[int]) -> None:
+        self.producer, self.topic, self.partitions = producer, topic, sorted(partitions)
+        self.partitioner = DefaultPartitioner()
+        self.part_of: dict[bytes, int] = {}
+        self.open: dict[int, Any] = {}
+        self.sent: list[asyncio.Future[Any]] = []
+        self.count = 0
+
+    async def add(self, value: bytes, key: bytes, partition: int | None = None) -> None:
+        if partition is None:
+            partition = self.part_of.get(key)
+            if partition is None:
+                partition = self.part_of[key] = self.partitioner(key, self.partitions,
+                                                                 self.partitions)
+        batch = self.open.get(partition)
+        if batch is None:
+            batch = self.open[partition] = self.producer.create_batch()
+        if batch.append(key=key, value=value, timestamp=None) is None:  # full
+            await self.flush(partition)
+            batch = self.open[partition] = self.producer.create_batch()
+            if batch.append(key=key, value=value, timestamp=None) is None:
+                raise ReplayError(f"a message of {len(value)} bytes does not fit in a batch")
+        self.count += 1
+
+    async def flush(self, partition: int | None = None) -> None:
+        for p in [partition] if partition is not None else list(self.open):
+            batch = self.open.pop(p, None)
+            if batch is not None:
+                batch.close()
+                self.sent.append(await self.producer.send_batch(batch, self.topic,
+                                                                partition=p))
+
+    async def wait(self) -> None:
+        """Send what is open and wait until the broker has acknowledged everything."""
+        await self.flush()
+        if self.sent:
+            await asyncio.gather(*self.sent)
+        self.sent = []
+
+
 async def publish(settings: Settings, topics: Topics,
                   packets: list[ObservationPacket | GridFrame],
                   pkg: ReplayPackage, speed: float | None, progress: Progress,
@@ -259,32 +307,27 @@ async def publish(settings: Settings, topics: Topics,
     next_mark = pkg.start + watermark_every
     lateness = 2.0 * settings.packet_seconds
     try:
-        pending = []
+        out = _Batches(producer, topics.observations,
+                       list(await producer.partitions_for(topics.observations)))
         for pkt in packets:
             if pkt.end >= next_mark:
                 mark = control("watermark", time=next_mark - lateness,
                                partitions=topics.partitions, run=topics.run_id)
                 for p in range(topics.partitions):
-                    pending.append(await producer.send(topics.observations, mark,
-                                                       key=b"control", partition=p))
+                    await out.add(mark, b"control", partition=p)
                 next_mark += watermark_every * max(1, int((pkt.end - next_mark)
                                                           // watermark_every))
             if speed is not None:
                 due = t_start + (pkt.end - pkg.start) / speed
                 delay = due - time.monotonic()
                 if delay > 0:
-                    if pending:
-                        await asyncio.gather(*pending)
-                        pending = []
+                    await out.wait()  # what is due goes out before the pause
                     await asyncio.sleep(delay)
-            pending.append(await producer.send(topics.observations, encode(pkt),
-                                               key=pkt.station_id.encode()))
+            await out.add(encode(pkt), pkt.station_id.encode())
             progress.update(pkt.end, len(pkt.values))
-            if len(pending) >= 2000:
-                await asyncio.gather(*pending)
-                pending = []
-        if pending:
-            await asyncio.gather(*pending)
+            if out.count % 2000 == 0:
+                await out.wait()
+        await out.wait()
         for p in range(topics.partitions):
             await producer.send_and_wait(
                 topics.observations, control("end", partitions=topics.partitions,
@@ -347,7 +390,8 @@ async def replay_package(pkg: ReplayPackage, settings: Settings, *, speed: float
             if time.monotonic() > deadline:
                 raise ReplayError(f"the pipeline did not finish within {timeout:.0f} s; "
                                   f"see {run_dir}/worker-*.log")
-            await asyncio.sleep(0.1)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(collected.done.wait(), 0.1)
         stats["elapsed_s"] = time.monotonic() - t0
         stats["samples"] = progress.samples
         stats["packets"] = len(packets)
@@ -366,8 +410,9 @@ async def replay_package(pkg: ReplayPackage, settings: Settings, *, speed: float
              "end": str(pkg.raw_event["event"]["end"])}
     report = build_report(event, collected.detections, collected.revisions, collected.alerts,
                           mode="replay", seismic_gains=pkg.seismic_gains)
-    # the seismic event revisions as the workers published them (without magnitudes: the
-    # workers have no gains); the report's seismic_events are computed from the picks
+    # the seismic event revisions as the workers published them (sized with the package's
+    # gains, which the registry file gives them); the report's seismic_events are computed
+    # from the picks
     stats["seismic_revisions"] = [m.body for m in collected.seismic]
     report["run"] = stats
     return report
