@@ -100,3 +100,34 @@ def test_ndbc_bad_row(tmp_path: Path) -> None:
     f.write_text("#YY  MM DD hh mm ss T   HEIGHT\n2011 03 15 00 00 00 7 5825.0\n")
     with pytest.raises(PackageError, match="x.txt:2: measurement type 7"):
         read_ndbc_series(f)
+
+
+def test_constant_interval_runs_match_a_sample_by_sample_scan() -> None:
+    """``_run`` (numpy, in chunks) finds the same runs as the plain per-sample scan."""
+    import numpy as np
+
+    from replay.package import _run
+
+    def scan(t: np.ndarray, i: int) -> tuple[int, float]:
+        n = len(t)
+        if i >= n - 1:
+            return n, (float(t[i] - t[i - 1]) if i > 0 else 60.0)
+        dt = float(t[i + 1] - t[i])
+        if i + 2 < n:
+            dt = min(dt, float(t[i + 2] - t[i + 1]))
+        j = i + 1
+        while j < n:
+            k = (t[j] - t[j - 1]) / dt
+            r = round(k)
+            if abs(k - r) > 1e-3 or r < 1 or r > 3:
+                break
+            j += 1
+        return j, dt
+
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        n = int(rng.integers(1, 3000))
+        steps = rng.choice([1.0, 1.0, 1.0, 2.0, 3.0, 4.0, 15.0, 60.0, 0.5, 1.0005, 2.5], size=n)
+        t = 1.3e9 + np.cumsum(steps)
+        for i in {0, n - 1, *rng.integers(0, n, size=10).tolist()}:
+            assert _run(t, i) == scan(t, i)
