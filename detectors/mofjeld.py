@@ -86,3 +86,43 @@ class MofjeldDetector:
                          detector_version=self.version, onset=onset, peak_time=peak_t,
                          amplitude=peak_v, units=st.units, declared=t, lat=st.lat, lon=st.lon,
                          params=self.params(), extra={"trigger": t})
+
+
+def mofjeld_reference(times: FloatArray, values: FloatArray, station: StationInfo,
+                      **params: Any) -> list[Detection]:
+    """Slow, obvious reference of the same rule on a whole record (the tests compare it
+    with :class:`MofjeldDetector` fed in packets of any size): for every finite sample the
+    window is re-selected from the whole record and the cubic is fitted by least squares on
+    a Vandermonde matrix (``numpy.linalg.lstsq``, not ``polyfit``)."""
+    p = {"threshold": 0.03, "window_s": 3 * 3600.0, "consecutive": 2, "event_s": 4 * 3600.0,
+         "min_points": 8, **params}
+    ok = np.isfinite(values)
+    t_all, v_all = times[ok], values[ok]
+    out: list[Detection] = []
+    run: list[tuple[float, float]] = []
+    quiet_until = -math.inf
+    for k in range(len(t_all)):
+        t, v = float(t_all[k]), float(v_all[k])
+        win = (t_all[:k] >= t - p["window_s"])
+        tw, vw = t_all[:k][win], v_all[:k][win]
+        if len(tw) < p["min_points"] or tw[-1] - tw[0] < 0.5 * p["window_s"]:
+            continue
+        x = (tw - t) / 3600.0
+        coef = np.linalg.lstsq(np.vander(x, 4), vw, rcond=None)[0]
+        r = v - float(coef[-1])  # the cubic at x = 0
+        if abs(r) > p["threshold"] and t >= quiet_until:
+            run.append((t, r))
+            if len(run) >= p["consecutive"]:
+                peak_t, peak_v = max(run, key=lambda e: abs(e[1]))
+                out.append(Detection(
+                    station_id=station.station_id, kind=station.kind, detector="mofjeld",
+                    detector_version="1", onset=run[0][0], peak_time=peak_t,
+                    amplitude=peak_v, units=station.units, declared=t, lat=station.lat,
+                    lon=station.lon, extra={"trigger": t},
+                    params={k: p[k] for k in ("threshold", "window_s", "consecutive",
+                                              "event_s")}))
+                run = []
+                quiet_until = t + p["event_s"]
+        else:
+            run = []
+    return out

@@ -91,3 +91,49 @@ def test_real_dart_and_tide_gauge_equal_the_reference(shared_data: Path) -> None
         assert fast, dart
         same(fast, ref)
         assert all(math.isfinite(d.amplitude) for d in fast)
+
+
+# ---------------------------------------------------------------- the NOAA DART baseline
+def mofjeld_stream_and_reference(t: np.ndarray, v: np.ndarray, seconds: float,  # type: ignore[no-untyped-def]
+                                 station=GAUGE) -> tuple[list[Detection], list[Detection]]:
+    from detectors.mofjeld import MofjeldDetector, mofjeld_reference
+
+    det = MofjeldDetector(station)
+    fast: list[Detection] = []
+    pkts = packets(t, v, seconds, station)
+    for pkt in pkts:
+        fast.extend(det.feed(pkt.start, pkt.sample_interval, pkt.values))
+    tt = np.concatenate([p.start + p.sample_interval * np.arange(len(p.values)) for p in pkts])
+    vv = np.concatenate([p.values for p in pkts])
+    return fast, mofjeld_reference(tt, vv, station)
+
+
+def same_mofjeld(a: list[Detection], b: list[Detection]) -> None:
+    assert [(d.key, d.declared, d.peak_time) for d in a] == [
+        (d.key, d.declared, d.peak_time) for d in b]
+    for x, y in zip(a, b, strict=True):
+        assert x.amplitude == pytest.approx(y.amplitude, rel=1e-6, abs=1e-9)
+
+
+@pytest.mark.parametrize("seconds", [60.0, 420.0, 3600.0, 1e6])
+def test_mofjeld_streaming_equals_the_reference_in_any_packets(seconds: float) -> None:
+    t, v = record(dt=60.0, hours=26.0, noise=0.001)
+    v = v.copy()
+    v[300:303] = np.nan  # a short hole
+    v[500:502] += 0.2    # a two-sample spike (the shaking a DART records)
+    fast, ref = mofjeld_stream_and_reference(t, v, seconds)
+    assert len(fast) >= 2, "the spike and the wave"
+    same_mofjeld(fast, ref)
+
+
+def test_mofjeld_real_dart_equals_the_reference(shared_data: Path) -> None:
+    from detectors.base import StationInfo
+    from replay.package import read_ndbc_series
+    from replay.realdata import DARTS
+
+    s = read_ndbc_series(shared_data / "tohoku2011" / "dart_ndbc_raw" / "21413.txt")
+    lat, lon = DARTS["21413"]
+    st = StationInfo("21413", "bottom_pressure", lat, lon, 0.0, "m")
+    fast, ref = mofjeld_stream_and_reference(s.times, s.values, 30000.0, st)
+    assert len(fast) >= 5  # the shaking, then the wave and its coda, 4 h apart
+    same_mofjeld(fast, ref)
