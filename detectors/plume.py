@@ -82,3 +82,39 @@ class PlumeDetector:
             units="km", declared=t, lat=plat, lon=plon, params=self.params(),
             extra={"pixels_above": int(above.sum()), "max_km": float(order[0])},
         )]
+
+
+def plume_reference(frames: list[tuple[float, FloatArray, FloatArray, FloatArray]],
+                    station: StationInfo, **params: Any) -> list[Detection]:
+    """Slow, obvious reference of the same rule over a whole sequence of frames (time,
+    lat, lon, height in m): plain Python lists, ``sorted`` and ``statistics.median`` (the
+    tests compare it with :class:`PlumeDetector`)."""
+    import statistics
+
+    p = {"threshold_km": 15.0, "min_pixels": 4, "core_km": 3.0, "rearm_s": 6 * 3600.0,
+         **params}
+    out: list[Detection] = []
+    armed, last_above = True, -math.inf
+    for t, lat, lon, height in frames:
+        pix = [(la, lo, h / 1000.0) for la, lo, h in zip(lat.tolist(), lon.tolist(),
+                                                         height.tolist(), strict=True)
+               if math.isfinite(la) and math.isfinite(lo) and math.isfinite(h)]
+        n_above = sum(1 for _, _, h in pix if h >= p["threshold_km"])
+        if n_above < p["min_pixels"]:
+            if not armed and t - last_above >= p["rearm_s"]:
+                armed = True
+            continue
+        last_above = t
+        if not armed:
+            continue
+        armed = False
+        heights = sorted((h for _, _, h in pix), reverse=True)
+        top = heights[p["min_pixels"] - 1]
+        core = [(la, lo) for la, lo, h in pix if h >= top - p["core_km"]]
+        out.append(Detection(
+            station_id=station.station_id, kind="plume", detector="plume_height",
+            detector_version="1", onset=t, peak_time=t, amplitude=top, units="km",
+            declared=t, lat=statistics.median(la for la, _ in core),
+            lon=statistics.median(lo for _, lo in core), params=dict(p),
+            extra={"pixels_above": n_above, "max_km": heights[0]}))
+    return out
