@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -262,9 +263,29 @@ class Ingest:
         return pkt
 
     async def run(self, producer: Any, topic: str, deadletter: str,
-                  limit: int | None = None) -> int:
-        """Produce packets until ``limit`` records (or forever); the number produced."""
+                  limit: int | None = None, in_flight: int = 500) -> int:
+        """Produce packets until ``limit`` records (or forever); the number produced.
+
+        Sends are pipelined (up to ``in_flight`` unacknowledged); a station's sequence
+        number counts as acknowledged, for the state file, once Kafka has acknowledged its
+        record and every record sent before it."""
         sent = 0
+        pending: deque[tuple[str, int, asyncio.Future[Any]]] = deque()
+
+        def settle() -> None:
+            while pending and pending[0][2].done():
+                station, seq, fut = pending.popleft()
+                fut.result()  # a failed send raises here
+                self.acked[station] = seq
+
+        async def send(station: str, seq: int, value: bytes, out: str, key: bytes | None
+                       ) -> None:
+            pending.append((station, seq, await producer.send(out, value, key=key)))
+            settle()
+            while len(pending) >= in_flight:
+                await asyncio.wait([pending[0][2]])
+                settle()
+
         try:
             async for seq, rec in self.client.packets():
                 station = record_stream_id(rec).rsplit(".", 2)[0]
@@ -273,22 +294,24 @@ class Ingest:
                 except ValueError as exc:
                     self.bad += 1
                     log.warning("dead-letter SeedLink record #%s: %s", seq, exc)
-                    await producer.send_and_wait(deadletter, json.dumps({
+                    await send(station, seq, json.dumps({
                         "schema": "tocsin.deadletter/1", "reason": str(exc),
                         "source": f"seedlink://{self.client.host}:{self.client.port}#{seq}",
-                        "key": "", "value": rec.hex()}).encode())
-                    self.acked[station] = seq
+                        "key": "", "value": rec.hex()}).encode(), deadletter, None)
                     continue
                 if pkt is not None:
-                    await producer.send_and_wait(topic, encode(pkt),
-                                                 key=pkt.station_id.encode())
-                    self.acked[station] = seq
+                    await send(station, seq, encode(pkt), topic, pkt.station_id.encode())
                     sent += 1
                     if sent % self.save_every == 0:
                         self.save_state()
                 if limit is not None and sent >= limit:
                     break
+            for _station, _seq, fut in list(pending):
+                await asyncio.wait([fut])
+            settle()
         finally:
+            with contextlib.suppress(Exception):
+                settle()
             self.save_state()
         return sent
 
