@@ -404,7 +404,8 @@ class StaLtaPicker:
         where warming up or flat; NaN samples contribute 0 (for monitoring and tests)."""
         rows = self._rows
         if rows is not None and rows.cf_len[self._row] >= 0:
-            return rows.cf[self._row, :rows.cf_len[self._row]]
+            # a copy: the rows' buffer is overwritten by the next packet
+            return rows.cf[self._row, :rows.cf_len[self._row]].copy()
         return self._cf_out
 
     @cf.setter

@@ -195,7 +195,12 @@ class DetectorBank:
                         if fresh is None:
                             continue
                         t0, values = fresh
-                    for det, many in pipe.batchable():
+                    dets_many = pipe.batchable()
+                    if len(dets_many) > 1:
+                        # several detectors: one by one, in order, stopping at the first
+                        # that raises (as ``feed``)
+                        dets_many = [(d, None) for d, _ in dets_many]
+                    for det, many in dets_many:
                         if many is None:
                             found = det.feed(t0, dt, values)
                             if found:

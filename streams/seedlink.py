@@ -274,8 +274,9 @@ class Ingest:
 
         def settle() -> None:
             while pending and pending[0][2].done():
-                station, seq, fut = pending.popleft()
-                fut.result()  # a failed send raises here
+                station, seq, fut = pending[0]
+                fut.result()  # a failed send raises here, and stays first: nothing after
+                pending.popleft()  # it counts as acknowledged
                 self.acked[station] = seq
 
         async def send(station: str, seq: int, value: bytes, out: str, key: bytes | None

@@ -275,3 +275,20 @@ def test_feed_many_rejects_a_picker_twice() -> None:
     x = np.zeros(20)
     with pytest.raises(ValueError, match="at most one packet per picker"):
         StaLtaPicker.feed_many([(p, T0, 0.05, x), (p, T0 + 1, 0.05, x)], {})
+
+
+def test_feed_many_cf_is_the_packets_own() -> None:
+    """The function a caller keeps from one packet is not overwritten by the next."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(4000) * 50.0
+    alone, together = StaLtaPicker(BHZ), StaLtaPicker(BHZ)
+    groups: dict = {}
+    kept_alone, kept_together = [], []
+    for a in range(0, len(x), 20):
+        v = x[a:a + 20]
+        alone.feed(T0 + a * 0.05, 0.05, v)
+        StaLtaPicker.feed_many([(together, T0 + a * 0.05, 0.05, v)], groups)
+        kept_alone.append(alone.cf)
+        kept_together.append(together.cf)
+    assert together._rows is not None
+    np.testing.assert_array_equal(np.concatenate(kept_together), np.concatenate(kept_alone))

@@ -79,3 +79,28 @@ def test_feed_many_equals_feed() -> None:
         assert (p.packets, p.samples, p.duplicates, p.last_end) == (
             q.packets, q.samples, q.duplicates, q.last_end)
     assert many.groups, "the seismic channels went through the picker's rows"
+
+
+def test_feed_many_stops_a_station_at_its_first_failing_detector() -> None:
+    """With several detectors per station, as ``feed``: the ones after a failing detector
+    do not see the packet."""
+    from detectors.base import DetectorError
+
+    kinds = {"seismic": ("detectors.picker:StaLtaPicker", "detectors.sealevel:TsunamiDetector")}
+    st = StationInfo("XX.S00..BHZ", "seismic", 0.0, 0.0)
+    rng = np.random.default_rng(0)
+    # 0.3 s: the picker's 0.7-2 Hz band does not fit under the Nyquist frequency
+    packets = [(st, T0, 0.3, rng.standard_normal(100)),
+               (st, T0 + 100.0, 0.05, rng.standard_normal(2000))]
+    one, many = DetectorBank(detectors=kinds), DetectorBank(detectors=kinds)
+    expected, got = [], []
+    for pkt in packets:
+        try:
+            expected.append(list(one.feed(*pkt)))
+        except DetectorError as e:
+            expected.append(str(e))
+        got.extend(str(r) if isinstance(r, DetectorError) else list(r)
+                   for r in many.feed_many([pkt]))
+        a, b = (bank.pipelines[st.station_id].detectors[1] for bank in (one, many))
+        assert a._last_t == b._last_t  # the tide-gauge detector saw the same packets
+    assert isinstance(expected[0], str) and got == expected

@@ -344,3 +344,39 @@ def test_a_restarted_ingest_resumes_from_its_state_file(records: list[bytes], ka
     assert "FETCH 000065" in commands  # resumed at record 101 (0x65)
     assert sorted(seqs) == list(range(1, len(records) + 1))  # nothing lost, nothing twice
     assert json.loads(state.read_text())["last_seq"] == {"II.MSVF": len(records)}
+
+
+def test_state_file_keeps_only_what_kafka_acknowledged(records: list[bytes],
+                                                       tmp_path: Path) -> None:
+    """Sends are pipelined; when one fails, the state file stops before it, even if
+    later records of the station were acknowledged (a restart fetches it again)."""
+
+    class Client:
+        host, port = "loopback", 18000
+
+        def __init__(self) -> None:
+            self.last_seq: dict[str, int] = {}
+
+        async def packets(self):  # type: ignore[no-untyped-def]
+            for seq, rec in enumerate(records[:3], start=1):
+                yield seq, rec
+
+    class Producer:
+        n = 0
+
+        async def send(self, topic, value, key=None):  # type: ignore[no-untyped-def]
+            self.n += 1
+            loop = asyncio.get_running_loop()
+            fut = loop.create_future()
+            if self.n == 2:  # the broker rejects the second record
+                loop.call_later(0.01, fut.set_exception, RuntimeError("send #2 failed"))
+            else:
+                loop.call_later(0.02, fut.set_result, None)
+            return fut
+
+    state = tmp_path / "state.json"
+    ingest = Ingest(Client(), state_file=state)  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError, match="send #2 failed"):
+        asyncio.run(ingest.run(Producer(), "obs", "dlq"))
+    (station,) = json.loads(state.read_text())["last_seq"]
+    assert json.loads(state.read_text())["last_seq"] == {station: 1}
