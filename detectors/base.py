@@ -7,7 +7,9 @@ at the wall clock.
 Exception tree::
 
     DetectorError (ValueError)
-     └── PacketError        a packet that does not fit the stream (station, rate, order)
+     ├── PacketError        a packet that does not fit the stream (station, rate, order)
+     └── DetectorFault      a detector failed on a packet (a bug or a numerical failure);
+                            the station wrapper raises it in place of the original error
 """
 
 from __future__ import annotations
@@ -29,6 +31,11 @@ class DetectorError(ValueError):
 
 class PacketError(DetectorError):
     """A packet does not fit the stream the detector is following."""
+
+
+class DetectorFault(DetectorError):
+    """A detector failed on a packet with an error that is not a :class:`DetectorError`
+    (chained as its cause): the packet can be set aside and the stream go on."""
 
 
 @dataclass(frozen=True)

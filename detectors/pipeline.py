@@ -18,6 +18,7 @@ from typing import Any
 from detectors.base import (
     Detection,
     DetectorError,
+    DetectorFault,
     FloatArray,
     PacketError,
     StationInfo,
@@ -59,7 +60,7 @@ class StationPipeline:
         t0, values = fresh
         out: list[Detection] = []
         for det in self.detectors:
-            out.extend(det.feed(t0, dt, values))
+            out.extend(_feed(det, self.station, t0, dt, values))
         self.advance(t0, dt, len(values))
         out.sort(key=lambda d: (d.declared, d.key))
         return out
@@ -119,6 +120,18 @@ class StationPipeline:
         self.packets += 1
         self.samples += len(values)
         return out
+
+
+def _feed(det: StreamDetector, station: StationInfo, t0: float, dt: float,
+          values: FloatArray) -> list[Detection]:
+    """``det.feed``, with any error that is not a DetectorError made a DetectorFault."""
+    try:
+        return det.feed(t0, dt, values)
+    except DetectorError:
+        raise
+    except Exception as exc:
+        raise DetectorFault(f"{station.station_id}: detector {det.name} failed on the packet "
+                            f"at {t0}: {type(exc).__name__}: {exc}") from exc
 
 
 @dataclass
@@ -202,7 +215,7 @@ class DetectorBank:
                         dets_many = [(d, None) for d, _ in dets_many]
                     for det, many in dets_many:
                         if many is None:
-                            found = det.feed(t0, dt, values)
+                            found = _feed(det, station, t0, dt, values)
                             if found:
                                 prev = out[i]
                                 assert not isinstance(prev, DetectorError)
@@ -218,7 +231,15 @@ class DetectorBank:
                     continue
                 todo.append((i, pipe, t0, dt, len(values)))
             for many, (idx, calls) in batched.items():
-                results = many(calls, self.groups.setdefault(many, {}))
+                try:
+                    results = many(calls, self.groups.setdefault(many, {}))
+                except DetectorError:
+                    raise
+                except Exception as exc:  # a bug: every packet of the call is set aside
+                    fault = DetectorFault(f"{type(calls[0][0]).__name__}.feed_many failed on "
+                                          f"{len(calls)} packets: {type(exc).__name__}: {exc}")
+                    fault.__cause__ = exc
+                    results = [fault] * len(calls)
                 for i, res in zip(idx, results, strict=True):
                     dets = out[i]
                     if isinstance(res, DetectorError):

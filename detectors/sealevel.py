@@ -368,6 +368,8 @@ def fit_tide(tt: FloatArray, vv: FloatArray, lat: float) -> Any:
     idx = np.floor(tt / 600.0)
     uniq, start, counts = np.unique(idx, return_index=True, return_counts=True)
     means = np.add.reduceat(vv, start) / counts
+    # utide's nodal corrections divide by sin(lat): a gauge on the equator fits at 0.01 deg
+    lat = lat if abs(lat) >= 0.01 else math.copysign(0.01, lat)
     return utide.solve(uniq * 600.0 / 86400.0 + 300.0 / 86400.0, means, lat=lat,
                        epoch="1970-01-01", method="ols", conf_int="none", verbose=False,
                        trend=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from detectors.base import StationInfo
 from detectors.pipeline import DetectorBank
@@ -104,3 +105,40 @@ def test_feed_many_stops_a_station_at_its_first_failing_detector() -> None:
         a, b = (bank.pipelines[st.station_id].detectors[1] for bank in (one, many))
         assert a._last_t == b._last_t  # the tide-gauge detector saw the same packets
     assert isinstance(expected[0], str) and got == expected
+
+
+class Boom:
+    """A detector with a bug: it divides by zero on a packet holding a 13."""
+
+    name = "boom"
+    version = "0"
+
+    def __init__(self, station: StationInfo, **params: object) -> None:
+        self.station = station
+
+    def feed(self, t0: float, dt: float, values: np.ndarray) -> list:
+        if 13.0 in values:
+            return [1 / 0]
+        return []
+
+    def params(self) -> dict:
+        return {}
+
+
+def test_a_detector_bug_sets_the_packet_aside_and_the_rest_goes_on() -> None:
+    from detectors.base import DetectorFault
+
+    kinds = {"barometer": ("tests.detectors.test_pipeline:Boom",),
+             "seismic": ("detectors.picker:StaLtaPicker",)}
+    a = StationInfo("XX.A", "barometer", 0.0, 0.0)
+    b = StationInfo("XX.B..BHZ", "seismic", 0.0, 0.0)
+    bad = (a, T0, 1.0, np.array([1.0, 13.0]))
+    good = (b, T0, 0.05, np.random.default_rng(0).standard_normal(200))
+    with pytest.raises(DetectorFault, match=r"XX.A: detector boom failed .*ZeroDivisionError"):
+        DetectorBank(detectors=kinds).feed(*bad)
+    bank = DetectorBank(detectors=kinds)
+    out = bank.feed_many([bad, good])
+    assert isinstance(out[0], DetectorFault) and isinstance(out[0].__cause__, ZeroDivisionError)
+    assert list(out[1]) == []
+    assert bank.pipelines["XX.A"].packets == 0 and bank.pipelines["XX.B..BHZ"].packets == 1
+    assert list(bank.feed_many([(a, T0 + 2.0, 1.0, np.array([2.0]))])[0]) == []

@@ -118,3 +118,14 @@ def test_highpass_and_period_helpers() -> None:
     assert ok.sum() > 100
     assert np.max(np.abs(hp[ok] - wave[ok])) < 0.03
     assert zero_crossing_period(t, wave) == pytest.approx(1200.0, rel=0.01)
+
+
+def test_a_gauge_on_the_equator_fits_its_tide() -> None:
+    """utide divides by sin(lat): a gauge at 0.0 deg used to fail the harmonic fit."""
+    t, v = record(dt=60.0, hours=40.0)
+    equator = StationInfo("EQ1", "tide_gauge", 0.0, -90.0, 0.0, "m")
+    det = TsunamiDetector(equator)
+    out = []
+    for i in range(0, len(t), 600):
+        out.extend(det.feed(float(t[i]), 60.0, v[i:i + 600].astype(np.float64)))
+    assert out and abs(out[0].onset - ONSET) <= 180.0
