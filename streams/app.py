@@ -19,11 +19,14 @@ import asyncio
 import heapq
 import logging
 import math
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import faust
 import faust.transport.drivers.aiokafka as faust_aiokafka
 import orjson
+from sqlalchemy.exc import OperationalError
 
 from detectors.association import Associator
 from detectors.base import Detection, DetectorError, StationInfo
@@ -52,6 +55,22 @@ FETCH_MAX_WAIT_MS = 50
 #: observation events handled together, and how long a batch waits to fill
 DETECT_BATCH = 500
 DETECT_WITHIN_S = 0.05
+
+
+async def until_stored(save: Callable[[], Any], what: str, *, first_wait: float = 0.5,
+                       max_wait: float = 30.0) -> Any:
+    """``save()``, tried again (waits doubling up to ``max_wait``) while the database cannot
+    be reached: the agent holds its input meanwhile, so no offset is committed for outputs
+    that were not stored (the consumer lag shows the stall)."""
+    wait = first_wait
+    while True:
+        try:
+            return save()
+        except OperationalError as exc:
+            log.error("cannot store %s (%s); trying again in %.1f s", what,
+                      str(exc).splitlines()[0], wait)
+            await asyncio.sleep(wait)
+            wait = min(2 * wait, max_wait)
 
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -198,9 +217,15 @@ def create_app(settings: Settings, topics: Topics, registry: list[StationInfo],
                     event.message.offset, reason)
         await dlq_topic.send(key=event.key, value=dead_letter_record(event, reason))
 
+    def save_alerts(msgs: list[Any]) -> None:
+        with store.begin() as conn:
+            for msg in msgs:
+                store.save_alert(msg, conn)
+                outbox.enqueue(msg, conn)
+
     async def emit(dets: list[Detection]) -> None:
         if dets:
-            store.save_all(dets)
+            await until_stored(partial(store.save_all, dets), f"{len(dets)} detections")
         for det in dets:
             await det_topic.send(key=det.station_id.encode(), value=encode(det))
 
@@ -264,7 +289,8 @@ def create_app(settings: Settings, topics: Topics, registry: list[StationInfo],
                 for det in ready:
                     revs = associator.add(det)
                     if revs:
-                        store.save_all(revs)
+                        await until_stored(partial(store.save_all, revs),
+                                           f"{len(revs)} incident revisions")
                     for rev in revs:
                         await inc_topic.send(key=rev.incident_id.encode(), value=encode(rev))
                     for ev in associator.take_seismic():
@@ -303,10 +329,7 @@ def create_app(settings: Settings, topics: Topics, registry: list[StationInfo],
             if msgs:
                 # the alert and its deliveries (the outbox) in one transaction, before the
                 # offset commit: a crash replays the revision, the keys absorb it
-                with store.begin() as conn:
-                    for msg in msgs:
-                        store.save_alert(msg, conn)
-                        outbox.enqueue(msg, conn)
+                await until_stored(partial(save_alerts, msgs), f"{len(msgs)} alerts")
             for msg in msgs:
                 await alert_topic.send(key=msg.incident_id.encode(), value=encode(msg))
 

@@ -136,3 +136,4 @@ def test_seismic_event_round_trip_and_bad_revision() -> None:
     bad = encode(SeismicEventMessage({**body, "revision": 0}))
     with pytest.raises(SchemaError, match="revision 0"):
         decode(bad)
+
