@@ -21,16 +21,17 @@ def packets(t: np.ndarray, v: np.ndarray, seconds: float,  # type: ignore[no-unt
 
 
 def stream_and_reference(t: np.ndarray, v: np.ndarray, seconds: float,  # type: ignore[no-untyped-def]
-                         station=GAUGE) -> tuple[list[Detection], list[Detection]]:
+                         station=GAUGE, detector=TsunamiDetector, reference=tsunami_reference
+                         ) -> tuple[list[Detection], list[Detection]]:
     """The streaming detector fed the packets, and the reference fed the same samples."""
-    det = TsunamiDetector(station)
+    det = detector(station)
     fast: list[Detection] = []
     pkts = packets(t, v, seconds, station)
     for pkt in pkts:
         fast.extend(det.feed(pkt.start, pkt.sample_interval, pkt.values))
     tt = np.concatenate([p.start + p.sample_interval * np.arange(len(p.values)) for p in pkts])
     vv = np.concatenate([p.values for p in pkts])
-    return fast, tsunami_reference(tt, vv, station)
+    return fast, reference(tt, vv, station)
 
 
 def same(a: list[Detection], b: list[Detection]) -> None:
@@ -98,14 +99,7 @@ def mofjeld_stream_and_reference(t: np.ndarray, v: np.ndarray, seconds: float,  
                                  station=GAUGE) -> tuple[list[Detection], list[Detection]]:
     from detectors.mofjeld import MofjeldDetector, mofjeld_reference
 
-    det = MofjeldDetector(station)
-    fast: list[Detection] = []
-    pkts = packets(t, v, seconds, station)
-    for pkt in pkts:
-        fast.extend(det.feed(pkt.start, pkt.sample_interval, pkt.values))
-    tt = np.concatenate([p.start + p.sample_interval * np.arange(len(p.values)) for p in pkts])
-    vv = np.concatenate([p.values for p in pkts])
-    return fast, mofjeld_reference(tt, vv, station)
+    return stream_and_reference(t, v, seconds, station, MofjeldDetector, mofjeld_reference)
 
 
 def same_mofjeld(a: list[Detection], b: list[Detection]) -> None:
