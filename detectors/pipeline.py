@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter, itemgetter
 from typing import Any
@@ -147,6 +147,13 @@ class DetectorBank:
     pipelines: dict[str, StationPipeline] = field(default_factory=dict)
     #: the array state ``feed_many`` keeps for detectors that advance channels together
     groups: dict[Any, dict[Any, Any]] = field(default_factory=dict)
+
+    def preload(self, kinds: Iterable[str]) -> None:
+        """Import the detector classes of ``kinds`` now (a worker does it before it joins its
+        group), not on the first packet of each kind."""
+        for kind in set(kinds):
+            for path in self.detectors.get(kind, ()):
+                _load(path)
 
     def pipeline(self, station: StationInfo) -> StationPipeline:
         p = self.pipelines.get(station.station_id)

@@ -292,6 +292,12 @@ class LambPulseDetector:
         alone: list[int] = []
         by_rows: dict[int, list[int]] = {}
         rows_of = list(map(attrgetter("_rows"), dets))
+        if None in rows_of:
+            # detectors never fed share their (initial) state: they start in rows too
+            for d in dets:
+                if d._rows is None and d._last_t == -math.inf:
+                    LambRows.attach(d, groups)
+            rows_of = list(map(attrgetter("_rows"), dets))
         first = rows_of[0] if rows_of else None
         if first is not None and rows_of.count(first) == len(rows_of):
             by_rows[id(first)] = list(range(len(dets)))  # the usual case

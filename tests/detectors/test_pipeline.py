@@ -142,3 +142,10 @@ def test_a_detector_bug_sets_the_packet_aside_and_the_rest_goes_on() -> None:
     assert list(out[1]) == []
     assert bank.pipelines["XX.A"].packets == 0 and bank.pipelines["XX.B..BHZ"].packets == 1
     assert list(bank.feed_many([(a, T0 + 2.0, 1.0, np.array([2.0]))])[0]) == []
+
+
+def test_preload_imports_the_detectors_of_the_kinds_it_is_given() -> None:
+    bank = DetectorBank(detectors={"barometer": ("tocsin_no_such_module:Detector",)})
+    bank.preload(["tide_gauge"])  # a kind without detectors: nothing to import
+    with pytest.raises(ModuleNotFoundError, match="tocsin_no_such_module"):
+        bank.preload(["barometer", "tide_gauge"])
