@@ -30,3 +30,68 @@ def test_outputs_wait_for_the_database() -> None:
 
     with pytest.raises(ValueError, match="a bug"):
         asyncio.run(until_stored(broken, "x", first_wait=0.01))
+
+
+def test_consumer_hands_a_message_over_at_once_and_races_the_flow_only_if_it_waits(
+        tmp_path: object) -> None:
+    """The worker consumer's ``wait_first`` (Faust calls it once per fetched message with
+    the channel callback and ``suspend_flow.wait()``): a callback that does not wait has run
+    when the call returns, with no task; one that waits runs its first step at once, then
+    finishes when what it waits for comes, or is cancelled when the flow is suspended
+    first, as in Faust's own ``wait_first``."""
+    import asyncio
+    from pathlib import Path
+
+    from streams.app import _Consumer, create_app
+    from streams.topics import Topics
+    from tocsin.settings import Settings
+
+    settings = Settings(home=Path(str(tmp_path)), kafka_bootstrap="127.0.0.1:9")
+    app = create_app(settings, Topics.for_run(settings, "unit", 1), [])
+
+    async def scenario() -> list[object]:
+        consumer = app.consumer
+        assert isinstance(consumer, _Consumer)
+        seen: list[object] = []
+
+        async def quick() -> str:
+            seen.append("quick")
+            return "delivered"
+
+        before = len(asyncio.all_tasks())
+        res = await consumer.wait_first(quick(), consumer.suspend_flow.wait())
+        assert len(asyncio.all_tasks()) == before
+        assert (res.results, res.stopped) == (["delivered"], False)
+
+        async def waits(fut: asyncio.Future[str]) -> str:
+            seen.append("start")
+            try:
+                value = await fut
+                seen.append(value)
+                return value
+            finally:
+                seen.append("finally")
+
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[str] = loop.create_future()
+        call = asyncio.ensure_future(consumer.wait_first(waits(fut), consumer.suspend_flow.wait()))
+        await asyncio.sleep(0)
+        assert seen[-1] == "start"  # its first step ran
+        fut.set_result("queued")
+        res = await call
+        assert res.results == ["queued"] and seen[-2:] == ["queued", "finally"]
+
+        fut = loop.create_future()
+        call = asyncio.ensure_future(consumer.wait_first(waits(fut), consumer.suspend_flow.wait()))
+        await asyncio.sleep(0)
+        consumer.suspend_flow.set()  # a rebalance: the waiting callback is given up
+        res = await call
+        assert fut.cancelled() and seen[-2:] == ["start", "finally"]  # cancelled in its wait
+        assert res.results == [True]  # suspend_flow.wait() won
+
+        # with the flow already suspended it is Faust's wait_first: both run as tasks
+        res = await consumer.wait_first(quick(), consumer.suspend_flow.wait())
+        assert res.results == ["delivered", True]
+        return seen
+
+    assert asyncio.run(scenario()).count("quick") == 2
