@@ -13,7 +13,6 @@ The formats are documented in docs/schemas.md.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import math
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import orjson
+import pybase64
 
 from detectors.base import SENSOR_KINDS, Detection, FloatArray
 
@@ -37,8 +37,8 @@ def iso(t: float) -> str:
     """POSIX seconds -> ISO 8601 UTC with millisecond precision and a Z."""
     if not math.isfinite(t):
         raise SchemaError(f"time {t!r} is not a finite number of seconds")
-    dt = datetime.fromtimestamp(round(t, 3), tz=UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+    text = datetime.fromtimestamp(round(t, 3), tz=UTC).isoformat(timespec="milliseconds")
+    return text[:-6] + "Z"  # "+00:00" -> "Z"
 
 
 def parse_time(value: Any, field_name: str = "time") -> float:
@@ -150,8 +150,8 @@ class ObservationPacket:
             "start_s": self.start,
             "sample_interval_s": self.sample_interval,
             "dtype": "<f8",
-            "values_b64": base64.b64encode(self.values.astype("<f8", copy=False).tobytes()
-                                           ).decode("ascii"),
+            "values_b64": pybase64.b64encode_as_string(
+                self.values.astype("<f8", copy=False).tobytes()),
             "units": self.units,
             "quality": list(self.quality),
             "source": self.source,
@@ -204,7 +204,7 @@ def _f64_values(d: dict[str, Any], schema: str) -> FloatArray:
         raise SchemaError(f"{schema}: dtype {dtype!r} is not '<f8' (little-endian float64)")
     text = _require(d, "values_b64", str, schema)
     try:
-        buf = base64.b64decode(text, validate=True)
+        buf = pybase64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise SchemaError(f"{schema}: values_b64 is not base64 ({exc}): {text[:40]!r}") from exc
     if len(buf) % 8:
