@@ -100,3 +100,13 @@ async def create_topics(bootstrap: str, topics: Topics, timeout: float = 30.0) -
             await asyncio.sleep(0.2)
     finally:
         await admin.close()
+
+
+async def delete_topics(bootstrap: str, topics: Topics) -> None:
+    """Delete the run's topics (a benchmark's runs, which nobody reads again)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
+    await admin.start()
+    try:
+        await admin.delete_topics(list(topics.layout()))
+    finally:
+        await admin.close()
