@@ -71,7 +71,26 @@ def e2e_run(pkg: Any, settings: Settings, partitions: int, workers: int) -> dict
     finally:
         asyncio.run(delete_topics(settings.bootstrap, topics))
     return {"e2e_s": run["elapsed_s"], "raw_s": raw_s, "samples": run["samples"],
-            "packets": run["packets"]}
+            "packets": run["packets"], "publish_alone_s": publish_alone(pkg, settings,
+                                                                        partitions)}
+
+
+def publish_alone(pkg: Any, settings: Settings, partitions: int) -> float:
+    """Seconds the replayer needs to publish ``pkg``'s packets with no worker running (the
+    part of the end-to-end time that no consumer can take away)."""
+    import uuid
+
+    from replay.run import package_packets
+    from replay.streaming import Progress, publish
+    from streams.topics import Topics, create_topics, delete_topics
+
+    topics = Topics.for_run(settings, f"bench-publish-{uuid.uuid4().hex[:8]}", partitions)
+    asyncio.run(create_topics(settings.bootstrap, topics))
+    try:
+        packets = package_packets(pkg, settings.packet_seconds)
+        return asyncio.run(publish(settings, topics, packets, pkg, None, Progress(pkg, None)))
+    finally:
+        asyncio.run(delete_topics(settings.bootstrap, topics))
 
 
 def _secs(runs: list[dict[str, float]], key: str) -> str:
@@ -251,7 +270,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for i in range(args.runs + 1):
             runs.append(e2e_run(pkg, settings, args.partitions, args.workers))
             print(f"{'warm-up' if i == 0 else f'run {i}'}: end to end "
-                  f"{runs[-1]['e2e_s']:.2f} s, raw consume {runs[-1]['raw_s']:.2f} s",
+                  f"{runs[-1]['e2e_s']:.2f} s, raw consume {runs[-1]['raw_s']:.2f} s, "
+                  f"publishing alone {runs[-1]['publish_alone_s']:.2f} s",
                   file=sys.stderr)
     finally:
         if started:
@@ -263,6 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     raw_s = float(np.median([r["raw_s"] for r in measured]))
     e2e = samples / e2e_s
     raw = samples / raw_s
+    pub_s = float(np.median([r["publish_alone_s"] for r in measured]))
     kern = kernel_bench(pkg)
     pick = picker_bench()
     sl = seedlink_bench(_msvf_records())
@@ -275,6 +296,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"raw aiokafka consume, same packets:   {raw:,.0f} samples/s ({raw_s:.2f} s, median: "
         f"{_secs(runs, 'raw_s')})",
         f"ratio end-to-end / raw consume:       {e2e / raw:.1%}   (target >= 25 %)",
+        f"  publishing alone (no workers):      {samples / pub_s:,.0f} samples/s ({pub_s:.2f} s, "
+        f"median: {_secs(runs, 'publish_alone_s')}; {pub_s / raw_s:.1f} x the raw consume "
+        "time, see docs/design/throughput.md)",
         f"end-to-end target 1 M samples/s:      {'met' if e2e >= 1e6 else 'NOT met'}",
         f"detector kernels, 1-s packets:        {kern['kernel_samples_per_s']:,.0f} samples/s "
         f"over {len(pkg.stations)} stations (each second's packets as one frame, "
