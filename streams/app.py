@@ -344,6 +344,8 @@ def create_app(settings: Settings, topics: Topics, registry: list[StationInfo],
                     station = station_for(pkt, by_id)
                     dets = bank.feed_frame(station, pkt.time, pkt.lat, pkt.lon, pkt.values)
                 except (SchemaError, DetectorError) as exc:
+                    # the packets before it first: dead letters keep the input's order
+                    await feed_batch(batch)
                     await dead_letter(event, f"{type(exc).__name__}: {exc}")
                     continue
                 await emit(dets)

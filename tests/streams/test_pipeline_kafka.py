@@ -73,8 +73,17 @@ def test_bad_messages_go_to_dead_letter_and_worker_keeps_running(
 
     good = ObservationPacket("S1", "barometer", "LDI", 1642204800.0, 60.0,
                              np.full(30, 1010.0), "hPa", lat=-21.1, lon=-175.2)
-    bad = [b"not json at all", b'{"schema": "tocsin.observation/1", "station_id": "S2"}',
-           orjson.dumps({**orjson.loads(encode(good)), "sample_interval_s": -5})]
+    # S1 again, later, but as a tide gauge: it decodes, and its pipeline rejects it
+    wrong_kind = ObservationPacket("S1", "tide_gauge", "LDI", 1642210000.0, 60.0,
+                                   np.full(30, 1.0), "m", lat=-21.1, lon=-175.2)
+    # (key, value), in the order they are sent (one partition)
+    sent = [(b"S2", b"not json at all"),
+            (b"S2", b'{"schema": "tocsin.observation/1", "station_id": "S2"}'),
+            (b"S2", orjson.dumps({**orjson.loads(encode(good)), "sample_interval_s": -5})),
+            (b"S1", encode(good)),
+            (b"S1", encode(wrong_kind)),
+            (b"S2", b"[1, 2]")]
+    bad = [0, 1, 2, 4, 5]  # the offsets that must come back as dead letters, in order
 
     async def go() -> tuple[list[dict], Collected]:  # type: ignore[type-arg]
         await create_topics(kafka_settings.bootstrap, topics)
@@ -85,9 +94,9 @@ def test_bad_messages_go_to_dead_letter_and_worker_keeps_running(
             producer = AIOKafkaProducer(bootstrap_servers=kafka_settings.bootstrap, acks="all")
             await producer.start()
             try:
-                for raw in bad:
-                    await producer.send_and_wait(topics.observations, raw, key=b"S2")
-                await producer.send_and_wait(topics.observations, encode(good), key=b"S1")
+                for key, raw in sent:  # sent together: the worker takes them as one batch
+                    await producer.send(topics.observations, raw, key=key)
+                await producer.flush()
                 await producer.send_and_wait(topics.observations,
                                              control("end", partitions=1, run="dlq"),
                                              key=b"control", partition=0)
@@ -116,12 +125,15 @@ def test_bad_messages_go_to_dead_letter_and_worker_keeps_running(
             stop_workers(procs)
 
     letters, _ = asyncio.run(go())
-    assert [d["schema"] for d in letters] == ["tocsin.deadletter/1"] * 3
-    assert letters[0]["source"] == f"{topics.observations}[0]@0"
+    assert [d["schema"] for d in letters] == ["tocsin.deadletter/1"] * len(bad)
+    # in the input's order, the detector's rejection (4) before the decode failure after it
+    assert [d["source"] for d in letters] == [f"{topics.observations}[0]@{i}" for i in bad]
     assert "not JSON" in letters[0]["reason"]
     assert "values" in letters[1]["reason"]
     assert "-5" in letters[2]["reason"] and "sample_interval" in letters[2]["reason"]
     assert letters[2]["value"].startswith("{")
+    assert "PacketError" in letters[3]["reason"] and "tide_gauge" in letters[3]["reason"]
+    assert "expected a JSON object" in letters[4]["reason"]
 
 
 def test_replaying_twice_stores_each_output_once(kafka_settings: Settings, tonga: ReplayPackage,
