@@ -211,7 +211,8 @@ class LiveState:
                      "lon": b["lon"], "depth_km": b["depth_km"],
                      "origin_time": iso(b["origin_time"]), "herr_km": b["herr_km"],
                      "magnitude": b.get("magnitude"), "stations": len(b["stations"])}
-                    for b in sorted(self._seismic.values(), key=lambda b: b["origin_time"])],
+                    for b in sorted(self._seismic.values(), key=lambda b: b["origin_time"])
+                    if b.get("status") != "retracted"],  # withdrawn: off the map
                 "health": {"stations": len(stations), "states": counts,
                            "samples": sum(s["samples"] for s in stations),
                            "missing": sum(s["missing"] for s in stations),

@@ -43,11 +43,10 @@ import numpy as np
 from detectors.base import Detection, StationInfo
 from detectors.front import FrontSolution, locate_front
 from detectors.geo import great_circle_km
-from detectors.seismic import SeismicEvent, SeismicParams, associate_seismic
+from detectors.seismic import RETRACTED, SeismicEvent, SeismicParams, associate_seismic
 from streams.schemas import Forecast, IncidentRevision
 
 PRESSURE_DETECTORS = ("lamb_pulse",)
-RETRACTED = "retracted"
 SEA_LEVEL_KINDS = ("tide_gauge", "bottom_pressure")
 FORECAST_KINDS = ("tide_gauge", "bottom_pressure")
 
@@ -110,7 +109,9 @@ class Associator:
         self._cache: dict[tuple[str, ...], FrontSolution | None] = {}
         self._seismic_cache: dict[tuple[str, ...], list[SeismicEvent]] = {}
         self._seismic: dict[str, SeismicEvent] = {}
-        self._seismic_sent: dict[str, int] = {}
+        # event id -> (what the association made of it, the last revision handed out)
+        self._seismic_sent: dict[str, tuple[tuple[Any, ...], SeismicEvent]] = {}
+        self._latest = -math.inf  # the newest detection's declaration time
 
     def add(self, det: Detection) -> list[IncidentRevision]:
         """New, corrected and retracted revisions after ``det`` (fed in declared order,
@@ -119,6 +120,7 @@ class Associator:
         if det.key in self._keys:
             return []  # a redelivered detection changes nothing
         self._keys.add(det.key)
+        self._latest = max(self._latest, det.declared)
         bisect.insort(self._dets, (det.declared, det.key, det))
         self._seismic.clear()
         current = {r.key: r for r in associate((d for _, _, d in self._dets), self.registry,
@@ -143,10 +145,28 @@ class Associator:
         return sorted(self._published.values(), key=lambda r: (r.issued, r.key))
 
     def take_seismic(self) -> list[SeismicEvent]:
-        """Seismic event revisions not handed out yet (the latest of each event)."""
-        new = [e for k, e in self._seismic.items() if self._seismic_sent.get(k) != e.revision]
-        for e in new:
-            self._seismic_sent[e.event_id] = e.revision
+        """Seismic event revisions not handed out yet (the latest of each event), and a
+        ``retracted`` revision for each event handed out that the association no longer
+        has (a pick that came late re-formed it under another id). Revision numbers
+        handed out for an event only grow."""
+        new = []
+        for eid, (made, last) in list(self._seismic_sent.items()):
+            if eid not in self._seismic and last.status != RETRACTED:
+                gone = replace(last, revision=last.revision + 1, status=RETRACTED,
+                               issued=max(last.issued, self._latest), magnitude=None,
+                               picks=())
+                self._seismic_sent[eid] = (made, gone)
+                new.append(gone)
+        for eid, e in self._seismic.items():
+            made = (e.revision, e.issued, tuple(d.key for d in e.picks))
+            sent = self._seismic_sent.get(eid)
+            if sent is not None and sent[0] == made and sent[1].status != RETRACTED:
+                continue
+            if sent is not None and e.revision <= sent[1].revision:
+                # back after a retraction, or made again from other picks
+                e = replace(e, revision=sent[1].revision + 1)
+            self._seismic_sent[eid] = (made, e)
+            new.append(e)
         return sorted(new, key=lambda e: (e.issued, e.event_id))
 
 

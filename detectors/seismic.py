@@ -161,9 +161,15 @@ class Magnitude:
     type: str = "Ms_picker"
 
 
+LOCATED = "located"
+RETRACTED = "retracted"
+
+
 @dataclass(frozen=True)
 class SeismicEvent:
-    """One revision of a located seismic event."""
+    """One revision of a located seismic event; a ``retracted`` revision withdraws it (its
+    picks went to another event: a late pick changed the association), with no picks and
+    the last origin published."""
 
     event_id: str
     revision: int
@@ -171,6 +177,7 @@ class SeismicEvent:
     origin: Origin
     magnitude: Magnitude | None
     picks: tuple[Detection, ...]
+    status: str = LOCATED
 
     @property
     def key(self) -> str:
@@ -180,6 +187,7 @@ class SeismicEvent:
         o, m = self.origin, self.magnitude
         return {
             "event_id": self.event_id, "revision": self.revision, "issued": self.issued,
+            "status": self.status,
             "lat": round(o.lat, 4), "lon": round(o.lon, 4), "depth_km": round(o.depth_km, 1),
             "origin_time": round(o.time, 3), "rms_s": round(o.rms_s, 3),
             "herr_km": round(o.herr_km, 1), "gap_deg": round(o.gap_deg, 1),

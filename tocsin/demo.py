@@ -46,6 +46,9 @@ def describe(msg: Message) -> str | None:
                 f" ({len(msg.stations_used)} stations{watches}{confirmed})")
     if isinstance(msg, SeismicEventMessage):
         b = msg.body
+        if b.get("status") == "retracted":
+            return (f"SEISMIC    {iso(b['issued'])[:19]}Z  {b['event_id']} rev {b['revision']}: "
+                    "retracted (its picks went to another event)")
         return (f"SEISMIC    {iso(b['issued'])[:19]}Z  {b['event_id']} rev {b['revision']}: "
                 f"{b['lat']:.2f}, {b['lon']:.2f}, depth {b['depth_km']:.0f} km, origin "
                 f"{iso(b['origin_time'])[:19]}Z +-{b['herr_km']:.0f} km, "

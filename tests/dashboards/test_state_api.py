@@ -131,3 +131,7 @@ def test_seismic_events_keep_their_latest_revision() -> None:
     (ev,) = state.snapshot()["seismic_events"]
     assert (ev["revision"], ev["herr_km"], ev["stations"]) == (2, 12.0, 4)
     assert ev["origin_time"].startswith("2023-11-14T22:")
+    # a retraction (its picks went to another event) takes it off the map
+    state.on_seismic({**body, "revision": 3, "status": "retracted", "stations": [],
+                      "issued": 1.7e9 + 60})
+    assert state.snapshot()["seismic_events"] == []

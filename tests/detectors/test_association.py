@@ -162,3 +162,35 @@ def test_a_distant_earthquake_does_not_join_the_eruption() -> None:
     revs = associate(pressure_dets() + quake, GAUGES)
     assert len({r.incident_id for r in revs}) == 1  # an earthquake alone opens nothing
     assert all("seismic" not in r.evidence for r in revs)
+
+
+def test_a_seismic_event_re_formed_by_a_late_pick_is_retracted() -> None:
+    """The earliest station's pick comes in last (its data were late): association in
+    declaration order now forms the event from it, under another id. The event handed out
+    before is retracted (a revision after its last, no picks); the new one comes out; and
+    the revision numbers of an event only grow."""
+    from detectors.seismic import LOCATED, RETRACTED
+
+    picks = sorted(seismic_picks((-30.0, -177.0), ORIGIN), key=lambda d: d.onset)
+    late, rest = picks[0], picks[1:]
+    assoc = Associator([])
+    sent = []
+    for d in rest:
+        assoc.add(d)
+        sent.extend(assoc.take_seismic())
+    assert sent and {e.status for e in sent} == {LOCATED}
+    (first_id,) = {e.event_id for e in sent}
+    assert [e.revision for e in sent] == list(range(1, len(sent) + 1))
+    assert assoc.take_seismic() == []  # nothing new: nothing handed out again
+
+    assoc.add(late)
+    after = assoc.take_seismic()
+    gone = [e for e in after if e.event_id == first_id]
+    new = [e for e in after if e.event_id != first_id]
+    assert [(e.status, e.revision, e.picks) for e in gone] == [(RETRACTED, sent[-1].revision + 1,
+                                                                ())]
+    assert gone[0].origin == sent[-1].origin and gone[0].issued >= sent[-1].issued
+    assert len(new) == 1 and new[0].status == LOCATED
+    assert late.key in {d.key for d in new[0].picks}
+    assert gone[0].as_dict()["status"] == RETRACTED and gone[0].as_dict()["arrivals"] == []
+    assert assoc.take_seismic() == []  # the retraction is handed out once
