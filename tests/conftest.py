@@ -9,6 +9,7 @@ import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -40,6 +41,43 @@ def shared_data() -> Path:
     if not (root / "tonga2022").is_dir():
         missing(f"real data folder {root} not found")
     return root
+
+
+# the synthetic earthquake on real MSVF noise (tests/replay/test_seismic_scenario.py and the
+# browser test): real station sites, obspy.taup arrivals
+ERUPTION = 1642220085.0
+T0 = 1_700_000_000.0
+
+
+def _quake() -> Any:
+    from replay.seismic_scenario import Quake
+
+    return Quake(lat=-20.0, lon=-174.5, depth_km=35.0, time=T0 + 1200.0, magnitude=6.0)
+
+
+QUAKE = _quake()
+
+
+@pytest.fixture(scope="session")
+def quiet_noise(shared_data: Path) -> Any:
+    """The quiet hours of the real II.MSVF.10.LHZ record (before the eruption)."""
+    import numpy as np
+    from obspy import read
+
+    tr = read(str(shared_data / "tonga2022" / "seismic"
+                  / "Tonga_2022-01-15_II.MSVF.10.LHZ.mseed"))[0]
+    n_quiet = int(ERUPTION - tr.stats.starttime.timestamp) - 600
+    return tr.data[:n_quiet].astype(np.float64)
+
+
+@pytest.fixture(scope="session")
+def quake_pkg(quiet_noise: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A replay package of the earthquake: 45 min of six real sites' LHZ."""
+    from replay.package import load_package
+    from replay.seismic_scenario import record, write_package
+
+    traces = record(QUAKE, quiet_noise, T0, seconds=2700.0, seed=1)
+    return load_package(write_package(QUAKE, traces, T0, tmp_path_factory.mktemp("quake")))
 
 
 def free_port() -> int:

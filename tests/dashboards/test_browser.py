@@ -14,7 +14,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -26,14 +28,15 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 CHROMIUM = "/usr/bin/chromium"
 
 
-@pytest.fixture()
-def demo(kafka_settings: Settings, tmp_path: Path):  # type: ignore[no-untyped-def]
+def _serve_demo(settings: Settings, tmp_path: Path, *args: str) -> Iterator[str]:
+    """``tocsin run ARGS`` on the session's broker; yields the dashboard's URL once it
+    answers, and stops the demo (Ctrl-C) afterwards."""
     port = free_port()
-    env = {**os.environ, "TOCSIN_KAFKA_BOOTSTRAP": kafka_settings.bootstrap,
+    env = {**os.environ, "TOCSIN_KAFKA_BOOTSTRAP": settings.bootstrap,
            "TOCSIN_HOME": str(tmp_path / "home"), "TOCSIN_HTTP_PORT": str(port),
-           "TOCSIN_SESSION_TIMEOUT_MS": "6000", "TOCSIN_CACHE_DIR": str(kafka_settings.cache_dir)}
+           "TOCSIN_SESSION_TIMEOUT_MS": "6000", "TOCSIN_CACHE_DIR": str(settings.cache_dir)}
     log = (tmp_path / "demo.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "tocsin", "run", "--duration", "60"],
+    proc = subprocess.Popen([sys.executable, "-m", "tocsin", "run", *args],
                             stdout=log, stderr=subprocess.STDOUT, env=env,
                             start_new_session=True)
     url = f"http://127.0.0.1:{port}"
@@ -58,20 +61,36 @@ def demo(kafka_settings: Settings, tmp_path: Path):  # type: ignore[no-untyped-d
         log.close()
 
 
-def test_dashboard_shows_the_incident_live(demo: str) -> None:
+@pytest.fixture()
+def demo(kafka_settings: Settings, tmp_path: Path) -> Iterator[str]:
+    yield from _serve_demo(kafka_settings, tmp_path, "--duration", "60")
+
+
+@pytest.fixture()
+def quake_demo(kafka_settings: Settings, quake_pkg: Any, tmp_path: Path) -> Iterator[str]:
+    yield from _serve_demo(kafka_settings, tmp_path, "--package", str(quake_pkg.root),
+                           "--duration", "40")
+
+
+def _browser(pw: Any, errors: list[str]) -> tuple[Any, Any]:
     if not Path(CHROMIUM).exists() or shutil.which("chromium") is None:
         missing("Debian chromium is not installed (apt-get install chromium)")
+    browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+        "--no-sandbox", "--disable-background-networking", "--disable-gpu"])
+    page = browser.new_page(viewport={"width": 1400, "height": 850})
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    return browser, page
+
+
+def test_dashboard_shows_the_incident_live(demo: str) -> None:
     from playwright.sync_api import sync_playwright
 
     shots = OUTPUT / "dashboard"
     shots.mkdir(parents=True, exist_ok=True)
     errors: list[str] = []
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-            "--no-sandbox", "--disable-background-networking", "--disable-gpu"])
-        page = browser.new_page(viewport={"width": 1400, "height": 850})
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        page.on("pageerror", lambda e: errors.append(str(e)))
+        browser, page = _browser(pw, errors)
         page.goto(demo)
         page.wait_for_selector("#map path.leaflet-interactive[data-station]", timeout=30_000)
         page.screenshot(path=str(shots / "1-start.png"))
@@ -100,4 +119,34 @@ def test_dashboard_shows_the_incident_live(demo: str) -> None:
     assert state["incidents"] and state["alerts"]
     assert "consumer lag:" in lag_text and "observations" in lag_text
     assert state["health"]["consumer_lag"]["group"].startswith("tocsin-")
+    assert errors == [], errors
+
+
+def test_dashboard_shows_a_seismic_event(quake_demo: str, quake_pkg: Any) -> None:
+    """The earthquake scenario (six real LHZ sites, real MSVF noise): the located event
+    appears on the map as the workers publish it, where the package's truth is."""
+    from playwright.sync_api import sync_playwright
+
+    from detectors.geo import great_circle_km
+    from tests.conftest import QUAKE
+
+    shots = OUTPUT / "dashboard"
+    shots.mkdir(parents=True, exist_ok=True)
+    errors: list[str] = []
+    with sync_playwright() as pw:
+        browser, page = _browser(pw, errors)
+        page.goto(quake_demo)
+        page.wait_for_selector("#map path.leaflet-interactive[data-station]", timeout=30_000)
+        marker = page.wait_for_selector("#map [data-seismic]", timeout=120_000)
+        assert marker is not None
+        event_id = marker.get_attribute("data-seismic")
+        # the last revision uses all six stations
+        page.wait_for_function("window.tocsinState().seismic_events.some("
+                               "e => e.stations === 6)", timeout=120_000)
+        page.screenshot(path=str(shots / "4-seismic.png"))
+        state = page.evaluate("window.tocsinState()")
+        browser.close()
+    (ev,) = state["seismic_events"]
+    assert ev["event_id"] == event_id
+    assert float(great_circle_km(ev["lat"], ev["lon"], QUAKE.lat, QUAKE.lon)) < 25.0
     assert errors == [], errors

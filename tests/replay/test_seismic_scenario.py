@@ -11,37 +11,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from detectors.geo import great_circle_km
 from replay.package import load_package
 from replay.run import detect_package
-from replay.seismic_scenario import SITES, Quake, record, write_package
+from replay.seismic_scenario import SITES
 from responders.quakeml import event_quakeml
 from streams.schemas import parse_time
-from tests.conftest import detect_and_replay, same_reports
+from tests.conftest import QUAKE, detect_and_replay, same_reports
 from tocsin.settings import Settings
-
-ERUPTION = 1642220085.0
-T0 = 1_700_000_000.0
-QUAKE = Quake(lat=-20.0, lon=-174.5, depth_km=35.0, time=T0 + 1200.0, magnitude=6.0)
-
-
-@pytest.fixture(scope="module")
-def quiet_noise(shared_data: Path) -> np.ndarray:
-    from obspy import read
-
-    tr = read(str(shared_data / "tonga2022" / "seismic"
-                  / "Tonga_2022-01-15_II.MSVF.10.LHZ.mseed"))[0]
-    n_quiet = int(ERUPTION - tr.stats.starttime.timestamp) - 600
-    return tr.data[:n_quiet].astype(np.float64)
-
-
-@pytest.fixture(scope="module")
-def quake_pkg(quiet_noise: np.ndarray, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    traces = record(QUAKE, quiet_noise, T0, seconds=2700.0, seed=1)
-    return load_package(write_package(QUAKE, traces, T0, tmp_path_factory.mktemp("quake")))
 
 
 @pytest.fixture(scope="module")
