@@ -16,9 +16,11 @@ No app object exists at import time.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import heapq
 import logging
 import math
+import sys
 from collections.abc import Callable, Coroutine, Generator
 from functools import partial
 from typing import Any
@@ -81,15 +83,25 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         return consumer
 
 
+#: the callback's first step runs inline only on the interpreter it was built and tested
+#: on: there it matches a task's first step (see ``_Consumer.wait_first``). On 3.12+,
+#: ``asyncio.wait_for`` arms an ``asyncio.timeout`` on the current task, which inline would
+#: be Faust's drain task (eager tasks would do it natively there; not tested here)
+INLINE_FIRST_STEP = sys.version_info[:2] == (3, 11)
+
+
 class _Rest:
-    """Awaiting it runs the rest of a coroutine whose first step has already run and is
-    waiting on ``pending`` (what that step yielded): ``yield from`` after the fact."""
+    """Awaiting it runs the rest of a coroutine whose first step has already run (in
+    ``context``) and is waiting on ``pending`` (what that step yielded): ``yield from``
+    after the fact."""
 
     def __init__(self, coro: Coroutine[Any, Any, Any], pending: Any) -> None:
         self.coro, self.pending = coro, pending
 
     def __await__(self) -> Generator[Any, Any, Any]:
         pending = self.pending
+        if pending is not None and hasattr(pending, "_asyncio_future_blocking"):
+            pending._asyncio_future_blocking = True  # cleared after the first step
         while True:
             try:
                 sent = yield pending
@@ -118,16 +130,18 @@ class _Consumer(faust_aiokafka.Consumer):
         ``wait_first(callback(message), suspend_flow.wait())``: four tasks and an
         ``asyncio.wait`` per message, most of a worker's per-message cost. The callback
         (decode, put on the stream's queue) almost never waits, so its first step runs
-        here, at once; only if it does wait (a full queue, paused flow) does the rest race
-        ``suspend_flow`` as before. With the flow already suspended, or anything else,
-        this is Faust's ``wait_first``."""
-        if (len(coros) != 2 or timeout is not None or not asyncio.iscoroutine(coros[0])
-                or self.suspend_flow.is_set() or self._stopped.is_set()
-                or self._crashed.is_set()):
+        here, at once, in a copy of the context as a task's would; only if it does wait (a
+        full queue, paused flow) does the rest, as a task in that context, race
+        ``suspend_flow`` as before. With the flow already suspended, or on another Python
+        than 3.11 (``INLINE_FIRST_STEP``), this is Faust's ``wait_first``."""
+        if (not INLINE_FIRST_STEP or len(coros) != 2 or timeout is not None
+                or not asyncio.iscoroutine(coros[0]) or self.suspend_flow.is_set()
+                or self._stopped.is_set() or self._crashed.is_set()):
             return await super().wait_first(*coros, timeout=timeout)
         first, other = coros
+        ctx = contextvars.copy_context()
         try:
-            pending = first.send(None)
+            pending = ctx.run(first.send, None)
         except StopIteration as stop:
             if asyncio.iscoroutine(other):
                 other.close()  # never started
@@ -136,7 +150,11 @@ class _Consumer(faust_aiokafka.Consumer):
             if asyncio.iscoroutine(other):
                 other.close()
             raise
-        return await super().wait_first(_rest(first, pending), other)
+        if pending is not None and hasattr(pending, "_asyncio_future_blocking"):
+            # as a task's step would: others may await the same future meanwhile
+            pending._asyncio_future_blocking = False
+        rest = self.loop.create_task(_rest(first, pending), context=ctx)
+        return await super().wait_first(rest, other)
 
 
 class _Transport(faust_aiokafka.Transport):

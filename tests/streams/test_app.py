@@ -40,6 +40,7 @@ def test_consumer_hands_a_message_over_at_once_and_races_the_flow_only_if_it_wai
     finishes when what it waits for comes, or is cancelled when the flow is suspended
     first, as in Faust's own ``wait_first``."""
     import asyncio
+    import contextvars
     from pathlib import Path
 
     from streams.app import _Consumer, create_app
@@ -80,6 +81,28 @@ def test_consumer_hands_a_message_over_at_once_and_races_the_flow_only_if_it_wai
         fut.set_result("queued")
         res = await call
         assert res.results == ["queued"] and seen[-2:] == ["queued", "finally"]
+
+        # the first step runs in a copy of the context, as a task's would
+        var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
+
+        async def sets() -> str:
+            var.set("set by the callback")
+            return var.get()
+
+        res = await consumer.wait_first(sets(), consumer.suspend_flow.wait())
+        assert res.results == ["set by the callback"] and var.get() == "unset"
+
+        # a future the callback waits on can be awaited by others meanwhile
+        fut = loop.create_future()
+        call = asyncio.ensure_future(consumer.wait_first(waits(fut), consumer.suspend_flow.wait()))
+
+        async def also() -> str:
+            return await fut
+
+        other = asyncio.ensure_future(also())  # awaits the same future
+        await asyncio.sleep(0)
+        fut.set_result("shared")
+        assert await other == "shared" and (await call).results == ["shared"]
 
         fut = loop.create_future()
         call = asyncio.ensure_future(consumer.wait_first(waits(fut), consumer.suspend_flow.wait()))
