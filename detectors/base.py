@@ -102,3 +102,19 @@ class StreamDetector(Protocol):
     def feed(self, t0: float, dt: float, values: FloatArray) -> list[Detection]: ...
 
     def params(self) -> dict[str, Any]: ...
+
+
+def feed_guarded(det: StreamDetector, station_id: str, t0: float, dt: float,
+                 values: FloatArray) -> list[Detection] | DetectorError:
+    """``det.feed``'s detections, or the error it raised: a DetectorError as it is, any
+    other error made a DetectorFault naming station, detector and cause (the packet can be
+    set aside and the stream go on)."""
+    try:
+        return det.feed(t0, dt, values)
+    except DetectorError as exc:
+        return exc
+    except Exception as exc:
+        fault = DetectorFault(f"{station_id}: detector {det.name} failed on the packet at "
+                              f"{t0}: {type(exc).__name__}: {exc}")
+        fault.__cause__ = exc
+        return fault

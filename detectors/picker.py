@@ -56,7 +56,14 @@ from typing import Any
 import numpy as np
 from scipy.signal import iirfilter, lfilter, sosfilt, sosfilt_zi
 
-from detectors.base import Detection, DetectorError, FloatArray, PacketError, StationInfo
+from detectors.base import (
+    Detection,
+    DetectorError,
+    FloatArray,
+    PacketError,
+    StationInfo,
+    feed_guarded,
+)
 
 # scipy's own kernels behind ``sosfilt`` and ``lfilter``, without their 20-40 us of argument
 # handling per call (a picker makes three calls per packet); the public functions if a
@@ -454,10 +461,7 @@ class StaLtaPicker:
                 slow.extend(items[j] for j in np.flatnonzero(~ok).tolist())
         for i in sorted(slow):
             pk, t0, dt, v = calls[i]
-            try:
-                out[i] = pk.feed(t0, dt, v)
-            except DetectorError as e:
-                out[i] = e
+            out[i] = feed_guarded(pk, pk.station.station_id, t0, dt, v)
             PickerRows.attach(pk, groups)
         return out
 

@@ -23,6 +23,7 @@ from detectors.base import (
     PacketError,
     StationInfo,
     StreamDetector,
+    feed_guarded,
 )
 
 # kind -> detector classes ("module:Class"); imported lazily so a kind without detectors
@@ -125,13 +126,10 @@ class StationPipeline:
 def _feed(det: StreamDetector, station: StationInfo, t0: float, dt: float,
           values: FloatArray) -> list[Detection]:
     """``det.feed``, with any error that is not a DetectorError made a DetectorFault."""
-    try:
-        return det.feed(t0, dt, values)
-    except DetectorError:
-        raise
-    except Exception as exc:
-        raise DetectorFault(f"{station.station_id}: detector {det.name} failed on the packet "
-                            f"at {t0}: {type(exc).__name__}: {exc}") from exc
+    found = feed_guarded(det, station.station_id, t0, dt, values)
+    if isinstance(found, DetectorError):
+        raise found
+    return found
 
 
 @dataclass

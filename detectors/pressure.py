@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from detectors.base import Detection, DetectorError, FloatArray, StationInfo
+from detectors.base import Detection, DetectorError, FloatArray, StationInfo, feed_guarded
 from detectors.bins import Binner, check_packet, run_onset, whole_record_bins
 
 
@@ -270,10 +270,8 @@ class LambPulseDetector:
             if v.dtype == np.float64 and v.ndim == 1:
                 frames.setdefault((t0, dt, len(v)), []).append(i)
                 continue
-            try:  # the one-detector path names what is wrong with it
-                out[i] = d.feed(t0, dt, v)
-            except DetectorError as e:
-                out[i] = e
+            # the one-detector path names what is wrong with it
+            out[i] = feed_guarded(d, d.station.station_id, t0, dt, v)
         for (t0, dt, _n), items in frames.items():
             block = np.stack([calls[i][3] for i in items])
             found = cls.feed_block([dets[i] for i in items], t0, dt, block, groups)
@@ -321,11 +319,9 @@ class LambPulseDetector:
             # rows that left the group before the frame take it on their own
             alone.extend(items[j] for j in left)
         for i in sorted(alone):
-            try:
-                out[i] = dets[i].feed(t0, dt, block[i])
-            except DetectorError as e:
-                out[i] = e
-            LambRows.attach(dets[i], groups)
+            d = dets[i]
+            out[i] = feed_guarded(d, d.station.station_id, t0, dt, block[i])
+            LambRows.attach(d, groups)
         for plist in groups.values():
             if len(plist) > 1 and any(g.closed for g in plist):
                 LambRows.merge(plist)
@@ -531,7 +527,8 @@ class LambRows:
             for row, d in enumerate(self.dets):
                 if d is not None and not fed[row]:
                     self.release(d)
-        if not (dt > 0 and math.isfinite(dt)) or not t0 > self.last_t + 1e-6 or n == 0:
+        if (not (dt > 0 and math.isfinite(dt)) or not math.isfinite(t0)
+                or not t0 > self.last_t + 1e-6 or n == 0):
             for d in dets:  # the one-detector path raises (or ignores) it
                 self.release(d)
             return list(range(m))

@@ -149,3 +149,27 @@ def test_preload_imports_the_detectors_of_the_kinds_it_is_given() -> None:
     bank.preload(["tide_gauge"])  # a kind without detectors: nothing to import
     with pytest.raises(ModuleNotFoundError, match="tocsin_no_such_module"):
         bank.preload(["barometer", "tide_gauge"])
+
+
+def test_a_first_packet_at_an_infinite_time_does_not_sink_the_others() -> None:
+    """A never-fed barometer whose first packet starts at infinity, in one call with a good
+    packet of another: each gets what feeding it alone gives (the rows' bin arithmetic
+    overflowed and failed the whole call)."""
+    import math
+
+    from detectors.base import DetectorError
+
+    a = StationInfo("XX.A", "barometer", 0.0, 0.0, units="hPa")
+    b = StationInfo("XX.B", "barometer", 1.0, 1.0, units="hPa")
+    values = np.full(600, 1010.0)
+    packets = [(a, math.inf, 1.0, values), (b, T0, 1.0, values)]
+    alone = DetectorBank()
+    expected: list[object] = []
+    for p in packets:
+        try:
+            expected.append(list(alone.feed(*p)))
+        except DetectorError as exc:
+            expected.append(f"{type(exc).__name__}: {exc}")
+    got = [r if isinstance(r, list | tuple) else f"{type(r).__name__}: {r}"
+           for r in DetectorBank().feed_many(packets)]
+    assert [list(r) if isinstance(r, tuple) else r for r in got] == expected
