@@ -24,14 +24,28 @@ from tocsin.settings import Settings
 
 POM = Path(__file__).resolve().parent / "kafka" / "pom.xml"
 LOG4J = Path(__file__).resolve().parent / "kafka" / "log4j2.properties"
-#: Kafka's own JVM performance options (bin/kafka-run-class.sh) and the heap region size
-#: its operations guide recommends: a produce request of a few MB is then not a "humongous"
-#: object for G1 (regions of 1 MB at this heap size), which started a concurrent marking
-#: cycle per request
+#: Kafka's own JVM performance options (bin/kafka-run-class.sh)
 JVM_OPTS = ("-server", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
-            "-XX:InitiatingHeapOccupancyPercent=35", "-XX:G1HeapRegionSize=16M",
-            "-XX:+ExplicitGCInvokesConcurrent", "-XX:MaxInlineLevel=15",
-            "-Djava.awt.headless=true")
+            "-XX:InitiatingHeapOccupancyPercent=35", "-XX:+ExplicitGCInvokesConcurrent",
+            "-XX:MaxInlineLevel=15", "-Djava.awt.headless=true")
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def heap_bytes(heap: str) -> int:
+    """``-Xmx`` syntax (``768m``, ``2g``, ``524288k``, bytes) -> bytes."""
+    text = heap.strip().lower()
+    num, unit = (text[:-1], text[-1]) if text and text[-1] in "kmg" else (text, "")
+    if not num.isdigit() or int(num) == 0:
+        raise BrokerError(f"broker heap {heap!r} is not a JVM heap size such as 768m or 2g")
+    return int(num) * _UNITS[unit]
+
+
+def g1_region_opts(heap: str) -> tuple[str, ...]:
+    """The heap region size Kafka's operations guide recommends (16 MB) from a 512-MB heap
+    up: a produce request of a few MB is then not a "humongous" object, which in the 1-MB
+    regions of a 768-MB heap started a concurrent G1 cycle per request. Smaller heaps keep
+    the JVM's choice (16-MB regions would leave too few of them)."""
+    return ("-XX:G1HeapRegionSize=16M",) if heap_bytes(heap) >= 512 << 20 else ()
 
 
 class BrokerError(RuntimeError):
@@ -149,7 +163,7 @@ class Broker:
             raise BrokerError("java is not on PATH; Kafka needs Java 17")
         return [
             java, f"-Xmx{self.settings.broker_heap}", f"-Xms{self.settings.broker_heap}",
-            *JVM_OPTS,
+            *JVM_OPTS, *g1_region_opts(self.settings.broker_heap),
             f"-Dlog4j2.configurationFile={LOG4J}", f"-Dtocsin.broker.log={self.log}",
             "-cp", f"{self.settings.kafka_libs}/*", *args,
         ]

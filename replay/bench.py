@@ -245,6 +245,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--runs", type=int, default=3, help="measured runs after the warm-up")
     args = ap.parse_args(argv)
+    if args.runs < 1:
+        ap.error(f"--runs {args.runs}: at least one measured run")
 
     from deploy.broker import Broker
     from replay.package import load_package

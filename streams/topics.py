@@ -107,6 +107,10 @@ async def delete_topics(bootstrap: str, topics: Topics) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
     await admin.start()
     try:
-        await admin.delete_topics(list(topics.layout()))
+        resp = await admin.delete_topics(list(topics.layout()))
     finally:
         await admin.close()
+    # aiokafka hands back the broker's answer unchecked; 3: the topic does not exist
+    failed = [(t, code) for t, code, *_ in resp.topic_error_codes if code not in (0, 3)]
+    if failed:
+        raise RuntimeError(f"deleting topics failed (topic, Kafka error code): {failed}")

@@ -64,3 +64,15 @@ def test_port_taken_is_a_clear_error(kafka_settings: Settings, tmp_path) -> None
                      controller_port=kafka_settings.controller_port + 1)
     with pytest.raises(BrokerError, match=str(kafka_settings.broker_port)):
         Broker(other).start(timeout=5)
+
+
+def test_heap_sizes_and_the_g1_region_size() -> None:
+    from deploy.broker import g1_region_opts, heap_bytes
+
+    assert heap_bytes("768m") == 768 << 20 and heap_bytes("2G") == 2 << 30
+    assert heap_bytes("524288k") == 512 << 20 and heap_bytes("1073741824") == 1 << 30
+    assert g1_region_opts("768m") == ("-XX:G1HeapRegionSize=16M",)
+    assert g1_region_opts("256m") == ()  # 16-MB regions would leave 16 of them
+    for bad in ("", "lots", "0m", "1.5g", "-1g"):
+        with pytest.raises(BrokerError, match="not a JVM heap size"):
+            heap_bytes(bad)

@@ -105,6 +105,10 @@ def test_observation_version_1_still_decodes() -> None:
          b'"values": ["a"], "units": "hPa"}', "values"),
         (V2 + b'"dtype": "<f4", "values_b64": "AAAAAA=="}', "dtype '<f4'"),
         (V2 + b'"dtype": "<f8", "values_b64": "not base64!"}', "'not base64!'"),
+        # padding missing, padding after a whole group, a line break inside
+        (V2 + b'"dtype": "<f8", "values_b64": "AAAAAAAAAAA"}', "'AAAAAAAAAAA'"),
+        (V2 + b'"dtype": "<f8", "values_b64": "AAAAAAAAAAAA="}', "'AAAAAAAAAAAA='"),
+        (V2 + b'"dtype": "<f8", "values_b64": "AAAAAAAA\\nAAAA"}', "not base64"),
         (V2 + b'"dtype": "<f8", "values_b64": "AAAAAA=="}', "4 bytes"),
         (V2 + b'"dtype": "<f8"}', "values_b64"),
     ],
