@@ -8,6 +8,7 @@ test-output/, and fails on any console error.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -72,32 +73,40 @@ def quake_demo(kafka_settings: Settings, quake_pkg: Any, tmp_path: Path) -> Iter
                            "--duration", "40")
 
 
-def _browser(pw: Any, errors: list[str]) -> tuple[Any, Any]:
+SHOTS = OUTPUT / "dashboard"
+
+
+@contextlib.contextmanager
+def _page(url: str, errors: list[str]) -> Iterator[Any]:
+    """Debian chromium on the dashboard at ``url`` once its stations are on the map;
+    console errors and page errors go to ``errors``."""
     if not Path(CHROMIUM).exists() or shutil.which("chromium") is None:
         missing("Debian chromium is not installed (apt-get install chromium)")
-    browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-        "--no-sandbox", "--disable-background-networking", "--disable-gpu"])
-    page = browser.new_page(viewport={"width": 1400, "height": 850})
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    return browser, page
+    from playwright.sync_api import sync_playwright
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+            "--no-sandbox", "--disable-background-networking", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1400, "height": 850})
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(url)
+        page.wait_for_selector("#map path.leaflet-interactive[data-station]", timeout=30_000)
+        try:
+            yield page
+        finally:
+            browser.close()
 
 
 def test_dashboard_shows_the_incident_live(demo: str) -> None:
-    from playwright.sync_api import sync_playwright
-
-    shots = OUTPUT / "dashboard"
-    shots.mkdir(parents=True, exist_ok=True)
     errors: list[str] = []
-    with sync_playwright() as pw:
-        browser, page = _browser(pw, errors)
-        page.goto(demo)
-        page.wait_for_selector("#map path.leaflet-interactive[data-station]", timeout=30_000)
-        page.screenshot(path=str(shots / "1-start.png"))
+    with _page(demo, errors) as page:
+        page.screenshot(path=str(SHOTS / "1-start.png"))
         # the incident on the map (its source marker) and in the alert list
         page.wait_for_selector("#map [data-incident]", timeout=120_000)
         page.wait_for_selector("#alerts li[data-alert]", timeout=120_000)
-        page.screenshot(path=str(shots / "2-incident.png"))
+        page.screenshot(path=str(SHOTS / "2-incident.png"))
         assert "volcanic_eruption" in page.inner_text("#incidents")
         # a station opens its time series
         # the station marker sits under the incident's source marker at this zoom: send the
@@ -106,7 +115,7 @@ def test_dashboard_shows_the_incident_live(demo: str) -> None:
         page.wait_for_selector("#series[data-station='BARO.NUKU'] polyline", timeout=30_000)
         # detection onsets are marked (zero-width SVG lines: attached, not 'visible')
         page.wait_for_selector("#series line.detection", state="attached", timeout=60_000)
-        page.screenshot(path=str(shots / "3-station.png"))
+        page.screenshot(path=str(SHOTS / "3-station.png"))
         # the feed-health table selects a station too
         page.click("#feed tr[data-station] td")
         page.wait_for_function("document.querySelector('#series').dataset.station !== "
@@ -115,7 +124,6 @@ def test_dashboard_shows_the_incident_live(demo: str) -> None:
         page.wait_for_selector("#lag[data-total]", timeout=30_000)
         lag_text = page.inner_text("#lag")
         state = page.evaluate("window.tocsinState()")
-        browser.close()
     assert state["incidents"] and state["alerts"]
     assert "consumer lag:" in lag_text and "observations" in lag_text
     assert state["health"]["consumer_lag"]["group"].startswith("tocsin-")
@@ -125,27 +133,19 @@ def test_dashboard_shows_the_incident_live(demo: str) -> None:
 def test_dashboard_shows_a_seismic_event(quake_demo: str, quake_pkg: Any) -> None:
     """The earthquake scenario (six real LHZ sites, real MSVF noise): the located event
     appears on the map as the workers publish it, where the package's truth is."""
-    from playwright.sync_api import sync_playwright
-
     from detectors.geo import great_circle_km
     from tests.conftest import QUAKE
 
-    shots = OUTPUT / "dashboard"
-    shots.mkdir(parents=True, exist_ok=True)
     errors: list[str] = []
-    with sync_playwright() as pw:
-        browser, page = _browser(pw, errors)
-        page.goto(quake_demo)
-        page.wait_for_selector("#map path.leaflet-interactive[data-station]", timeout=30_000)
+    with _page(quake_demo, errors) as page:
         marker = page.wait_for_selector("#map [data-seismic]", timeout=120_000)
         assert marker is not None
         event_id = marker.get_attribute("data-seismic")
         # the last revision uses all six stations
         page.wait_for_function("window.tocsinState().seismic_events.some("
                                "e => e.stations === 6)", timeout=120_000)
-        page.screenshot(path=str(shots / "4-seismic.png"))
+        page.screenshot(path=str(SHOTS / "4-seismic.png"))
         state = page.evaluate("window.tocsinState()")
-        browser.close()
     (ev,) = state["seismic_events"]
     assert ev["event_id"] == event_id
     assert float(great_circle_km(ev["lat"], ev["lon"], QUAKE.lat, QUAKE.lon)) < 25.0
