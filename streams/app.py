@@ -91,9 +91,8 @@ INLINE_FIRST_STEP = sys.version_info[:2] == (3, 11)
 
 
 class _Rest:
-    """Awaiting it runs the rest of a coroutine whose first step has already run (in
-    ``context``) and is waiting on ``pending`` (what that step yielded): ``yield from``
-    after the fact."""
+    """Awaiting it runs the rest of a coroutine whose first step has already run and is
+    waiting on ``pending`` (what that step yielded): ``yield from`` after the fact."""
 
     def __init__(self, coro: Coroutine[Any, Any, Any], pending: Any) -> None:
         self.coro, self.pending = coro, pending
