@@ -21,7 +21,7 @@ import heapq
 import logging
 import math
 import sys
-from collections.abc import Callable, Coroutine, Generator
+from collections.abc import AsyncIterator, Callable, Coroutine, Generator
 from functools import partial
 from typing import Any
 
@@ -55,9 +55,8 @@ log = logging.getLogger("tocsin.streams")
 #: aiokafka keeps one fetch in flight per broker, so a quiet topic's records (detections,
 #: incidents) waited behind a busy one's 1.5-s fetches: up to seconds of latency per stage.
 FETCH_MAX_WAIT_MS = 50
-#: observation events handled together, and how long a batch waits to fill
+#: the most observation events handled together (the detect agent takes what has arrived)
 DETECT_BATCH = 500
-DETECT_WITHIN_S = 0.05
 
 
 async def until_stored(save: Callable[[], Any], what: str, *, first_wait: float = 0.5,
@@ -175,6 +174,69 @@ class _RawSchema(faust.Schema):
         return decode
 
 
+class _Stream(faust.Stream):
+    """faust.Stream with ``take_available``: batches of what has arrived, no timer."""
+
+    async def take_available(self, max_: int) -> AsyncIterator[list[Any]]:
+        """The events waiting in the stream's channel, at most ``max_`` at a time: waits for
+        the first, takes the others that have already arrived, and acks them all when the
+        caller asks for the next batch (so their offsets are committed only after the
+        batch's outputs are stored).
+
+        Faust's ``take_events(n, within)`` keeps a batch open until ``n`` events or
+        ``within`` seconds, so a lone event (an end marker, a quiet feed's packet) waited
+        out the timer, and its iterator went once round the event loop per event (an
+        ``asyncio.sleep(0)`` and a processor call each: half of a worker's Faust time).
+        This one goes round once per batch. The per-event bookkeeping is Faust's iterator's
+        (``faust._cython.streams.StreamIterator``): messages of an older assignment are
+        dropped, the others tracked as unacked, the sensors told."""
+        self._finalized = True
+        started_by_us = await self.maybe_start()
+        chan: Any = self.channel
+        if not chan.is_iterator:
+            chan = chan.__aiter__()
+        queue = chan.queue
+        app = self.app
+        acking_topics = app.topics.acking_topics
+        add_unacked = app.consumer.unacked.add
+        on_message_in = self._on_message_in
+        on_event_in = self._on_stream_event_in
+        flow = app.flow_control
+        try:
+            while not self.should_stop:
+                if queue._errors:
+                    raise queue._errors.popleft()
+                values = [await chan.__anext__()]
+                while len(values) < max_ and not queue.empty():
+                    values.append(queue.get_nowait())
+                generation = app.consumer_generation_id
+                events = []
+                for value in values:
+                    if not isinstance(value, faust.types.EventT):
+                        raise TypeError(f"take_available reads a topic's events, got "
+                                        f"{type(value).__name__}")
+                    msg = value.message
+                    if not flow.is_active() or msg.generation_id != generation:
+                        continue  # fetched before a rebalance: not ours to process now
+                    if msg.topic in acking_topics and not msg.tracked:
+                        msg.tracked = True
+                        add_unacked(msg)
+                        on_message_in(msg.tp, msg.offset, msg)
+                    on_event_in(msg.tp, msg.offset, self, value)
+                    events.append(value)
+                if not events:
+                    continue
+                try:
+                    yield events
+                finally:
+                    for event in events:
+                        await self.ack(event)
+        finally:
+            if started_by_us:
+                await self.stop()
+                self.service_reset()
+
+
 class _App(faust.App):
     """faust.App with a consumer that fetches with a short wait (``FETCH_MAX_WAIT_MS``)."""
 
@@ -279,6 +341,7 @@ def create_app(settings: Settings, topics: Topics, registry: list[StationInfo],
         producer_linger_ms=5,
         producer_max_request_size=8_000_000,
         consumer_max_fetch_size=8_000_000,
+        Stream=_Stream,
     )
     by_id = {s.station_id: s for s in registry}
     obs_topic = app.topic(topics.observations, internal=False, schema=_RawSchema())
@@ -333,9 +396,10 @@ def create_app(settings: Settings, topics: Topics, registry: list[StationInfo],
 
     @app.agent(obs_topic)
     async def detect(stream: Any) -> None:
-        # events come in batches (the STA/LTA picker advances its quiet channels together);
-        # a batch's offsets are committed after it has been processed, its outputs stored
-        async for events in stream.take_events(DETECT_BATCH, within=DETECT_WITHIN_S):
+        # events come in batches of what has arrived (the STA/LTA picker and the Lamb rows
+        # advance their quiet stations together); a batch's offsets are committed after it
+        # has been processed, its outputs stored
+        async for events in stream.take_available(DETECT_BATCH):
             batch: list[tuple[Any, StationInfo, ObservationPacket]] = []
             for event in events:
                 raw = event.value

@@ -118,3 +118,53 @@ def test_consumer_hands_a_message_over_at_once_and_races_the_flow_only_if_it_wai
         return seen
 
     assert asyncio.run(scenario()).count("quick") == 2
+
+
+def test_take_available_batches_what_has_arrived_and_acks_after_the_batch(
+        tmp_path: object) -> None:
+    """The detect agent's ``take_available(max_)``: waits for one event, takes the others
+    already in the channel (at most ``max_``, in order), acks a batch only when the next is
+    asked for, does not hold a lone event back for more, and drops events fetched before a
+    rebalance (an older consumer generation) unprocessed and unacked."""
+    import asyncio
+    from pathlib import Path
+
+    from streams.app import _Stream, create_app
+    from streams.topics import Topics
+    from tocsin.settings import Settings
+
+    settings = Settings(home=Path(str(tmp_path)), kafka_bootstrap="127.0.0.1:9")
+    app = create_app(settings, Topics.for_run(settings, "unit", 1), [])
+
+    async def scenario() -> None:
+        app.flow_control.resume()  # as the worker does once its partitions are assigned
+        channel = app.channel()
+        stream = app.stream(channel)
+        assert isinstance(stream, _Stream)
+        for i in range(3):
+            await channel.send(value=f"v{i}".encode())
+        batches = stream.take_available(2).__aiter__()
+        first = await asyncio.wait_for(batches.__anext__(), 10)
+        assert [e.value for e in first] == [b"v0", b"v1"]
+        assert not any(e.message.acked for e in first)  # held by the caller: not acked
+        second = await asyncio.wait_for(batches.__anext__(), 10)
+        assert [e.value for e in second] == [b"v2"]
+        assert all(e.message.acked for e in first) and not second[0].message.acked
+
+        pending = asyncio.ensure_future(batches.__anext__())
+        await asyncio.sleep(0.01)
+        assert not pending.done()  # nothing has arrived: it waits
+        await channel.send(value=b"lone")
+        lone = await asyncio.wait_for(pending, 10)
+        assert [e.value for e in lone] == [b"lone"]  # at once, not held for more
+        assert second[0].message.acked
+
+        await channel.send(value=b"stale")
+        app.consumer_generation_id += 1  # a rebalance after it was fetched
+        await channel.send(value=b"fresh")
+        fresh = await asyncio.wait_for(batches.__anext__(), 10)
+        assert [e.value for e in fresh] == [b"fresh"]
+        await batches.aclose()
+        assert fresh[0].message.acked  # closing the iterator acks what it handed out
+
+    asyncio.run(scenario())
