@@ -21,6 +21,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
+# np.median imports numpy.ma on its first call (~10 ms, on a fresh worker's first incident)
+import numpy.ma  # noqa: F401
+
 from detectors.base import FloatArray, StationInfo
 from detectors.geo import great_circle_km
 

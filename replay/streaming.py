@@ -327,12 +327,12 @@ async def publish(settings: Settings, topics: Topics,
             progress.update(pkt.end, len(pkt.values))
             if out.count % 2000 == 0:
                 await out.wait()
-        await out.wait()
+        # the end marker after each partition's last packet (a partition's batches go out in
+        # order), all partitions in one round trip
+        end = control("end", partitions=topics.partitions, run=topics.run_id)
         for p in range(topics.partitions):
-            await producer.send_and_wait(
-                topics.observations, control("end", partitions=topics.partitions,
-                                             run=topics.run_id),
-                key=b"control", partition=p)
+            await out.add(end, b"control", partition=p)
+        await out.wait()
     finally:
         await producer.stop()
     return time.monotonic() - t_start

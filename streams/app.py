@@ -338,7 +338,9 @@ def create_app(settings: Settings, topics: Topics, registry: list[StationInfo],
         consumer_auto_offset_reset="earliest",
         topic_allow_declare=False,
         topic_disable_leader=True,
-        producer_linger_ms=5,
+        # the workers' outputs are few and each is on the way to an alert: they go at once
+        # (what one step sends together still shares a request)
+        producer_linger_ms=0,
         producer_max_request_size=8_000_000,
         consumer_max_fetch_size=8_000_000,
         Stream=_Stream,
