@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from tocsin.allocator import tune_allocator
 from tocsin.settings import Settings
 
 
@@ -252,6 +253,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from replay.package import load_package
     from replay.scenario import build_synthetic
 
+    # as the tocsin command does; the raw consume below runs in this process too
+    tune_allocator()
     settings = Settings()
     cache = settings.cache_dir / "packages" / f"bench-{args.stations}-{args.hours:g}h"
     if not (cache / "event.toml").exists():

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tocsin import __version__
+from tocsin.allocator import tune_allocator
 from tocsin.settings import Settings
 
 
@@ -123,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = Settings()
+    tune_allocator()  # buffers of megabytes are used again, not faulted in anew
     from replay.package import PackageError
 
     if args.command in ("worker", "detect", "replay", "run"):
