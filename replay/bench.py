@@ -3,7 +3,8 @@
 * end to end: samples/s through ``tocsin replay --speed max`` (publish, workers with the
   detectors and the associator, collector) on a large synthetic package (>= 500 stations);
 * raw consume: samples/s a plain aiokafka consumer reaches on the same packets from the
-  same topic (no decoding), and the ratio of the two;
+  same topic (no decoding), and the ratio of the two; beside them what bounds the end to
+  end from below: publishing alone (no workers) and the detectors alone (no Kafka);
 * detector kernels: samples/s of the streaming pressure detector fed 1-s packets over all
   stations (each second's packets as one frame, and one by one), next to an ObsPy batch
   kernel (``recursive_sta_lta``) on the same arrays;
@@ -92,6 +93,33 @@ def publish_alone(pkg: Any, settings: Settings, partitions: int) -> float:
         return asyncio.run(publish(settings, topics, packets, pkg, None, Progress(pkg, None)))
     finally:
         asyncio.run(delete_topics(settings.bootstrap, topics))
+
+
+def detect_alone(pkg: Any, settings: Settings) -> float:
+    """CPU seconds the detectors alone need for the package's packets (no Kafka, no
+    decoding): every packet in publish order, in batches of the detect agent's largest
+    (``DetectorBank.feed_many``), in this process. The workers cannot do the detection in
+    less; on two cores it takes at least half this much wall clock."""
+    from detectors.pipeline import DetectorBank
+    from replay.run import package_packets
+    from streams.app import DETECT_BATCH
+    from streams.schemas import GridFrame
+
+    infos = {s.station_id: s for s in pkg.station_infos()}
+    packets = package_packets(pkg, settings.packet_seconds)
+    bank = DetectorBank()
+    bank.preload(s.kind for s in infos.values())
+    t0 = time.process_time()
+    for i in range(0, len(packets), DETECT_BATCH):
+        batch = []
+        for pkt in packets[i:i + DETECT_BATCH]:
+            if isinstance(pkt, GridFrame):
+                bank.feed_frame(infos[pkt.station_id], pkt.time, pkt.lat, pkt.lon, pkt.values)
+            else:
+                batch.append((infos[pkt.station_id], pkt.start, pkt.sample_interval,
+                              pkt.values))
+        bank.feed_many(batch)
+    return time.process_time() - t0
 
 
 def _secs(runs: list[dict[str, float]], key: str) -> str:
@@ -289,6 +317,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     e2e = samples / e2e_s
     raw = samples / raw_s
     pub_s = float(np.median([r["publish_alone_s"] for r in measured]))
+    det_s = detect_alone(pkg, settings)
     kern = kernel_bench(pkg)
     pick = picker_bench()
     sl = seedlink_bench(_msvf_records())
@@ -304,6 +333,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"  publishing alone (no workers):      {samples / pub_s:,.0f} samples/s ({pub_s:.2f} s, "
         f"median: {_secs(runs, 'publish_alone_s')}; {pub_s / raw_s:.1f} x the raw consume "
         "time, see docs/design/throughput.md)",
+        f"  detectors alone (no Kafka):         {samples / det_s:,.0f} samples/s ({det_s:.2f} "
+        f"CPU-s in one process, {det_s / raw_s:.1f} x the raw consume time)",
         f"end-to-end target 1 M samples/s:      {'met' if e2e >= 1e6 else 'NOT met'}",
         f"detector kernels, 1-s packets:        {kern['kernel_samples_per_s']:,.0f} samples/s "
         f"over {len(pkg.stations)} stations (each second's packets as one frame, "
