@@ -7,6 +7,7 @@ Every field reads the environment variable ``TOCSIN_<FIELD>`` (for example
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -43,6 +44,12 @@ class Settings(BaseSettings):
         "data/); default HOME/broker",
     )
     broker_heap: str = Field(default="768m", description="TOCSIN_BROKER_HEAP: java -Xmx")
+    broker_jit: Literal["c1", "tiered"] = Field(
+        default="c1",
+        description="TOCSIN_BROKER_JIT: 'c1' compiles the local broker with the JVM's client "
+        "compiler only (steady from its first replay; on a machine whose cores it shares with "
+        "the workers); 'tiered', the JVM's default, for a broker with cores of its own",
+    )
     topic_prefix: str = Field(default="tocsin", description="TOCSIN_TOPIC_PREFIX")
     partitions: int = Field(
         default=4, ge=1, description="TOCSIN_PARTITIONS: partitions of the observations topic"

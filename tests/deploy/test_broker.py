@@ -76,3 +76,21 @@ def test_heap_sizes_and_the_g1_region_size() -> None:
     for bad in ("", "lots", "0m", "1.5g", "-1g"):
         with pytest.raises(BrokerError, match="not a JVM heap size"):
             heap_bytes(bad)
+
+
+def test_broker_jit_setting() -> None:
+    """The local broker runs on C1 alone unless TOCSIN_BROKER_JIT=tiered; anything else is
+    an error naming the value."""
+    from pydantic import ValidationError
+
+    from deploy.broker import jit_opts
+
+    assert Settings().broker_jit == "c1"
+    assert jit_opts("c1") == ("-XX:TieredStopAtLevel=1",) and jit_opts("tiered") == ()
+    cmd = Broker(Settings(broker_jit="tiered"))._java("kafka.Kafka")
+    assert not any(o.startswith("-XX:TieredStopAtLevel") for o in cmd)
+    assert "-XX:TieredStopAtLevel=1" in Broker(Settings())._java("kafka.Kafka")
+    with pytest.raises(ValidationError, match="c2"):
+        Settings(broker_jit="c2")  # type: ignore[arg-type]
+    with pytest.raises(BrokerError, match="'c2'"):
+        jit_opts("c2")
