@@ -181,7 +181,8 @@ class _Stream(faust.Stream):
         """The events waiting in the stream's channel, at most ``max_`` at a time: waits for
         the first, takes the others that have already arrived, and acks them all when the
         caller asks for the next batch (so their offsets are committed only after the
-        batch's outputs are stored).
+        batch's outputs are stored; Faust's ``take_events`` also acked a batch its caller
+        gave up half-way).
 
         Faust's ``take_events(n, within)`` keeps a batch open until ``n`` events or
         ``within`` seconds, so a lone event (an end marker, a quiet feed's packet) waited
@@ -226,11 +227,12 @@ class _Stream(faust.Stream):
                     events.append(value)
                 if not events:
                     continue
-                try:
-                    yield events
-                finally:
-                    for event in events:
-                        await self.ack(event)
+                yield events
+                # asked for the next batch: this one is done. A batch given up half-way (the
+                # agent cancelled or crashed while on it) stays unacked, so its offsets are
+                # not committed and it is fetched again: at least once, the upserts absorb it
+                for event in events:
+                    await self.ack(event)
         finally:
             if started_by_us:
                 await self.stop()
