@@ -95,18 +95,16 @@ def publish_alone(pkg: Any, settings: Settings, partitions: int) -> float:
         asyncio.run(delete_topics(settings.bootstrap, topics))
 
 
-def detect_alone(pkg: Any, settings: Settings) -> float:
-    """CPU seconds the detectors alone need for the package's packets (no Kafka, no
-    decoding): every packet in publish order, in batches of the detect agent's largest
+def detect_alone(pkg: Any, packets: Sequence[Any]) -> float:
+    """CPU seconds the detectors alone need for ``pkg``'s ``packets`` (no Kafka, no
+    decoding): in publish order, in batches of the detect agent's largest
     (``DetectorBank.feed_many``), in this process. The workers cannot do the detection in
     less; on two cores it takes at least half this much wall clock."""
     from detectors.pipeline import DetectorBank
-    from replay.run import package_packets
     from streams.app import DETECT_BATCH
     from streams.schemas import GridFrame
 
     infos = {s.station_id: s for s in pkg.station_infos()}
-    packets = package_packets(pkg, settings.packet_seconds)
     bank = DetectorBank()
     bank.preload(s.kind for s in infos.values())
     t0 = time.process_time()
@@ -122,11 +120,9 @@ def detect_alone(pkg: Any, settings: Settings) -> float:
     return time.process_time() - t0
 
 
-def _median_run(runs: list[dict[str, float]], key: str) -> list[dict[str, float]]:
-    """The runs, the one whose ``key`` is the median first."""
-    order = sorted(runs, key=lambda r: r[key])
-    mid = order[len(order) // 2]
-    return [mid, *(r for r in runs if r is not mid)]
+def _median_run(runs: list[dict[str, float]], key: str) -> dict[str, float]:
+    """The run whose ``key`` is the median."""
+    return sorted(runs, key=lambda r: r[key])[len(runs) // 2]
 
 
 def _ratios(runs: list[dict[str, float]], key: str) -> str:
@@ -329,13 +325,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     e2e = samples / e2e_s
     raw = samples / raw_s
     pub_s = float(np.median([r["publish_alone_s"] for r in measured]))
-    det_s = float(np.median([detect_alone(pkg, settings) for _ in range(3)]))
+    from replay.run import package_packets
+
+    packets_cut = package_packets(pkg, settings.packet_seconds)
+    det_s = float(np.median([detect_alone(pkg, packets_cut) for _ in range(3)]))
     # the kernels are timed in this process after the replays: a run can catch the machine
     # busy (the stopped broker's writeback, another tenant), so each is the run of median
     # ratio out of three
-    kerns = _median_run([kernel_bench(pkg) for _ in range(3)], "kernel_ratio")
-    picks = _median_run([picker_bench() for _ in range(3)], "picker_ratio")
-    kern, pick = kerns[0], picks[0]
+    kerns = [kernel_bench(pkg) for _ in range(3)]
+    picks = [picker_bench() for _ in range(3)]
+    kern, pick = _median_run(kerns, "kernel_ratio"), _median_run(picks, "picker_ratio")
     sl = seedlink_bench(_msvf_records())
     lines = [
         f"package                      {pkg.event_id}: {len(pkg.stations)} stations, "
