@@ -171,3 +171,33 @@ def test_take_available_batches_what_has_arrived_and_acks_after_the_batch(
         assert not fresh[0].message.acked
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("loglevel", ["warn", "info"])
+def test_worker_keeps_the_root_logger_at_the_level_asked_for(tmp_path: object,
+                                                             loglevel: str) -> None:
+    """Faust's worker, at WARN, hangs a spinner handler on the root logger and sets it to
+    DEBUG for good, so every library ``log.debug`` builds a record; the app's worker class
+    leaves the root at the level asked for, and debug calls stop at the level check."""
+    import io
+    import logging
+    from pathlib import Path
+
+    from streams.app import create_app
+    from streams.topics import Topics
+    from tocsin.settings import Settings
+
+    settings = Settings(home=Path(str(tmp_path)), kafka_bootstrap="127.0.0.1:9")
+    app = create_app(settings, Topics.for_run(settings, "unit", 1), [])
+    root = logging.getLogger()
+    saved = root.level, list(root.handlers)
+    try:
+        worker = app.conf.Worker(app, loglevel=loglevel, stdout=io.StringIO(),
+                                 stderr=io.StringIO())
+        worker._setup_logging()
+        assert root.level == logging.getLevelName(loglevel.upper().replace("WARN", "WARNING"))
+        assert not logging.getLogger("aiokafka.conn").isEnabledFor(logging.DEBUG)
+        assert worker.spinner is None
+    finally:
+        root.setLevel(saved[0])
+        root.handlers[:] = saved[1]
