@@ -111,7 +111,9 @@ def detect_alone(pkg: Any, packets: Sequence[Any]) -> float:
     for i in range(0, len(packets), DETECT_BATCH):
         batch = []
         for pkt in packets[i:i + DETECT_BATCH]:
-            if isinstance(pkt, GridFrame):
+            if isinstance(pkt, GridFrame):  # the packets before it first, as the agent does
+                bank.feed_many(batch)
+                batch = []
                 bank.feed_frame(infos[pkt.station_id], pkt.time, pkt.lat, pkt.lon, pkt.values)
             else:
                 batch.append((infos[pkt.station_id], pkt.start, pkt.sample_interval,
