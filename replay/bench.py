@@ -83,14 +83,14 @@ def publish_alone(pkg: Any, settings: Settings, partitions: int) -> float:
     import uuid
 
     from replay.run import package_packets
-    from replay.streaming import Progress, publish
+    from replay.streaming import Progress, encode_packets, publish
     from streams.topics import Topics, create_topics, delete_topics
 
     topics = Topics.for_run(settings, f"bench-publish-{uuid.uuid4().hex[:8]}", partitions)
     asyncio.run(create_topics(settings.bootstrap, topics))
     try:
-        packets = package_packets(pkg, settings.packet_seconds)
-        return asyncio.run(publish(settings, topics, packets, pkg, None, Progress(pkg, None)))
+        outgoing = encode_packets(package_packets(pkg, settings.packet_seconds))
+        return asyncio.run(publish(settings, topics, outgoing, pkg, None, Progress(pkg, None)))
     finally:
         asyncio.run(delete_topics(settings.bootstrap, topics))
 
@@ -109,7 +109,7 @@ def detect_alone(pkg: Any, packets: Sequence[Any]) -> float:
     bank.preload(s.kind for s in infos.values())
     t0 = time.process_time()
     for i in range(0, len(packets), DETECT_BATCH):
-        batch = []
+        batch: list[tuple[Any, float, float, Any]] = []
         for pkt in packets[i:i + DETECT_BATCH]:
             if isinstance(pkt, GridFrame):  # the packets before it first, as the agent does
                 bank.feed_many(batch)
