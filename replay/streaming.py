@@ -287,11 +287,27 @@ class _Batches:
         self.sent = []
 
 
-async def publish(settings: Settings, topics: Topics,
-                  packets: list[ObservationPacket | GridFrame],
+@dataclass(frozen=True)
+class Encoded:
+    """A packet as the replayer sends it: its message, key, end time and sample count."""
+
+    value: bytes
+    key: bytes
+    end: float
+    samples: int
+
+
+def encode_packets(packets: list[ObservationPacket | GridFrame]) -> list[Encoded]:
+    """The packets' messages, made before the replay starts sending (while the workers
+    start up), so that sending at speed ``max`` is bound by Kafka and the workers, not by
+    JSON encoding in the replayer."""
+    return [Encoded(encode(p), p.station_id.encode(), p.end, len(p.values)) for p in packets]
+
+
+async def publish(settings: Settings, topics: Topics, packets: list[Encoded],
                   pkg: ReplayPackage, speed: float | None, progress: Progress,
                   watermark_every: float = 600.0) -> float:
-    """Send the packets in order of their end time, with watermarks.
+    """Send the (encoded) packets in order of their end time, with watermarks.
 
     Every ``watermark_every`` seconds of event time a ``watermark`` control message goes to
     every observation partition: no packet sent after it starts before its ``time`` (packets
@@ -323,8 +339,8 @@ async def publish(settings: Settings, topics: Topics,
                 if delay > 0:
                     await out.wait()  # what is due goes out before the pause
                     await asyncio.sleep(delay)
-            await out.add(encode(pkt), pkt.station_id.encode())
-            progress.update(pkt.end, len(pkt.values))
+            await out.add(pkt.value, pkt.key)
+            progress.update(pkt.end, pkt.samples)
             if out.count % 2000 == 0:
                 await out.wait()
         # the end marker after each partition's last packet (a partition's batches go out in
@@ -362,6 +378,8 @@ async def replay_package(pkg: ReplayPackage, settings: Settings, *, speed: float
     migrate(settings.db_url)  # once, before the workers share the database
     packets = package_packets(pkg, settings.packet_seconds)
     procs = start_workers(settings, topics, registry_file, workers, run_dir)
+    outgoing = encode_packets(packets)  # while the workers start
+    del packets
     collected = Collected()
     collector = asyncio.create_task(collect(settings, topics, collected, listeners or [],
                                             with_observations))
@@ -378,7 +396,7 @@ async def replay_package(pkg: ReplayPackage, settings: Settings, *, speed: float
     try:
         await wait_for_group(settings, topics.app_id, workers, procs)
         t0 = time.monotonic()
-        stats["publish_s"] = await publish(settings, topics, packets, pkg, speed, progress)
+        stats["publish_s"] = await publish(settings, topics, outgoing, pkg, speed, progress)
         progress.update(pkg.end, 0, final=True)
         deadline = time.monotonic() + timeout
         while not collected.done.is_set():
@@ -394,7 +412,7 @@ async def replay_package(pkg: ReplayPackage, settings: Settings, *, speed: float
                 await asyncio.wait_for(collected.done.wait(), 0.1)
         stats["elapsed_s"] = time.monotonic() - t0
         stats["samples"] = progress.samples
-        stats["packets"] = len(packets)
+        stats["packets"] = len(outgoing)
         stats["deliveries_pending"] = await drain_deliveries(settings, drain_timeout)
     finally:
         collected.done.set()
