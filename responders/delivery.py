@@ -47,9 +47,10 @@ from shapely.geometry.base import BaseGeometry
 from sqlalchemy import and_, insert, select, update
 from sqlalchemy.engine import Connection
 
-from responders.alerting import CAP_NS, severity_at_least
+from detectors.base import Detection
+from responders.alerting import CAP_NS, AlertPolicy, severity_at_least
 from responders.store import AlertRow, AttemptRow, DeliveryRow, Store, SubscriptionRow
-from streams.schemas import AlertMessage
+from streams.schemas import AlertMessage, Forecast, IncidentRevision
 
 CHANNELS = ("webhook", "email")
 
@@ -381,3 +382,29 @@ class Outbox:
                     .where(AttemptRow.delivery_key == r.key).order_by(AttemptRow.attempt))]
                 out.append(row)
             return out
+
+
+def warm_up(store: Store, outbox: Outbox) -> None:
+    """Store a detection, an incident revision and its CAP alert with its deliveries, the
+    way the agents do, in a transaction that is then rolled back: the database is left as
+    it was, but the pool has its connection and SQLAlchemy has compiled (and cached, per
+    engine) every statement of the way. A fresh worker's first incident and first alert
+    otherwise paid 10 and 5 ms more than the next ones, on the way to the alert."""
+    t = 0.0
+    det = Detection("tocsin.warm-up", "barometer", "warm-up", "0", t, t, 0.0, "hPa", t,
+                    0.0, 0.0)
+    rev = IncidentRevision(
+        incident_id="tocsin.warm-up", type="volcanic_eruption", revision=1, issued=t,
+        status="watch", origin_time=t, lat=0.0, lon=0.0, speed_m_s=313.0,
+        detections=(det.key,), stations_used=(det.station_id,),
+        forecasts=(Forecast("tocsin.warm-up", "tide_gauge", t + 3600.0, 1100.0, 0.0, 10.0),))
+    with store.engine.connect() as conn:
+        trans = conn.begin()
+        try:
+            store.save_detection(det, conn)
+            store.save_revision(rev, conn)
+            for msg in AlertPolicy().on_revision(rev):
+                store.save_alert(msg, conn)
+                outbox.enqueue(msg, conn)
+        finally:
+            trans.rollback()

@@ -252,18 +252,23 @@ class Store:
     def save(self, msg: Detection | IncidentRevision | AlertMessage) -> None:
         """Store any output message in one transaction."""
         with self.begin() as conn:
-            if isinstance(msg, Detection):
-                self.save_detection(msg, conn)
-            elif isinstance(msg, IncidentRevision):
-                self.save_revision(msg, conn)
-            elif isinstance(msg, AlertMessage):
-                self.save_alert(msg, conn)
-            else:
-                raise TypeError(f"cannot store a {type(msg).__name__}")
+            self._save(msg, conn)
 
     def save_all(self, msgs: Iterable[Detection | IncidentRevision | AlertMessage]) -> None:
-        for m in msgs:
-            self.save(m)
+        """Store output messages in one transaction."""
+        with self.begin() as conn:
+            for msg in msgs:
+                self._save(msg, conn)
+
+    def _save(self, msg: Detection | IncidentRevision | AlertMessage, conn: Connection) -> None:
+        if isinstance(msg, Detection):
+            self.save_detection(msg, conn)
+        elif isinstance(msg, IncidentRevision):
+            self.save_revision(msg, conn)
+        elif isinstance(msg, AlertMessage):
+            self.save_alert(msg, conn)
+        else:
+            raise TypeError(f"cannot store a {type(msg).__name__}")
 
     @contextmanager
     def _conn(self, conn: Connection | None) -> Iterator[Connection]:

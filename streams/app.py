@@ -29,13 +29,13 @@ import faust
 import faust.transport.drivers.aiokafka as faust_aiokafka
 import orjson
 from mode.services import WaitResults
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from detectors.association import Associator
 from detectors.base import Detection, DetectorError, StationInfo
 from detectors.pipeline import DetectorBank
 from detectors.seismic import SeismicParams
-from responders.delivery import Outbox
+from responders.delivery import Outbox, warm_up
 from responders.stage import AlertStage
 from responders.store import Store
 from streams.schemas import (
@@ -501,6 +501,15 @@ def create_app(settings: Settings, topics: Topics, registry: list[StationInfo],
                 await until_stored(partial(save_alerts, msgs), f"{len(msgs)} alerts")
             for msg in msgs:
                 await alert_topic.send(key=msg.incident_id.encode(), value=encode(msg))
+
+    @app.task
+    async def warm_store() -> None:
+        # before the first input: the first incident and alert are stored as fast as the
+        # later ones (see responders.delivery.warm_up)
+        try:
+            warm_up(store, outbox)
+        except SQLAlchemyError as exc:  # the agents wait for the database themselves
+            log.warning("database warm-up failed: %s", str(exc).splitlines()[0])
 
     @app.timer(interval=0.5)
     async def deliver() -> None:

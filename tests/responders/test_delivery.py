@@ -18,8 +18,9 @@ from responders.delivery import (
     cap_areas,
     make_url_checker,
     matches,
+    warm_up,
 )
-from responders.store import Store
+from responders.store import Counts, Store
 from streams.schemas import Forecast, IncidentRevision
 from tests.conftest import free_port
 from tests.responders.receivers import WebhookReceiver
@@ -209,3 +210,26 @@ def test_email_through_a_loopback_smtp_server(store: Store) -> None:
     att = [p for p in mail.walk() if p.get_content_type() == "application/cap+xml"]
     assert att and att[0].get_payload(decode=True).decode() == msg.cap_xml
     assert box.deliveries()[0]["status"] == "delivered"
+
+
+def test_warm_up_compiles_the_way_to_an_alert_and_stores_nothing(store: Store) -> None:
+    """A fresh worker's first incident and alert need no statement compiled: the warm-up
+    stored a detection, a revision and an alert, and rolled them back."""
+    from tests.responders.test_store import detection
+
+    box = outbox(store, Clock())
+    cache = store.engine._compiled_cache
+    assert cache is not None
+    before = len(cache)
+    warm_up(store, box)
+    assert store.counts() == Counts(0, 0, 0, 0, 0)
+    compiled = len(cache)
+    assert compiled > before + 4
+    rev = revision(1)
+    store.save_all([detection("A", T), rev])
+    with store.begin() as c:
+        for msg in AlertPolicy().on_revision(rev):
+            store.save_alert(msg, c)
+            box.enqueue(msg, c)
+    assert store.counts() == Counts(1, 1, 1, 1, 0)
+    assert len(cache) == compiled  # nothing left to compile on the way
