@@ -158,3 +158,33 @@ def test_replaying_twice_stores_each_output_once(kafka_settings: Settings, tonga
     assert live_revisions == sum(len(i["revisions"]) for i in report["incidents"])
     assert counts.alerts == len(report["alerts"]) > 0
     store.close()
+
+
+def test_worker_producer_has_its_output_topics_metadata_before_the_first_send(
+        kafka_settings: Settings, tmp_path: Path) -> None:
+    """aiokafka's producer fetches a topic's metadata on its first message to it, and
+    sleeps 100 ms when that request races another: the worker's producer fetches its
+    output topics' metadata when it starts."""
+    from streams.app import _Producer, create_app
+
+    settings = kafka_settings.model_copy(update={"home": tmp_path})
+    topics = Topics.for_run(settings, "warm-producer", 1)
+    outputs = [topics.detections, topics.incidents, topics.alerts, topics.seismic,
+               topics.deadletter]
+
+    async def go() -> tuple[list[object], list[object]]:
+        await create_topics(settings.bootstrap, topics)
+        app = create_app(settings, topics, [])
+        producer = await app.maybe_start_producer()
+        assert isinstance(producer, _Producer)
+        try:
+            cluster = producer._ensure_producer().client.cluster
+            before = [cluster.partitions_for_topic(t) for t in outputs]
+            await producer.wait_for_topics(outputs)
+            return before, [cluster.partitions_for_topic(t) for t in outputs]
+        finally:
+            await producer.stop()
+
+    before, after = asyncio.run(go())
+    assert before == [None] * len(outputs)
+    assert after == [{0}] * len(outputs)
