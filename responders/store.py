@@ -251,8 +251,7 @@ class Store:
 
     def save(self, msg: Detection | IncidentRevision | AlertMessage) -> None:
         """Store any output message in one transaction."""
-        with self.begin() as conn:
-            self._save(msg, conn)
+        self.save_all([msg])
 
     def save_all(self, msgs: Iterable[Detection | IncidentRevision | AlertMessage]) -> None:
         """Store output messages in one transaction."""
