@@ -221,7 +221,12 @@ class _Stream(faust.Stream):
             while not self.should_stop:
                 if queue._errors:
                     raise queue._errors.popleft()
-                values = [await chan.__anext__()]
+                try:
+                    values = [await chan.__anext__()]
+                except StopAsyncIteration:
+                    # the actor stops (Faust throws it into the channel): an async
+                    # generator may not raise it, it would become a RuntimeError, a crash
+                    return
                 while len(values) < max_ and not queue.empty():
                     values.append(queue.get_nowait())
                 generation = app.consumer_generation_id
