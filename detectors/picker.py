@@ -217,6 +217,12 @@ class StaLtaPicker:
         return {} if self.p is None else dict(self.p.__dict__)
 
     # ------------------------------------------------------------------ input
+    def leave_group(self) -> None:
+        """Take its state back from the PickerRows it shares, if it is in one (before it is
+        dropped: the row is freed)."""
+        if self._rows is not None:
+            self._rows.release(self)
+
     def feed(self, t0: float, dt: float, values: FloatArray) -> list[Detection]:
         if self._rows is not None:
             self._rows.release(self)

@@ -166,6 +166,15 @@ class DetectorBank:
             p = self.pipelines[station.station_id] = StationPipeline(station, dets)
         return p
 
+    def forget(self, station_id: str) -> None:
+        """Drop the station's pipeline: its next packet starts it afresh. Its detectors
+        leave the groups of ``feed_many`` first (their rows are freed)."""
+        pipe = self.pipelines.pop(station_id, None)
+        for det in pipe.detectors if pipe is not None else ():
+            leave = getattr(det, "leave_group", None)
+            if leave is not None:
+                leave()
+
     def feed(self, station: StationInfo, t0: float, dt: float,
              values: FloatArray) -> list[Detection]:
         return self.pipeline(station).feed(station.station_id, station.kind, t0, dt, values)

@@ -133,6 +133,12 @@ class LambPulseDetector:
     def params(self) -> dict[str, Any]:
         return {**self.p.__dict__, "min_amplitude": self.floor}
 
+    def leave_group(self) -> None:
+        """Take its state back from the LambRows it shares, if it is in one (before it is
+        dropped: the row is freed)."""
+        if self._rows is not None:
+            self._rows.release(self)
+
     def feed(self, t0: float, dt: float, values: FloatArray) -> list[Detection]:
         if self._rows is not None:
             self._rows.release(self)

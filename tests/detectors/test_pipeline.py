@@ -173,3 +173,63 @@ def test_a_first_packet_at_an_infinite_time_does_not_sink_the_others() -> None:
     got = [r if isinstance(r, list | tuple) else f"{type(r).__name__}: {r}"
            for r in DetectorBank().feed_many(packets)]
     assert [list(r) if isinstance(r, tuple) else r for r in got] == expected
+
+
+def test_forget_restarts_a_station_and_leaves_the_others_alone() -> None:
+    """What a worker does to the stations of a partition it takes over before it re-reads
+    their records: the forgotten stations start afresh, the others go on as before, and
+    the groups of ``feed_many`` keep no row for the dropped detectors."""
+    packets = _packets()
+    cut = len(packets) // 2
+    gone = {"XX.B01", "XX.S03..BHZ"}
+
+    def run(forget: bool) -> tuple[DetectorBank, list[object]]:
+        bank = DetectorBank()
+        out: list[object] = []
+        for i in range(0, len(packets), 97):
+            if forget and i <= cut < i + 97:
+                old = [bank.pipelines[sid] for sid in gone]
+                for sid in gone:
+                    bank.forget(sid)
+                grouped = [d for pipe in old for d in pipe.detectors
+                           if getattr(d, "_rows", None) is not None]
+                assert not grouped, "a forgotten detector kept its row in a group"
+            out.extend(str(r) if isinstance(r, ValueError) else list(r)
+                       for r in bank.feed_many(packets[i:i + 97]))
+        return bank, out
+
+    _, kept = run(False)
+    _, forgot = run(True)
+    first = next(i for i in range(0, len(packets), 97) if i <= cut < i + 97)
+    fresh = DetectorBank()
+    for i, (s, t0, dt, values) in enumerate(packets):
+        if s.station_id in gone:
+            if i >= first:
+                r = fresh.feed_many([(s, t0, dt, values)])[0]
+                assert forgot[i] == (str(r) if isinstance(r, ValueError) else list(r))
+        else:
+            assert forgot[i] == kept[i]
+    found = {d.station_id for r in kept if isinstance(r, list) for d in r}
+    assert gone & found, "a forgotten station must have had detections for this to show"
+
+
+def test_forget_frees_a_barometer_row_in_the_lamb_groups() -> None:
+    rng = np.random.default_rng(5)
+    stations = [StationInfo(f"XX.B{i}", "barometer", 0.0, float(i), units="hPa")
+                for i in range(5)]
+    series = [1010.0 + np.cumsum(rng.standard_normal(3 * 3600)) * 0.002 for _ in stations]
+    bank = DetectorBank()
+    for a in range(0, 2 * 3600, 600):  # frames: the same stretch at every station
+        bank.feed_many([(s, T0 + a, 1.0, x[a:a + 600]) for s, x in zip(stations, series,
+                                                                          strict=True)])
+    det = bank.pipelines["XX.B1"].detectors[0]
+    rows = det._rows  # type: ignore[attr-defined]
+    assert rows is not None, "quiet barometers fed in frames share rows"
+    members = rows.members
+    bank.forget("XX.B1")
+    assert det._rows is None and rows.members == members - 1  # type: ignore[attr-defined]
+    assert "XX.B1" not in bank.pipelines
+    out = bank.feed_many([(s, T0 + 7200, 1.0, x[7200:7800]) for s, x in zip(stations, series,
+                                                                           strict=True)])
+    assert not [r for r in out if isinstance(r, Exception)]
+    assert bank.pipelines["XX.B1"].detectors[0] is not det
