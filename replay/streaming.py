@@ -151,10 +151,10 @@ async def wait_for_group(settings: Settings, group_id: str, members: int,
                          settle: float = 2.0) -> None:
     """Wait until the workers' consumer group is Stable with ``members`` members.
 
-    Detector state lives in the workers' memory: a partition that moved to another worker
-    in the middle of a replay would restart its stations' detectors cold. So the replayer
-    publishes only once every worker has joined and the group has stayed Stable for
-    ``settle`` seconds.
+    A partition that moves to another worker in the middle of a replay is not lost (the
+    worker rebuilds its stations' detectors from the partition's earlier records, see
+    ``streams.takeover``), but that re-reading costs time: so the replayer publishes only
+    once every worker has joined and the group has stayed Stable for ``settle`` seconds.
     """
     from aiokafka.admin import AIOKafkaAdminClient
     from aiokafka.errors import KafkaError
@@ -306,8 +306,9 @@ def encode_packets(packets: list[ObservationPacket | GridFrame]) -> list[Encoded
 
 async def publish(settings: Settings, topics: Topics, packets: list[Encoded],
                   pkg: ReplayPackage, speed: float | None, progress: Progress,
-                  watermark_every: float = 600.0) -> float:
-    """Send the (encoded) packets in order of their end time, with watermarks.
+                  watermark_every: float = 600.0, end: bool = True) -> float:
+    """Send the (encoded) packets in order of their end time, with watermarks, and (if
+    ``end``) the end markers after them: a replay sent in parts sends them with its last.
 
     Every ``watermark_every`` seconds of event time a ``watermark`` control message goes to
     every observation partition: no packet sent after it starts before its ``time`` (packets
@@ -343,11 +344,12 @@ async def publish(settings: Settings, topics: Topics, packets: list[Encoded],
             progress.update(pkt.end, pkt.samples)
             if out.count % 2000 == 0:
                 await out.wait()
-        # the end marker after each partition's last packet (a partition's batches go out in
-        # order), all partitions in one round trip
-        end = control("end", partitions=topics.partitions, run=topics.run_id)
-        for p in range(topics.partitions):
-            await out.add(end, b"control", partition=p)
+        if end:
+            # the end marker after each partition's last packet (a partition's batches go
+            # out in order), all partitions in one round trip
+            marker = control("end", partitions=topics.partitions, run=topics.run_id)
+            for p in range(topics.partitions):
+                await out.add(marker, b"control", partition=p)
         await out.wait()
     finally:
         await producer.stop()

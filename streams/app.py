@@ -16,11 +16,13 @@ No app object exists at import time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import heapq
 import logging
 import math
 import sys
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Generator
 from functools import partial
 from typing import Any
@@ -47,6 +49,7 @@ from streams.schemas import (
     decode,
     encode,
 )
+from streams.takeover import Taken, read_back
 from streams.topics import CONTROL_SCHEMA, Topics
 from tocsin.settings import Settings
 
@@ -393,9 +396,15 @@ def create_app(settings: Settings, topics: Topics, registry: list[StationInfo],
     outbox = Outbox.from_settings(store, settings, dead_letter=dead_deliveries.append)
     bank = DetectorBank()
     bank.preload(s.kind for s in registry)
-    associator = Associator(registry, seismic=SeismicParams(gains=dict(gains or {})))
+
+    def new_associator() -> Associator:
+        return Associator(registry, seismic=SeismicParams(gains=dict(gains or {})))
+
+    associator = new_associator()
     gate = WatermarkGate()
     alert_stage = AlertStage()
+    # the offsets each stage's state has reached (see streams.takeover)
+    taken = {"detect": Taken(), "associate": Taken(), "alert": Taken()}
 
     async def dead_letter(event: Any, reason: str) -> None:
         log.warning("dead-letter %s[%s]@%s: %s", event.message.topic, event.message.partition,
@@ -429,12 +438,54 @@ def create_app(settings: Settings, topics: Topics, registry: list[StationInfo],
         batch.clear()
         await emit(dets)
 
+    def rebuilt(stage: str, upto: dict[tuple[str, int], int], records: int, what: str,
+                t0: float) -> None:
+        log.warning("%s: took over %s with earlier records processed elsewhere: rebuilt %s "
+                    "from %d records in %.2f s", stage,
+                    ", ".join(f"{t}[{p}]@{o}" for (t, p), o in sorted(upto.items())),
+                    what, records, time.monotonic() - t0)
+
+    async def rebuild_detect(upto: dict[tuple[str, int], int]) -> None:
+        """The detectors of the partitions' stations as the records before ``upto`` left
+        them; their detections are dropped (they went out when the records first came)."""
+        t0, n = time.monotonic(), 0
+        seen: set[str] = set()
+        async for records in read_back(settings.bootstrap, upto):
+            items: list[tuple[StationInfo, float, float, Any]] = []
+            for rec in records:
+                raw = rec.value
+                if not isinstance(raw, bytes) or _is_control(raw) is not None:
+                    continue
+                try:
+                    pkt = decode(raw)
+                except SchemaError:
+                    continue  # dead-lettered when it first came
+                if not isinstance(pkt, ObservationPacket | GridFrame):
+                    continue
+                n += 1
+                station = station_for(pkt, by_id)
+                if station.station_id not in seen:  # its first record: start it afresh
+                    seen.add(station.station_id)
+                    bank.forget(station.station_id)
+                if isinstance(pkt, ObservationPacket):
+                    items.append((station, pkt.start, pkt.sample_interval, pkt.values))
+                    continue
+                bank.feed_many(items)  # errors come back as results: dropped with them
+                items = []
+                with contextlib.suppress(DetectorError):
+                    bank.feed_frame(station, pkt.time, pkt.lat, pkt.lon, pkt.values)
+            bank.feed_many(items)
+        rebuilt("detect", upto, n, f"the detectors of {len(seen)} stations", t0)
+
     @app.agent(obs_topic)
     async def detect(stream: Any) -> None:
         # events come in batches of what has arrived (the STA/LTA picker and the Lamb rows
         # advance their quiet stations together); a batch's offsets are committed after it
         # has been processed, its outputs stored
         async for events in stream.take_available(DETECT_BATCH):
+            behind = taken["detect"].behind(events)
+            if behind:
+                await rebuild_detect(behind)
             batch: list[tuple[Any, StationInfo, ObservationPacket]] = []
             for event in events:
                 raw = event.value
@@ -467,9 +518,37 @@ def create_app(settings: Settings, topics: Topics, registry: list[StationInfo],
                 await emit(dets)
             await feed_batch(batch)
 
+    async def rebuild_associate(upto: dict[tuple[str, int], int]) -> None:
+        """A new associator and gate, given the detections and watermarks before ``upto``;
+        the revisions and seismic events they make are dropped (they went out then)."""
+        nonlocal associator, gate
+        t0, n = time.monotonic(), 0
+        associator, gate = new_associator(), WatermarkGate()
+        async for records in read_back(settings.bootstrap, upto):
+            for rec in records:
+                n += 1
+                raw = rec.value
+                ctl = _is_control(raw) if isinstance(raw, bytes) else None
+                if ctl is not None:
+                    for det in gate.control(ctl):
+                        associator.add(det)
+                    associator.take_seismic()
+                    gate.ended = False
+                    continue
+                with contextlib.suppress(SchemaError):  # dead-lettered when it first came
+                    msg = decode(raw, "tocsin.detection/1")
+                    assert isinstance(msg, Detection)
+                    gate.add(msg)
+        app.tocsin["associator"] = associator  # type: ignore[attr-defined]
+        rebuilt("associate", upto, n, f"the associator ({len(gate.buffer)} detections held)",
+                t0)
+
     @app.agent(det_topic)
     async def associate(stream: Any) -> None:
         async for event in stream.events():
+            behind = taken["associate"].behind([event])
+            if behind:
+                await rebuild_associate(behind)
             raw = event.value
             ctl = _is_control(raw) if isinstance(raw, bytes) else None
             if ctl is not None:
@@ -498,9 +577,30 @@ def create_app(settings: Settings, topics: Topics, registry: list[StationInfo],
             assert isinstance(msg, Detection)  # decode checked the schema name
             gate.add(msg)
 
+    async def rebuild_alert(upto: dict[tuple[str, int], int]) -> None:
+        """A new alert stage, given the revisions before ``upto`` (what it sends for them
+        is dropped: the alerts were stored and sent then)."""
+        nonlocal alert_stage
+        t0, n = time.monotonic(), 0
+        alert_stage = AlertStage()
+        async for records in read_back(settings.bootstrap, upto):
+            for rec in records:
+                raw = rec.value
+                if not isinstance(raw, bytes) or _is_control(raw) is not None:
+                    continue
+                with contextlib.suppress(SchemaError):  # dead-lettered when it first came
+                    rev = decode(raw, "tocsin.incident/1")
+                    n += 1
+                    alert_stage.add(rev)  # type: ignore[arg-type]
+        app.tocsin["alerts"] = alert_stage  # type: ignore[attr-defined]
+        rebuilt("alert", upto, n, "the alert stage", t0)
+
     @app.agent(inc_topic)
     async def alert(stream: Any) -> None:
         async for event in stream.events():
+            behind = taken["alert"].behind([event])
+            if behind:
+                await rebuild_alert(behind)
             raw = event.value
             ctl = _is_control(raw) if isinstance(raw, bytes) else None
             if ctl is not None:

@@ -201,3 +201,28 @@ def test_worker_keeps_the_root_logger_at_the_level_asked_for(tmp_path: object,
     finally:
         root.setLevel(saved[0])
         root.handlers[:] = saved[1]
+
+
+def test_taken_says_which_partitions_went_through_another_worker_meanwhile() -> None:
+    from types import SimpleNamespace
+
+    from streams.takeover import Taken
+
+    def events(*offsets: tuple[int, int]) -> list[SimpleNamespace]:
+        return [SimpleNamespace(message=SimpleNamespace(topic="obs", partition=p, offset=o))
+                for p, o in offsets]
+
+    taken = Taken()
+    # a topic's first records: nothing came before them
+    assert taken.behind(events((0, 0), (0, 1), (1, 0))) == {}
+    # the records that follow, in one batch or in several
+    assert taken.behind(events((0, 2), (1, 1), (1, 2))) == {}
+    assert taken.behind(events((1, 3))) == {}
+    # partition 1 went to another worker and came back at 9: 4..8 were processed there;
+    # partition 2 was never here, and its first record is not the topic's first
+    assert taken.behind(events((0, 3), (1, 9), (1, 10), (2, 40))) == {("obs", 1): 9,
+                                                                    ("obs", 2): 40}
+    # after that, both go on from where the batch left them
+    assert taken.behind(events((1, 11), (2, 41))) == {}
+    # records again that the state has already taken in (redelivered): not behind
+    assert taken.behind(events((0, 2), (0, 3), (0, 4))) == {}

@@ -188,3 +188,98 @@ def test_worker_producer_has_its_output_topics_metadata_before_the_first_send(
     before, after = asyncio.run(go())
     assert before == [None] * len(outputs)
     assert after == [{0}] * len(outputs)
+
+
+async def _taken_in(settings: Settings, topics: Topics, timeout: float = 120.0) -> None:
+    """Until the group has processed and committed everything on its three input topics
+    (the same end offsets twice in a row, 0.5 s apart: detections made meanwhile count)."""
+    from aiokafka import TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    inputs = [topics.observations, topics.detections, topics.incidents]
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap)
+    reader = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap)
+    await admin.start()
+    await reader.start()
+    try:
+        layout = topics.layout()
+        tps = [TopicPartition(t, p) for t in inputs for p in range(layout[t])]
+        deadline = asyncio.get_running_loop().time() + timeout
+        last: dict[TopicPartition, int] | None = None
+        while True:
+            ends = await reader.end_offsets(tps)
+            done = await admin.list_consumer_group_offsets(topics.app_id)
+            committed = {tp: done[tp].offset if tp in done else 0 for tp in tps}
+            if committed == ends and ends == last:
+                return
+            last = ends if committed == ends else None
+            assert asyncio.get_running_loop().time() < deadline, (
+                f"not taken in after {timeout} s: committed {committed}, ends {ends}")
+            await asyncio.sleep(0.5)
+    finally:
+        await reader.stop()
+        await admin.close()
+
+
+def test_stations_moved_to_another_worker_keep_their_history(
+        kafka_settings: Settings, tonga: ReplayPackage, detect_report: dict,  # type: ignore[type-arg]
+        tmp_path: Path) -> None:
+    """A worker stops during the event and the other takes its partitions over (a
+    rebalance); later that one stops too and a new worker takes everything (a restart).
+    Each stage rebuilds the state of what it takes over from the partitions' earlier
+    records, so the moved stations' detectors are not cold, the associator still has the
+    incident and the alert stage knows what it has sent: the report is ``tocsin detect``'s.
+    """
+    from replay.registry import build_registry
+    from replay.report import build_report
+    from replay.run import package_packets
+    from replay.streaming import Progress, encode_packets, publish, wait_for_group
+    from responders.store import migrate
+
+    settings = kafka_settings.model_copy(update={"home": tmp_path / "home"})
+    topics = Topics.for_run(settings, "moved", 4)
+    registry_file = tmp_path / "registry.csv"
+    write_registry(build_registry(tonga, settings.station_registry), registry_file,
+                   tonga.seismic_gains)
+    packets = encode_packets(package_packets(tonga, settings.packet_seconds))
+    cuts = [tonga.start + 4.83 * 3600, tonga.start + 7.0 * 3600]  # 04:50 and 07:00 UTC
+    parts = [[p for p in packets if p.end < cuts[0]],
+             [p for p in packets if cuts[0] <= p.end < cuts[1]],
+             [p for p in packets if p.end >= cuts[1]]]
+    assert all(parts) and sum(map(len, parts)) == len(packets)
+    collected = Collected()
+    procs = []
+
+    async def go() -> None:
+        await create_topics(settings.bootstrap, topics)
+        migrate(settings.db_url)
+        collector = asyncio.create_task(collect(settings, topics, collected, []))
+        progress = Progress(tonga, None)
+        try:
+            first = start_workers(settings, topics, registry_file, 2, tmp_path / "ab")
+            procs.extend(first)
+            await wait_for_group(settings, topics.app_id, 2, first)
+            await publish(settings, topics, parts[0], tonga, None, progress, end=False)
+            await _taken_in(settings, topics)
+            stop_workers(first[1:])  # the first worker takes over the second one's partitions
+            await publish(settings, topics, parts[1], tonga, None, progress, end=False)
+            await _taken_in(settings, topics)
+            stop_workers(first[:1])  # a new worker takes over every partition
+            (tmp_path / "c").mkdir()
+            new = start_workers(settings, topics, registry_file, 1, tmp_path / "c")
+            procs.extend(new)
+            await wait_for_group(settings, topics.app_id, 1, new)
+            await publish(settings, topics, parts[2], tonga, None, progress)
+            await asyncio.wait_for(collected.done.wait(), 300)
+        finally:
+            collected.done.set()
+            await asyncio.wait_for(collector, 30)
+            stop_workers(procs)
+
+    (tmp_path / "ab").mkdir()
+    asyncio.run(go())
+    logs = (tmp_path / "ab" / "worker-0.log").read_text()
+    assert "rebuilt" in logs, logs[-3000:]  # the takeover did go through the rebuild
+    report = build_report(detect_report["event"], collected.detections, collected.revisions,
+                          collected.alerts, mode="replay", seismic_gains=tonga.seismic_gains)
+    same_reports(report, detect_report)

@@ -1,0 +1,82 @@
+"""A stage's state when it takes over partitions another worker (or an earlier run of this
+one) has been processing.
+
+The stages keep their state in memory: the detectors' baselines and triggers, the
+associator's incidents and the watermark gate's held detections, what the alert stage
+has sent. When a rebalance or a restart gives a worker a partition whose earlier records
+were processed elsewhere, the stage rebuilds that state before it takes the partition's
+next record: it reads the partition from its earliest record up to that one and feeds
+the records through the same code with its outputs dropped (they were stored and sent
+when the records first came: a record's offset is committed only after its outputs).
+
+:class:`Taken` tells when: it keeps, per partition, the offset of the next record the
+stage's state expects. A record further on means that the records in between went
+through another worker. :func:`read_back` reads the records before it.
+
+The read covers what the broker still holds of the partition, so it takes time in
+proportion to the topic's retention (a replay's topics hold the replay).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.structs import ConsumerRecord
+
+
+class Taken:
+    """The next offset each input partition's records have brought the stage's state to."""
+
+    def __init__(self) -> None:
+        self.next: dict[tuple[str, int], int] = {}
+
+    def behind(self, events: Iterable[Any]) -> dict[tuple[str, int], int]:
+        """The partitions (topic, partition) whose first record among these Faust events
+        comes after records the state has not taken in, each with that record's offset;
+        the events are then counted as taken in. A partition seen for the first time is
+        behind unless its record is the topic's first (offset 0)."""
+        out: dict[tuple[str, int], int] = {}
+        nxt = self.next
+        for event in events:
+            msg = event.message
+            tp = (msg.topic, msg.partition)
+            offset = msg.offset
+            expected = nxt.get(tp)
+            if (offset > expected if expected is not None else offset > 0) and tp not in out:
+                out[tp] = offset
+            nxt[tp] = offset + 1
+        return out
+
+
+async def read_back(bootstrap: str, upto: dict[tuple[str, int], int],
+                    max_records: int = 500) -> AsyncIterator[list[ConsumerRecord[Any, Any]]]:
+    """The records of each partition before its offset in ``upto``, from the earliest the
+    broker holds, in batches (a batch is one partition's, in offset order)."""
+    tps = [TopicPartition(topic, partition) for topic, partition in upto]
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+                                enable_auto_commit=False, fetch_max_wait_ms=50)
+    await consumer.start()
+    try:
+        consumer.assign(tps)
+        first = await consumer.beginning_offsets(tps)
+        todo = {tp: upto[(tp.topic, tp.partition)] for tp in tps
+                if first[tp] < upto[(tp.topic, tp.partition)]}
+        for tp in tps:
+            consumer.seek(tp, first[tp])
+            if tp not in todo:
+                consumer.pause(tp)
+        while todo:
+            batch = await consumer.getmany(*todo, timeout_ms=1000, max_records=max_records)
+            for tp, records in batch.items():
+                end = todo[tp]
+                keep = [r for r in records if r.offset < end]
+                if keep:
+                    yield keep
+            for tp in list(todo):
+                if await consumer.position(tp) >= todo[tp]:
+                    del todo[tp]
+                    consumer.pause(tp)
+    finally:
+        await consumer.stop()
