@@ -10,6 +10,8 @@ A message that cannot be decoded or validated goes to the dead-letter topic with
 reason and ``topic[partition]@offset``; the agent keeps running. Control messages
 (``tocsin.control/1``, type ``end``) mark the end of a replay on each observation
 partition and travel down the chain so the replayer knows when every stage is done.
+A stage given partitions whose earlier records another worker processed (a rebalance, a
+restart) first rebuilds its state from them (``streams.takeover``).
 No app object exists at import time.
 """
 
@@ -528,7 +530,9 @@ def create_app(settings: Settings, topics: Topics, registry: list[StationInfo],
             for rec in records:
                 n += 1
                 raw = rec.value
-                ctl = _is_control(raw) if isinstance(raw, bytes) else None
+                if not isinstance(raw, bytes):
+                    continue
+                ctl = _is_control(raw)
                 if ctl is not None:
                     for det in gate.control(ctl):
                         associator.add(det)

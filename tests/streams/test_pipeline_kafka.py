@@ -242,7 +242,7 @@ def test_stations_moved_to_another_worker_keep_their_history(
     from responders.store import migrate
 
     settings = kafka_settings.model_copy(update={"home": tmp_path / "home"})
-    topics = Topics.for_run(settings, "moved", 4)
+    topics = Topics.for_run(settings, f"moved-{how}", 4)  # topics of its own
     registry_file = tmp_path / "registry.csv"
     write_registry(build_registry(tonga, settings.station_registry), registry_file,
                    tonga.seismic_gains)
