@@ -535,7 +535,8 @@ def create_app(settings: Settings, topics: Topics, registry: list[StationInfo],
                 ctl = _is_control(raw)
                 if ctl is not None:
                     for det in gate.control(ctl):
-                        associator.add(det)
+                        associator.add(det)  # an association each: let the others run
+                        await asyncio.sleep(0)
                     associator.take_seismic()
                     gate.ended = False
                     continue

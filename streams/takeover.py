@@ -19,6 +19,7 @@ proportion to the topic's retention (a replay's topics hold the replay).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
@@ -51,7 +52,7 @@ class Taken:
 
 
 async def read_back(bootstrap: str, upto: dict[tuple[str, int], int],
-                    max_records: int = 500) -> AsyncIterator[list[ConsumerRecord[Any, Any]]]:
+                    max_records: int = 100) -> AsyncIterator[list[ConsumerRecord[Any, Any]]]:
     """The records of each partition before its offset in ``upto``, from the earliest the
     broker holds, in batches (a batch is one partition's, in offset order)."""
     tps = [TopicPartition(topic, partition) for topic, partition in upto]
@@ -74,6 +75,9 @@ async def read_back(bootstrap: str, upto: dict[tuple[str, int], int],
                 keep = [r for r in records if r.offset < end]
                 if keep:
                     yield keep
+                    # the caller's work on a batch does not yield: let the worker's timers,
+                    # commits and other agents run between batches
+                    await asyncio.sleep(0)
             for tp in list(todo):
                 if await consumer.position(tp) >= todo[tp]:
                     del todo[tp]
