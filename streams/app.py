@@ -307,6 +307,14 @@ def dead_letter_record(event: Any, reason: str) -> bytes:
     })
 
 
+def observation(raw: bytes) -> ObservationPacket | GridFrame:
+    """An observations-topic message decoded; :class:`SchemaError` if it is not one."""
+    pkt = decode(raw)
+    if not isinstance(pkt, ObservationPacket | GridFrame):
+        raise SchemaError(f"{type(pkt).__name__} does not belong on the observations topic")
+    return pkt
+
+
 def station_for(pkt: ObservationPacket | GridFrame,
                 registry: dict[str, StationInfo]) -> StationInfo:
     """The registry's entry for the station, else what the packet says of itself."""
@@ -459,11 +467,9 @@ def create_app(settings: Settings, topics: Topics, registry: list[StationInfo],
                 if not isinstance(raw, bytes) or _is_control(raw) is not None:
                     continue
                 try:
-                    pkt = decode(raw)
+                    pkt = observation(raw)
                 except SchemaError:
                     continue  # dead-lettered when it first came
-                if not isinstance(pkt, ObservationPacket | GridFrame):
-                    continue
                 n += 1
                 station = station_for(pkt, by_id)
                 if station.station_id not in seen:  # its first record: start it afresh
@@ -502,13 +508,10 @@ def create_app(settings: Settings, topics: Topics, registry: list[StationInfo],
                             run=ctl.get("run")))
                     continue
                 try:
-                    pkt = decode(raw)
+                    pkt = observation(raw)
                     if isinstance(pkt, ObservationPacket):
                         batch.append((event, station_for(pkt, by_id), pkt))
                         continue
-                    if not isinstance(pkt, GridFrame):
-                        raise SchemaError(f"{type(pkt).__name__} does not belong on the "
-                                          "observations topic")
                     await feed_batch(batch)
                     station = station_for(pkt, by_id)
                     dets = bank.feed_frame(station, pkt.time, pkt.lat, pkt.lon, pkt.values)
