@@ -12,8 +12,10 @@ import asyncio
 import contextlib
 from dataclasses import dataclass
 
+from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.structs import TopicPartition
 
 from tocsin.settings import Settings
 
@@ -75,7 +77,12 @@ class Topics:
 
 
 async def create_topics(bootstrap: str, topics: Topics, timeout: float = 30.0) -> None:
-    """Create the run's topics (idempotent) and wait until they have leaders."""
+    """Create the run's topics (idempotent) and wait until their leaders serve them.
+
+    A new partition's leader shows in the metadata before the broker has taken the
+    leadership up: a produce sent at once got ``NotLeaderForPartitionError`` on some
+    partitions and waited out the producer's retry backoff (100 ms). So the partitions'
+    end offsets are asked of their leaders too, which fails the same way until they serve."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
     await admin.start()
     try:
@@ -94,12 +101,24 @@ async def create_topics(bootstrap: str, topics: Topics, timeout: float = 30.0) -
                 for name, n in topics.layout().items()
             )
             if ready:
-                return
+                break
             if asyncio.get_running_loop().time() > deadline:
                 raise TimeoutError(f"topics {list(topics.layout())} not ready after {timeout} s")
             await asyncio.sleep(0.2)
     finally:
         await admin.close()
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, retry_backoff_ms=20)
+    await consumer.start()
+    try:
+        left = deadline - asyncio.get_running_loop().time()
+        await asyncio.wait_for(consumer.end_offsets(
+            [TopicPartition(name, p) for name, n in topics.layout().items() for p in range(n)]),
+            timeout=max(left, 1.0))
+    except TimeoutError:
+        raise TimeoutError(f"topics {list(topics.layout())} have leaders that do not serve "
+                           f"them after {timeout} s") from None
+    finally:
+        await consumer.stop()
 
 
 async def delete_topics(bootstrap: str, topics: Topics) -> None:

@@ -56,6 +56,32 @@ def test_topics_are_created_explicitly_and_round_trip(kafka_settings: Settings) 
     got = asyncio.run(go())
     assert got == [f"m{i}".encode() for i in range(10)]  # one key, one partition: in order
 
+def test_created_topics_take_a_produce_at_once(kafka_settings: Settings,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    """create_topics returns when the leaders serve the partitions: a produce to every
+    partition right after it needs no retry (the metadata shows a leader before the broker
+    has taken the leadership up; 4 of 6 fresh topics got NotLeaderForPartitionError)."""
+
+    async def go(run: str) -> None:
+        topics = Topics.for_run(kafka_settings, run, 4)
+        await create_topics(kafka_settings.bootstrap, topics)
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_settings.bootstrap, acks="all",
+                                    enable_idempotence=True)
+        await producer.start()
+        try:
+            sent = [await producer.send(topics.observations, b"x", partition=p)
+                    for p in range(4)]
+            await asyncio.gather(*sent)
+        finally:
+            await producer.stop()
+
+    with caplog.at_level("WARNING", logger="aiokafka"):
+        for i in range(3):
+            asyncio.run(go(f"at-once-{i}"))
+    retried = [r.getMessage() for r in caplog.records if "retrying" in r.getMessage()]
+    assert not retried, retried
+
+
 
 def test_port_taken_is_a_clear_error(kafka_settings: Settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
     if kafka_settings.kafka_bootstrap:
