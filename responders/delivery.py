@@ -63,6 +63,25 @@ class UnsafeTarget(SubscriptionError):
     """A webhook URL that tocsin will not call."""
 
 
+# the columns' lengths (responders.store): longer values would fail the alert agent's
+# transaction on PostgreSQL, which enforces them
+NAME_MAX, ID_MAX, TARGET_MAX, SECRET_MAX = 200, 64, 500, 500
+
+
+def _text(what: str, value: Any, limit: int, show: bool = True) -> None:
+    """A subscription's text field: a string of at most ``limit`` characters, no control
+    characters (a CR/LF in an address would add mail headers)."""
+    shown = repr(value)[:80] if show else "(not shown)"
+    if not isinstance(value, str):
+        raise SubscriptionError(f"{what} must be a string, got {type(value).__name__} "
+                                f"{shown}")
+    if len(value) > limit:
+        raise SubscriptionError(f"{what} has {len(value)} characters, more than {limit}: "
+                                f"{shown}")
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise SubscriptionError(f"{what} contains a control character: {shown}")
+
+
 @dataclass(frozen=True)
 class Subscription:
     id: str
@@ -75,7 +94,7 @@ class Subscription:
     @classmethod
     def create(cls, name: str, area: dict[str, Any], min_severity: str,
                channels: list[dict[str, Any]], *, id: str | None = None,
-               check_url: Callable[[str], None] | None = None) -> Subscription:
+               check_url: Callable[[str], list[str]] | None = None) -> Subscription:
         try:
             geom = shape(area)
         except Exception as exc:  # noqa: BLE001 - shapely raises several kinds
@@ -88,19 +107,32 @@ class Subscription:
             severity_at_least(min_severity, "Unknown")
         except ValueError as exc:
             raise SubscriptionError(str(exc)) from exc
+        lon0, lat0, lon1, lat1 = geom.bounds
+        if not (lon0 >= -180.0 and lon1 <= 180.0 and lat0 >= -90.0 and lat1 <= 90.0):
+            raise SubscriptionError(f"area bounds lon {lon0:g}..{lon1:g}, lat {lat0:g}.."
+                                    f"{lat1:g} are outside lon -180..180, lat -90..90 "
+                                    "(GeoJSON: [lon, lat])")
+        _text("name", name, NAME_MAX)
+        if id is not None:
+            _text("id", id, ID_MAX)
         if not channels:
             raise SubscriptionError("a subscription needs at least one channel")
         for ch in channels:
+            if not isinstance(ch, dict):
+                raise SubscriptionError(f"a channel is an object, got {ch!r}")
             kind = ch.get("type")
             if kind == "webhook":
                 if not ch.get("url") or not ch.get("secret"):
                     raise SubscriptionError("a webhook channel needs 'url' and 'secret'")
+                _text("webhook url", ch["url"], TARGET_MAX)
+                _text("webhook secret", ch["secret"], SECRET_MAX, show=False)
                 if check_url is not None:
-                    check_url(str(ch["url"]))
+                    check_url(ch["url"])
             elif kind == "email":
-                if "@" not in str(ch.get("to", "")):
-                    raise SubscriptionError(f"email channel: 'to' {ch.get('to')!r} is not "
-                                            "an address")
+                to = ch.get("to", "")
+                _text("email 'to'", to, TARGET_MAX)
+                if to.count("@") != 1 or any(c in to for c in " ,;<>"):
+                    raise SubscriptionError(f"email channel: 'to' {to!r} is not one address")
             else:
                 raise SubscriptionError(f"channel type {kind!r} is not one of {CHANNELS}")
         return cls(id or uuid.uuid4().hex, name, area, min_severity, tuple(channels), geom)
@@ -143,9 +175,18 @@ def matches(sub: Subscription, msg: AlertMessage, areas: list[BaseGeometry]) -> 
 
 
 # ---------------------------------------------------------------------- webhook safety
+# cloud instance-metadata services outside the link-local ranges (AWS over IPv6, Alibaba,
+# Azure's wire server, Oracle's IPv6 one): refused like 169.254.169.254
+METADATA_ADDRESSES = frozenset(ipaddress.ip_address(a) for a in (
+    "fd00:ec2::254", "100.100.100.200", "168.63.129.16", "fd00:c1::a9fe:a9fe"))
+
+
 def make_url_checker(allowed_hosts: str = "", allow_link_local: bool = False,
                      resolve: Callable[[str], list[str]] | None = None,
-                     ) -> Callable[[str], None]:
+                     ) -> Callable[[str], list[str]]:
+    """A check of webhook URLs: it raises :class:`UnsafeTarget` for a URL tocsin will not
+    call and returns the addresses its host resolved to, all vetted (a send connects to
+    one of those, so a second lookup cannot lead it elsewhere: DNS rebinding)."""
     allow = {h.strip().lower() for h in allowed_hosts.split(",") if h.strip()}
 
     def _resolve(host: str) -> list[str]:
@@ -153,11 +194,15 @@ def make_url_checker(allowed_hosts: str = "", allow_link_local: bool = False,
 
     res = resolve or _resolve
 
-    def check(url: str) -> None:
-        parts = urlsplit(url)
+    def check(url: str) -> list[str]:
+        try:
+            parts = urlsplit(url)
+            host = (parts.hostname or "").lower()
+            parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+        except ValueError as exc:
+            raise UnsafeTarget(f"webhook URL {url!r} is not a valid URL: {exc}") from exc
         if parts.scheme not in ("http", "https"):
             raise UnsafeTarget(f"webhook URL {url!r}: scheme {parts.scheme!r} is not http(s)")
-        host = (parts.hostname or "").lower()
         if not host:
             raise UnsafeTarget(f"webhook URL {url!r} has no host")
         if allow and host not in allow:
@@ -171,11 +216,30 @@ def make_url_checker(allowed_hosts: str = "", allow_link_local: bool = False,
             if ip.is_multicast or ip.is_unspecified or ip.is_reserved:
                 raise UnsafeTarget(f"webhook host {host!r} resolves to {ip}, which is not a "
                                    "unicast address")
-            if ip.is_link_local and not allow_link_local:
+            if (ip.is_link_local or ip in METADATA_ADDRESSES) and not allow_link_local:
                 raise UnsafeTarget(f"webhook host {host!r} resolves to the link-local/metadata "
                                    f"address {ip}; set TOCSIN_WEBHOOK_ALLOW_LINK_LOCAL to allow")
+        return addrs
 
     return check
+
+
+def pinned(url: str, addrs: list[str]) -> tuple[str, str, dict[str, Any]]:
+    """``url`` with its host replaced by the first of its vetted addresses ``addrs``, the
+    ``Host`` header to send and, for https, the name the server's certificate must carry
+    (``sni_hostname``): the connection goes where the check looked, not wherever a second
+    DNS answer points."""
+    if not addrs:
+        raise UnsafeTarget(f"webhook URL {url!r}: its host resolved to no address")
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    ip = addrs[0].split("%")[0]
+    port = f":{parts.port}" if parts.port is not None else ""
+    userinfo = parts.netloc.rpartition("@")[0]
+    netloc = (f"{userinfo}@" if userinfo else "") + (f"[{ip}]" if ":" in ip else ip) + port
+    shown_host = (f"[{host}]" if ":" in host else host) + port
+    sni = {"sni_hostname": host} if parts.scheme == "https" else {}
+    return parts._replace(netloc=netloc).geturl(), shown_host, sni
 
 
 def sign(secret: str, body: bytes) -> str:
@@ -198,7 +262,7 @@ class Outbox:
     def __init__(self, store: Store, *, max_attempts: int = 8, backoff_s: float = 1.0,
                  backoff_max_s: float = 300.0, smtp: tuple[str, int] = ("127.0.0.1", 25),
                  smtp_from: str = "tocsin@localhost",
-                 check_url: Callable[[str], None] | None = None,
+                 check_url: Callable[[str], list[str]] | None = None,
                  dead_letter: Callable[[dict[str, Any]], None] | None = None,
                  clock: Callable[[], float] = time.time, http_timeout: float = 5.0) -> None:
         self.store = store
@@ -233,10 +297,19 @@ class Outbox:
                 "created": self.clock(), "active": 1}, ("id",))
 
     def remove_subscription(self, sub_id: str) -> bool:
+        """Deactivate it; its deliveries not yet made are cancelled (not sent)."""
         with self.store.begin() as c:
             r = c.execute(update(SubscriptionRow).where(SubscriptionRow.id == sub_id)
                           .values(active=0))
+            c.execute(update(DeliveryRow).where(and_(
+                DeliveryRow.subscription_id == sub_id, DeliveryRow.status == "pending"))
+                .values(status="cancelled", last_error="the subscription was removed"))
             return bool(r.rowcount)
+
+    def _cancel(self, key: str, why: str) -> None:
+        with self.store.begin() as c:
+            c.execute(update(DeliveryRow).where(DeliveryRow.key == key).values(
+                status="cancelled", last_error=why))
 
     def subscriptions(self) -> list[Subscription]:
         with self.store.engine.connect() as c:
@@ -302,6 +375,9 @@ class Outbox:
             d = c.execute(select(DeliveryRow).where(DeliveryRow.key == key)).one()
             sub = c.execute(select(SubscriptionRow).where(
                 SubscriptionRow.id == d.subscription_id)).one_or_none()
+        if sub is not None and not sub.active:
+            self._cancel(key, "the subscription was removed")
+            return
         alert = self.store.alert(d.alert_identifier)
         attempt = d.attempts + 1
         if sub is None or alert is None:
@@ -309,7 +385,10 @@ class Outbox:
         else:
             idx = int(key.rsplit("|", 1)[1])
             ch = sub.channels[idx]
-            result = self._send(ch, alert, key, attempt)
+            try:
+                result = self._send(ch, alert, key, attempt)
+            except Exception as exc:  # noqa: BLE001 - a failed attempt, retried, never a crash
+                result = SendResult(False, error=f"{type(exc).__name__}: {exc}")
         now = self.clock()
         with self.store.begin() as c:
             c.execute(insert(AttemptRow).values(
@@ -335,15 +414,16 @@ class Outbox:
         body = alert["cap_xml"].encode()
         if ch["type"] == "webhook":
             try:
-                self.check_url(ch["url"])
-                r = self.http.post(ch["url"], content=body, headers={
+                url, host, sni = pinned(ch["url"], self.check_url(ch["url"]))
+                r = self.http.post(url, content=body, extensions=sni, headers={
+                    "Host": host,
                     "Content-Type": "application/cap+xml",
                     "X-Tocsin-Signature": sign(ch["secret"], body),
                     "X-Tocsin-Idempotency-Key": key,
                     "X-Tocsin-Attempt": str(attempt)})
             except UnsafeTarget as exc:
                 return SendResult(False, error=str(exc))
-            except httpx.HTTPError as exc:
+            except (httpx.HTTPError, httpx.InvalidURL) as exc:
                 return SendResult(False, error=f"{type(exc).__name__}: {exc}")
             if 200 <= r.status_code < 300:
                 return SendResult(True, r.status_code)

@@ -118,7 +118,7 @@ class DeliveryRow(Base):
     subscription_id: Mapped[str] = mapped_column(String(64), index=True)
     channel: Mapped[str] = mapped_column(String(20))
     target: Mapped[str] = mapped_column(String(500))
-    status: Mapped[str] = mapped_column(String(20), index=True)  # pending|delivered|dead
+    status: Mapped[str] = mapped_column(String(20), index=True)  # pending|delivered|dead|cancelled
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt: Mapped[float] = mapped_column(Float, index=True)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)

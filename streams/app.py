@@ -647,7 +647,11 @@ def create_app(settings: Settings, topics: Topics, registry: list[StationInfo],
 
     @app.timer(interval=0.5)
     async def deliver() -> None:
-        await asyncio.to_thread(outbox.dispatch_due)
+        try:
+            await asyncio.to_thread(outbox.dispatch_due)
+        except Exception:  # a failed round (the database away): the next one tries again;
+            # an exception out of a timer would crash the worker and stop every delivery
+            log.exception("delivery round failed")
         while dead_deliveries:
             d = dead_deliveries.pop(0)
             log.error("delivery %s dead after %s attempts: %s", d["key"], d["attempts"],

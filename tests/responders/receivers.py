@@ -15,6 +15,7 @@ class Received:
     attempt: int
     body: bytes
     signature_ok: bool
+    host: str = ""
 
 
 @dataclass
@@ -38,7 +39,8 @@ class WebhookReceiver:
                 outer.received.append(Received(
                     self.headers["X-Tocsin-Idempotency-Key"],
                     int(self.headers["X-Tocsin-Attempt"]), body,
-                    verify(outer.secret, body, self.headers.get("X-Tocsin-Signature", ""))))
+                    verify(outer.secret, body, self.headers.get("X-Tocsin-Signature", "")),
+                    self.headers.get("Host", "")))
                 self.send_response(204)
                 self.end_headers()
 

@@ -95,12 +95,39 @@ def test_bad_subscriptions_are_refused_with_the_reason() -> None:
         Subscription.create("x", JAPAN, "Minor", [{"type": "pigeon"}])
 
 
+@pytest.mark.parametrize(("name", "area", "channel", "reason"), [
+    # each of these was accepted and then failed every send (a crash of the delivery
+    # round) or the alert agent's transaction on PostgreSQL (longer than the column)
+    ("x", JAPAN, {"type": "webhook", "url": "http://example.org/x", "secret": 12345},
+     "webhook secret must be a string, got int"),
+    ("x", JAPAN, {"type": "webhook", "url": "http://example.org/x", "secret": {"k": 1}},
+     "webhook secret must be a string, got dict"),
+    ("x", JAPAN, {"type": "email", "to": "a@b.org\r\nBcc: x@y.org"}, "control character"),
+    ("x", JAPAN, {"type": "email", "to": "a@b.org, c@d.org"}, "not one address"),
+    ("x", JAPAN, {"type": "webhook", "url": "http://example.org/" + "a" * 500,
+                  "secret": "s"}, "webhook url has 519 characters, more than 500"),
+    ("n" * 201, JAPAN, {"type": "email", "to": "a@b.org"}, "name has 201 characters"),
+    ("x", {"type": "Polygon", "coordinates": [[[170, -25], [190, -25], [190, -15],
+                                               [170, -15], [170, -25]]]},
+     {"type": "email", "to": "a@b.org"}, "lon 170..190"),
+    ("x", JAPAN, "a@b.org", "a channel is an object"),
+])
+def test_subscription_fields_are_checked(name: str, area: dict, channel: object,  # type: ignore[type-arg]
+                                         reason: str) -> None:
+    with pytest.raises(SubscriptionError, match=reason):
+        Subscription.create(name, area, "Minor", [channel])  # type: ignore[list-item]
+
+
 @pytest.mark.parametrize(("url", "reason"), [
     ("ftp://example.org/x", "scheme"),
     ("http://169.254.169.254/latest/meta-data", "link-local"),
     ("http://[fe80::1]/x", "link-local"),
     ("http://0.0.0.0/x", "unicast"),
     ("http://224.0.0.1/x", "unicast"),
+    ("http://[::1/x", "not a valid URL"),
+    ("http://example.org:port/x", "not a valid URL"),
+    ("http://[fd00:ec2::254]/latest/meta-data/", "metadata address fd00:ec2::254"),
+    ("http://100.100.100.200/latest/meta-data/", "metadata address 100.100.100.200"),
 ])
 def test_unsafe_webhook_targets_are_refused(url: str, reason: str) -> None:
     with pytest.raises(UnsafeTarget, match=reason):
@@ -111,6 +138,72 @@ def test_allow_list_and_explicit_link_local() -> None:
     with pytest.raises(UnsafeTarget, match="allow-list"):
         make_url_checker("alerts.example.org")("http://127.0.0.1/x")
     make_url_checker(allow_link_local=True)("http://169.254.169.254/x")
+
+
+def test_a_webhook_goes_to_the_address_that_was_checked(store: Store) -> None:
+    """DNS rebinding: the host is resolved once, by the check, and the POST connects to
+    that address (with the host in ``Host``), never to a second answer. The name here
+    resolves through the checker alone: a second lookup would not find it at all."""
+    clock = Clock()
+    rx = WebhookReceiver("k")
+    port = rx.url.split(":")[2].split("/")[0]
+    box = Outbox(store, clock=clock, check_url=make_url_checker(
+        resolve=lambda host: ["127.0.0.1"] if host == "hooks.agency.example" else []))
+    url = f"http://hooks.agency.example:{port}/cap"
+    box.add_subscription(Subscription.create("JMA", JAPAN, "Moderate", [
+        {"type": "webhook", "url": url, "secret": "k"}], check_url=box.check_url))
+    publish(store, box, revision(1), AlertPolicy())
+    box.dispatch_due()
+    assert [d["status"] for d in box.deliveries()] == ["delivered"], box.deliveries()
+    assert [r.host for r in rx.received] == [f"hooks.agency.example:{port}"]
+    assert rx.received[0].signature_ok
+    rx.close()
+
+
+def test_a_send_that_raises_is_a_failed_attempt_and_the_round_goes_on(store: Store) -> None:
+    """A channel the checks did not foresee (stored by an older version, say) fails its own
+    delivery, with the reason, and backs off to a dead letter; the round does not crash and
+    the other subscriptions get theirs."""
+    clock = Clock()
+    dead: list[dict] = []  # type: ignore[type-arg]
+    rx = WebhookReceiver("k")
+    box = outbox(store, clock, dead, max_attempts=2)
+    box.add_subscription(Subscription("bad", "bad", JAPAN, "Minor", (
+        {"type": "webhook", "url": rx.url, "secret": 12345},)))
+    box.add_subscription(Subscription.create("good", JAPAN, "Minor", [
+        {"type": "webhook", "url": rx.url, "secret": "k"}]))
+    publish(store, box, revision(1), AlertPolicy())
+    for _ in range(4):
+        box.dispatch_due()
+        clock.t += 10.0
+    by_sub = {d["subscription_id"]: d for d in box.deliveries()}
+    assert by_sub["bad"]["status"] == "dead" and by_sub["bad"]["attempts"] == 2
+    assert "AttributeError" in by_sub["bad"]["last_error"]
+    assert [d["reason"] for d in dead] == [by_sub["bad"]["last_error"]]
+    good = next(d for k, d in by_sub.items() if k != "bad")
+    assert good["status"] == "delivered" and len(rx.received) == 1
+    rx.close()
+
+
+def test_a_removed_subscription_gets_nothing_more(store: Store) -> None:
+    clock = Clock()
+    rx = WebhookReceiver("k", up=False)
+    box = outbox(store, clock)
+    sub = Subscription.create("JMA", JAPAN, "Moderate", [
+        {"type": "webhook", "url": rx.url, "secret": "k"}])
+    box.add_subscription(sub)
+    publish(store, box, revision(1), AlertPolicy())
+    box.dispatch_due()  # fails: the receiver is down
+    assert rx.refused == 1
+    assert box.remove_subscription(sub.id)
+    rx.up = True
+    for _ in range(3):
+        clock.t += 100.0
+        box.dispatch_due()
+    assert rx.received == [] and rx.refused == 1
+    (d,) = box.deliveries()
+    assert d["status"] == "cancelled" and d["last_error"] == "the subscription was removed"
+    rx.close()
 
 
 def test_webhook_down_then_up_gets_every_alert_once(store: Store) -> None:
