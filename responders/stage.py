@@ -28,25 +28,30 @@ class AlertStage:
         self._sent: dict[str, AlertMessage] = {}
 
     def add(self, rev: IncidentRevision) -> list[AlertMessage]:
+        """The alerts that are new or changed once ``rev`` is known. If the policy raises,
+        the stage is left as it was: the revision is not kept to fail every later one."""
         old = self._revisions.get(rev.key)
         if old is not None and old.to_dict() == rev.to_dict():
             return []
+        revisions = dict(self._revisions)
         if rev.status == "retracted":
-            self._revisions.pop(rev.key, None)
+            revisions.pop(rev.key, None)
         else:
-            self._revisions[rev.key] = rev
+            revisions[rev.key] = rev
+        sent = dict(self._sent)
         changed = []
-        for alert in alerts_for_revisions(self._revisions.values()):
-            if self._sent.get(alert.identifier) != alert:
-                self._sent[alert.identifier] = alert
+        for alert in alerts_for_revisions(revisions.values()):
+            if sent.get(alert.identifier) != alert:
+                sent[alert.identifier] = alert
                 changed.append(alert)
         if rev.status == "retracted" and not any(
-                r.incident_id == rev.incident_id for r in self._revisions.values()):
+                r.incident_id == rev.incident_id for r in revisions.values()):
             # the incident is gone: agencies that got its alerts must get a Cancel
-            sent = [a for a in self._sent.values() if a.incident_id == rev.incident_id]
-            if sent and all(a.msg_type != "Cancel" for a in sent):
-                last = max(sent, key=lambda a: (a.revision, a.sent))
+            mine = [a for a in sent.values() if a.incident_id == rev.incident_id]
+            if mine and all(a.msg_type != "Cancel" for a in mine):
+                last = max(mine, key=lambda a: (a.revision, a.sent))
                 cancel = AlertPolicy().cancel(rev, last)
-                self._sent[cancel.identifier] = cancel
+                sent[cancel.identifier] = cancel
                 changed.append(cancel)
+        self._revisions, self._sent = revisions, sent
         return changed

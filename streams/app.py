@@ -50,6 +50,7 @@ from streams.schemas import (
     SeismicEventMessage,
     decode,
     encode,
+    epoch,
 )
 from streams.takeover import Taken, read_back
 from streams.topics import CONTROL_SCHEMA, Topics
@@ -285,6 +286,20 @@ def control(kind: str, **fields: Any) -> bytes:
     return orjson.dumps({"schema": CONTROL_SCHEMA, "type": kind, **fields})
 
 
+def check_control(ctl: dict[str, Any]) -> None:
+    """SchemaError naming the field unless the control message's fields are usable: a
+    ``time`` in seconds, ``partitions`` and ``partition`` counts."""
+    t = ctl.get("time")
+    if t is not None:
+        epoch(t, "time", CONTROL_SCHEMA)
+    for name, least in (("partitions", 1), ("partition", 0)):
+        n = ctl.get(name)
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < least
+                              or n > 100_000):
+            raise SchemaError(f"{CONTROL_SCHEMA}: {name} = {n!r} is not a count of "
+                              f"partitions (an integer >= {least})")
+
+
 def _is_control(raw: bytes) -> dict[str, Any] | None:
     if CONTROL_SCHEMA.encode() not in raw[:64]:
         return None
@@ -295,9 +310,12 @@ def _is_control(raw: bytes) -> dict[str, Any] | None:
     return d if isinstance(d, dict) and d.get("schema") == CONTROL_SCHEMA else None
 
 
-def dead_letter_record(event: Any, reason: str) -> bytes:
+def dead_letter_record(event: Any, reason: str, value: bytes | None = None) -> bytes:
+    """The dead letter of ``event`` (or of ``value``, a message the event's processing led
+    to, with the event as its source)."""
     msg = event.message
-    raw = event.value if isinstance(event.value, bytes) else str(event.value).encode()
+    raw = value if value is not None else (
+        event.value if isinstance(event.value, bytes) else str(event.value).encode())
     return orjson.dumps({
         "schema": "tocsin.deadletter/1",
         "reason": reason,
@@ -349,6 +367,7 @@ class WatermarkGate:
         kind = ctl.get("type")
         if kind not in ("watermark", "end"):
             return []
+        check_control(ctl)
         self.partitions = max(self.partitions, int(ctl.get("partitions") or 1))
         p = int(ctl.get("partition") or 0)
         t = math.inf if kind == "end" else float(ctl.get("time") or -math.inf)
@@ -416,10 +435,10 @@ def create_app(settings: Settings, topics: Topics, registry: list[StationInfo],
     # the offsets each stage's state has reached (see streams.takeover)
     taken = {"detect": Taken(), "associate": Taken(), "alert": Taken()}
 
-    async def dead_letter(event: Any, reason: str) -> None:
+    async def dead_letter(event: Any, reason: str, value: bytes | None = None) -> None:
         log.warning("dead-letter %s[%s]@%s: %s", event.message.topic, event.message.partition,
                     event.message.offset, reason)
-        await dlq_topic.send(key=event.key, value=dead_letter_record(event, reason))
+        await dlq_topic.send(key=event.key, value=dead_letter_record(event, reason, value))
 
     def save_alerts(msgs: list[Any]) -> None:
         with store.begin() as conn:
@@ -468,10 +487,10 @@ def create_app(settings: Settings, topics: Topics, registry: list[StationInfo],
                     continue
                 try:
                     pkt = observation(raw)
-                except SchemaError:
+                    station = station_for(pkt, by_id)
+                except (SchemaError, DetectorError):
                     continue  # dead-lettered when it first came
                 n += 1
-                station = station_for(pkt, by_id)
                 if station.station_id not in seen:  # its first record: start it afresh
                     seen.add(station.station_id)
                     bank.forget(station.station_id)
@@ -500,6 +519,11 @@ def create_app(settings: Settings, topics: Topics, registry: list[StationInfo],
                 ctl = _is_control(raw) if isinstance(raw, bytes) else None
                 if ctl is not None:
                     await feed_batch(batch)
+                    try:
+                        check_control(ctl)
+                    except SchemaError as exc:
+                        await dead_letter(event, f"SchemaError: {exc}")
+                        continue
                     if ctl.get("type") in ("end", "watermark"):
                         # after every packet before it on this partition: pass it on
                         await det_topic.send(key=b"control", value=control(
@@ -537,9 +561,14 @@ def create_app(settings: Settings, topics: Topics, registry: list[StationInfo],
                     continue
                 ctl = _is_control(raw)
                 if ctl is not None:
-                    for det in gate.control(ctl):
-                        associator.add(det)  # an association each: let the others run
-                        await asyncio.sleep(0)
+                    try:
+                        ready = gate.control(ctl)
+                    except SchemaError:
+                        continue  # dead-lettered when it first came
+                    for det in ready:
+                        with contextlib.suppress(Exception):  # dead-lettered then, too
+                            associator.add(det)
+                        await asyncio.sleep(0)  # an association each: let the others run
                     associator.take_seismic()
                     gate.ended = False
                     continue
@@ -560,9 +589,19 @@ def create_app(settings: Settings, topics: Topics, registry: list[StationInfo],
             raw = event.value
             ctl = _is_control(raw) if isinstance(raw, bytes) else None
             if ctl is not None:
-                ready = gate.control(ctl)
+                try:
+                    ready = gate.control(ctl)
+                except SchemaError as exc:
+                    await dead_letter(event, f"SchemaError: {exc}")
+                    continue
                 for det in ready:
-                    revs = associator.add(det)
+                    try:
+                        revs = associator.add(det)
+                    except Exception as exc:  # noqa: BLE001 - one detection, not the stage
+                        log.exception("associator failed on detection %s", det.key)
+                        await dead_letter(event, f"association of {det.key} failed: "
+                                          f"{type(exc).__name__}: {exc}", encode(det))
+                        continue
                     if revs:
                         await until_stored(partial(store.save_all, revs),
                                            f"{len(revs)} incident revisions")
@@ -596,7 +635,7 @@ def create_app(settings: Settings, topics: Topics, registry: list[StationInfo],
                 raw = rec.value
                 if not isinstance(raw, bytes) or _is_control(raw) is not None:
                     continue
-                with contextlib.suppress(SchemaError):  # dead-lettered when it first came
+                with contextlib.suppress(Exception):  # dead-lettered when it first came
                     rev = decode(raw, "tocsin.incident/1")
                     n += 1
                     alert_stage.add(rev)  # type: ignore[arg-type]
@@ -621,7 +660,12 @@ def create_app(settings: Settings, topics: Topics, registry: list[StationInfo],
             except SchemaError as exc:
                 await dead_letter(event, f"SchemaError: {exc}")
                 continue
-            msgs = alert_stage.add(rev)  # type: ignore[arg-type]
+            try:
+                msgs = alert_stage.add(rev)  # type: ignore[arg-type]
+            except Exception as exc:  # noqa: BLE001 - the stage is as it was before it
+                log.exception("alert policy failed on %s", getattr(rev, "key", "?"))
+                await dead_letter(event, f"alert policy failed: {type(exc).__name__}: {exc}")
+                continue
             if msgs:
                 # the alert and its deliveries (the outbox) in one transaction, before the
                 # offset commit: a crash replays the revision, the keys absorb it

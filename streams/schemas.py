@@ -54,6 +54,22 @@ def parse_time(value: Any, field_name: str = "time") -> float:
     return dt.timestamp()
 
 
+# the event times a message may carry: 1900-01-01 to 2200-01-01 UTC (a time outside makes
+# no sense for these feeds, and datetime arithmetic on it fails downstream)
+EPOCH_MIN, EPOCH_MAX = -2208988800.0, 7258118400.0
+
+
+def epoch(value: Any, name: str, schema: str = "time") -> float:
+    """``value`` as an event time in Unix seconds; SchemaError naming the field unless it
+    is a number within 1900-2200."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise SchemaError(f"{schema}: {name} = {value!r} is not a number of seconds")
+    t = float(value)
+    if not EPOCH_MIN <= t <= EPOCH_MAX:
+        raise SchemaError(f"{schema}: {name} = {value!r} is not a time within 1900-2200")
+    return t
+
+
 def _require(d: dict[str, Any], name: str, types: type | tuple[type, ...], schema: str) -> Any:
     if name not in d:
         raise SchemaError(f"{schema}: missing field {name!r}")
@@ -75,6 +91,11 @@ def _number(d: dict[str, Any], name: str, schema: str) -> float:
 def _opt_number(d: dict[str, Any], name: str) -> float:
     value = d.get(name)
     return float("nan") if value is None else float(value)
+
+
+def _opt_time(d: dict[str, Any], name: str, schema: str) -> float:
+    value = d.get(name)
+    return float("nan") if value is None else epoch(value, name, schema)
 
 
 def _check_schema(d: Any, expected: str) -> dict[str, Any]:
@@ -178,9 +199,8 @@ class ObservationPacket:
             values = _f64_values(d, cls.SCHEMA)
         # start_s carries the exact float; start (ISO, ms) is for people and other tools.
         start = d.get("start_s")
-        start_t = float(start) if isinstance(start, int | float) else parse_time(
-            _require(d, "start", str, cls.SCHEMA), "start"
-        )
+        start_t = (epoch(start, "start_s", cls.SCHEMA) if isinstance(start, int | float)
+                   else parse_time(_require(d, "start", str, cls.SCHEMA), "start"))
         return cls(
             station_id=_require(d, "station_id", str, cls.SCHEMA),
             kind=_require(d, "kind", str, cls.SCHEMA),
@@ -286,7 +306,8 @@ class GridFrame:
         return cls(
             station_id=_require(d, "station_id", str, cls.SCHEMA),
             kind=_require(d, "kind", str, cls.SCHEMA),
-            time=float(t) if isinstance(t, int | float) else parse_time(d.get("time"), "time"),
+            time=epoch(t, "time_s", cls.SCHEMA) if isinstance(t, int | float) else parse_time(
+                d.get("time"), "time"),
             lat=arrays[0], lon=arrays[1], values=arrays[2],
             units=_require(d, "units", str, cls.SCHEMA),
             shape=(int(shape[0]), int(shape[1])), source=str(d.get("source", "")),
@@ -325,7 +346,7 @@ def detection_from_dict(d: dict[str, Any]) -> Detection:
     d = _check_schema(d, schema)
     exact = d.get("t")
     if isinstance(exact, list) and len(exact) == 3:
-        onset, peak, declared = (float(x) for x in exact)
+        onset, peak, declared = (epoch(x, "t", schema) for x in exact)
     else:
         onset = parse_time(_require(d, "onset", str, schema), "onset")
         peak = parse_time(_require(d, "peak_time", str, schema), "peak_time")
@@ -378,7 +399,7 @@ class Forecast:
         return cls(
             station_id=str(d["station_id"]),
             kind=str(d.get("kind", "")),
-            eta=float(eta) if eta is not None else parse_time(d["eta"], "eta"),
+            eta=epoch(eta, "eta_s", "forecast") if eta is not None else parse_time(d["eta"], "eta"),
             distance_km=float(d.get("distance_km", float("nan"))),
             lat=float(d.get("lat", float("nan"))),
             lon=float(d.get("lon", float("nan"))),
@@ -453,9 +474,10 @@ class IncidentRevision:
             incident_id=_require(d, "incident_id", str, cls.SCHEMA),
             type=_require(d, "type", str, cls.SCHEMA),
             revision=int(_require(d, "revision", int, cls.SCHEMA)),
-            issued=float(d["issued_s"]) if "issued_s" in d else parse_time(d["issued"], "issued"),
+            issued=epoch(d["issued_s"], "issued_s", cls.SCHEMA) if "issued_s" in d else parse_time(
+                d["issued"], "issued"),
             status=_require(d, "status", str, cls.SCHEMA),
-            origin_time=_opt_number(d, "origin_time_s"),
+            origin_time=_opt_time(d, "origin_time_s", cls.SCHEMA),
             lat=_opt_number(d, "lat"),
             lon=_opt_number(d, "lon"),
             speed_m_s=_opt_number(d, "speed_m_s"),
@@ -523,7 +545,8 @@ class AlertMessage:
         return cls(
             identifier=_require(d, "identifier", str, cls.SCHEMA),
             msg_type=_require(d, "msgType", str, cls.SCHEMA),
-            sent=float(d["sent_s"]) if "sent_s" in d else parse_time(d["sent"], "sent"),
+            sent=epoch(d["sent_s"], "sent_s", cls.SCHEMA) if "sent_s" in d else parse_time(
+                d["sent"], "sent"),
             incident_id=_require(d, "incident_id", str, cls.SCHEMA),
             revision=int(_require(d, "revision", int, cls.SCHEMA)),
             event=str(d.get("event", "")),
@@ -613,6 +636,6 @@ def decode(raw: bytes | str, expected: str | None = None) -> Message:
         msg: Message = decoder(d)
     except SchemaError:
         raise
-    except (KeyError, TypeError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - any malformed field is the message's fault
         raise SchemaError(f"{schema}: {type(exc).__name__}: {exc}") from exc
     return msg

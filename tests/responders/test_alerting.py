@@ -89,3 +89,27 @@ def test_severity_order() -> None:
     assert not severity_at_least("Moderate", "Severe")
     with pytest.raises(ValueError, match="'Huge'"):
         severity_at_least("Huge", "Minor")
+
+
+def test_a_revision_the_policy_fails_on_leaves_the_stage_as_it_was(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stage kept such a revision and replayed the policy over it with every later
+    revision: one bad revision stopped all alerts, for good."""
+    import responders.stage as stage_mod
+
+    stage, fresh = AlertStage(), AlertStage()
+    first = stage.add(revision(1))
+    assert first == fresh.add(revision(1))
+    real = stage_mod.alerts_for_revisions
+
+    def failing(revs):  # type: ignore[no-untyped-def]
+        revs = list(revs)
+        if any(r.incident_id == "poison" for r in revs):
+            raise OverflowError("timestamp out of range")
+        return real(revs)
+
+    monkeypatch.setattr(stage_mod, "alerts_for_revisions", failing)
+    with pytest.raises(OverflowError):
+        stage.add(replace(revision(1), incident_id="poison"))
+    later = revision(2, status="confirmed", issued=T + 3000.0)
+    assert stage.add(later) == fresh.add(later) != []

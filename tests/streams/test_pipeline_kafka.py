@@ -84,8 +84,17 @@ def test_bad_messages_go_to_dead_letter_and_worker_keeps_running(
             (b"S2", orjson.dumps({**orjson.loads(encode(good)), "sample_interval_s": -5})),
             (b"S1", encode(good)),
             (b"S1", encode(wrong_kind)),
-            (b"S2", b"[1, 2]")]
-    bad = [0, 1, 2, 4, 5]  # the offsets that must come back as dead letters, in order
+            (b"S2", b"[1, 2]"),
+            # a watermark whose time is not a number (it would have crashed the associator)
+            (b"control", orjson.dumps({"schema": "tocsin.control/1", "type": "watermark",
+                                       "time": "soon", "partitions": 1}))]
+    bad = [0, 1, 2, 4, 5, 6]  # the offsets that must come back as dead letters, in order
+    # on the incidents topic: revisions that decoded but then crashed the alert agent (its
+    # supervisor restarted it past them: lost), and kept the stage failing on every later one
+    revision = {"schema": "tocsin.incident/1", "incident_id": "bad-1", "type": "eruption",
+                "revision": 1, "issued_s": 1.642e9, "status": "watch"}
+    bad_revisions = [orjson.dumps({**revision, "forecasts": ["bad"]}),
+                     orjson.dumps({**revision, "issued_s": 1e20})]
 
     async def go() -> tuple[list[dict], Collected]:  # type: ignore[type-arg]
         await create_topics(kafka_settings.bootstrap, topics)
@@ -98,6 +107,8 @@ def test_bad_messages_go_to_dead_letter_and_worker_keeps_running(
             try:
                 for key, raw in sent:  # sent together: the worker takes them as one batch
                     await producer.send(topics.observations, raw, key=key)
+                for raw in bad_revisions:
+                    await producer.send(topics.incidents, raw, key=b"bad-1")
                 await producer.flush()
                 await producer.send_and_wait(topics.observations,
                                              control("end", partitions=1, run="dlq"),
@@ -113,7 +124,7 @@ def test_bad_messages_go_to_dead_letter_and_worker_keeps_running(
             await consumer.start()
             letters: list[dict] = []  # type: ignore[type-arg]
             try:
-                while len(letters) < len(bad):
+                while len(letters) < len(bad) + len(bad_revisions):
                     batch = await consumer.getmany(timeout_ms=10000)
                     assert batch, f"only {len(letters)} dead letters"
                     for recs in batch.values():
@@ -127,7 +138,13 @@ def test_bad_messages_go_to_dead_letter_and_worker_keeps_running(
             stop_workers(procs)
 
     letters, _ = asyncio.run(go())
-    assert [d["schema"] for d in letters] == ["tocsin.deadletter/1"] * len(bad)
+    assert [d["schema"] for d in letters] == ["tocsin.deadletter/1"] * (len(bad) + 2)
+    of_revisions = [d for d in letters if d["source"].startswith(topics.incidents)]
+    letters = [d for d in letters if d not in of_revisions]
+    assert [d["source"] for d in of_revisions] == [f"{topics.incidents}[0]@{i}" for i in (0, 1)]
+    assert "AttributeError" in of_revisions[0]["reason"]
+    assert "issued_s = 1e+20" in of_revisions[1]["reason"]
+    assert "time = 'soon'" in letters[5]["reason"]
     # in the input's order, the detector's rejection (4) before the decode failure after it
     assert [d["source"] for d in letters] == [f"{topics.observations}[0]@{i}" for i in bad]
     assert "not JSON" in letters[0]["reason"]

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -141,3 +143,30 @@ def test_seismic_event_round_trip_and_bad_revision() -> None:
     with pytest.raises(SchemaError, match="revision 0"):
         decode(bad)
 
+
+
+@pytest.mark.parametrize(("change", "reason"), [
+    ({"forecasts": ["bad"]}, "AttributeError"),
+    ({"issued_s": 1e20}, "issued_s = 1e+20 is not a time within 1900-2200"),
+    ({"origin_time_s": -1e12}, "origin_time_s = -1000000000000.0 is not a time"),
+    ({"issued_s": "soon"}, "issued_s = 'soon' is not a number"),
+])
+def test_revisions_with_unusable_fields_do_not_decode(change: dict, reason: str) -> None:  # type: ignore[type-arg]
+    """Each of these decoded and then crashed the alert agent (an exception that was not a
+    SchemaError: no dead letter, and the agent's restart skipped the record)."""
+    base = {"schema": "tocsin.incident/1", "incident_id": "x", "type": "eruption",
+            "revision": 1, "issued_s": 1.642e9, "status": "watch"}
+    decode(orjson.dumps(base))  # the base is fine
+    with pytest.raises(SchemaError, match=re.escape(reason)):
+        decode(orjson.dumps({**base, **change}))
+
+
+def test_detection_and_packet_times_are_checked() -> None:
+    det = orjson.loads(encode(Detection("S1", "tide_gauge", "d", "1", 1.642e9, 1.642e9, 0.1,
+                                        "m", 1.642e9, -21.0, -175.0)))
+    with pytest.raises(SchemaError, match=re.escape("t = 1e+20")):
+        decode(orjson.dumps({**det, "t": [1e20, 1e20, 1e20]}))
+    pkt = orjson.loads(encode(ObservationPacket("S1", "barometer", "LDI", 1.642e9, 60.0,
+                                                np.full(3, 1010.0), "hPa")))
+    with pytest.raises(SchemaError, match=re.escape("start_s = 1e+20")):
+        decode(orjson.dumps({**pkt, "start_s": 1e20}))
