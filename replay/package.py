@@ -26,6 +26,7 @@ import math
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -284,19 +285,21 @@ def _finish(times: FloatArray, values: FloatArray) -> Series:
 
 
 def read_csv_series(path: Path) -> Series:
-    """``time,value`` CSV (ISO 8601 UTC). An empty value means missing."""
+    """``time,value`` CSV (ISO 8601 UTC), two columns. An empty value (or ``nan``) means
+    missing; an infinite value (``inf``, or ``1e400``, beyond float64) is an error."""
     times: list[float] = []
     values: list[float] = []
     with path.open(newline="") as fh:
         reader = csv.reader(fh)
         header = next(reader, None)
-        if header is None or [h.strip() for h in header[:2]] != ["time", "value"]:
+        if header is None or [h.strip() for h in header] != ["time", "value"]:
             raise PackageError(f"{path}:1: header {header} is not ['time', 'value']")
         for lineno, row in enumerate(reader, start=2):
             if not row:
                 continue
-            if len(row) < 2:
-                raise PackageError(f"{path}:{lineno}: expected 'time,value', got {row}")
+            if len(row) != 2:
+                raise PackageError(f"{path}:{lineno}: {len(row)} columns, expected 2 "
+                                   f"(time,value): {row}")
             try:
                 t = parse_time(row[0].strip(), "time")
             except SchemaError as exc:
@@ -306,6 +309,9 @@ def read_csv_series(path: Path) -> Series:
                 v = float(text) if text else math.nan
             except ValueError:
                 raise PackageError(f"{path}:{lineno}: value {text!r} is not a number") from None
+            if math.isinf(v):
+                raise PackageError(f"{path}:{lineno}: value {text!r} is not finite (a "
+                                   "missing sample is an empty value)")
             times.append(t)
             values.append(v)
     return _finish(np.array(times), np.array(values))
@@ -335,9 +341,11 @@ def read_mseed_series(path: Path) -> Series:
 
 
 def read_ndbc_series(path: Path) -> Series:
-    """NOAA NDBC DART text: ``#YY MM DD hh mm ss T HEIGHT``; 9999 = missing; any row order.
+    """NOAA NDBC DART text: ``#YY MM DD hh mm ss T HEIGHT`` (a 4-digit year, UTC); T = 1
+    (15-min), 2 (1-min), 3 (15-s); 9999 = missing; any row order.
 
-    Where a 15-s (T=3) and a 1-min (T=2) sample share an instant, the 1-min one is kept.
+    Where a 15-s (T=3) sample shares an instant with a 1-min (T=2) or 15-min (T=1) one, the
+    1-min or 15-min one is kept.
     """
     rows: list[tuple[float, int, float]] = []
     for lineno, line in enumerate(path.read_text().splitlines(), start=1):
@@ -351,16 +359,24 @@ def read_ndbc_series(path: Path) -> Series:
             height = float(parts[7])
         except ValueError:
             raise PackageError(f"{path}:{lineno}: not an NDBC DART row: {line!r}") from None
+        if y < 1900:
+            raise PackageError(f"{path}:{lineno}: year {y} is not a 4-digit year (NDBC DART "
+                               f"rows start YYYY MM DD): {line!r}")
+        try:
+            t = datetime(y, mo, d, h, mi, s, tzinfo=UTC).timestamp()
+        except ValueError as exc:
+            raise PackageError(f"{path}:{lineno}: {y:04d}-{mo:02d}-{d:02d} "
+                               f"{h:02d}:{mi:02d}:{s:02d} is not a date and time ({exc}): "
+                               f"{line!r}") from None
         if typ not in (1, 2, 3):
             raise PackageError(f"{path}:{lineno}: measurement type {typ} is not 1, 2 or 3")
         if height >= 9998.0:
             continue
-        t = parse_time(f"{y:04d}-{mo:02d}-{d:02d}T{h:02d}:{mi:02d}:{s:02d}Z")
-        rows.append((t, -typ if typ == 3 else typ, height))
+        rows.append((t, typ, height))
     if not rows:
         raise PackageError(f"{path}: no valid rows")
     rows.sort()
-    # sorted by (time, type-rank): for equal times keep the first (1-min before 15-s)
+    # sorted by (time, type): for equal times keep the first (15-min, then 1-min, then 15-s)
     times = np.array([r[0] for r in rows])
     values = np.array([r[2] for r in rows])
     keep = np.ones(len(times), dtype=bool)

@@ -131,3 +131,67 @@ def test_constant_interval_runs_match_a_sample_by_sample_scan() -> None:
         t = 1.3e9 + np.cumsum(steps)
         for i in {0, n - 1, *rng.integers(0, n, size=10).tolist()}:
             assert _run(t, i) == scan(t, i)
+
+
+NDBC_HEAD = "#YY  MM DD hh mm ss T   HEIGHT\n#yr  mo dy hr mn  s -      m\n"
+
+
+def test_ndbc_1_min_and_15_min_samples_win_over_15_s_at_the_same_instant(
+        tmp_path: Path) -> None:
+    # newest first, as NDBC writes them; the 15-s row comes first or last in the file
+    f = tmp_path / "x.txt"
+    f.write_text(NDBC_HEAD
+                 + "2011 03 11 06 00 00 3 5662.300\n"
+                 + "2011 03 11 06 00 00 1 5662.400\n"
+                 + "2011 03 11 05 49 00 2 5662.463\n"
+                 + "2011 03 11 05 49 00 3 5662.366\n"
+                 + "2011 03 11 05 48 45 3 5662.347\n"
+                 + "2011 03 11 05 48 00 3 5662.100\n"
+                 + "2011 03 11 05 48 00 2 5662.317\n")
+    s = read_ndbc_series(f)
+    assert s.values.tolist() == [5662.317, 5662.347, 5662.463, 5662.400]
+
+
+@pytest.mark.parametrize(("row", "needle"), [
+    ("2011 13 11 05 49 00 2 5662.463", "month must be in 1..12"),
+    ("2011 03 11 05 49 75 2 5662.463", "second must be in 0..59"),
+    ("2011 02 30 05 49 00 2 5662.463", "day is out of range for month"),
+    ("11 03 11 05 49 00 2 5662.463", "year 11 is not a 4-digit year"),
+    # a bad date on a missing (9999) row is still a bad row
+    ("2011 03 11 24 00 00 2 9999.000", "hour must be in 0..23"),
+])
+def test_ndbc_bad_date_names_file_line_and_row(tmp_path: Path, row: str, needle: str) -> None:
+    f = tmp_path / "x.txt"
+    f.write_text(NDBC_HEAD + "2011 03 11 05 50 00 2 5662.000\n" + row + "\n")
+    with pytest.raises(PackageError) as info:
+        read_ndbc_series(f)
+    msg = str(info.value)
+    assert f"{f}:4: " in msg and needle in msg and repr(row) in msg, msg
+
+
+@pytest.mark.parametrize(("row", "needle"), [
+    ("2022-01-15T00:01:00Z,inf", "a.csv:3: value 'inf' is not finite"),
+    ("2022-01-15T00:01:00Z,-Infinity", "a.csv:3: value '-Infinity' is not finite"),
+    ("2022-01-15T00:01:00Z,1e400", "a.csv:3: value '1e400' is not finite"),
+    ("2022-01-15T00:01:00Z,1000.1,7", "a.csv:3: 3 columns, expected 2 (time,value)"),
+    ("2022-01-15T00:01:00Z,1000.1,", "a.csv:3: 3 columns, expected 2 (time,value)"),
+])
+def test_csv_infinite_value_or_extra_column_names_file_line(tmp_path: Path, row: str,
+                                                             needle: str) -> None:
+    root = make_package(tmp_path / "p", "A,barometer,-21,-175,0,hPa,a.csv,csv\n")
+    (root / "a.csv").write_text("time,value\n2022-01-15T00:00:00Z,1000.0\n" + row + "\n")
+    pkg = load_package(root)
+    with pytest.raises(PackageError) as info:
+        pkg.series(pkg.stations[0])
+    assert needle in str(info.value)
+
+
+def test_csv_empty_or_nan_value_is_a_missing_sample(tmp_path: Path) -> None:
+    root = make_package(tmp_path / "p", "A,barometer,-21,-175,0,hPa,a.csv,csv\n")
+    (root / "a.csv").write_text("time,value\n2022-01-15T00:00:00Z,1000.0\n"
+                                "2022-01-15T00:01:00Z,\n2022-01-15T00:02:00Z,nan\n"
+                                "2022-01-15T00:03:00Z,1000.3\n")
+    pkg = load_package(root)
+    s = pkg.series(pkg.stations[0])
+    assert len(s.times) == 4
+    assert np.isnan(s.values).tolist() == [False, True, True, False]
