@@ -19,3 +19,8 @@ def great_circle_km(lat1: ArrayLike, lon1: ArrayLike, lat2: ArrayLike,
     a = np.sin(dphi / 2) ** 2 + np.cos(p1) * np.cos(p2) * np.sin(dlmb / 2) ** 2
     return np.asarray(2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0))),
                       dtype=np.float64)
+
+
+def wrap_lon(lon: float) -> float:
+    """``lon`` in [-180, 180) (unchanged when it already is)."""
+    return lon if -180.0 <= lon < 180.0 else (lon + 180.0) % 360.0 - 180.0

@@ -10,7 +10,9 @@ rule the Japan Meteorological Agency adopted after Hunga Tonga) declares an erup
 * ``amplitude`` = the ``min_pixels``-th highest height in km (a robust plume-top height:
   a few hot or noisy pixels cannot make it);
 * location = the median latitude/longitude of the pixels within ``core_km`` of that
-  height (the overshooting top sits over the vent, before the plume drifts).
+  height (the overshooting top sits over the vent, before the plume drifts); longitudes
+  are taken within 180 degrees of the first such pixel, so a plume across the antimeridian
+  stays there, and the result is in [-180, 180).
 
 After a flag the detector stays quiet until ``rearm_s`` of event time pass with no frame
 above the threshold. Pure: no files, no clock; frames must come in time order.
@@ -24,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from detectors.base import Detection, FloatArray, PacketError, StationInfo
+from detectors.geo import wrap_lon
 
 
 class PlumeDetector:
@@ -75,7 +78,10 @@ class PlumeDetector:
         robust_top = float(order[self.min_pixels - 1])
         core = h_km >= robust_top - self.core_km
         plat = float(np.median(lat[ok][core]))
-        plon = float(np.median(lon[ok][core]))
+        core_lon = lon[ok][core]
+        # unwrapped around the first core pixel (179.9 and -179.9 are 0.2 degrees apart)
+        unwrapped = core_lon - 360.0 * np.round((core_lon - core_lon[0]) / 360.0)
+        plon = wrap_lon(float(np.median(unwrapped)))
         return [Detection(
             station_id=self.station.station_id, kind="plume", detector=self.name,
             detector_version=self.version, onset=t, peak_time=t, amplitude=robust_top,
@@ -111,10 +117,12 @@ def plume_reference(frames: list[tuple[float, FloatArray, FloatArray, FloatArray
         heights = sorted((h for _, _, h in pix), reverse=True)
         top = heights[p["min_pixels"] - 1]
         core = [(la, lo) for la, lo, h in pix if h >= top - p["core_km"]]
+        lon0 = core[0][1]
+        lons = [lo - 360.0 * round((lo - lon0) / 360.0) for _, lo in core]
         out.append(Detection(
             station_id=station.station_id, kind="plume", detector="plume_height",
             detector_version="1", onset=t, peak_time=t, amplitude=top, units="km",
             declared=t, lat=statistics.median(la for la, _ in core),
-            lon=statistics.median(lo for _, lo in core), params=dict(p),
+            lon=wrap_lon(statistics.median(lons)), params=dict(p),
             extra={"pixels_above": n_above, "max_km": heights[0]}))
     return out

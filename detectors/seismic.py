@@ -23,7 +23,9 @@ speed gives the same revisions.
   ``default_depth_km``, or four picks would always fit four unknowns exactly); the origin
   time is the mean of ``onset - travel time`` at each node; the horizontal uncertainty is
   the largest distance from the best node to a node whose misfit is within Δχ² = 2.3
-  (68 % for two parameters) with the pick error taken as ``max(rms, pick_sigma_s)``.
+  (68 % for two parameters) with the pick error taken as ``max(rms, pick_sigma_s)``. The
+  grid is centred on the first station and may cross the antimeridian (distances are
+  periodic in longitude); the reported longitude is in [-180, 180).
 * **Magnitude**: a surface-wave style estimate per station from the picked wave's
   band-passed peak ``A`` (counts) and the station gain ``G`` (counts per metre of
   displacement in the pick band), at the band-centre period ``T``:
@@ -46,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from detectors.base import Detection, FloatArray
-from detectors.geo import great_circle_km
+from detectors.geo import great_circle_km, wrap_lon
 
 KM_PER_DEG = 111.19492664455873
 
@@ -268,7 +270,7 @@ def locate(picks: list[Detection], tt: TravelTimes | None = None,
                            np.array([d.lon for d in picks])) / KM_PER_DEG
     pred = tt(dist, depth)
     res = {d.key: float(d.onset - ot - p) for d, p in zip(picks, pred, strict=True)}
-    return Origin(lat=lat, lon=lon if lon <= 180 else lon - 360, depth_km=depth, time=ot,
+    return Origin(lat=lat, lon=wrap_lon(lon), depth_km=depth, time=ot,
                   rms_s=rms, herr_km=max(herr, 1.0), residuals=res,
                   distances_deg={d.key: float(x) for d, x in zip(picks, dist, strict=True)},
                   gap_deg=azimuthal_gap(lat, lon, [(d.lat, d.lon) for d in picks]))

@@ -55,3 +55,19 @@ def test_rearms_after_quiet_period_and_rejects_bad_frames() -> None:
         det.feed_frame(T0 + 9e4, np.zeros(3), np.zeros(2), np.zeros(3))
     with pytest.raises(ValueError, match="threshold_km=-1"):
         PlumeDetector(SAT, threshold_km=-1)
+
+
+def test_location_of_a_plume_straddling_the_antimeridian() -> None:
+    from detectors.plume import plume_reference
+
+    lat = np.array([51.93, 51.93, 51.93, 51.93])
+    lon = np.array([179.97, 179.99, -179.99, -179.97])
+    h = np.array([20000.0, 20500.0, 21000.0, 20200.0])
+    fast = PlumeDetector(SAT).feed_frame(T0, lat, lon, h)
+    ref = plume_reference([(T0, lat, lon, h)], SAT)
+    assert len(fast) == 1 and fast == ref
+    d = fast[0]
+    assert -180.0 <= d.lon < 180.0
+    # within 0.03 deg of the pixels' centre (179.98-180.02), not on the 0 meridian
+    assert abs((d.lon - 179.98 + 180.0) % 360.0 - 180.0) < 0.03, d.lon
+    assert d.lat == pytest.approx(51.93)

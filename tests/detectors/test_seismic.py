@@ -104,3 +104,19 @@ def test_locate_refuses_repeated_stations() -> None:
     picks = exact_picks()
     with pytest.raises(ValueError, match="distinct stations"):
         locate([picks[0], picks[0], picks[1], picks[2]])
+
+
+def test_source_near_the_antimeridian_locates_on_it() -> None:
+    q = Quake(lat=-18.0, lon=179.6, depth_km=33.0, time=Q.time, magnitude=6.0)
+    # stations on both sides of 180 deg; the first to be reached is at lon -179.8
+    sites = {"A": (-18.2, -179.8), "B": (-15.0, -178.0), "C": (-21.0, 177.5),
+             "D": (-17.0, 176.0), "E": (-23.0, -176.0)}
+    picks = [pick(sid, p_arrival(q, la, lo)[0], lat=la, lon=lo)
+             for sid, (la, lo) in sites.items()]
+    assert min(picks, key=lambda d: d.onset).station_id == "A"
+    for o in [locate(picks), locate(picks, fixed_depth_km=33.0),
+              *(e.origin for e in associate_seismic(picks))]:
+        assert -180.0 <= o.lon < 180.0, o.lon
+        assert abs(o.lon - 179.6) < 0.2, o.lon
+        assert abs(o.lat - q.lat) < 0.2 and abs(o.time - q.time) < 2.0
+    assert associate_seismic(picks), "the five picks make an event"
