@@ -50,7 +50,7 @@ function drawStations(stations) {
     if (!m) {
       m = L.circleMarker([s.lat, wrap(s.lon)], { radius: 5, weight: 1, color: "#222",
                                                  fillOpacity: 0.9 })
-        .bindTooltip(s.station_id).addTo(stationLayer);
+        .bindTooltip(tip(s.station_id)).addTo(stationLayer);
       m.on("click", () => selectStation(s.station_id));
       markers.set(s.station_id, m);
     }
@@ -69,7 +69,7 @@ function drawIncidents(state) {
     if (inc.lat === null) continue;
     const src = L.circleMarker([inc.lat, wrap(inc.lon)], { radius: 9, color: "#b00020",
       weight: 3, fillColor: "#ffdd00", fillOpacity: 1 })
-      .bindTooltip(`${inc.type} ${inc.id}`).addTo(incidentLayer);
+      .bindTooltip(tip(`${inc.type} ${inc.id}`)).addTo(incidentLayer);
     const el = src.getElement();
     if (el) el.setAttribute("data-incident", inc.id);
     if (inc.speed_m_s && inc.origin_time_s !== null && now > inc.origin_time_s) {
@@ -84,7 +84,7 @@ function drawIncidents(state) {
       const color = f.state === "confirmed" ? "#b00020" : f.state === "arrived" ? "#e67e22"
                                                                                : "#f1c40f";
       L.circleMarker([f.lat, wrap(f.lon)], { radius: 8, color, weight: 2, fill: false })
-        .bindTooltip(`${f.station_id}: ${f.state}, ETA ${f.eta.slice(0, 19)}Z`)
+        .bindTooltip(tip(`${f.station_id}: ${f.state}, ETA ${f.eta.slice(0, 19)}Z`))
         .addTo(incidentLayer);
     }
   }
@@ -97,12 +97,18 @@ function drawSeismic(state) {
       { color: "#17202a", weight: 1, interactive: false }).addTo(incidentLayer);
     const m = L.circleMarker([ev.lat, wrap(ev.lon)], { radius: 7, color: "#17202a", weight: 3,
       fillColor: "#ffffff", fillOpacity: 1 })
-      .bindTooltip(`seismic ${ev.event_id} rev ${ev.revision}: ${mag}depth ` +
-                   `${ev.depth_km} km, origin ${fmt(ev.origin_time)}, ${ev.stations} stations`)
+      .bindTooltip(tip(`seismic ${ev.event_id} rev ${ev.revision}: ${mag}depth ` +
+                       `${ev.depth_km} km, origin ${fmt(ev.origin_time)}, ${ev.stations} stations`))
       .addTo(incidentLayer);
     const e = m.getElement();
     if (e) e.setAttribute("data-seismic", ev.event_id);
   }
+}
+
+// a tooltip's content as a text node: Leaflet puts a string into innerHTML, and station ids
+// and incident fields come from feeds and packages
+function tip(text) {
+  return el("span", {}, text);
 }
 
 function el(tag, attrs = {}, text = "") {

@@ -150,3 +150,45 @@ def test_dashboard_shows_a_seismic_event(quake_demo: str, quake_pkg: Any) -> Non
     assert ev["event_id"] == event_id
     assert float(great_circle_km(ev["lat"], ev["lon"], QUAKE.lat, QUAKE.lon)) < 25.0
     assert errors == [], errors
+
+
+def test_station_ids_are_shown_as_text_not_markup() -> None:
+    """A station id (from a feed or a package) with markup in it: its tooltip shows the
+    text; nothing of it runs (Leaflet puts a string tooltip into innerHTML)."""
+    import threading
+
+    import numpy as np
+    import uvicorn
+
+    from dashboards.app import create_app
+    from dashboards.state import LiveState
+    from detectors.base import StationInfo
+    from streams.schemas import ObservationPacket
+
+    sid = '<img src=x onerror="document.body.dataset.pwned=1">'
+    state = LiveState()
+    state.add_station(StationInfo(sid, "barometer", -18.0, 178.0, 0.0, "hPa"))
+    state.on_packet(ObservationPacket(sid, "barometer", "BDO", 1642220085.0, 60.0,
+                                      np.full(10, 1010.0), "hPa", lat=-18.0, lon=178.0))
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(state), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert time.monotonic() < deadline, "the dashboard did not start"
+            time.sleep(0.05)
+        errors: list[str] = []
+        with _page(f"http://127.0.0.1:{port}", errors) as page:
+            page.hover("#map path.leaflet-interactive[data-station]", force=True)
+            page.wait_for_selector(".leaflet-tooltip", timeout=10_000)
+            assert page.inner_text(".leaflet-tooltip") == sid
+            page.wait_for_timeout(300)
+            assert page.evaluate("document.body.dataset.pwned") is None
+            assert page.query_selector(".leaflet-tooltip img") is None
+        assert errors == []
+    finally:
+        server.should_exit = True
+        thread.join(10)
