@@ -22,6 +22,7 @@ class SubscriptionIn(BaseModel):
     area: dict[str, Any]
     min_severity: str = "Moderate"
     channels: list[dict[str, Any]]
+    exercises: bool = False  # also the CAP Exercise messages of replays
 
 
 def subscription_router(outbox: Outbox, tokens: str) -> APIRouter:
@@ -40,7 +41,7 @@ def subscription_router(outbox: Outbox, tokens: str) -> APIRouter:
     def create(body: SubscriptionIn) -> dict[str, Any]:
         try:
             sub = Subscription.create(body.name, body.area, body.min_severity, body.channels,
-                                      check_url=outbox.check_url)
+                                      check_url=outbox.check_url, exercises=body.exercises)
         except SubscriptionError as exc:
             raise HTTPException(422, str(exc)) from exc
         outbox.add_subscription(sub)

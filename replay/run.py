@@ -33,9 +33,11 @@ def package_packets(pkg: ReplayPackage,
 
 def detect_package(pkg: ReplayPackage, *, packet_seconds: float = 600.0,
                    registry_file: Path | None = None,
-                   store: Store | None = None) -> dict[str, Any]:
+                   store: Store | None = None,
+                   cap_sender: str = "tocsin@localhost") -> dict[str, Any]:
     """The detectors, the associator and the alert policy in-process; with ``store`` the
-    outputs are also saved as the workers save them (same keys: rerunning adds nothing)."""
+    outputs are also saved as the workers save them (same keys: rerunning adds nothing).
+    The alerts are CAP Exercise messages, as a replay's are: recorded data."""
     bank = DetectorBank()
     registry = build_registry(pkg, registry_file)
     assoc = Associator(registry, seismic=SeismicParams(gains=pkg.seismic_gains))
@@ -53,7 +55,7 @@ def detect_package(pkg: ReplayPackage, *, packet_seconds: float = 600.0,
     for det in sorted(detections, key=lambda d: (d.declared, d.key)):
         assoc.add(det)
     revisions = assoc.revisions()
-    alerts = alerts_for_revisions(revisions)
+    alerts = alerts_for_revisions(revisions, cap_sender, "Exercise")
     if store is not None:
         store.save_all(detections)
         store.save_all(revisions)

@@ -72,7 +72,9 @@ def start_workers(settings: Settings, topics: Topics, registry_file: Path, n: in
            "TOCSIN_HOME": str(settings.home), "TOCSIN_DATABASE_URL": settings.db_url,
            "TOCSIN_PACKET_SECONDS": str(settings.packet_seconds),
            "TOCSIN_SESSION_TIMEOUT_MS": str(settings.session_timeout_ms),
-           "TOCSIN_TOPIC_PREFIX": settings.topic_prefix}
+           "TOCSIN_TOPIC_PREFIX": settings.topic_prefix,
+           # recorded data: its alerts are an exercise, never a current warning
+           "TOCSIN_CAP_STATUS": "Exercise", "TOCSIN_CAP_SENDER": settings.cap_sender}
     for i in range(n):
         log = open(log_dir / f"worker-{i}.log", "ab")  # noqa: SIM115 - handed to the child
         procs.append(subprocess.Popen(

@@ -43,6 +43,13 @@ GAUGE_RADIUS_KM = 20.0
 SOURCE_RADIUS_KM = 50.0
 #: how long a message stays in force after the last forecast arrival (or after issue)
 EXPIRY_AFTER_S = 6 * 3600.0
+#: the CAP statuses tocsin sends: live alerts are Actual; a replay of recorded data is an
+#: Exercise (a historic event must never reach an agency as a current warning)
+CAP_STATUSES = ("Actual", "Exercise", "Test")
+STATUS_NOTES = {
+    "Exercise": "Exercise: a replay of recorded data through tocsin, not a current warning.",
+    "Test": "Test message of the tocsin system: disregard.",
+}
 
 
 class CapValidationError(ValueError):
@@ -98,8 +105,11 @@ def _alerting_content(rev: IncidentRevision) -> tuple[object, ...]:
 class AlertPolicy:
     """Revisions (in order of issue) in, CAP messages out; one chain per incident."""
 
-    def __init__(self, sender: str = "tocsin@localhost") -> None:
+    def __init__(self, sender: str = "tocsin@localhost", status: str = "Actual") -> None:
+        if status not in CAP_STATUSES:
+            raise ValueError(f"CAP status {status!r} is not one of {CAP_STATUSES}")
         self.sender = sender
+        self.status = status
         self._last: dict[str, AlertMessage] = {}
         self._content: dict[str, tuple[object, ...]] = {}
 
@@ -137,7 +147,8 @@ class AlertPolicy:
             refs = (f"{self.sender},{previous.identifier},{cap_time(previous.sent)}",)
         headline = _headline(rev, cls, msg_type)
         xml = build_cap_xml(rev, cls, identifier=identifier, sender=self.sender,
-                            msg_type=msg_type, references=refs, headline=headline)
+                            msg_type=msg_type, references=refs, headline=headline,
+                            status=self.status)
         return AlertMessage(
             identifier=identifier, msg_type=msg_type, sent=float(math.floor(rev.issued)),
             incident_id=rev.incident_id, revision=rev.revision, event=cls.event,
@@ -170,7 +181,8 @@ def _circle(lat: float, lon: float, radius_km: float) -> str:
 
 
 def build_cap_xml(rev: IncidentRevision, cls: Classification, *, identifier: str, sender: str,
-                  msg_type: str, references: tuple[str, ...], headline: str) -> str:
+                  msg_type: str, references: tuple[str, ...], headline: str,
+                  status: str = "Actual") -> str:
     E = etree.Element
     root = E(f"{{{CAP_NS}}}alert", nsmap={None: CAP_NS})
 
@@ -183,9 +195,11 @@ def build_cap_xml(rev: IncidentRevision, cls: Classification, *, identifier: str
     sub(root, "identifier", identifier)
     sub(root, "sender", sender)
     sub(root, "sent", sent)
-    sub(root, "status", "Actual")
+    sub(root, "status", status)
     sub(root, "msgType", msg_type)
     sub(root, "scope", "Public")
+    if status in STATUS_NOTES:
+        sub(root, "note", STATUS_NOTES[status])
     if references:
         sub(root, "references", " ".join(references))
     sub(root, "incidents", rev.incident_id)
@@ -293,6 +307,13 @@ def validate_cap(xml: str | bytes) -> etree._Element:
         errors = "; ".join(f"line {e.line}: {e.message}" for e in schema.error_log)
         raise CapValidationError(f"CAP message does not validate: {errors}")
     return doc
+
+
+def cap_status(cap_xml: str) -> str:
+    """The ``status`` of a CAP message."""
+    doc = etree.fromstring(cap_xml.encode())
+    el = doc.find(f"{{{CAP_NS}}}status")
+    return "" if el is None or el.text is None else el.text
 
 
 def severity_at_least(severity: str, minimum: str) -> bool:

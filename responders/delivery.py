@@ -18,6 +18,10 @@ A webhook POST carries the CAP XML with ``X-Tocsin-Signature: sha256=<hex HMAC-S
 the body with the subscription's secret>``, ``X-Tocsin-Idempotency-Key`` (the same on every
 retry, so the receiver can recognise a redelivery) and ``X-Tocsin-Attempt``.
 
+Only ``Actual`` messages go to every matching subscription; ``Exercise`` and ``Test`` ones
+(the alerts of replays of recorded data) only to subscriptions created with
+``exercises``: a historic event must not reach an agency as a current warning.
+
 Matching: the alert's CAP areas (circles and polygons) intersect the subscription's area
 and its severity is at least the minimum. Updates and Cancels also go to every subscription
 that received an earlier message of the same incident: who got the Alert gets its Cancel.
@@ -48,7 +52,7 @@ from sqlalchemy import and_, insert, select, update
 from sqlalchemy.engine import Connection
 
 from detectors.base import Detection
-from responders.alerting import CAP_NS, AlertPolicy, severity_at_least
+from responders.alerting import CAP_NS, AlertPolicy, cap_status, severity_at_least
 from responders.store import AlertRow, AttemptRow, DeliveryRow, Store, SubscriptionRow
 from streams.schemas import AlertMessage, Forecast, IncidentRevision
 
@@ -90,11 +94,14 @@ class Subscription:
     min_severity: str
     channels: tuple[dict[str, Any], ...]
     geometry: BaseGeometry = field(compare=False, repr=False, default=None)  # type: ignore[assignment]
+    #: also takes CAP messages that are not Actual (replays of recorded data, tests)
+    exercises: bool = False
 
     @classmethod
     def create(cls, name: str, area: dict[str, Any], min_severity: str,
                channels: list[dict[str, Any]], *, id: str | None = None,
-               check_url: Callable[[str], list[str]] | None = None) -> Subscription:
+               check_url: Callable[[str], list[str]] | None = None,
+               exercises: bool = False) -> Subscription:
         try:
             geom = shape(area)
         except Exception as exc:  # noqa: BLE001 - shapely raises several kinds
@@ -135,12 +142,15 @@ class Subscription:
                     raise SubscriptionError(f"email channel: 'to' {to!r} is not one address")
             else:
                 raise SubscriptionError(f"channel type {kind!r} is not one of {CHANNELS}")
-        return cls(id or uuid.uuid4().hex, name, area, min_severity, tuple(channels), geom)
+        if not isinstance(exercises, bool):
+            raise SubscriptionError(f"exercises must be true or false, got {exercises!r}")
+        return cls(id or uuid.uuid4().hex, name, area, min_severity, tuple(channels), geom,
+                   exercises)
 
     def public(self) -> dict[str, Any]:
         """The subscription without its secrets (for the API)."""
         return {"id": self.id, "name": self.name, "area": self.area,
-                "min_severity": self.min_severity,
+                "min_severity": self.min_severity, "exercises": self.exercises,
                 "channels": [{k: v for k, v in ch.items() if k != "secret"}
                              for ch in self.channels]}
 
@@ -294,7 +304,8 @@ class Outbox:
             self.store._upsert(c, SubscriptionRow, {
                 "id": sub.id, "name": sub.name, "area": sub.area,
                 "min_severity": sub.min_severity, "channels": list(sub.channels),
-                "created": self.clock(), "active": 1}, ("id",))
+                "created": self.clock(), "active": 1, "exercises": int(sub.exercises)},
+                ("id",))
 
     def remove_subscription(self, sub_id: str) -> bool:
         """Deactivate it; its deliveries not yet made are cancelled (not sent)."""
@@ -316,13 +327,15 @@ class Outbox:
             rows = c.execute(select(SubscriptionRow).where(SubscriptionRow.active == 1)
                              .order_by(SubscriptionRow.created, SubscriptionRow.id))
             return [Subscription(r.id, r.name, r.area, r.min_severity, tuple(r.channels),
-                                 shape(r.area)) for r in rows]
+                                 shape(r.area), bool(r.exercises)) for r in rows]
 
     # -- enqueue (inside the alert agent's transaction)
     def enqueue(self, msg: AlertMessage, conn: Connection | None = None) -> int:
         """Delivery rows for ``msg`` (idempotent); returns how many subscriptions match."""
         areas = cap_areas(msg.cap_xml)
-        subs = self.subscriptions()
+        actual = cap_status(msg.cap_xml) == "Actual"
+        # an exercise (a replay of recorded data) reaches only those who asked for them
+        subs = [s for s in self.subscriptions() if actual or s.exercises]
         with self.store._conn(conn) as c:
             earlier = set(c.execute(
                 select(DeliveryRow.subscription_id).distinct()

@@ -14,8 +14,9 @@ from responders.alerting import AlertPolicy
 from streams.schemas import AlertMessage, IncidentRevision
 
 
-def alerts_for_revisions(revisions: Iterable[IncidentRevision]) -> list[AlertMessage]:
-    policy = AlertPolicy()
+def alerts_for_revisions(revisions: Iterable[IncidentRevision], sender: str = "tocsin@localhost",
+                         status: str = "Actual") -> list[AlertMessage]:
+    policy = AlertPolicy(sender, status)
     out: list[AlertMessage] = []
     for rev in sorted(revisions, key=lambda r: (r.issued, r.incident_id, r.revision)):
         out.extend(policy.on_revision(rev))
@@ -23,7 +24,8 @@ def alerts_for_revisions(revisions: Iterable[IncidentRevision]) -> list[AlertMes
 
 
 class AlertStage:
-    def __init__(self) -> None:
+    def __init__(self, sender: str = "tocsin@localhost", status: str = "Actual") -> None:
+        self.sender, self.status = sender, status
         self._revisions: dict[str, IncidentRevision] = {}
         self._sent: dict[str, AlertMessage] = {}
 
@@ -40,7 +42,7 @@ class AlertStage:
             revisions[rev.key] = rev
         sent = dict(self._sent)
         changed = []
-        for alert in alerts_for_revisions(revisions.values()):
+        for alert in alerts_for_revisions(revisions.values(), self.sender, self.status):
             if sent.get(alert.identifier) != alert:
                 sent[alert.identifier] = alert
                 changed.append(alert)
@@ -50,7 +52,7 @@ class AlertStage:
             mine = [a for a in sent.values() if a.incident_id == rev.incident_id]
             if mine and all(a.msg_type != "Cancel" for a in mine):
                 last = max(mine, key=lambda a: (a.revision, a.sent))
-                cancel = AlertPolicy().cancel(rev, last)
+                cancel = AlertPolicy(self.sender, self.status).cancel(rev, last)
                 sent[cancel.identifier] = cancel
                 changed.append(cancel)
         self._revisions, self._sent = revisions, sent

@@ -108,6 +108,8 @@ class SubscriptionRow(Base):
     channels: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     created: Mapped[float] = mapped_column(Float)
     active: Mapped[int] = mapped_column(Integer, default=1)
+    # 1: also takes CAP Exercise/Test messages (replays of recorded data); 0: Actual only
+    exercises: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class DeliveryRow(Base):

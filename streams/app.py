@@ -431,7 +431,7 @@ def create_app(settings: Settings, topics: Topics, registry: list[StationInfo],
 
     associator = new_associator()
     gate = WatermarkGate()
-    alert_stage = AlertStage()
+    alert_stage = AlertStage(settings.cap_sender, settings.cap_status)
     # the offsets each stage's state has reached (see streams.takeover)
     taken = {"detect": Taken(), "associate": Taken(), "alert": Taken()}
 
@@ -629,7 +629,7 @@ def create_app(settings: Settings, topics: Topics, registry: list[StationInfo],
         is dropped: the alerts were stored and sent then)."""
         nonlocal alert_stage
         t0, n = time.monotonic(), 0
-        alert_stage = AlertStage()
+        alert_stage = AlertStage(settings.cap_sender, settings.cap_status)
         async for records in read_back(settings.bootstrap, upto):
             for rec in records:
                 raw = rec.value

@@ -105,6 +105,10 @@ class Settings(BaseSettings):
     smtp_port: int = Field(default=25, description="TOCSIN_SMTP_PORT")
     smtp_from: str = Field(default="tocsin@localhost", description="TOCSIN_SMTP_FROM")
     cap_sender: str = Field(default="tocsin@localhost", description="TOCSIN_CAP_SENDER")
+    cap_status: Literal["Actual", "Exercise", "Test"] = Field(
+        default="Actual", description="TOCSIN_CAP_STATUS: the CAP status of the workers' "
+        "alerts; replays run theirs as Exercise, delivered only to subscriptions that take "
+        "exercises")
 
     @property
     def broker_dir(self) -> Path:

@@ -102,14 +102,25 @@ def test_a_revision_the_policy_fails_on_leaves_the_stage_as_it_was(
     assert first == fresh.add(revision(1))
     real = stage_mod.alerts_for_revisions
 
-    def failing(revs):  # type: ignore[no-untyped-def]
+    def failing(revs, *args):  # type: ignore[no-untyped-def]
         revs = list(revs)
         if any(r.incident_id == "poison" for r in revs):
             raise OverflowError("timestamp out of range")
-        return real(revs)
+        return real(revs, *args)
 
     monkeypatch.setattr(stage_mod, "alerts_for_revisions", failing)
     with pytest.raises(OverflowError):
         stage.add(replace(revision(1), incident_id="poison"))
     later = revision(2, status="confirmed", issued=T + 3000.0)
     assert stage.add(later) == fresh.add(later) != []
+
+
+@pytest.mark.parametrize("status", ["Exercise", "Test"])
+def test_exercise_and_test_messages_say_so(status: str) -> None:
+    (msg,) = AlertPolicy(status=status).on_revision(revision(1))
+    doc = validate_cap(msg.cap_xml)
+    ns = {"c": "urn:oasis:names:tc:emergency:cap:1.2"}
+    assert doc.findtext("c:status", namespaces=ns) == status
+    assert "not a current warning" in doc.findtext("c:note", namespaces=ns) or status == "Test"
+    with pytest.raises(ValueError, match="'Draft'"):
+        AlertPolicy(status="Draft")

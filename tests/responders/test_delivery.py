@@ -185,6 +185,27 @@ def test_a_send_that_raises_is_a_failed_attempt_and_the_round_goes_on(store: Sto
     rx.close()
 
 
+def test_exercises_reach_only_the_subscriptions_that_take_them(store: Store) -> None:
+    """The alerts of a replay of recorded data are CAP Exercise messages: an agency that
+    subscribed to live alerts must not get a historic event as a current warning."""
+    clock = Clock()
+    live, drills = WebhookReceiver("k"), WebhookReceiver("k")
+    box = outbox(store, clock)
+    box.add_subscription(Subscription.create("live", JAPAN, "Minor", [
+        {"type": "webhook", "url": live.url, "secret": "k"}]))
+    box.add_subscription(Subscription.create("drills", JAPAN, "Minor", [
+        {"type": "webhook", "url": drills.url, "secret": "k"}], exercises=True))
+    assert {s.name: s.exercises for s in box.subscriptions()} == {"live": False, "drills": True}
+    publish(store, box, revision(1), AlertPolicy(status="Exercise"))
+    live_rev = IncidentRevision(**{**revision(1).__dict__, "incident_id": "eruption-y"})
+    publish(store, box, live_rev, AlertPolicy())  # an Actual one
+    box.dispatch_due()
+    assert len(drills.received) == 2 and len(live.received) == 1
+    assert b"<status>Actual</status>" in live.received[0].body
+    live.close()
+    drills.close()
+
+
 def test_a_removed_subscription_gets_nothing_more(store: Store) -> None:
     clock = Clock()
     rx = WebhookReceiver("k", up=False)

@@ -12,7 +12,7 @@ import pytest
 from replay.package import load_package
 from replay.scenario import build_tonga2022
 from replay.streaming import replay_package
-from responders.alerting import validate_cap
+from responders.alerting import CAP_NS, validate_cap
 from responders.delivery import Outbox, Subscription
 from responders.store import Store
 from tests.responders.receivers import WebhookReceiver
@@ -35,8 +35,12 @@ def test_webhook_down_then_up_receives_every_alert_once(kafka_settings: Settings
     box = Outbox(store)
     rx = WebhookReceiver("agency-secret", up=False)
     sub = Subscription.create("Pacific agency", PACIFIC, "Minor", [
-        {"type": "webhook", "url": rx.url, "secret": "agency-secret"}])
+        {"type": "webhook", "url": rx.url, "secret": "agency-secret"}], exercises=True)
     box.add_subscription(sub)
+    # an agency that takes live alerts only: a replay of recorded data sends it nothing
+    live_only = WebhookReceiver("live-secret")
+    box.add_subscription(Subscription.create("Live-only agency", PACIFIC, "Minor", [
+        {"type": "webhook", "url": live_only.url, "secret": "live-secret"}]))
 
     async def run() -> dict:  # type: ignore[type-arg]
         replay = asyncio.create_task(replay_package(
@@ -50,6 +54,8 @@ def test_webhook_down_then_up_receives_every_alert_once(kafka_settings: Settings
 
     report = asyncio.run(run())
     rx.close()
+    live_only.close()
+    assert live_only.received == []
     assert rx.refused >= 2, "the receiver was never down while alerts were due"
     deliveries = box.deliveries()
     assert deliveries and all(d["status"] == "delivered" for d in deliveries), deliveries
@@ -62,6 +68,7 @@ def test_webhook_down_then_up_receives_every_alert_once(kafka_settings: Settings
     assert set(counts.values()) == {1}
     assert all(r.signature_ok for r in rx.received)
     for r in rx.received:
-        validate_cap(r.body)
+        doc = validate_cap(r.body)
+        assert doc.findtext(f"{{{CAP_NS}}}status") == "Exercise"
     assert any(d["attempts"] > 1 for d in deliveries)  # some waited out the outage
     store.close()
