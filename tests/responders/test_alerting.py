@@ -11,6 +11,7 @@ from responders.alerting import (
     CAP_NS,
     AlertPolicy,
     CapValidationError,
+    cap_time,
     severity_at_least,
     validate_cap,
 )
@@ -124,3 +125,49 @@ def test_exercise_and_test_messages_say_so(status: str) -> None:
     assert "not a current warning" in doc.findtext("c:note", namespaces=ns) or status == "Test"
     with pytest.raises(ValueError, match="'Draft'"):
         AlertPolicy(status="Draft")
+
+
+def test_a_correction_of_a_sent_message_goes_out_under_an_identifier_of_its_own() -> None:
+    """A late detection corrects revision 2 (same key, other content) after its Update was
+    sent: the stage re-issued that Update under the same identifier and sent time, which
+    the store overwrote and the outbox never delivered (its keys already existed)."""
+    stage = AlertStage()
+    (alert,) = stage.add(revision(1))
+    r2 = revision(2, status="confirmed", issued=T + 2000.0, confirmed=("nkfa",))
+    (update,) = stage.add(r2)
+    r2c = replace(r2, status="watch", confirmed=(), forecasts=r2.forecasts + (
+        Forecast("pago", "tide_gauge", T + 3000.0, 800.0, -14.28, -170.69),))
+    (fix,) = stage.add(r2c)
+    assert fix.identifier == update.identifier + ".c1" and fix.msg_type == "Update"
+    assert fix.references[-1] == f"tocsin@localhost,{update.identifier},{cap_time(update.sent)}"
+    doc = validate_cap(fix.cap_xml)
+    assert doc.findtext("cap:identifier", namespaces=NS) == fix.identifier
+    assert doc.findtext("cap:references", namespaces=NS) == " ".join(fix.references)
+    assert fix.severity == "Severe" and update.severity == "Extreme"
+    (fix2,) = stage.add(r2)  # corrected back: a second correction, of the first
+    assert fix2.identifier == update.identifier + ".c2"
+    assert fix2.references[-1].split(",")[1] == fix.identifier
+    ids = [m.identifier for m in (alert, update, fix, fix2)]
+    assert len(set(ids)) == len(ids), ids
+
+
+def test_withdrawing_the_latest_revision_restates_the_one_that_stands() -> None:
+    """Withdrawing revision 2 alone sent nothing: agencies kept its Update (Extreme,
+    evacuate). And the Cancel, once revision 1 went too, was sent at revision 1's time,
+    before the message it cancelled."""
+    stage = AlertStage()
+    (alert,) = stage.add(revision(1))
+    r2 = revision(2, status="confirmed", issued=T + 2000.0, confirmed=("nkfa",))
+    (update,) = stage.add(r2)
+    (again,) = stage.add(replace(r2, status="retracted"))
+    assert again.msg_type == "Update" and again.identifier == alert.identifier + ".c1"
+    assert (again.severity, again.headline) == (alert.severity, alert.headline)
+    assert again.sent == update.sent  # not before the message it supersedes
+    assert [r.split(",")[1] for r in again.references] == [alert.identifier,
+                                                           update.identifier]
+    validate_cap(again.cap_xml)
+    (cancel,) = stage.add(replace(revision(1), status="retracted"))
+    assert cancel.msg_type == "Cancel" and cancel.sent >= again.sent
+    assert cancel.references[-1].split(",")[1] == again.identifier
+    validate_cap(cancel.cap_xml)
+    assert stage.add(replace(revision(1), status="retracted")) == []
