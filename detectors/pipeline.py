@@ -4,14 +4,27 @@
 the stream it follows (station id, kind, order) and skips packets it has already seen, so a
 redelivered packet after a crash changes nothing. :class:`DetectorBank` holds one pipeline
 per station and creates them on first sight.
+
+What was fed is the stretch from the first sample to ``last_end`` less the gaps the station
+skipped (a packet starting more than a sample interval after ``last_end``), of which the
+last :data:`MAX_GAPS` are kept. A packet that reaches back to or before ``last_end`` is a
+re-send when every one of its samples lies where samples were fed: it is skipped (its new
+tail, if any, is fed). A packet with a sample where nothing was fed (in a remembered gap,
+before the first sample fed, or before the oldest gap remembered, where it cannot be told)
+came after later samples: the detectors have moved on and cannot take it, so it raises
+:class:`PacketError` (the stream worker dead-letters it) rather than being dropped. Grid
+frames likewise: a frame at or before the last one is a re-send if it is at the instant of
+one of the last :data:`MAX_GAPS` frames fed, else it raises.
 """
 
 from __future__ import annotations
 
 import importlib
 import math
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from operator import attrgetter, itemgetter
 from typing import Any
 
@@ -37,6 +50,18 @@ DEFAULT_DETECTORS: dict[str, tuple[str, ...]] = {
 }
 
 
+#: the gaps a station remembers; a packet reaching back before the oldest is not taken
+MAX_GAPS = 256
+#: seconds: two times closer than this are the same instant
+_TOL = 1e-6
+
+
+def _iso(t: float) -> str:
+    if not math.isfinite(t):
+        return str(t)
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def _load(path: str) -> Any:
     module, _, name = path.partition(":")
     return getattr(importlib.import_module(module), name)
@@ -51,6 +76,16 @@ class StationPipeline:
     packets: int = 0
     samples: int = 0
     duplicates: int = 0
+    #: the first time known to be fed: the first sample, or the end of the newest gap
+    #: forgotten (what lies before it cannot be told fed or not)
+    known_from: float = math.inf
+    #: the stretches skipped between packets, oldest first: (last sample before, first
+    #: sample after); at most MAX_GAPS
+    gaps: deque[tuple[float, float]] = field(default_factory=deque, repr=False)
+    #: a grid station's (``feed_frame``): the instants of the last MAX_GAPS frames fed
+    frames: deque[float] = field(default_factory=deque, repr=False)
+    #: gaps forgotten (the oldest, once MAX_GAPS were kept)
+    forgotten: int = 0
     _batchable: list[tuple[StreamDetector, Any]] | None = field(default=None, repr=False)
 
     def feed(self, station_id: str, kind: str, t0: float, dt: float,
@@ -77,16 +112,51 @@ class StationPipeline:
         n = len(values)
         if n == 0:
             return None
+        if t0 > self.last_end + _TOL:
+            return t0, values
+        # reaches back to what was fed: a re-send, unless a sample lies where none was fed
+        if not (dt > 0 and math.isfinite(dt)):
+            raise PacketError(f"{self.station.station_id}: sample interval {dt!r} must be > 0")
+        if not math.isfinite(t0):
+            raise PacketError(f"{self.station.station_id}: packet start {t0!r} is not finite")
         end = t0 + (n - 1) * dt
-        if end <= self.last_end + 1e-6:
+        self.check_seen(t0, dt, n, end)
+        if end <= self.last_end + _TOL:
             # wholly seen already: a redelivery
             self.duplicates += 1
             return None
-        if t0 <= self.last_end + 1e-6:
-            # overlaps what was seen: keep only the new tail
-            skip = int(math.floor((self.last_end - t0) / dt + 1e-6)) + 1
-            t0, values = t0 + skip * dt, values[skip:]
-        return t0, values
+        # overlaps what was seen: keep only the new tail
+        skip = int(math.floor((self.last_end - t0) / dt + 1e-6)) + 1
+        return t0 + skip * dt, values[skip:]
+
+    def check_seen(self, t0: float, dt: float, n: int, end: float) -> None:
+        """Raise :class:`PacketError` if a sample of the packet at or before ``last_end``
+        lies where nothing was fed."""
+        last = self.last_end
+        head = min(n - 1, int(math.floor((last - t0) / dt + 1e-6)))  # its last sample <= last
+        where = ""
+        if t0 < self.known_from - _TOL:
+            where = (f"before {_iso(self.known_from)}, the first sample it was fed"
+                     if not self.forgotten else
+                     f"before {_iso(self.known_from)}, the oldest stretch it remembers")
+        else:
+            head_end = t0 + head * dt
+            for g0, g1 in reversed(self.gaps):
+                if g1 <= t0 + _TOL:
+                    break
+                if g0 >= head_end - _TOL:
+                    continue
+                # the packet's first sample after g0
+                k = max(0, int(math.floor((g0 + _TOL - t0) / dt)) + 1)
+                if k <= head and t0 + k * dt < g1 - _TOL:
+                    where = f"in the gap {_iso(g0)}..{_iso(g1)} it skipped"
+                    break
+        if where:
+            raise PacketError(
+                f"{self.station.station_id}: packet {_iso(t0)}..{_iso(end)} has samples "
+                f"{where}, but the station has reached {_iso(last)}: it came after later "
+                "samples and the detectors cannot take it"
+            )
 
     def batchable(self) -> list[tuple[StreamDetector, Any]]:
         """Each detector with its class's ``feed_many`` (None when it has none)."""
@@ -95,7 +165,18 @@ class StationPipeline:
         return self._batchable
 
     def advance(self, t0: float, dt: float, n: int) -> None:
-        """Record a packet the detectors took."""
+        """Record a packet the detectors took (its samples start after ``last_end``)."""
+        last = self.last_end
+        if last == -math.inf:
+            self.known_from = t0
+        else:
+            step = dt if math.isnan(self.last_dt) else min(dt, self.last_dt)
+            if t0 - last > step + _TOL:  # skipped a stretch: remember it
+                gaps = self.gaps
+                if len(gaps) >= MAX_GAPS:
+                    self.known_from = gaps.popleft()[1]
+                    self.forgotten += 1
+                gaps.append((last, t0))
         self.last_end = t0 + (n - 1) * dt
         self.last_dt = dt
         self.packets += 1
@@ -107,9 +188,18 @@ class StationPipeline:
         if station_id != self.station.station_id:
             raise PacketError(f"frame for {station_id!r} fed to the pipeline of "
                               f"{self.station.station_id!r}")
-        if t <= self.last_end + 1e-6:
-            self.duplicates += 1
-            return []
+        if not t > self.last_end + _TOL:
+            # a re-sent frame, or one that came after later frames: not taken
+            times = self.frames
+            if any(abs(t - f) <= _TOL for f in times):
+                self.duplicates += 1
+                return []
+            raise PacketError(
+                f"{self.station.station_id}: frame at {_iso(t)} is not one of the "
+                f"{len(times)} frames it remembers being fed, but the station has reached "
+                f"{_iso(self.last_end)}: it came after later frames and the detector cannot "
+                "take it"
+            )
         out: list[Detection] = []
         for det in self.detectors:
             feed = getattr(det, "feed_frame", None)
@@ -117,6 +207,9 @@ class StationPipeline:
                 raise PacketError(f"{self.station.station_id}: detector {det.name} takes "
                                   "time series, not grid frames")
             out.extend(feed(t, lat, lon, values))
+        if len(self.frames) >= MAX_GAPS:
+            self.frames.popleft()
+        self.frames.append(t)
         self.last_end = t
         self.packets += 1
         self.samples += len(values)
@@ -217,7 +310,7 @@ class DetectorBank:
                     ps = pipe.station
                     if not (station.station_id == ps.station_id and station.kind == ps.kind
                             and len(values)
-                            and t0 > pipe.last_end + 1e-6):
+                            and t0 > pipe.last_end + _TOL):
                         fresh = pipe.fresh(station.station_id, station.kind, t0, dt, values)
                         if fresh is None:
                             continue
@@ -264,10 +357,7 @@ class DetectorBank:
             for i, pipe, t0, dt, n in todo:
                 dets = out[i]
                 if not isinstance(dets, DetectorError):
-                    pipe.last_end = t0 + (n - 1) * dt
-                    pipe.last_dt = dt
-                    pipe.packets += 1
-                    pipe.samples += n
+                    pipe.advance(t0, dt, n)
                     if len(dets) > 1:
                         out[i] = sorted(dets, key=lambda d: (d.declared, d.key))
         return out

@@ -11,12 +11,15 @@ A package is a folder with
   of displacement in the picker's band) overrides the inventory's gains;
 * ``stations.csv`` with the header ``station_id,kind,lat,lon,elevation_m,units,file,format``;
   ``file`` is relative to the package and ``format`` is ``csv`` (``time,value`` rows),
-  ``mseed`` (miniSEED read by ObsPy) or ``ndbc_dart`` (NOAA NDBC DART text).
+  ``mseed`` (miniSEED read by ObsPy), ``ndbc_dart`` (NOAA NDBC DART text, bottom pressure
+  only) or ``grid_index`` (plume grids only, :mod:`replay.grids`); ``units`` must be one of
+  the kind's (:data:`UNITS`): the detectors' thresholds assume them.
 
 :func:`load_package` validates everything and raises :class:`PackageError` naming the
 file, the line and the bad value. :meth:`ReplayPackage.packets` cuts each station's record
 into observation packets of constant sample interval (a change of interval or a gap
-starts a new packet) within the replay window.
+starts a new packet) within the replay window; a station with no sample (or frame) in the
+window is a :class:`PackageError` then, when its file is read.
 """
 
 from __future__ import annotations
@@ -33,12 +36,22 @@ from typing import Any
 import numpy as np
 
 from detectors.base import SENSOR_KINDS, DetectorError, FloatArray, StationInfo
-from streams.schemas import GridFrame, ObservationPacket, SchemaError, parse_time
+from streams.schemas import GridFrame, ObservationPacket, SchemaError, iso, parse_time
 
 STATIONS_HEADER = ["station_id", "kind", "lat", "lon", "elevation_m", "units", "file", "format"]
 FORMATS = ("csv", "mseed", "ndbc_dart", "grid_index")
 DEFAULT_UNITS = {"barometer": "hPa", "tide_gauge": "m", "bottom_pressure": "m",
                  "seismic": "counts", "plume": "m"}
+#: the units each kind may give (the detectors' fixed thresholds assume them): hPa, or its
+#: equal mbar, or the raw counts of a microbarometer channel (no amplitude floor, see
+#: ``detectors/pressure.py``); metres of sea level or of water; seismic counts (the gains
+#: are counts per metre); plume-top heights in metres
+UNITS = {"barometer": ("hPa", "mbar", "counts"), "tide_gauge": ("m",),
+         "bottom_pressure": ("m",), "seismic": ("counts",), "plume": ("m",)}
+#: the formats each kind may come in
+KIND_FORMATS = {"barometer": ("csv", "mseed"), "tide_gauge": ("csv", "mseed"),
+                "bottom_pressure": ("csv", "mseed", "ndbc_dart"), "seismic": ("csv", "mseed"),
+                "plume": ("grid_index",)}
 
 
 class PackageError(ValueError):
@@ -95,6 +108,14 @@ class ReplayPackage:
                    "ndbc_dart": read_ndbc_series}
         s = readers[entry.format](entry.file)
         keep = (s.times >= self.start) & (s.times <= self.end)
+        if not np.isfinite(s.values[keep]).any():
+            had = np.isfinite(s.values)
+            span = (f"its samples run from {iso(float(s.times[had][0]))} to "
+                    f"{iso(float(s.times[had][-1]))}" if had.any() else "it has none")
+            raise PackageError(
+                f"{self.root / 'stations.csv'}:{entry.line}: {entry.info.station_id}: "
+                f"{entry.file} has no sample in the replay window {iso(self.start)} .. "
+                f"{iso(self.end)} ({span})")
         return Series(s.times[keep], s.values[keep])
 
     def packets(self, entry: StationEntry,
@@ -103,9 +124,15 @@ class ReplayPackage:
             from replay.grids import GridError, read_frames
 
             try:
-                return list(read_frames(entry.file, entry.info, self.start, self.end))
+                frames = read_frames(entry.file, entry.info, self.start, self.end)
             except GridError as exc:
                 raise PackageError(str(exc)) from exc
+            if not frames:
+                raise PackageError(
+                    f"{self.root / 'stations.csv'}:{entry.line}: {entry.info.station_id}: "
+                    f"{entry.file} has no frame in the replay window {iso(self.start)} .. "
+                    f"{iso(self.end)}")
+            return list(frames)
         s = self.series(entry)
         source = f"replay:{self.event_id}"
         return list(series_to_packets(entry.info, s, packet_seconds, source=source))
@@ -245,6 +272,13 @@ def _station_row(path: Path, lineno: int, row: list[str], root: Path,
         raise PackageError(f"{where}: kind {kind!r} is not one of {SENSOR_KINDS}")
     if fmt not in FORMATS:
         raise PackageError(f"{where}: format {fmt!r} is not one of {FORMATS}")
+    if fmt not in KIND_FORMATS[kind]:
+        raise PackageError(f"{where}: {sid} ({kind}): format {fmt!r} is not one of "
+                           f"{KIND_FORMATS[kind]} (the formats a {kind} station comes in)")
+    units = units or DEFAULT_UNITS[kind]
+    if units not in UNITS[kind]:
+        raise PackageError(f"{where}: {sid} ({kind}): units {units!r} are not one of "
+                           f"{UNITS[kind]} (the units its detectors assume)")
     if kind == "seismic" and not lat_s and not lon_s:
         ch = inventory.get(sid)
         if ch is None or math.isnan(ch.lat) or math.isnan(ch.lon):
@@ -261,7 +295,7 @@ def _station_row(path: Path, lineno: int, row: list[str], root: Path,
             raise PackageError(f"{where}: {name} {text!r} is not finite")
         nums.append(value)
     try:
-        info = StationInfo(sid, kind, nums[0], nums[1], nums[2], units or DEFAULT_UNITS[kind])
+        info = StationInfo(sid, kind, nums[0], nums[1], nums[2], units)
     except DetectorError as exc:
         raise PackageError(f"{where}: {exc}") from exc
     file = (root / file_s).resolve()

@@ -233,3 +233,200 @@ def test_forget_frees_a_barometer_row_in_the_lamb_groups() -> None:
                                                                            strict=True)])
     assert not [r for r in out if isinstance(r, Exception)]
     assert bank.pipelines["XX.B1"].detectors[0] is not det
+
+
+def _iso(t: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z")
+
+
+def _lamb_packets(size: int = 600) -> tuple[StationInfo, list[tuple[float, float, np.ndarray]]]:
+    """A barometer with a Lamb-like pulse at T0 + 9000 s, cut into packets of ``size`` s."""
+    rng = np.random.default_rng(11)
+    st = StationInfo("XX.BARO", "barometer", 10.0, 0.0, units="hPa")
+    t = np.arange(4 * 3600.0)
+    x = 1010.0 + np.cumsum(rng.standard_normal(len(t))) * 0.002
+    x += 2.0 * np.exp(-0.5 * ((t - 9000.0) / 120.0) ** 2)
+    return st, [(T0 + a, 1.0, x[a:a + size]) for a in range(0, len(x), size)]
+
+
+def _feed_all(bank: DetectorBank, st: StationInfo,
+              packets: list[tuple[float, float, np.ndarray]]) -> list[list[str] | str]:
+    """``bank.feed`` of each packet: its detection keys, or the PacketError's message."""
+    from detectors.base import PacketError
+
+    out: list[list[str] | str] = []
+    for p in packets:
+        try:
+            out.append([d.key for d in bank.feed(st, *p)])
+        except PacketError as exc:
+            out.append(f"PacketError: {exc}")
+    return out
+
+
+def test_a_packet_that_comes_after_a_later_one_raises_and_is_not_a_duplicate() -> None:
+    """Two packets swapped in order: the later one is fed first (the earlier one's stretch
+    is a gap), the earlier one then raises a PacketError naming the station, its start and
+    end and where the station is, through ``feed`` and as ``feed_many``'s result (so the
+    worker dead-letters it), and is not counted as a duplicate."""
+    from detectors.base import DetectorError, PacketError
+
+    st, packets = _lamb_packets()
+    clean = [k for r in _feed_all(DetectorBank(), st, packets) if isinstance(r, list) for k in r]
+    assert clean, "the clean feed must detect the pulse for this to show"
+    k = max(i for i, (t0, _, _) in enumerate(packets) if t0 <= T0 + 9000.0)
+    swapped = [*packets[:k], packets[k + 1], packets[k], *packets[k + 2:]]
+    late_t0, _, late = packets[k]
+    late_end = late_t0 + len(late) - 1
+    reached = packets[k + 1][0] + len(packets[k + 1][2]) - 1
+    message = (f"XX.BARO: packet {_iso(late_t0)}..{_iso(late_end)} has samples in the gap "
+               f"{_iso(late_t0 - 1)}..{_iso(late_end + 1)} it skipped, but the station has "
+               f"reached {_iso(reached)}: it came after later samples")
+    bank = DetectorBank()
+    one = _feed_all(bank, st, swapped)
+    late_result = one[k + 1]
+    assert isinstance(late_result, str) and late_result.startswith(f"PacketError: {message}")
+    assert bank.pipelines["XX.BARO"].duplicates == 0
+    for size in (1, 7, len(swapped)):
+        many = DetectorBank()
+        got: list[list[str] | str] = []
+        for i in range(0, len(swapped), size):
+            got.extend(f"{type(r).__name__}: {r}" if isinstance(r, DetectorError)
+                       else [d.key for d in r]
+                       for r in many.feed_many([(st, *p) for p in swapped[i:i + size]]))
+        assert got == one
+        assert many.pipelines["XX.BARO"].duplicates == 0
+    with pytest.raises(PacketError, match="XX.BARO: packet .* it came after later samples"):
+        bank.feed(st, *packets[k])  # still not taken when it comes again
+
+
+def test_re_sent_and_overlapping_packets_are_silent_duplicates() -> None:
+    """Exact re-sends (of the last packet and of older ones, across a gap) and packets
+    overlapping what was fed change nothing: the detections are those of the clean feed
+    and feeding in chunks of any size remembers the same gaps."""
+    st, packets = _lamb_packets()
+    gap = 5  # packet 5 never comes: a real gap
+    kept = [p for i, p in enumerate(packets) if i != gap]
+    clean_bank = DetectorBank()
+    clean = [k for r in _feed_all(clean_bank, st, kept) if isinstance(r, list) for k in r]
+    assert clean
+    resent: list[tuple[float, float, np.ndarray]] = []
+    overlaps = 0
+    for i, p in enumerate(kept):
+        if i >= 3:
+            resent.append(kept[i - 3])  # an older one again (from before the gap, too)
+            t0, dt, prev = kept[i - 1]
+            if p[0] == t0 + len(prev) * dt:  # the last one's end and p's start (its new tail)
+                resent.append((t0 + 100.0, dt, np.concatenate([prev, p[2][:300]])[100:]))
+                overlaps += 1
+        resent.append(p)  # its head seen already if an overlap came
+        resent.append(p)  # redelivered at once
+    bank = DetectorBank()
+    got = _feed_all(bank, st, resent)
+    assert not [r for r in got if isinstance(r, str)], got
+    assert [k for r in got if isinstance(r, list) for k in r] == clean
+    pipe, ref = bank.pipelines["XX.BARO"], clean_bank.pipelines["XX.BARO"]
+    assert overlaps > 10 and pipe.duplicates == len(kept) + len(kept) - 3
+    assert (pipe.packets, pipe.samples, pipe.last_end) == (
+        ref.packets + overlaps, ref.samples, ref.last_end)
+    assert list(pipe.gaps) == list(ref.gaps) == [(T0 + gap * 600 - 1, T0 + (gap + 1) * 600)]
+    # the same record in chunks of any size: the same gap, nothing else
+    rng = np.random.default_rng(2)
+    chunked = DetectorBank()
+    for t0, dt, x in kept:
+        a = 0
+        while a < len(x):
+            b = a + int(rng.choice([1, 13, 60, 600]))
+            chunked.feed(st, t0 + a * dt, dt, x[a:b])
+            a = b
+    assert list(chunked.pipelines["XX.BARO"].gaps) == list(ref.gaps)
+
+
+def test_a_packet_filling_an_earlier_gap_after_later_data_raises() -> None:
+    """A stretch skipped (the station's data resumed after it) that comes later raises,
+    whole or in part, and so does one before the first sample fed; re-sends on either side
+    of the gap stay silent."""
+    from detectors.base import PacketError
+
+    st = StationInfo("XX.TIDE", "tide_gauge", 0.0, 0.0, units="m")
+    dt = 60.0
+    x = 0.5 * np.sin(np.arange(600) * dt * 2 * np.pi / 44712.0)
+    bank = DetectorBank()
+    bank.feed(st, T0 + 100 * dt, dt, x[100:200])
+    bank.feed(st, T0 + 300 * dt, dt, x[300:400])  # 200..299 skipped
+    bank.feed(st, T0 + 400 * dt, dt, x[400:500])  # contiguous: no gap
+    pipe = bank.pipelines["XX.TIDE"]
+    assert list(pipe.gaps) == [(T0 + 199 * dt, T0 + 300 * dt)]
+    reached = _iso(T0 + 499 * dt)
+    for a, b in ((200, 300), (250, 260), (150, 250), (290, 350), (150, 450)):
+        with pytest.raises(PacketError) as info:
+            bank.feed(st, T0 + a * dt, dt, x[a:b])
+        assert str(info.value).startswith(
+            f"XX.TIDE: packet {_iso(T0 + a * dt)}..{_iso(T0 + (b - 1) * dt)} has samples in "
+            f"the gap {_iso(T0 + 199 * dt)}..{_iso(T0 + 300 * dt)} it skipped, but the "
+            f"station has reached {reached}")
+        r = DetectorBank(pipelines=bank.pipelines).feed_many([(st, T0 + a * dt, dt, x[a:b])])
+        assert isinstance(r[0], PacketError) and str(r[0]) == str(info.value)
+    with pytest.raises(PacketError, match=r"XX.TIDE: packet .* has samples before "
+                                          rf"{_iso(T0 + 100 * dt)}, the first sample it was fed"):
+        bank.feed(st, T0, dt, x[:150])
+    for a, b in ((100, 200), (150, 200), (300, 500), (350, 420), (450, 520)):
+        assert bank.feed(st, T0 + a * dt, dt, x[a:b]) == []
+    assert pipe.duplicates == 4 and pipe.last_end == T0 + 519 * dt
+
+
+def test_a_station_remembers_its_last_gaps_only() -> None:
+    """The gaps kept are bounded: past MAX_GAPS the oldest go, and a packet reaching back
+    before the oldest kept is not taken (it cannot be told a re-send)."""
+    from detectors.base import PacketError
+    from detectors.pipeline import MAX_GAPS
+
+    st = StationInfo("XX.TIDE", "tide_gauge", 0.0, 0.0, units="m")
+    bank = DetectorBank(detectors={})
+    for i in range(MAX_GAPS + 10):
+        bank.feed(st, T0 + 10.0 * i, 1.0, np.zeros(5))  # 5 s of data, 5 s of gap
+    pipe = bank.pipelines["XX.TIDE"]
+    assert len(pipe.gaps) == MAX_GAPS and pipe.forgotten == 9
+    assert pipe.known_from == T0 + 90.0
+    assert bank.feed(st, T0 + 90.0, 1.0, np.zeros(5)) == []  # the oldest stretch kept
+    with pytest.raises(PacketError, match=rf"before {_iso(T0 + 90.0)}, the oldest stretch it "
+                                          "remembers"):
+        bank.feed(st, T0 + 80.0, 1.0, np.zeros(5))
+
+
+def test_a_frame_that_comes_after_a_later_one_raises() -> None:
+    """Grid frames: a re-sent frame is a duplicate, one never fed that comes after a later
+    one raises."""
+    from detectors.base import PacketError
+
+    st = StationInfo("XX.GRID", "plume", 0.0, 0.0)
+    bank = DetectorBank(detectors={"plume": ("tests.detectors.test_pipeline:Frames",)})
+    lat, lon, h = np.zeros(3), np.zeros(3), np.zeros(3)
+    bank.feed_frame(st, T0, lat, lon, h)
+    bank.feed_frame(st, T0 + 1200.0, lat, lon, h)
+    assert bank.feed_frame(st, T0, lat, lon, h) == []
+    with pytest.raises(PacketError, match=rf"XX.GRID: frame at {_iso(T0 + 600.0)} is not one "
+                                          rf"of the 2 frames .* reached {_iso(T0 + 1200.0)}"):
+        bank.feed_frame(st, T0 + 600.0, lat, lon, h)
+    assert bank.pipelines["XX.GRID"].duplicates == 1
+
+
+class Frames:
+    """A detector of grid frames that finds nothing."""
+
+    name = "frames"
+    version = "0"
+
+    def __init__(self, station: StationInfo, **params: object) -> None:
+        self.station = station
+
+    def feed(self, t0: float, dt: float, values: np.ndarray) -> list:
+        return []
+
+    def feed_frame(self, t: float, lat: np.ndarray, lon: np.ndarray, values: np.ndarray) -> list:
+        return []
+
+    def params(self) -> dict:
+        return {}

@@ -195,3 +195,75 @@ def test_csv_empty_or_nan_value_is_a_missing_sample(tmp_path: Path) -> None:
     s = pkg.series(pkg.stations[0])
     assert len(s.times) == 4
     assert np.isnan(s.values).tolist() == [False, True, True, False]
+
+
+@pytest.mark.parametrize(("row", "value", "allowed"), [
+    ("A,barometer,-21,-175,0,Pa,a.csv,csv", "units 'Pa'", "('hPa', 'mbar', 'counts')"),
+    ("A,barometer,-21,-175,0,m,a.csv,csv", "units 'm'", "('hPa', 'mbar', 'counts')"),
+    ("A,tide_gauge,-21,-175,0,furlongs,a.csv,csv", "units 'furlongs'", "('m',)"),
+    ("A,bottom_pressure,-21,-175,0,dbar,a.csv,csv", "units 'dbar'", "('m',)"),
+    ("A,seismic,-21,-175,0,m/s,a.csv,csv", "units 'm/s'", "('counts',)"),
+    ("A,seismic,-21,-175,0,,a.csv,ndbc_dart", "format 'ndbc_dart'", "('csv', 'mseed')"),
+    ("A,tide_gauge,-21,-175,0,m,a.csv,ndbc_dart", "format 'ndbc_dart'", "('csv', 'mseed')"),
+    ("A,barometer,-21,-175,0,hPa,a.csv,grid_index", "format 'grid_index'", "('csv', 'mseed')"),
+    ("A,plume,-21,-175,0,m,a.csv,csv", "format 'csv'", "('grid_index',)"),
+])
+def test_units_and_format_must_be_the_kinds(tmp_path: Path, row: str, value: str,
+                                            allowed: str) -> None:
+    """The detectors' fixed thresholds assume the documented units, and each format holds
+    one kind of record: a station giving others is refused, naming file, line, station,
+    value and the allowed ones."""
+    root = make_package(tmp_path / "p", "B,barometer,-21,-175,0,hPa,a.csv,csv\n" + row + "\n")
+    with pytest.raises(PackageError) as info:
+        load_package(root)
+    msg = str(info.value)
+    assert msg.startswith(f"{root / 'stations.csv'}:3: A (") and value in msg, msg
+    assert f"is not one of {allowed}" in msg or f"are not one of {allowed}" in msg, msg
+
+
+def test_the_kinds_units_and_formats_load(tmp_path: Path) -> None:
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "d.txt").write_text(NDBC_HEAD + "2022 01 15 00 00 00 2 5662.000\n")
+    rows = ("A,barometer,-21,-175,0,hPa,a.csv,csv\nB,barometer,-21,-175,0,mbar,a.csv,csv\n"
+            "C,barometer,-21,-175,0,counts,a.csv,csv\nD,barometer,-21,-175,0,,a.csv,csv\n"
+            "E,tide_gauge,-21,-175,0,m,a.csv,csv\nF,bottom_pressure,-21,-175,0,,d.txt,ndbc_dart\n"
+            "G,seismic,-21,-175,0,counts,a.csv,csv\n")
+    pkg = load_package(make_package(tmp_path / "p", rows))
+    assert [s.info.units for s in pkg.stations] == ["hPa", "mbar", "counts", "hPa", "m", "m",
+                                                    "counts"]
+    assert all(pkg.packets(s, 600) for s in pkg.stations)
+
+
+@pytest.mark.parametrize(("data", "span"), [
+    ("time,value\n2021-01-15T00:00:00Z,1000.0\n2021-01-15T00:01:00Z,1000.1\n",
+     "its samples run from 2021-01-15T00:00:00.000Z to 2021-01-15T00:01:00.000Z"),
+    ("time,value\n", "it has none"),
+    ("time,value\n2022-01-15T00:00:00Z,\n2022-01-15T00:01:00Z,nan\n", "it has none"),
+])
+def test_a_station_with_no_sample_in_the_window_is_an_error(tmp_path: Path, data: str,
+                                                             span: str) -> None:
+    """Not a station silently without data: the error names the station, its line and the
+    window, when its record is read."""
+    root = make_package(tmp_path / "p", "A,barometer,-21,-175,0,hPa,a.csv,csv\n"
+                                        "B,barometer,-21,-175,0,hPa,b.csv,csv\n")
+    (root / "b.csv").write_text(data)
+    pkg = load_package(root)
+    assert pkg.packets(pkg.stations[0], 600)
+    with pytest.raises(PackageError) as info:
+        pkg.packets(pkg.stations[1], 600)
+    assert str(info.value) == (
+        f"{root / 'stations.csv'}:3: B: {root / 'b.csv'} has no sample in the replay window "
+        f"2022-01-15T00:00:00.000Z .. 2022-01-15T02:00:00.000Z ({span})")
+
+
+def test_a_grid_station_with_no_frame_in_the_window_is_an_error(tmp_path: Path) -> None:
+    root = make_package(tmp_path / "p", "A,barometer,-21,-175,0,hPa,a.csv,csv\n"
+                                        "P,plume,0,140.7,0,m,index.csv,grid_index\n")
+    (root / "frame.tif").write_bytes(b"")  # never read: its time is outside the window
+    (root / "index.csv").write_text("time,file\n2022-01-16T00:00:00Z,frame.tif\n")
+    pkg = load_package(root)
+    with pytest.raises(PackageError) as info:
+        pkg.packets(pkg.stations[1], 600)
+    assert str(info.value) == (
+        f"{root / 'stations.csv'}:3: P: {root / 'index.csv'} has no frame in the replay window "
+        "2022-01-15T00:00:00.000Z .. 2022-01-15T02:00:00.000Z")
