@@ -418,6 +418,10 @@ def _revision(inc: _Incident, issued: float, registry: list[StationInfo],
         extra["plume_height_km"] = round(top.amplitude, 3)
     if sol is not None:
         extra["params"] = p.as_dict()
+    observed = {d.station_id: (round(d.lat, 4), round(d.lon, 4)) for d in inc.sea_level
+                if math.isfinite(d.lat) and math.isfinite(d.lon)}
+    if observed:  # where the sea level was seen to move (the alert's areas)
+        extra["observed_at"] = [[sid, *observed[sid]] for sid in sorted(observed)]
     rev = IncidentRevision(
         incident_id=inc.incident_id,
         type=inc.type,

@@ -32,6 +32,7 @@ from importlib import resources
 
 from lxml import etree
 
+from detectors.geo import wrap_lon
 from streams.schemas import AlertMessage, IncidentRevision
 
 CAP_NS = "urn:oasis:names:tc:emergency:cap:1.2"
@@ -173,11 +174,14 @@ def _lat(x: float) -> str:
 
 
 def _lon(x: float) -> str:
+    x = wrap_lon(x)
     return f"{abs(x):.2f}{'W' if x < 0 else 'E'}"
 
 
 def _circle(lat: float, lon: float, radius_km: float) -> str:
-    return f"{lat:.4f},{lon:.4f} {radius_km:g}"
+    """A CAP circle: WGS 84 ``lat,lon radius``, the longitude in [-180, 180) (a registry
+    may give 0..360)."""
+    return f"{lat:.4f},{wrap_lon(lon):.4f} {radius_km:g}"
 
 
 def build_cap_xml(rev: IncidentRevision, cls: Classification, *, identifier: str, sender: str,
@@ -229,7 +233,9 @@ def build_cap_xml(rev: IncidentRevision, cls: Classification, *, identifier: str
 
     if not math.isnan(rev.lat):
         area = etree.SubElement(info, f"{{{CAP_NS}}}area")
-        sub(area, "areaDesc", f"Source region {_lat(rev.lat)} {_lon(rev.lon)}")
+        # a tsunami incident is placed at its first gauge: that is no source region
+        what = "First observation" if rev.type == "tsunami" else "Source region"
+        sub(area, "areaDesc", f"{what} {_lat(rev.lat)} {_lon(rev.lon)}")
         sub(area, "circle", _circle(rev.lat, rev.lon, SOURCE_RADIUS_KM))
     for f in rev.forecasts:
         if math.isnan(f.lat):
@@ -238,6 +244,15 @@ def build_cap_xml(rev: IncidentRevision, cls: Classification, *, identifier: str
         state = "confirmed" if f.station_id in rev.confirmed else "watch"
         sub(area, "areaDesc", f"{f.kind} {f.station_id} ({state}), ETA {cap_time(f.eta)}")
         sub(area, "circle", _circle(f.lat, f.lon, GAUGE_RADIUS_KM))
+    # every station that saw the sea level move, not only the first (agencies near later
+    # ones must get the alert too); those under a watch are in its area already
+    watched = {f.station_id for f in rev.forecasts if not math.isnan(f.lat)}
+    for sid, lat, lon in rev.extra.get("observed_at", ()):
+        if sid in watched:
+            continue
+        area = etree.SubElement(info, f"{{{CAP_NS}}}area")
+        sub(area, "areaDesc", f"sea-level station {sid} (observed)")
+        sub(area, "circle", _circle(float(lat), float(lon), GAUGE_RADIUS_KM))
     if len(info.findall(f"{{{CAP_NS}}}area")) == 0:
         area = etree.SubElement(info, f"{{{CAP_NS}}}area")
         sub(area, "areaDesc", "Location not yet determined")

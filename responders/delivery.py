@@ -171,11 +171,20 @@ def cap_areas(cap_xml: str) -> list[BaseGeometry]:
 
 
 def circle(lat: float, lon: float, radius_km: float) -> BaseGeometry:
-    """A circle on the lon/lat plane (longitude stretched by 1/cos(lat))."""
+    """A circle on the lon/lat plane (longitude stretched by 1/cos(lat)); a circle across
+    the antimeridian also has its part on the other side (subscription areas lie in lon
+    -180..180)."""
     deg = radius_km / 111.32
-    c = Point(lon, lat).buffer(deg, 32)
-    return affinity.scale(c, xfact=1.0 / max(math.cos(math.radians(lat)), 0.01), yfact=1.0,
-                          origin=(lon, lat))
+    lon = (lon + 180.0) % 360.0 - 180.0
+    c = affinity.scale(Point(lon, lat).buffer(deg, 32),
+                       xfact=1.0 / max(math.cos(math.radians(lat)), 0.01), yfact=1.0,
+                       origin=(lon, lat))
+    west, _, east, _ = c.bounds
+    if east > 180.0:
+        c = c.union(affinity.translate(c, xoff=-360.0))
+    if west < -180.0:
+        c = c.union(affinity.translate(c, xoff=360.0))
+    return c
 
 
 def matches(sub: Subscription, msg: AlertMessage, areas: list[BaseGeometry]) -> bool:

@@ -89,6 +89,9 @@ def test_sea_level_confirms_a_watch_and_unrelated_does_not_merge() -> None:
     tsunami = [r for r in revs if r.type == "tsunami"]
     assert eruption[-1].status == "confirmed" and eruption[-1].confirmed == ("abur",)
     assert len({r.incident_id for r in tsunami}) == 1 and tsunami[-1].confirmed == ("kahu",)
+    # where the sea level moved, for the alert's areas
+    assert tsunami[-1].extra["observed_at"] == [["kahu", 20.9, -156.47]]
+    assert eruption[-1].extra["observed_at"] == [["abur", 31.58, 131.41]]
 
 
 def test_two_sources_two_incidents_and_outlier_rejected() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import pytest
@@ -171,3 +172,31 @@ def test_withdrawing_the_latest_revision_restates_the_one_that_stands() -> None:
     assert cancel.references[-1].split(",")[1] == again.identifier
     validate_cap(cancel.cap_xml)
     assert stage.add(replace(revision(1), status="retracted")) == []
+
+
+def test_a_tsunami_alert_covers_every_station_that_observed_it() -> None:
+    """The areas were a circle called 'Source region' at the first gauge (and forecasts,
+    which a tsunami incident has none of): an agency by a later gauge got nothing."""
+    rev = IncidentRevision(
+        incident_id="tsunami-20110311T055008Z-6ada43", type="tsunami", revision=2,
+        issued=1299826800.0, status="observed", origin_time=math.nan, lat=38.71, lon=148.69,
+        speed_m_s=math.nan, detections=("a", "b"), stations_used=("21418", "hilo"),
+        confirmed=("21418", "hilo"), evidence=("sea_level",),
+        extra={"observed_at": [["21418", 38.71, 148.69], ["hilo", 19.73, -155.06]]})
+    (msg,) = AlertPolicy().on_revision(rev)
+    doc = validate_cap(msg.cap_xml)
+    areas = [(a.findtext("cap:areaDesc", namespaces=NS), a.findtext("cap:circle", namespaces=NS))
+             for a in doc.iterfind(".//cap:area", NS)]
+    assert areas == [("First observation 38.71N 148.69E", "38.7100,148.6900 50"),
+                     ("sea-level station 21418 (observed)", "38.7100,148.6900 20"),
+                     ("sea-level station hilo (observed)", "19.7300,-155.0600 20")]
+
+
+def test_cap_circles_are_in_wgs84_longitudes() -> None:
+    """A registry gauge at lon 189.31 (0..360) went out as a circle at 189.31, outside the
+    range CAP expects, and matched no subscription area."""
+    rev = replace(revision(1), forecasts=(
+        Forecast("apia", "tide_gauge", T + 3600.0, 900.0, -13.83, 188.24),))
+    (msg,) = AlertPolicy().on_revision(rev)
+    circles = [c.text for c in validate_cap(msg.cap_xml).iterfind(".//cap:circle", NS)]
+    assert circles == ["-20.5500,-175.3900 50", "-13.8300,-171.7600 20"]

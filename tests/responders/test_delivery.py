@@ -347,3 +347,16 @@ def test_warm_up_compiles_the_way_to_an_alert_and_stores_nothing(store: Store) -
             box.enqueue(msg, c)
     assert store.counts() == Counts(1, 1, 1, 1, 0)
     assert len(cache) == compiled  # nothing left to compile on the way
+
+
+def test_an_alert_by_the_antimeridian_reaches_areas_on_both_sides() -> None:
+    """A circle around 179.9 E reaches over 180: its part beyond is on the other side of a
+    subscription area drawn in lon -180..180 (Samoa, Fiji); a 0..360 longitude is the same
+    place as its -180..180 one."""
+    fiji_east = {"type": "Polygon", "coordinates": [[[-180, -20], [-179.5, -20],
+                                                     [-179.5, -15], [-180, -15], [-180, -20]]]}
+    sub = Subscription.create("Fiji east", fiji_east, "Minor", [
+        {"type": "email", "to": "duty@fiji.example"}])
+    from responders.delivery import circle
+    assert sub.geometry.intersects(circle(-17.0, 179.95, 20.0))
+    assert circle(-13.83, 188.24, 20.0).equals(circle(-13.83, -171.76, 20.0))
