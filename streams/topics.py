@@ -9,17 +9,37 @@ association needs the global view and alert chains must stay in order.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import re
 from dataclasses import dataclass
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import TopicAlreadyExistsError, for_code
 from aiokafka.structs import TopicPartition
 
 from tocsin.settings import Settings
 
 CONTROL_SCHEMA = "tocsin.control/1"
+
+# Kafka's legal topic characters and longest name; "observations" is the longest suffix
+_ILLEGAL = re.compile(r"[^A-Za-z0-9._-]")
+_MAX_NAME = 249
+_LONGEST_SUFFIX = len(".observations")
+
+
+class TopicError(ValueError):
+    """A run's topics cannot be named or created as asked (the message names the topic,
+    the bad value and what was allowed, or the broker's error)."""
+
+
+def _check_part(what: str, value: str) -> None:
+    if not value:
+        raise TopicError(f"{what} is empty: topic names need one of [A-Za-z0-9._-]+")
+    bad = _ILLEGAL.search(value)
+    if bad:
+        raise TopicError(f"{what} {value!r} has {bad.group()!r}, which Kafka does not allow "
+                         f"in a topic name (allowed: [A-Za-z0-9._-])")
 
 
 @dataclass(frozen=True)
@@ -29,9 +49,27 @@ class Topics:
     partitions: int
     replication: int
 
+    def __post_init__(self) -> None:
+        _check_part("topic prefix", self.prefix)
+        _check_part("run id", self.run_id)
+        if len(self.observations) > _MAX_NAME:
+            raise TopicError(f"run id {self.run_id!r} makes topic names longer than Kafka's "
+                             f"{_MAX_NAME} characters (at most "
+                             f"{_MAX_NAME - len(self.prefix) - 1 - _LONGEST_SUFFIX} allowed "
+                             f"with prefix {self.prefix!r})")
+        if not isinstance(self.partitions, int) or self.partitions < 1:
+            raise TopicError(f"partitions {self.partitions!r}: the observations topic needs "
+                             f"at least 1")
+        if not isinstance(self.replication, int) or self.replication < 1:
+            raise TopicError(f"replication factor {self.replication!r}: at least 1")
+
     @classmethod
     def for_run(cls, settings: Settings, run_id: str, partitions: int | None = None) -> Topics:
-        return cls(settings.topic_prefix, run_id, partitions or settings.partitions,
+        """The run's topics; ``partitions`` of the observations topic (default
+        ``settings.partitions``). Raises :class:`TopicError` (a ValueError) for a run id or
+        prefix with characters Kafka does not allow, or fewer than 1 partition."""
+        return cls(settings.topic_prefix, run_id,
+                   settings.partitions if partitions is None else partitions,
                    settings.replication)
 
     def _name(self, what: str) -> str:
@@ -82,18 +120,32 @@ async def create_topics(bootstrap: str, topics: Topics, timeout: float = 30.0) -
     A new partition's leader shows in the metadata before the broker has taken the
     leadership up: a produce sent at once got ``NotLeaderForPartitionError`` on some
     partitions and waited out the producer's retry backoff (100 ms). So the partitions'
-    end offsets are asked of their leaders too, which fails the same way until they serve."""
+    end offsets are asked of their leaders too, which fails the same way until they serve.
+
+    A topic the broker refuses raises :class:`TopicError` at once, naming the topic and the
+    broker's error; so does a topic that exists with another partition count than asked."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
     await admin.start()
     try:
         new = [NewTopic(name, num_partitions=n, replication_factor=topics.replication)
                for name, n in topics.layout().items()]
-        with contextlib.suppress(TopicAlreadyExistsError):
-            await admin.create_topics(new)
+        # aiokafka hands back the broker's answer unchecked: one error code per topic
+        resp = await admin.create_topics(new)
+        existed, failed = _created(resp.topic_errors)
+        if failed:
+            raise TopicError("the broker did not create "
+                             + "; ".join(f"topic {name!r}: {err}" for name, err in failed))
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
             described = {t.get("topic"): t
                          for t in await admin.describe_topics(list(topics.layout()))}
+            for name in existed:
+                have = described.get(name, {})
+                count = len(have.get("partitions") or [])
+                asked = topics.layout()[name]
+                if have.get("error_code", 0) == 0 and count and count != asked:
+                    raise TopicError(f"topic {name!r} exists with {count} partitions, "
+                                     f"{asked} asked (delete it, or ask for {count})")
             ready = all(
                 name in described and described[name].get("error_code", 0) == 0
                 and len(described[name].get("partitions", [])) == n
@@ -119,6 +171,23 @@ async def create_topics(bootstrap: str, topics: Topics, timeout: float = 30.0) -
                            f"them after {timeout} s") from None
     finally:
         await consumer.stop()
+
+
+def _created(topic_errors: list[tuple[Any, ...]]) -> tuple[set[str], list[tuple[str, str]]]:
+    """From a CreateTopics answer: the topics that existed already, and the (topic, the
+    broker's error) of those it refused."""
+    existed: set[str] = set()
+    failed: list[tuple[str, str]] = []
+    for name, code, *message in topic_errors:  # v0 has no message
+        if code == 0:
+            continue
+        if code == TopicAlreadyExistsError.errno:
+            existed.add(name)
+            continue
+        text = message[0] if message and message[0] else ""
+        failed.append((name, f"{for_code(code).__name__} (Kafka error {code})"
+                       + (f": {text}" if text else "")))
+    return existed, failed
 
 
 async def delete_topics(bootstrap: str, topics: Topics) -> None:

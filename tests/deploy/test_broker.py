@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -120,3 +121,56 @@ def test_broker_jit_setting() -> None:
         Settings(broker_jit="c2")  # type: ignore[arg-type]
     with pytest.raises(BrokerError, match="'c2'"):
         jit_opts("c2")
+
+
+def test_topic_names_are_checked_before_kafka_sees_them() -> None:
+    """A run id or prefix with a character Kafka does not allow, or fewer than 1 partition,
+    is a ValueError naming the value (it was a 30-s "not ready" timeout, and 0 partitions
+    silently became the default)."""
+    from streams.topics import TopicError
+
+    settings = Settings()
+    with pytest.raises(ValueError, match=r"run id 'Tonga 2022-xxxx' has ' '"):
+        Topics.for_run(settings, "Tonga 2022-xxxx")
+    with pytest.raises(TopicError, match=r"run id 'a/b' has '/'.*\[A-Za-z0-9\._-\]"):
+        Topics.for_run(settings, "a/b")
+    with pytest.raises(TopicError, match="topic prefix 'to csin' has ' '"):
+        Topics.for_run(Settings(topic_prefix="to csin"), "live")
+    with pytest.raises(TopicError, match="run id is empty"):
+        Topics.for_run(settings, "")
+    with pytest.raises(TopicError, match="longer than Kafka's 249"):
+        Topics.for_run(settings, "x" * 240)
+    for bad in (0, -3):
+        with pytest.raises(TopicError, match=rf"partitions {bad}\b"):
+            Topics.for_run(settings, "live", bad)
+    assert Topics.for_run(settings, "live").partitions == settings.partitions
+    assert Topics.for_run(settings, "Tonga_2022.a-1", 2).observations == (
+        "tocsin.Tonga_2022.a-1.observations")
+
+
+def test_a_topic_the_broker_refuses_is_a_clear_error_at_once(kafka_settings: Settings) -> None:
+    """The CreateTopics answer's error codes are checked: a refused topic raises at once,
+    naming the topic and the broker's error (it was a 30-s "not ready" timeout)."""
+    from streams.topics import TopicError
+
+    topics = Topics(kafka_settings.topic_prefix, "refused", 1, replication=2)  # one broker
+    t0 = time.monotonic()
+    with pytest.raises(TopicError, match=r"'tocsin\.refused\.observations'.*"
+                                         r"InvalidReplicationFactorError"):
+        asyncio.run(create_topics(kafka_settings.bootstrap, topics, timeout=10))
+    assert time.monotonic() - t0 < 5
+
+
+def test_an_existing_topic_with_other_partitions_is_a_clear_error(
+        kafka_settings: Settings) -> None:
+    """TopicAlreadyExists is fine only if the topic has the partitions asked for."""
+    from streams.topics import TopicError
+
+    asyncio.run(create_topics(kafka_settings.bootstrap,
+                              Topics.for_run(kafka_settings, "other-count", 2)))
+    t0 = time.monotonic()
+    with pytest.raises(TopicError, match=r"'tocsin\.other-count\.observations' exists with 2 "
+                                         r"partitions, 3 asked"):
+        asyncio.run(create_topics(kafka_settings.bootstrap,
+                                  Topics.for_run(kafka_settings, "other-count", 3), timeout=10))
+    assert time.monotonic() - t0 < 5
