@@ -23,6 +23,7 @@ import io
 import json
 import logging
 import math
+import re
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -42,6 +43,22 @@ PACKET = 520  # 8-byte SeedLink header + 512-byte miniSEED record
 
 class SeedLinkError(RuntimeError):
     """The server refused a command or spoke something that is not SeedLink."""
+
+
+class SeedLinkPacketError(SeedLinkError):
+    """A packet header that is not ``SL`` and six hex digits: the stream is out of step,
+    so the client treats it as a broken connection (reconnects and resumes)."""
+
+
+_HEADER = re.compile(rb"SL[0-9A-Fa-f]{6}")
+
+
+def packet_sequence(pkt: bytes) -> int:
+    """The sequence number of a SeedLink packet (raises :class:`SeedLinkPacketError`)."""
+    if not _HEADER.fullmatch(pkt[:8]):
+        raise SeedLinkPacketError(f"bad SeedLink packet header {pkt[:8]!r} (expected SL and "
+                                  "a 6-hex-digit sequence number)")
+    return int(pkt[2:8], 16)
 
 
 def parse_stream_id(text: str) -> tuple[str, str, str, str]:
@@ -121,13 +138,17 @@ class SeedLinkClient:
         return reader, writer
 
     async def packets(self) -> AsyncIterator[tuple[int, bytes]]:
-        """(sequence number, 512-byte record), forever (or to END with ``fetch``)."""
+        """(sequence number, 512-byte record), forever (or to END with ``fetch``).
+
+        A failed connection, a timeout or a packet with a bad header close the connection;
+        the client reconnects (the delay doubles up to ``max_reconnect_delay`` until a good
+        packet comes) and resumes after each station's last good sequence number. A
+        server that refuses the handshake raises :class:`SeedLinkError`."""
         delay = self.reconnect_delay
         while True:
             writer = None
             try:
                 reader, writer = await self._connect()
-                delay = self.reconnect_delay
                 while True:
                     head = await asyncio.wait_for(reader.readexactly(3), self.timeout)
                     if head == b"END" and self.fetch:
@@ -136,9 +157,8 @@ class SeedLinkClient:
                     pkt = head + rest
                     if pkt[:6] == b"SLINFO":
                         continue
-                    if pkt[:2] != b"SL":
-                        raise SeedLinkError(f"bad SeedLink packet header {pkt[:8]!r}")
-                    seq = int(pkt[2:8], 16)
+                    seq = packet_sequence(pkt)
+                    delay = self.reconnect_delay  # the connection works
                     rec = pkt[8:]
                     key = record_stream_id(rec).rsplit(".", 2)[0]
                     last = self.last_seq.get(key)
@@ -147,7 +167,8 @@ class SeedLinkClient:
                         continue
                     self.last_seq[key] = seq
                     yield seq, rec
-            except (TimeoutError, OSError, asyncio.IncompleteReadError) as exc:
+            except (TimeoutError, OSError, asyncio.IncompleteReadError,
+                    SeedLinkPacketError) as exc:
                 log.warning("SeedLink %s:%s: %s; reconnecting in %.1f s", self.host, self.port,
                             exc or type(exc).__name__, delay)
                 await asyncio.sleep(delay)

@@ -144,6 +144,52 @@ def test_reconnects_and_resumes_without_gap_or_duplicate(records: list[bytes],
     assert pkts[0].lat == INFO.lat and pkts[0].kind == "seismic"
 
 
+class _BadHeaderFirst(SeedLinkServer):
+    """Its first connection sends ``good`` records, then one packet with the header
+    ``bad``, and stays open until the client hangs up; later connections are the normal
+    server's."""
+
+    def __init__(self, records: list[bytes], bad: bytes, good: int) -> None:
+        super().__init__(records)
+        self.bad, self.good, self.served = bad, good, 0
+
+    async def _stream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                      requests, fetch: bool) -> None:  # type: ignore[no-untyped-def]
+        self.served += 1
+        if self.served > 1:
+            return await super()._stream(reader, writer, requests, fetch)
+        recs = next(iter(self.by_station.values()))
+        for seq, rec in enumerate(recs[:self.good], start=1):
+            writer.write(b"SL%06X" % seq + rec)
+        writer.write(self.bad + recs[self.good])
+        await writer.drain()
+        while await reader.read(256):  # until the client closes the connection
+            pass
+
+
+@pytest.mark.parametrize("bad", [b"SL00zz07", b"XX000007", b"SL-00007"])
+def test_a_bad_packet_header_reconnects_and_resumes(records: list[bytes], bad: bytes,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """A packet whose header is not SL + 6 hex digits is a broken connection: the client
+    logs it, reconnects and resumes after the last good record (it ended ingest)."""
+    recs = records[:20]
+
+    async def main() -> tuple[list, SeedLinkClient, SeedLinkServer]:
+        async with _BadHeaderFirst(recs, bad, good=6) as srv:
+            client = SeedLinkClient("127.0.0.1", srv.port, [LHZ], reconnect_delay=0.05)
+            pkts = await asyncio.wait_for(_collect(client, Ingest(client, {LHZ: INFO}),
+                                                   len(recs)), 30)
+            return pkts, client, srv
+
+    with caplog.at_level("WARNING", logger="streams.seedlink"):
+        pkts, client, srv = asyncio.run(main())
+    assert [p.seq for p in pkts] == list(range(1, len(recs) + 1))
+    assert client.connections == srv.connections == 2
+    assert "DATA 000007" in srv.commands  # resumed after the last good record
+    assert any("bad SeedLink packet header" in r.getMessage() and "reconnecting" in
+               r.getMessage() for r in caplog.records)
+
+
 def test_picks_from_seedlink_packets_equal_picks_from_the_file(records: list[bytes],
                                                                msvf_data) -> None:
     t0, data = msvf_data
