@@ -10,10 +10,14 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tocsin import __version__
 from tocsin.allocator import tune_allocator
 from tocsin.settings import Settings
+
+if TYPE_CHECKING:
+    from detectors.base import StationInfo
 
 
 def _speed(text: str) -> float | None:
@@ -137,6 +141,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PackageError as exc:
         print(f"tocsin: bad package: {exc}", file=sys.stderr)
         return 2
+    except ValueError as exc:
+        from streams.topics import TopicError  # here: aiokafka is slow to import
+
+        if not isinstance(exc, TopicError):
+            raise
+        print(f"tocsin: {exc}", file=sys.stderr)
+        return 2
 
 
 def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
@@ -206,6 +217,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "evaluate":
         from replay.evaluate import evaluate, record_section, write_metrics
 
+        if not args.report.is_file():
+            return _no_report(args.report)
         pkg = resolve_package(args.truth, settings)
         report = json.loads(args.report.read_text())
         metrics = evaluate(report, pkg)
@@ -218,6 +231,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "quakeml":
         from responders.quakeml import write_quakeml
 
+        if not args.report.is_file():
+            return _no_report(args.report)
         written = write_quakeml(json.loads(args.report.read_text()), args.out)
         for path in written:
             print(path)
@@ -267,13 +282,45 @@ class _broker:
             Broker(self.settings).stop()
 
 
-def _worker(args: argparse.Namespace, settings: Settings) -> int:
+def _no_report(path: Path) -> int:
+    print(f"tocsin: {path}: no such report", file=sys.stderr)
+    return 2
+
+
+def registry_file(args: argparse.Namespace, settings: Settings) -> Path | None:
+    """The station registry of a live command: ``--registry``, else
+    ``TOCSIN_STATION_REGISTRY`` (as ``detect`` and ``replay`` use it)."""
+    path: Path | None = args.registry or settings.station_registry
+    return path
+
+
+def worker_stations(args: argparse.Namespace, settings: Settings, at: float
+                    ) -> tuple[list[StationInfo], dict[str, float]]:
+    """A worker's registry (who gets ETA forecasts) and seismic gains at time ``at``."""
     from replay.registry import read_registry, worker_gains
+
+    path = registry_file(args, settings)
+    return (read_registry(path) if path else []), worker_gains(path, args.inventory, at)
+
+
+def seedlink_stations(args: argparse.Namespace, settings: Settings
+                      ) -> dict[str, StationInfo]:
+    """The SeedLink streams' coordinates: the registry's, then the inventory's."""
+    from replay.registry import read_registry
+    from streams.seedlink import stations_from_inventory
+
+    path = registry_file(args, settings)
+    stations = {s.station_id: s for s in read_registry(path)} if path else {}
+    if args.inventory:
+        stations.update(stations_from_inventory(str(args.inventory)))
+    return stations
+
+
+def _worker(args: argparse.Namespace, settings: Settings) -> int:
     from streams.app import create_app
     from streams.topics import Topics
 
-    registry = read_registry(args.registry) if args.registry else []
-    gains = worker_gains(args.registry, args.inventory, time.time())
+    registry, gains = worker_stations(args, settings, time.time())
     if not args.no_migrate:
         from responders.store import migrate
 
@@ -286,17 +333,14 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _seedlink(args: argparse.Namespace, settings: Settings) -> int:
-    from replay.registry import read_registry
-    from streams.seedlink import SeedLinkClient, run_ingest, stations_from_inventory
+    from streams.seedlink import SeedLinkClient, run_ingest
     from streams.topics import Topics, create_topics
 
     host, _, port = args.server.rpartition(":")
     if not host or not port.isdigit():
         print(f"tocsin seedlink: server {args.server!r} is not HOST:PORT", file=sys.stderr)
         return 2
-    stations = {s.station_id: s for s in read_registry(args.registry)} if args.registry else {}
-    if args.inventory:
-        stations.update(stations_from_inventory(str(args.inventory)))
+    stations = seedlink_stations(args, settings)
     client = SeedLinkClient(host, int(port), args.streams)
     topics = Topics.for_run(settings, args.run_id)
 

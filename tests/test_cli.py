@@ -1,0 +1,77 @@
+"""The command line: the live commands' station registry, and errors that name the path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tocsin.cli import build_parser, main, seedlink_stations, worker_stations
+from tocsin.settings import Settings
+
+LHZ = "II.MSVF.10.LHZ"
+
+
+@pytest.fixture
+def registry_csv(tmp_path: Path) -> Path:
+    path = tmp_path / "registry.csv"
+    path.write_text("station_id,kind,lat,lon,gain\n"
+                    "NZ.GAUGE,tide_gauge,-36.8,174.8,\n"
+                    f"{LHZ},seismic,-17.745,178.053,2.5e9\n")
+    return path
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """main() reads Settings() from the environment: a home of the test's own."""
+    monkeypatch.setenv("TOCSIN_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("TOCSIN_STATION_REGISTRY", raising=False)
+    return tmp_path / "home"
+
+
+def test_worker_reads_tocsin_station_registry_without_registry_option(
+        registry_csv: Path, tmp_path: Path) -> None:
+    """TOCSIN_STATION_REGISTRY is the live worker's registry unless --registry names one
+    (detect and replay used it; the worker ignored it)."""
+    settings = Settings(home=tmp_path, station_registry=registry_csv)
+    registry, gains = worker_stations(build_parser().parse_args(["worker"]), settings, 0.0)
+    assert sorted(s.station_id for s in registry) == [LHZ, "NZ.GAUGE"]
+    assert gains == {LHZ: 2.5e9}
+
+    other = tmp_path / "other.csv"
+    other.write_text("station_id,kind,lat,lon\nXX.DART,bottom_pressure,-20,-170\n")
+    args = build_parser().parse_args(["worker", "--registry", str(other)])
+    registry, gains = worker_stations(args, settings, 0.0)
+    assert [s.station_id for s in registry] == ["XX.DART"] and gains == {}  # --registry wins
+
+    registry, gains = worker_stations(build_parser().parse_args(["worker"]),
+                                      Settings(home=tmp_path), 0.0)
+    assert registry == [] and gains == {}
+
+
+def test_seedlink_reads_tocsin_station_registry_without_registry_option(
+        registry_csv: Path, tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path, station_registry=registry_csv)
+    args = build_parser().parse_args(["seedlink", "127.0.0.1:18000", LHZ])
+    stations = seedlink_stations(args, settings)
+    assert stations[LHZ].lat == pytest.approx(-17.745)
+    assert stations[LHZ].lon == pytest.approx(178.053)
+
+
+@pytest.mark.parametrize("argv", [["quakeml", "{report}", "--out", "{out}"],
+                                  ["evaluate", "{report}", "--truth", "tonga2022"]])
+def test_a_missing_report_is_a_clear_error(argv: list[str], home: Path, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    report = tmp_path / "nowhere" / "report.json"
+    code = main([a.format(report=report, out=tmp_path / "out") for a in argv])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.strip() == f"tocsin: {report}: no such report"
+    assert "Traceback" not in err
+
+
+def test_a_run_id_kafka_cannot_name_topics_after_is_a_clear_error(
+        home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["worker", "--run-id", "Tonga 2022", "--no-migrate"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tocsin: run id 'Tonga 2022' has ' '"), err
