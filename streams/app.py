@@ -479,29 +479,30 @@ def create_app(settings: Settings, topics: Topics, registry: list[StationInfo],
         them; their detections are dropped (they went out when the records first came)."""
         t0, n = time.monotonic(), 0
         seen: set[str] = set()
-        async for records in read_back(settings.bootstrap, upto):
-            items: list[tuple[StationInfo, float, float, Any]] = []
-            for rec in records:
-                raw = rec.value
-                if not isinstance(raw, bytes) or _is_control(raw) is not None:
-                    continue
-                try:
-                    pkt = observation(raw)
-                    station = station_for(pkt, by_id)
-                except (SchemaError, DetectorError):
-                    continue  # dead-lettered when it first came
-                n += 1
-                if station.station_id not in seen:  # its first record: start it afresh
-                    seen.add(station.station_id)
-                    bank.forget(station.station_id)
-                if isinstance(pkt, ObservationPacket):
-                    items.append((station, pkt.start, pkt.sample_interval, pkt.values))
-                    continue
-                bank.feed_many(items)  # errors come back as results: dropped with them
-                items = []
-                with contextlib.suppress(DetectorError):
-                    bank.feed_frame(station, pkt.time, pkt.lat, pkt.lon, pkt.values)
-            bank.feed_many(items)
+        async with contextlib.aclosing(read_back(settings.bootstrap, upto)) as batches:
+            async for records in batches:
+                items: list[tuple[StationInfo, float, float, Any]] = []
+                for rec in records:
+                    raw = rec.value
+                    if not isinstance(raw, bytes) or _is_control(raw) is not None:
+                        continue
+                    try:
+                        pkt = observation(raw)
+                        station = station_for(pkt, by_id)
+                    except (SchemaError, DetectorError):
+                        continue  # dead-lettered when it first came
+                    n += 1
+                    if station.station_id not in seen:  # its first record: start it afresh
+                        seen.add(station.station_id)
+                        bank.forget(station.station_id)
+                    if isinstance(pkt, ObservationPacket):
+                        items.append((station, pkt.start, pkt.sample_interval, pkt.values))
+                        continue
+                    bank.feed_many(items)  # errors come back as results: dropped with them
+                    items = []
+                    with contextlib.suppress(DetectorError):
+                        bank.feed_frame(station, pkt.time, pkt.lat, pkt.lon, pkt.values)
+                bank.feed_many(items)
         rebuilt("detect", upto, n, f"the detectors of {len(seen)} stations", t0)
 
     @app.agent(obs_topic)
@@ -553,29 +554,30 @@ def create_app(settings: Settings, topics: Topics, registry: list[StationInfo],
         nonlocal associator, gate
         t0, n = time.monotonic(), 0
         associator, gate = new_associator(), WatermarkGate()
-        async for records in read_back(settings.bootstrap, upto):
-            for rec in records:
-                n += 1
-                raw = rec.value
-                if not isinstance(raw, bytes):
-                    continue
-                ctl = _is_control(raw)
-                if ctl is not None:
-                    try:
-                        ready = gate.control(ctl)
-                    except SchemaError:
-                        continue  # dead-lettered when it first came
-                    for det in ready:
-                        with contextlib.suppress(Exception):  # dead-lettered then, too
-                            associator.add(det)
-                        await asyncio.sleep(0)  # an association each: let the others run
-                    associator.take_seismic()
-                    gate.ended = False
-                    continue
-                with contextlib.suppress(SchemaError):  # dead-lettered when it first came
-                    msg = decode(raw, "tocsin.detection/1")
-                    assert isinstance(msg, Detection)
-                    gate.add(msg)
+        async with contextlib.aclosing(read_back(settings.bootstrap, upto)) as batches:
+            async for records in batches:
+                for rec in records:
+                    n += 1
+                    raw = rec.value
+                    if not isinstance(raw, bytes):
+                        continue
+                    ctl = _is_control(raw)
+                    if ctl is not None:
+                        try:
+                            ready = gate.control(ctl)
+                        except SchemaError:
+                            continue  # dead-lettered when it first came
+                        for det in ready:
+                            with contextlib.suppress(Exception):  # dead-lettered then, too
+                                associator.add(det)
+                            await asyncio.sleep(0)  # an association each: let the others run
+                        associator.take_seismic()
+                        gate.ended = False
+                        continue
+                    with contextlib.suppress(SchemaError):  # dead-lettered when it first came
+                        msg = decode(raw, "tocsin.detection/1")
+                        assert isinstance(msg, Detection)
+                        gate.add(msg)
         app.tocsin["associator"] = associator  # type: ignore[attr-defined]
         rebuilt("associate", upto, n, f"the associator ({len(gate.buffer)} detections held)",
                 t0)
@@ -630,15 +632,16 @@ def create_app(settings: Settings, topics: Topics, registry: list[StationInfo],
         nonlocal alert_stage
         t0, n = time.monotonic(), 0
         alert_stage = AlertStage(settings.cap_sender, settings.cap_status)
-        async for records in read_back(settings.bootstrap, upto):
-            for rec in records:
-                raw = rec.value
-                if not isinstance(raw, bytes) or _is_control(raw) is not None:
-                    continue
-                with contextlib.suppress(Exception):  # dead-lettered when it first came
-                    rev = decode(raw, "tocsin.incident/1")
-                    n += 1
-                    alert_stage.add(rev)  # type: ignore[arg-type]
+        async with contextlib.aclosing(read_back(settings.bootstrap, upto)) as batches:
+            async for records in batches:
+                for rec in records:
+                    raw = rec.value
+                    if not isinstance(raw, bytes) or _is_control(raw) is not None:
+                        continue
+                    with contextlib.suppress(Exception):  # dead-lettered when it first came
+                        rev = decode(raw, "tocsin.incident/1")
+                        n += 1
+                        alert_stage.add(rev)  # type: ignore[arg-type]
         app.tocsin["alerts"] = alert_stage  # type: ignore[attr-defined]
         rebuilt("alert", upto, n, "the alert stage", t0)
 

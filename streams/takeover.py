@@ -20,7 +20,7 @@ proportion to the topic's retention (a replay's topics hold the replay).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -51,13 +51,18 @@ class Taken:
         return out
 
 
-async def read_back(bootstrap: str, upto: dict[tuple[str, int], int],
-                    max_records: int = 100) -> AsyncIterator[list[ConsumerRecord[Any, Any]]]:
+async def read_back(bootstrap: str, upto: dict[tuple[str, int], int], max_records: int = 100,
+                    consumer: Any = None) -> AsyncGenerator[list[ConsumerRecord[Any, Any]], None]:
     """The records of each partition before its offset in ``upto``, from the earliest the
-    broker holds, in batches (a batch is one partition's, in offset order)."""
+    broker holds, in batches (a batch is one partition's, in offset order). ``consumer``:
+    an unstarted consumer to read with instead of a new one on ``bootstrap`` (tests).
+
+    Iterate it inside ``contextlib.aclosing``: a loop left early (its body raised) does
+    not close an async generator, whose consumer then ran on until the garbage collector
+    came by (a worker whose agent crashed in a rebuild hung on SIGTERM)."""
     tps = [TopicPartition(topic, partition) for topic, partition in upto]
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
-                                enable_auto_commit=False, fetch_max_wait_ms=50)
+    consumer = consumer or AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+                                            enable_auto_commit=False, fetch_max_wait_ms=50)
     await consumer.start()
     try:
         consumer.assign(tps)

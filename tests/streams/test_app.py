@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import pytest
 
 
@@ -226,3 +229,82 @@ def test_taken_says_which_partitions_went_through_another_worker_meanwhile() -> 
     assert taken.behind(events((1, 11), (2, 41))) == {}
     # records again that the state has already taken in (redelivered): not behind
     assert taken.behind(events((0, 2), (0, 3), (0, 4))) == {}
+
+
+class _FakeConsumer:
+    """What read_back asks of an AIOKafkaConsumer, over records held in memory."""
+
+    def __init__(self, records: dict[tuple[str, int], list[int]]) -> None:
+        from aiokafka import TopicPartition
+
+        self.records = {TopicPartition(*k): v for k, v in records.items()}
+        self.pos: dict[Any, int] = {}
+        self.running = False
+
+    async def start(self) -> None:
+        self.running = True
+
+    async def stop(self) -> None:
+        self.running = False
+
+    def assign(self, tps: list[Any]) -> None:
+        self.pos = {tp: 0 for tp in tps}
+
+    async def beginning_offsets(self, tps: list[Any]) -> dict[Any, int]:
+        return {tp: 0 for tp in tps}
+
+    def seek(self, tp: Any, offset: int) -> None:
+        self.pos[tp] = offset
+
+    def pause(self, tp: Any) -> None:
+        pass
+
+    async def getmany(self, *tps: Any, timeout_ms: int, max_records: int) -> dict[Any, Any]:
+        from types import SimpleNamespace
+
+        out = {}
+        for tp in tps:
+            offs = [o for o in self.records[tp] if o >= self.pos[tp]][:max_records]
+            if offs:
+                out[tp] = [SimpleNamespace(offset=o, value=b"x") for o in offs]
+                self.pos[tp] = offs[-1] + 1
+        return out
+
+    async def position(self, tp: Any) -> int:
+        return self.pos[tp]
+
+
+def test_read_back_reads_before_the_offsets_and_stops_its_consumer_however_the_loop_ends(
+) -> None:
+    """A rebuild that raised half-way left read_back's consumer running (an async generator
+    left early is not closed): its worker then hung on SIGTERM. The agents iterate it in
+    contextlib.aclosing."""
+    import contextlib
+
+    from streams.takeover import read_back
+
+    def fake() -> _FakeConsumer:
+        return _FakeConsumer({("t", 0): list(range(250)), ("t", 1): list(range(5))})
+
+    async def read_all(c: _FakeConsumer) -> list[tuple[int, int]]:
+        got = []
+        async with contextlib.aclosing(read_back("", {("t", 0): 230, ("t", 1): 3},
+                                                 consumer=c)) as batches:
+            async for records in batches:
+                assert c.running
+                got.append((records[0].offset, records[-1].offset))
+        return got
+
+    c = fake()
+    assert asyncio.run(read_all(c)) == [(0, 99), (0, 2), (100, 199), (200, 229)]
+    assert not c.running
+
+    async def crash(c: _FakeConsumer) -> None:
+        async with contextlib.aclosing(read_back("", {("t", 0): 230}, consumer=c)) as batches:
+            async for _ in batches:
+                raise RuntimeError("a rebuild's body failed")
+
+    c = fake()
+    with pytest.raises(RuntimeError, match="body failed"):
+        asyncio.run(crash(c))
+    assert not c.running
