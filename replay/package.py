@@ -438,14 +438,17 @@ def series_to_packets(info: StationInfo, s: Series, packet_seconds: float,
     i = 0
     while i < n:
         j, dt = _run(t, i)
+        dt = _interval(t, i, j, dt)
         grid_idx = np.rint((t[i:j] - t[i]) / dt).astype(np.int64)
         full = np.full(int(grid_idx[-1]) + 1, np.nan)
         full[grid_idx] = v[i:j]
         t0 = float(t[i])
-        # aligned cut points
+        # aligned cut points: multiples of packet_seconds (of per * dt if dt does not
+        # divide it)
         per = max(1, int(round(packet_seconds / dt)))
-        first_slot = int(math.floor(t0 / (per * dt)))
-        offset = int(round((first_slot + 1) * per * dt - t0) / dt) if dt > 0 else per
+        slot = packet_seconds if abs(per * dt - packet_seconds) < 1e-6 else per * dt
+        first_slot = math.floor(t0 / slot + 1e-9)
+        offset = int(round(((first_slot + 1) * slot - t0) / dt))
         offset = max(1, min(offset, len(full)))
         start_idx = 0
         cut = offset
@@ -463,6 +466,23 @@ def series_to_packets(info: StationInfo, s: Series, packet_seconds: float,
             start_idx = cut
             cut += per
         i = j
+
+
+def _interval(t: FloatArray, i: int, j: int, dt: float) -> float:
+    """The sample interval of the run t[i:j], first guessed as ``dt`` from one step: from
+    the whole run's span (one step of times near 1.6e9 s is only good to 2.4e-7 s: 20 Hz
+    read as 0.04999995 s, which drifted the packets' times by 18 ms a day), then snapped to
+    a whole sampling rate below 1 s (20 Hz: 0.05 s) or to whole microseconds above."""
+    steps = round(float(t[j - 1] - t[i]) / dt) if j - 1 > i else 0
+    if steps > 0:
+        dt = float(t[j - 1] - t[i]) / steps
+    if dt < 1.0:
+        rate = round(1.0 / dt)
+        if rate > 0 and abs(1.0 / dt - rate) <= 1e-6 * rate:
+            return 1.0 / rate
+        return dt
+    whole = round(dt, 6)
+    return whole if abs(dt - whole) < 1e-6 else dt
 
 
 def _run(t: FloatArray, i: int) -> tuple[int, float]:

@@ -267,3 +267,23 @@ def test_a_grid_station_with_no_frame_in_the_window_is_an_error(tmp_path: Path) 
     assert str(info.value) == (
         f"{root / 'stations.csv'}:3: P: {root / 'index.csv'} has no frame in the replay window "
         "2022-01-15T00:00:00.000Z .. 2022-01-15T02:00:00.000Z")
+
+
+def test_sub_second_records_are_cut_on_the_packet_grid_at_their_exact_rate() -> None:
+    """20 Hz at epoch 1.64e9: one step of the times reads 0.04999995 s; the packets were
+    cut at multiples of 599.9994 s (37 packets for 6 h, not 36), the first one's length was
+    off by 9 samples and the start times drifted by 20 ms over the record."""
+    from replay.package import Series, series_to_packets
+
+    rate, t_start = 20, 1642204800.0 + 233.4  # not on a packet boundary
+    n = 6 * 3600 * rate
+    times = t_start + np.arange(n) / rate
+    info = StationInfo("XX.S1..BHZ", "seismic", 0.0, 0.0, 0.0, "counts")
+    pkts = list(series_to_packets(info, Series(times, np.zeros(n)), 600.0))
+    assert {p.sample_interval for p in pkts} == {1.0 / rate}
+    assert len(pkts) == 37  # a partial first and last, 35 whole between
+    assert len(pkts[0].values) == round((1642205400.0 - t_start) * rate)
+    for p in pkts[1:]:
+        assert abs(p.start / 600.0 - round(p.start / 600.0)) < 1e-9, p.start
+    assert sum(len(p.values) for p in pkts) == n
+    assert abs(pkts[-1].start + (len(pkts[-1].values) - 1) / rate - times[-1]) < 1e-6
