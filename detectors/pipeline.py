@@ -166,21 +166,26 @@ class StationPipeline:
 
     def advance(self, t0: float, dt: float, n: int) -> None:
         """Record a packet the detectors took (its samples start after ``last_end``)."""
-        last = self.last_end
-        if last == -math.inf:
-            self.known_from = t0
-        else:
-            step = dt if math.isnan(self.last_dt) else min(dt, self.last_dt)
-            if t0 - last > step + _TOL:  # skipped a stretch: remember it
-                gaps = self.gaps
-                if len(gaps) >= MAX_GAPS:
-                    self.known_from = gaps.popleft()[1]
-                    self.forgotten += 1
-                gaps.append((last, t0))
+        after = t0 - self.last_end
+        # more than a sample interval (the smaller of the two) after the last sample: the
+        # first packet, or a stretch skipped (a NaN last_dt compares false)
+        if after > dt + _TOL or after > self.last_dt + _TOL:
+            self._skipped(t0)
         self.last_end = t0 + (n - 1) * dt
         self.last_dt = dt
         self.packets += 1
         self.samples += n
+
+    def _skipped(self, t0: float) -> None:
+        last = self.last_end
+        if last == -math.inf:
+            self.known_from = t0
+            return
+        gaps = self.gaps  # a stretch skipped: remember it
+        if len(gaps) >= MAX_GAPS:
+            self.known_from = gaps.popleft()[1]
+            self.forgotten += 1
+        gaps.append((last, t0))
 
     def feed_frame(self, station_id: str, t: float, lat: FloatArray, lon: FloatArray,
                    values: FloatArray) -> list[Detection]:
