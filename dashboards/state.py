@@ -248,7 +248,9 @@ class LiveState:
 
     def alerts(self) -> list[AlertMessage]:
         with self._lock:
-            return sorted(self._alerts.values(), key=lambda a: (a.sent, a.identifier))
+            # by revision before identifier: as text, r11 sorts before r9
+            return sorted(self._alerts.values(),
+                          key=lambda a: (a.sent, a.revision, a.identifier))
 
     def revision(self, incident_id: str) -> IncidentRevision | None:
         with self._lock:

@@ -289,8 +289,10 @@ class Store:
 
     def alerts(self, limit: int = 200) -> list[dict[str, Any]]:
         with self.engine.connect() as c:
-            rows = c.execute(select(AlertRow).order_by(AlertRow.sent.desc(),
-                                                       AlertRow.identifier).limit(limit))
+            # newest first; by revision before identifier (as text, r11 sorts before r9)
+            rows = c.execute(select(AlertRow).order_by(
+                AlertRow.sent.desc(), AlertRow.revision.desc(), AlertRow.identifier.desc()
+            ).limit(limit))
             return [dict(r._mapping) for r in rows]
 
     def alert(self, identifier: str) -> dict[str, Any] | None:

@@ -65,3 +65,23 @@ def test_replaying_twice_does_not_duplicate_rows(database_url: str) -> None:
     assert got is not None and got["cap_xml"] == alerts[0].cap_xml
     assert store.detections("A")[0]["extra"] == {"snr": 12.5, "sigma": None}
     store.close()
+
+
+def test_alerts_of_one_second_list_by_revision_not_by_identifier_text(database_url: str
+                                                                       ) -> None:
+    """As text, tocsin.x.r11.update sorts before tocsin.x.r9.update: the dashboard and the
+    Atom feed listed revision 11 as the older of two alerts sent in the same second."""
+    from dashboards.state import LiveState
+
+    store = Store(database_url)
+    policy, live = AlertPolicy(), LiveState()
+    msgs = [m for n in range(1, 12) for m in policy.on_revision(
+        replace(revision(n), issued=T + 600.0, origin_time=T + 60.0 * n))]
+    assert [m.revision for m in msgs] == list(range(1, 12))  # each changed something
+    with store.begin() as c:
+        for m in msgs:
+            store.save_alert(m, c)
+            live.on_alert(m)
+    assert [a["revision"] for a in store.alerts()] == list(range(11, 0, -1))  # newest first
+    assert [a.revision for a in live.alerts()] == list(range(1, 12))
+    store.close()
