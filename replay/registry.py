@@ -18,6 +18,8 @@ from replay.package import STATIONS_HEADER, PackageError, ReplayPackage
 def read_registry(path: Path) -> list[StationInfo]:
     """A CSV with at least ``station_id,kind,lat,lon`` (the stations.csv header works)."""
     out = []
+    if not path.is_file():
+        raise PackageError(f"{path}: no such station registry")
     with path.open(newline="") as fh:
         reader = csv.DictReader(fh)
         missing = {"station_id", "kind", "lat", "lon"} - set(reader.fieldnames or [])

@@ -75,3 +75,13 @@ def test_a_run_id_kafka_cannot_name_topics_after_is_a_clear_error(
     assert main(["worker", "--run-id", "Tonga 2022", "--no-migrate"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("tocsin: run id 'Tonga 2022' has ' '"), err
+
+
+def test_a_missing_station_registry_is_a_one_line_error(tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]
+                                                        ) -> None:
+    from tocsin.cli import main
+
+    missing_csv = tmp_path / "nope.csv"
+    assert main(["worker", "--run-id", "t", "--registry", str(missing_csv)]) == 2
+    assert f"{missing_csv}: no such station registry" in capsys.readouterr().err
