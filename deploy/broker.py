@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import os
 import shutil
 import signal
@@ -198,11 +199,21 @@ class Broker:
 
     # ------------------------------------------------------------------ lifecycle
     def _pid(self) -> int | None:
+        """The pid in the pid file if that process is this broker (a Kafka JVM on this
+        directory's server.properties): after a SIGKILL or a reboot the file may name a
+        process that has nothing to do with it, which ``stop`` would have killed."""
         try:
             pid = int(self.pid_file.read_text().strip())
         except (OSError, ValueError):
             return None
-        return pid if _pid_alive(pid) else None
+        return pid if _pid_alive(pid) and self._is_ours(pid) else None
+
+    def _is_ours(self, pid: int) -> bool:
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return False
+        return b"kafka.Kafka" in argv and str(self.dir / "server.properties").encode() in argv
 
     def status(self) -> BrokerStatus:
         pid = self._pid()
@@ -210,7 +221,15 @@ class Broker:
         return BrokerStatus(running, pid, self.settings.bootstrap, self.log)
 
     def start(self, timeout: float = 90.0) -> BrokerStatus:
-        """Start the broker (fetching and formatting first if needed) and wait until ready."""
+        """Start the broker (fetching and formatting first if needed) and wait until ready.
+        Two starts at once: the second waits for the first (a lock on the directory) and
+        finds it running."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir / "start.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            return self._start(timeout)
+
+    def _start(self, timeout: float) -> BrokerStatus:
         st = self.status()
         if st.running:
             return st
@@ -224,6 +243,8 @@ class Broker:
         config = self.dir / "server.properties"
         config.write_text(self._properties())
         self._format(config)
+        # readiness is read from what this launch writes to the (appended) log
+        since = self.log.stat().st_size if self.log.exists() else 0
         out = open(self.dir / "broker.out", "ab")  # noqa: SIM115 - handed to the child
         proc = subprocess.Popen(
             self._java("kafka.Kafka", str(config)),
@@ -239,15 +260,17 @@ class Broker:
                     f"the broker exited with code {proc.returncode} during start-up; "
                     f"see {self.log} and {self.dir / 'broker.out'}"
                 )
-            if _port_open(self.host, self.settings.broker_port) and self._ready():
+            if _port_open(self.host, self.settings.broker_port) and self._ready(since):
                 return self.status()
             time.sleep(0.3)
         self.stop()
         raise BrokerError(f"the broker was not ready after {timeout:.0f} s; see {self.log}")
 
-    def _ready(self) -> bool:
+    def _ready(self, since: int = 0) -> bool:
         try:
-            text = self.log.read_text(errors="replace")
+            with self.log.open("rb") as fh:
+                fh.seek(since)
+                text = fh.read().decode(errors="replace")
         except OSError:
             return False
         return "Kafka Server started" in text.split("Stopping socket server")[-1] or (
@@ -265,5 +288,6 @@ class Broker:
         while time.monotonic() < deadline and _pid_alive(pid):
             time.sleep(0.2)
         if _pid_alive(pid):
-            os.killpg(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
         self.pid_file.unlink(missing_ok=True)

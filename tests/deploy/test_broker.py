@@ -174,3 +174,77 @@ def test_an_existing_topic_with_other_partitions_is_a_clear_error(
         asyncio.run(create_topics(kafka_settings.bootstrap,
                                   Topics.for_run(kafka_settings, "other-count", 3), timeout=10))
     assert time.monotonic() - t0 < 5
+
+
+def _ours(broker: Broker) -> list[int]:
+    """The pids of processes running this broker's configuration."""
+    from pathlib import Path
+
+    conf = str(broker.dir / "server.properties").encode()
+    out = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if conf in (proc / "cmdline").read_bytes().split(b"\0"):
+                    out.append(int(proc.name))
+            except OSError:
+                continue
+    return out
+
+
+def test_a_stale_pid_file_never_signals_another_process(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """After a SIGKILL or a reboot the pid file may name an unrelated process: stop killed
+    its whole process group; and a live pid that leads no group made stop wait 30 s and
+    then raise ProcessLookupError."""
+    import subprocess
+
+    broker = Broker(Settings(home=tmp_path))
+    broker.dir.mkdir(parents=True)
+    for session in (True, False):
+        other = subprocess.Popen(["sleep", "60"], start_new_session=session)
+        try:
+            broker.pid_file.write_text(str(other.pid))
+            assert not broker.status().running
+            t0 = time.monotonic()
+            broker.stop()
+            assert time.monotonic() - t0 < 2.0
+            assert other.poll() is None, "stop signalled a process that is not the broker"
+            assert not broker.pid_file.exists()
+        finally:
+            other.kill()
+            other.wait()
+
+
+def test_two_starts_at_once_make_one_broker(kafka_settings: Settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The second of two starts launched a JVM of its own that died on the taken controller
+    port, and wrote its pid over the first's: status said stopped, stop left the broker."""
+    import threading
+
+    from tests.conftest import free_port
+
+    if kafka_settings.kafka_bootstrap:
+        missing("external cluster (TOCSIN_TEST_KAFKA_BOOTSTRAP): no local broker")
+    settings = Settings(home=tmp_path, broker_port=free_port(), controller_port=free_port(),
+                        cache_dir=kafka_settings.cache_dir)
+    brokers = [Broker(settings), Broker(settings)]
+    results: list[object] = [None, None]
+
+    def start(i: int) -> None:
+        try:
+            results[i] = brokers[i].start(timeout=90)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            results[i] = exc
+
+    threads = [threading.Thread(target=start, args=(i,)) for i in range(2)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        a, b = results
+        assert not isinstance(a, Exception) and not isinstance(b, Exception), results
+        assert a.pid == b.pid and a.running  # type: ignore[union-attr]
+        assert _ours(brokers[0]) == [a.pid]  # type: ignore[union-attr]
+    finally:
+        brokers[0].stop()
+    assert _ours(brokers[0]) == []
