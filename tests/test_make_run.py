@@ -6,6 +6,7 @@ bundled Tonga scenario, prints what happens in order, and stops everything it st
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -58,3 +59,63 @@ def test_make_run_prints_the_incident_in_order(tmp_path) -> None:  # type: ignor
     status = subprocess.run([str(REPO / ".venv" / "bin" / "tocsin"), "broker", "status"],
                             env=env, capture_output=True, text=True)
     assert status.returncode == 1 and "broker stopped" in status.stdout
+
+
+def _processes_of(home: str) -> dict[int, str]:
+    """The processes (pid: command line) whose environment or arguments name ``home``."""
+    from pathlib import Path
+
+    out = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            environ = (proc / "environ").read_bytes()
+        except OSError:
+            continue
+        if home in cmd or f"TOCSIN_HOME={home}".encode() in environ.split(b"\0"):
+            out[int(proc.name)] = cmd
+    return out
+
+
+@pytest.mark.parametrize("sig", [15, 2], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_stops_everything_the_run_started(tmp_path, sig: int) -> None:  # type: ignore[no-untyped-def]
+    """`kill` (systemctl stop, docker stop) of a running `tocsin run`: uvicorn took the
+    SIGTERM to stop the dashboard alone and then killed the process, leaving its broker and
+    its workers running. Ctrl-C (SIGINT) the same way."""
+    import sys
+    import time
+
+    home = str(tmp_path / "home")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOCSIN_")}
+    env.update({"TOCSIN_HOME": home, "TOCSIN_HTTP_PORT": str(free_port()),
+                "TOCSIN_BROKER_PORT": str(free_port()),
+                "TOCSIN_CONTROLLER_PORT": str(free_port())})
+    log = (tmp_path / "run.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "tocsin", "run", "--exit-when-done",
+                             "--duration", "120"], cwd=REPO, env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while "replaying tonga2022" not in (tmp_path / "run.log").read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, (
+                tmp_path / "run.log").read_text()[-3000:]
+            time.sleep(0.5)
+        time.sleep(5)  # the workers are up and the replay is going
+        assert any("kafka.Kafka" in c for c in _processes_of(home).values())
+        assert any("tocsin worker" in c for c in _processes_of(home).values())
+        proc.send_signal(sig)
+        assert proc.wait(timeout=90) == 130, (tmp_path / "run.log").read_text()[-3000:]
+        deadline = time.monotonic() + 10
+        while _processes_of(home) and time.monotonic() < deadline:
+            time.sleep(0.2)  # a stopped process may take a moment to be reaped
+        assert _processes_of(home) == {}
+        assert (tmp_path / "run.log").read_text().rstrip().endswith("stopped")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 9)
+        log.close()
+        for pid in _processes_of(home):  # never leave a broker behind, even on failure
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, 9)

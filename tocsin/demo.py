@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -83,10 +84,24 @@ class CapFiles:
 
 
 def run_demo(settings: Settings, args: argparse.Namespace) -> int:
-    return asyncio.run(_demo(settings, args))
+    """The demo; SIGINT (Ctrl-C) or SIGTERM (``kill``, ``systemctl stop``, ``docker stop``)
+    stops everything it started, the broker and the workers included (exit 130)."""
+    try:
+        return asyncio.run(_demo(settings, args))
+    except asyncio.CancelledError:
+        print("stopped", file=sys.stdout)
+        return 130
 
 
 async def _demo(settings: Settings, args: argparse.Namespace) -> int:
+    # a signal cancels the whole run, so every `with` and `finally` on the way out runs
+    # (uvicorn, left to itself, took SIGTERM to stop the dashboard only, then killed the
+    # process with the broker and the workers left running)
+    main = asyncio.current_task()
+    assert main is not None
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, main.cancel)
     from replay.report import write_report
     from replay.streaming import replay_package
     from tocsin.cli import _broker, resolve_package
@@ -157,8 +172,23 @@ def _sinks(settings: Settings, pkg: Any, listeners: list[Any]) -> dict[str, Any]
     return sinks
 
 
+def _server_class() -> Any:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn without its signal handlers: the demo's own stop everything."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
+    return Server
+
+
 async def _serve_dashboard(settings: Settings, state: Any) -> tuple[Any, asyncio.Task[Any]]:
     import uvicorn
+
+    _Server = _server_class()  # noqa: N806 - a class
 
     from dashboards.app import create_app
     from dashboards.subscriptions import subscription_router
@@ -169,7 +199,7 @@ async def _serve_dashboard(settings: Settings, state: Any) -> tuple[Any, asyncio
     app = create_app(state, routers=[subscription_router(outbox, settings.api_tokens)])
     config = uvicorn.Config(app, host=settings.http_host, port=settings.http_port,
                             log_level="warning", lifespan="off")
-    server = uvicorn.Server(config)
+    server = _Server(config)
     task = asyncio.create_task(server.serve())
     for _ in range(100):
         if server.started:
