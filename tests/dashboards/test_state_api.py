@@ -135,3 +135,27 @@ def test_seismic_events_keep_their_latest_revision() -> None:
     state.on_seismic({**body, "revision": 3, "status": "retracted", "stations": [],
                       "issued": 1.7e9 + 60})
     assert state.snapshot()["seismic_events"] == []
+
+
+def test_the_stream_makes_one_snapshot_per_state_version_for_all_clients() -> None:
+    """Each SSE client serialised its own snapshot every half second, on the event loop
+    the replay also runs on."""
+    from dashboards.app import SnapshotText
+    from dashboards.state import LiveState
+    from detectors.base import StationInfo
+
+    state = LiveState()
+    calls = []
+    real = state.snapshot
+
+    def counted():  # type: ignore[no-untyped-def]
+        calls.append(state.version)
+        return real()
+
+    state.snapshot = counted  # type: ignore[method-assign]
+    pushed = SnapshotText(state)
+    first = [pushed.get() for _ in range(100)]  # a hundred clients, one version
+    assert len(calls) == 1 and len(set(first)) == 1
+    state.add_station(StationInfo("S1", "barometer", -18.0, 178.0, 0.0, "hPa"))
+    v, text = pushed.get()
+    assert len(calls) == 2 and v == state.version and '"S1"' in text
