@@ -85,3 +85,21 @@ def test_a_missing_station_registry_is_a_one_line_error(tmp_path: Path,
     missing_csv = tmp_path / "nope.csv"
     assert main(["worker", "--run-id", "t", "--registry", str(missing_csv)]) == 2
     assert f"{missing_csv}: no such station registry" in capsys.readouterr().err
+
+
+def test_a_taken_broker_port_is_a_one_line_error(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """BrokerError (and ReplayError) came out as tracebacks."""
+    import socket
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        monkeypatch.setenv("TOCSIN_HOME", str(tmp_path))
+        monkeypatch.setenv("TOCSIN_BROKER_PORT", str(port))
+        monkeypatch.delenv("TOCSIN_KAFKA_BOOTSTRAP", raising=False)
+        assert main(["broker", "start"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"tocsin: port {port} on 127.0.0.1 is taken") and err.count("\n") == 1

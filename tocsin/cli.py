@@ -141,10 +141,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PackageError as exc:
         print(f"tocsin: bad package: {exc}", file=sys.stderr)
         return 2
-    except ValueError as exc:
-        from streams.topics import TopicError  # here: aiokafka is slow to import
+    except Exception as exc:
+        # an operator's error in one line (imported here: aiokafka is slow to import)
+        from deploy.broker import BrokerError
+        from replay.streaming import ReplayError
+        from streams.topics import TopicError
 
-        if not isinstance(exc, TopicError):
+        if not isinstance(exc, TopicError | BrokerError | ReplayError):
             raise
         print(f"tocsin: {exc}", file=sys.stderr)
         return 2
