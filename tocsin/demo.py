@@ -106,6 +106,11 @@ async def _demo(settings: Settings, args: argparse.Namespace) -> int:
     from replay.streaming import replay_package
     from tocsin.cli import _broker, resolve_package
 
+    taken = _port_taken(settings.http_host, settings.http_port)
+    if taken:  # before the broker: uvicorn would sys.exit(3) from its task
+        print(f"tocsin run: the dashboard's address {settings.http_host}:"
+              f"{settings.http_port} is taken ({taken}); set TOCSIN_HTTP_PORT", file=sys.stderr)
+        return 2
     pkg = resolve_package(args.package, settings)
     speed = (pkg.end - pkg.start) / max(args.duration, 1.0)
     out = sys.stdout
@@ -170,6 +175,19 @@ def _sinks(settings: Settings, pkg: Any, listeners: list[Any]) -> dict[str, Any]
         listeners.append(feed)
         sinks["state"] = state
     return sinks
+
+
+def _port_taken(host: str, port: int) -> str:
+    """Why ``host:port`` cannot be listened on ("" if it can)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    return ""
 
 
 def _server_class() -> Any:
