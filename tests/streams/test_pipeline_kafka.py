@@ -134,8 +134,10 @@ def test_bad_messages_go_to_dead_letter_and_worker_keeps_running(
             return letters, out
         finally:
             out.done.set()
-            await asyncio.wait_for(task, 10)
-            stop_workers(procs)
+            try:
+                await asyncio.wait_for(task, 10)
+            finally:  # a failed test must not leave its worker running
+                stop_workers(procs)
 
     letters, _ = asyncio.run(go())
     assert [d["schema"] for d in letters] == ["tocsin.deadletter/1"] * (len(bad) + 2)
@@ -302,8 +304,10 @@ def test_stations_moved_to_another_worker_keep_their_history(
             await asyncio.wait_for(collected.done.wait(), 300)
         finally:
             collected.done.set()
-            await asyncio.wait_for(collector, 30)
-            stop_workers(procs)
+            try:
+                await asyncio.wait_for(collector, 30)
+            finally:  # a failed test must not leave its workers running
+                stop_workers(procs)
 
     (tmp_path / "ab").mkdir()
     asyncio.run(go())
