@@ -24,7 +24,6 @@ import math
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from operator import attrgetter, itemgetter
 from typing import Any
 
@@ -38,6 +37,7 @@ from detectors.base import (
     StreamDetector,
     feed_guarded,
 )
+from streams.schemas import iso
 
 # kind -> detector classes ("module:Class"); imported lazily so a kind without detectors
 # costs nothing.
@@ -57,9 +57,8 @@ _TOL = 1e-6
 
 
 def _iso(t: float) -> str:
-    if not math.isfinite(t):
-        return str(t)
-    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """For messages: :func:`streams.schemas.iso`, and a non-finite time as it is."""
+    return iso(t) if math.isfinite(t) else str(t)
 
 
 def _load(path: str) -> Any:
@@ -83,7 +82,8 @@ class StationPipeline:
     #: sample after); at most MAX_GAPS
     gaps: deque[tuple[float, float]] = field(default_factory=deque, repr=False)
     #: a grid station's (``feed_frame``): the instants of the last MAX_GAPS frames fed
-    frames: deque[float] = field(default_factory=deque, repr=False)
+    frames: deque[float] = field(default_factory=lambda: deque(maxlen=MAX_GAPS),
+                                 repr=False)
     #: gaps forgotten (the oldest, once MAX_GAPS were kept)
     forgotten: int = 0
     _batchable: list[tuple[StreamDetector, Any]] | None = field(default=None, repr=False)
@@ -212,8 +212,6 @@ class StationPipeline:
                 raise PacketError(f"{self.station.station_id}: detector {det.name} takes "
                                   "time series, not grid frames")
             out.extend(feed(t, lat, lon, values))
-        if len(self.frames) >= MAX_GAPS:
-            self.frames.popleft()
         self.frames.append(t)
         self.last_end = t
         self.packets += 1

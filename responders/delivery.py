@@ -52,6 +52,7 @@ from sqlalchemy import and_, insert, select, update
 from sqlalchemy.engine import Connection
 
 from detectors.base import Detection
+from detectors.geo import wrap_lon
 from responders.alerting import CAP_NS, AlertPolicy, cap_status, severity_at_least
 from responders.store import AlertRow, AttemptRow, DeliveryRow, Store, SubscriptionRow
 from streams.schemas import AlertMessage, Forecast, IncidentRevision
@@ -175,7 +176,7 @@ def circle(lat: float, lon: float, radius_km: float) -> BaseGeometry:
     the antimeridian also has its part on the other side (subscription areas lie in lon
     -180..180)."""
     deg = radius_km / 111.32
-    lon = (lon + 180.0) % 360.0 - 180.0
+    lon = wrap_lon(lon)
     c = affinity.scale(Point(lon, lat).buffer(deg, 32),
                        xfact=1.0 / max(math.cos(math.radians(lat)), 0.01), yfact=1.0,
                        origin=(lon, lat))

@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
@@ -65,6 +66,17 @@ def test_two_workers_one_group_equal_one_worker(kafka_settings: Settings,
     logs = sorted(tmp_path.glob("worker-*.log"))
     assert len(logs) == 2
     same_reports(report, detect_report)
+
+
+async def _stop(out: Collected, collector: asyncio.Task[Any], procs: list[Any],
+                timeout: float) -> None:
+    """End a test's collector and stop its workers, even when the collector fails (a failed
+    test must not leave its workers running)."""
+    out.done.set()
+    try:
+        await asyncio.wait_for(collector, timeout)
+    finally:
+        stop_workers(procs)
 
 
 def test_bad_messages_go_to_dead_letter_and_worker_keeps_running(
@@ -133,11 +145,7 @@ def test_bad_messages_go_to_dead_letter_and_worker_keeps_running(
                 await consumer.stop()
             return letters, out
         finally:
-            out.done.set()
-            try:
-                await asyncio.wait_for(task, 10)
-            finally:  # a failed test must not leave its worker running
-                stop_workers(procs)
+            await _stop(out, task, procs, 10)
 
     letters, _ = asyncio.run(go())
     assert [d["schema"] for d in letters] == ["tocsin.deadletter/1"] * (len(bad) + 2)
@@ -303,11 +311,7 @@ def test_stations_moved_to_another_worker_keep_their_history(
             await publish(settings, topics, parts[2], tonga, None, progress)
             await asyncio.wait_for(collected.done.wait(), 300)
         finally:
-            collected.done.set()
-            try:
-                await asyncio.wait_for(collector, 30)
-            finally:  # a failed test must not leave its workers running
-                stop_workers(procs)
+            await _stop(collected, collector, procs, 30)
 
     (tmp_path / "ab").mkdir()
     asyncio.run(go())
