@@ -154,6 +154,13 @@ def design_filter(p: PickerParams, dt: float) -> np.ndarray:
     return sos
 
 
+@lru_cache(maxsize=256)
+def unit_filter_state(p: PickerParams, dt: float) -> np.ndarray:
+    """``sosfilt_zi`` of :func:`design_filter`'s filter: the state of a step of height 1
+    (shared, do not modify; a channel starts at its first sample times this)."""
+    return np.asarray(sosfilt_zi(design_filter(p, dt)))
+
+
 def aic_onset(x: FloatArray) -> int:
     """Index of the minimum of Maeda's AIC over ``x`` (the onset of the signal)."""
     n = len(x)
@@ -176,6 +183,7 @@ class _Segment:
     t0: float              # time of the segment's first sample
     dt: float
     sos: np.ndarray
+    zi1: np.ndarray           # filter state of a unit step (``unit_filter_state``)
     zi: np.ndarray | None = None  # filter state (None until the first sample)
     sta: float = 0.0
     lta: float = 1e-99
@@ -268,6 +276,7 @@ class StaLtaPicker:
         self.p = PickerParams.for_rate(1.0 / dt, **self.overrides)
         p = self.p
         self.seg = _Segment(t0=t0, dt=dt, sos=design_filter(p, dt),
+                            zi1=unit_filter_state(p, dt),
                             nsta=max(1, round(p.sta_s / dt)), nlta=max(1, round(p.lta_s / dt)))
         self.trig_k = None
         self.declared = False
@@ -279,7 +288,7 @@ class StaLtaPicker:
         seg = self.seg
         assert seg is not None
         if seg.zi is None:
-            seg.zi = sosfilt_zi(seg.sos) * raw[0]
+            seg.zi = seg.zi1 * raw[0]
         x, seg.zi = _sosfilt_state(seg.sos, raw, seg.zi)
         sq = x * x
         skip = 1 if seg.n == 0 else 0  # ObsPy's recursion starts at the second sample
@@ -629,8 +638,14 @@ class PickerRows:
         # the ring: the last (up to keep) samples go in after each row's head
         w = min(k, self.keep)
         head = self.head[r]
-        at = (head[:, None] + (k - w) + np.arange(w)[None, :]) % self.keep
-        self.hist_f[r[:, None], at] = x[sel, k - w:]
-        self.hist_r[r[:, None], at] = raw[sel, k - w:]
+        h0 = int(head[0])
+        if h0 + k <= self.keep and (head == h0).all():
+            # the usual case: rows that joined together, no wrap in this packet
+            self.hist_f[r, h0 + k - w:h0 + k] = x[sel, k - w:]
+            self.hist_r[r, h0 + k - w:h0 + k] = raw[sel, k - w:]
+        else:
+            at = (head[:, None] + (k - w) + np.arange(w)[None, :]) % self.keep
+            self.hist_f[r[:, None], at] = x[sel, k - w:]
+            self.hist_r[r[:, None], at] = raw[sel, k - w:]
         self.head[r] = (head + k) % self.keep
         return ok

@@ -87,6 +87,9 @@ class StationPipeline:
     #: gaps forgotten (the oldest, once MAX_GAPS were kept)
     forgotten: int = 0
     _batchable: list[tuple[StreamDetector, Any]] | None = field(default=None, repr=False)
+    #: (detector, its class's ``feed_many``) when that is the station's only detector: the
+    #: fast path of ``DetectorBank.feed_many`` (set by ``batchable``)
+    _one: tuple[StreamDetector, Any] | None = field(default=None, repr=False)
 
     def feed(self, station_id: str, kind: str, t0: float, dt: float,
              values: FloatArray) -> list[Detection]:
@@ -162,6 +165,8 @@ class StationPipeline:
         """Each detector with its class's ``feed_many`` (None when it has none)."""
         if self._batchable is None:
             self._batchable = [(d, getattr(type(d), "feed_many", None)) for d in self.detectors]
+            if len(self._batchable) == 1 and self._batchable[0][1] is not None:
+                self._one = self._batchable[0]
         return self._batchable
 
     def advance(self, t0: float, dt: float, n: int) -> None:
@@ -306,6 +311,19 @@ class DetectorBank:
             todo: list[tuple[int, StationPipeline, float, float, int]] = []
             for i in items:
                 station, t0, dt, values = packets[i]
+                # the usual packet: a known station (the same StationInfo), new samples, one
+                # detector that takes many packets at once
+                pipe = pipelines.get(station.station_id)
+                if (pipe is not None and pipe._one is not None and pipe.station is station
+                        and len(values) and t0 > pipe.last_end + _TOL):
+                    det, many = pipe._one
+                    entry = batched.get(many)
+                    if entry is None:
+                        entry = batched[many] = ([], [])
+                    entry[0].append(i)
+                    entry[1].append((det, t0, dt, values))
+                    todo.append((i, pipe, t0, dt, len(values)))
+                    continue
                 try:
                     pipe = pipelines.get(station.station_id)
                     if pipe is None:
@@ -351,6 +369,8 @@ class DetectorBank:
                     fault.__cause__ = exc
                     results = [fault] * len(calls)
                 for i, res in zip(idx, results, strict=True):
+                    if not res:
+                        continue  # no detections (an error is never falsy)
                     dets = out[i]
                     if isinstance(res, DetectorError):
                         if not isinstance(dets, DetectorError):
