@@ -67,7 +67,7 @@ def e2e_run(pkg: Any, settings: Settings, partitions: int, workers: int,
     with tempfile.TemporaryDirectory() as tmp:
         report = asyncio.run(replay_package(
             pkg, settings, speed=None, partitions=partitions, workers=workers,
-            progress_stream=None, run_dir=Path(tmp)))
+            progress_stream=None, run_dir=Path(tmp), keep_topics=True))
     run = report["run"]
     topics = Topics.for_run(settings, run["run_id"], run["partitions"])
     try:

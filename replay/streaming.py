@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 
@@ -45,7 +46,7 @@ from streams.schemas import (
     encode,
     iso,
 )
-from streams.topics import Topics, create_topics
+from streams.topics import Topics, create_topics, delete_topics
 from tocsin.settings import Settings
 
 Listener = Callable[[Message], None]
@@ -61,7 +62,18 @@ class Collected:
     revisions: list[IncidentRevision] = field(default_factory=list)
     alerts: list[AlertMessage] = field(default_factory=list)
     seismic: list[SeismicEventMessage] = field(default_factory=list)
+    #: the run's dead letters: where each came from and why (the topics may be deleted)
+    dead_letters: list[dict[str, str]] = field(default_factory=list)
     done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def dead_letter(self, raw: bytes) -> None:
+        try:
+            rec = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            rec = None
+        if not isinstance(rec, dict):
+            rec = {"reason": f"not a tocsin.deadletter/1 record: {raw[:200]!r}"}
+        self.dead_letters.append({k: str(rec.get(k, "")) for k in ("source", "reason", "key")})
 
 
 def start_workers(settings: Settings, topics: Topics, registry_file: Path, n: int,
@@ -105,8 +117,10 @@ def stop_workers(procs: list[subprocess.Popen[bytes]], timeout: float = 20.0) ->
 
 async def collect(settings: Settings, topics: Topics, out: Collected,
                   listeners: list[Listener], with_observations: bool = False) -> None:
-    """Read the run's output topics (and observations, for a dashboard) until the end."""
-    names = [topics.detections, topics.incidents, topics.alerts, topics.seismic]
+    """Read the run's output topics (and observations, for a dashboard) until the end, and
+    its dead letters, up to those written by then."""
+    names = [topics.detections, topics.incidents, topics.alerts, topics.seismic,
+             topics.deadletter]
     ended: set[str] = set()  # the run is over when the alerts and the seismic events end
     if with_observations:
         names.append(topics.observations)
@@ -121,6 +135,10 @@ async def collect(settings: Settings, topics: Topics, out: Collected,
         while not out.done.is_set():
             batch = await consumer.getmany(timeout_ms=200)
             for tp, records in batch.items():
+                if tp.topic == topics.deadletter:
+                    for rec in records:
+                        out.dead_letter(rec.value)
+                    continue
                 for rec in records:
                     ctl = _is_control(rec.value)
                     if ctl is not None:
@@ -128,6 +146,8 @@ async def collect(settings: Settings, topics: Topics, out: Collected,
                                                                      topics.seismic):
                             ended.add(tp.topic)
                             if len(ended) == 2:
+                                # a stage dead-letters before it passes the end on
+                                await _rest_of_dead_letters(consumer, topics.deadletter, out)
                                 out.done.set()
                         continue
                     try:
@@ -146,6 +166,25 @@ async def collect(settings: Settings, topics: Topics, out: Collected,
                         listener(msg)
     finally:
         await consumer.stop()
+
+
+async def _rest_of_dead_letters(consumer: AIOKafkaConsumer, topic: str, out: Collected,
+                                 timeout: float = 10.0) -> None:
+    """Read the dead-letter topic up to its end now."""
+    tps = [tp for tp in consumer.assignment() if tp.topic == topic]
+    ends = await consumer.end_offsets(tps)
+    deadline = time.monotonic() + timeout
+    while True:
+        behind = [tp for tp in tps if await consumer.position(tp) < ends[tp]]
+        if not behind:
+            return
+        if time.monotonic() > deadline:
+            raise ReplayError(f"could not read the dead letters of {topic} within "
+                              f"{timeout:.0f} s")
+        batch = await consumer.getmany(*behind, timeout_ms=200)
+        for records in batch.values():
+            for rec in records:
+                out.dead_letter(rec.value)
 
 
 async def wait_for_group(settings: Settings, group_id: str, members: int,
@@ -366,10 +405,14 @@ async def replay_package(pkg: ReplayPackage, settings: Settings, *, speed: float
                          with_observations: bool = False,
                          drain_timeout: float = 60.0,
                          on_lag: Callable[[dict[str, Any]], None] | None = None,
+                         keep_topics: bool = False,
                          ) -> dict[str, Any]:
     """Replay ``pkg`` through the workers and return the report (see the module doc).
 
-    ``on_lag`` receives the workers' consumer lag every 2 s while the run lasts.
+    ``on_lag`` receives the workers' consumer lag every 2 s while the run lasts. The run's
+    topics are deleted once it has finished (its outputs are in the report and the
+    database, its dead letters in the report's ``run``), unless ``keep_topics``; a run
+    that fails keeps them, for a look at what went wrong.
     """
     run_id = f"{pkg.event_id}-{uuid.uuid4().hex[:8]}"
     topics = Topics.for_run(settings, run_id, partitions)
@@ -427,6 +470,10 @@ async def replay_package(pkg: ReplayPackage, settings: Settings, *, speed: float
         with contextlib.suppress(Exception):
             await asyncio.wait_for(collector, 10)
         stop_workers(procs)
+    stats["dead_letters"] = collected.dead_letters
+    stats["topics"] = "kept" if keep_topics else "deleted"
+    if not keep_topics:
+        await delete_topics(settings.bootstrap, topics)
     event = {"id": pkg.event_id, "title": pkg.title,
              "start": str(pkg.raw_event["event"]["start"]),
              "end": str(pkg.raw_event["event"]["end"])}

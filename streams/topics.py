@@ -191,7 +191,7 @@ def _created(topic_errors: list[tuple[Any, ...]]) -> tuple[set[str], list[tuple[
 
 
 async def delete_topics(bootstrap: str, topics: Topics) -> None:
-    """Delete the run's topics (a benchmark's runs, which nobody reads again)."""
+    """Delete the run's topics (a finished replay's: its outputs are in its report)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
     await admin.start()
     try:

@@ -107,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--partitions", type=int, default=None)
     r.add_argument("--workers", type=int, default=1)
     r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.add_argument("--keep-topics", action="store_true",
+                   help="keep the run's Kafka topics (deleted once the replay has finished)")
 
     e = sub.add_parser("evaluate", help="metrics of a report against a package's truth, "
                        "and the record-section figure")
@@ -213,7 +215,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         with _broker(settings):
             report = asyncio.run(replay_package(
                 pkg, settings, speed=args.speed, partitions=args.partitions,
-                workers=args.workers, progress_stream=None if args.quiet else sys.stderr))
+                workers=args.workers, progress_stream=None if args.quiet else sys.stderr,
+                keep_topics=args.keep_topics))
         write_report(report, args.report)
         _summary(report)
         return 0

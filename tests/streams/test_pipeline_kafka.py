@@ -20,7 +20,7 @@ from replay.scenario import build_tonga2022
 from replay.streaming import Collected, collect, replay_package, start_workers, stop_workers
 from streams.app import control
 from streams.schemas import ObservationPacket, encode
-from streams.topics import Topics, create_topics
+from streams.topics import Topics, create_topics, delete_topics
 from tests.conftest import same_reports
 from tocsin.settings import Settings
 
@@ -35,6 +35,22 @@ def tonga(tmp_path_factory: pytest.TempPathFactory) -> ReplayPackage:
 @pytest.fixture(scope="module")
 def detect_report(tonga: ReplayPackage) -> dict:  # type: ignore[type-arg]
     return detect_package(tonga, packet_seconds=600.0)
+
+
+def _run_topics(settings: Settings, run_id: str) -> list[str]:
+    """The broker's topics of the run ``run_id``."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    async def go() -> list[str]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap)
+        await admin.start()
+        try:
+            names = await admin.list_topics()
+        finally:
+            await admin.close()
+        return sorted(t for t in names if f".{run_id}." in t)
+
+    return asyncio.run(go())
 
 
 def test_detect_report_is_not_empty(detect_report: dict) -> None:  # type: ignore[type-arg]
@@ -54,6 +70,10 @@ def test_replay_equals_detect(kafka_settings: Settings, tonga: ReplayPackage,
                                         run_dir=tmp_path, timeout=600))
     assert report["mode"] == "replay" and report["run"]["partitions"] == partitions
     same_reports(report, detect_report)
+    # a clean package dead-letters nothing, and the finished run's topics are gone
+    assert report["run"]["dead_letters"] == []
+    assert report["run"]["topics"] == "deleted"
+    assert _run_topics(kafka_settings, report["run"]["run_id"]) == []
 
 
 def test_two_workers_one_group_equal_one_worker(kafka_settings: Settings,
@@ -147,8 +167,12 @@ def test_bad_messages_go_to_dead_letter_and_worker_keeps_running(
         finally:
             await _stop(out, task, procs, 10)
 
-    letters, _ = asyncio.run(go())
+    letters, out = asyncio.run(go())
     assert [d["schema"] for d in letters] == ["tocsin.deadletter/1"] * (len(bad) + 2)
+    # the collector has them all by the time it has seen the end (a replay's report keeps
+    # them: its topics are deleted)
+    assert sorted((d["source"], d["reason"]) for d in out.dead_letters) == sorted(
+        (d["source"], d["reason"]) for d in letters)
     of_revisions = [d for d in letters if d["source"].startswith(topics.incidents)]
     letters = [d for d in letters if d not in of_revisions]
     assert [d["source"] for d in of_revisions] == [f"{topics.incidents}[0]@{i}" for i in (0, 1)]
@@ -173,9 +197,15 @@ def test_replaying_twice_stores_each_output_once(kafka_settings: Settings, tonga
 
     settings = kafka_settings.model_copy(update={"home": tmp_path / "home"})
     reports = [asyncio.run(replay_package(tonga, settings, speed=None, progress_stream=None,
-                                          run_dir=tmp_path / f"run{i}", timeout=600))
+                                          run_dir=tmp_path / f"run{i}", timeout=600,
+                                          keep_topics=i == 0))
                for i in range(2)]
     same_reports(reports[0], reports[1])
+    kept = Topics.for_run(settings, reports[0]["run"]["run_id"])
+    assert reports[0]["run"]["topics"] == "kept"
+    assert _run_topics(settings, reports[0]["run"]["run_id"]) == sorted(kept.layout())
+    asyncio.run(delete_topics(settings.bootstrap, kept))
+    assert _run_topics(settings, reports[1]["run"]["run_id"]) == []
     store = Store(settings.db_url)
     counts = store.counts()
     with store.engine.connect() as c:
