@@ -79,6 +79,22 @@ class BrokerStatus:
         return f"broker {state} at {self.bootstrap}; log {self.log}"
 
 
+def roll_over(log: Path, keep: int) -> None:
+    """``log`` to ``log.1``, ``log.1`` to ``log.2`` ... (the oldest beyond ``keep`` gone), as
+    the broker's log4j does at TOCSIN_BROKER_LOG_MB; nothing if ``log`` is missing or
+    empty."""
+    if not log.exists() or log.stat().st_size == 0:
+        return
+    def rolled(i: int) -> Path:
+        return log.with_name(f"{log.name}.{i}")
+
+    rolled(keep).unlink(missing_ok=True)
+    for i in range(keep - 1, 0, -1):
+        if rolled(i).exists():
+            rolled(i).rename(rolled(i + 1))
+    log.rename(rolled(1))
+
+
 def _port_open(host: str, port: int, timeout: float = 0.5) -> bool:
     try:
         with socket.create_connection((host, port), timeout=timeout):
@@ -181,6 +197,8 @@ class Broker:
             *JVM_OPTS, *g1_region_opts(self.settings.broker_heap),
             *jit_opts(self.settings.broker_jit),
             f"-Dlog4j2.configurationFile={LOG4J}", f"-Dtocsin.broker.log={self.log}",
+            f"-Dtocsin.broker.log.size={self.settings.broker_log_mb:g} MB",
+            f"-Dtocsin.broker.log.files={self.settings.broker_log_files}",
             "-cp", f"{self.settings.kafka_libs}/*", *args,
         ]
 
@@ -242,9 +260,11 @@ class Broker:
         self.dir.mkdir(parents=True, exist_ok=True)
         config = self.dir / "server.properties"
         config.write_text(self._properties())
+        # each launch (its storage format included) writes a log of its own; readiness is
+        # read from it
+        roll_over(self.log, self.settings.broker_log_files)
+        launched = time.time()
         self._format(config)
-        # readiness is read from what this launch writes to the (appended) log
-        since = self.log.stat().st_size if self.log.exists() else 0
         out = open(self.dir / "broker.out", "ab")  # noqa: SIM115 - handed to the child
         proc = subprocess.Popen(
             self._java("kafka.Kafka", str(config)),
@@ -260,22 +280,26 @@ class Broker:
                     f"the broker exited with code {proc.returncode} during start-up; "
                     f"see {self.log} and {self.dir / 'broker.out'}"
                 )
-            if _port_open(self.host, self.settings.broker_port) and self._ready(since):
+            if _port_open(self.host, self.settings.broker_port) and self._ready(launched):
                 return self.status()
             time.sleep(0.3)
         self.stop()
         raise BrokerError(f"the broker was not ready after {timeout:.0f} s; see {self.log}")
 
-    def _ready(self, since: int = 0) -> bool:
-        try:
-            with self.log.open("rb") as fh:
-                fh.seek(since)
-                text = fh.read().decode(errors="replace")
-        except OSError:
-            return False
-        return "Kafka Server started" in text.split("Stopping socket server")[-1] or (
-            "started (kafka.server.KafkaRaftServer)" in text
-        )
+    def _ready(self, launched: float) -> bool:
+        """The launch's log says the broker has started: ``broker.log``, and the logs it
+        rolled over to since ``launched`` (a small TOCSIN_BROKER_LOG_MB)."""
+        text = ""
+        for path in [self.log, *(self.log.with_name(f"{self.log.name}.{i}")
+                                 for i in range(1, self.settings.broker_log_files + 1))]:
+            try:
+                if path is not self.log and path.stat().st_mtime < launched:
+                    break  # this one and the older ones are earlier launches'
+                text = path.read_bytes().decode(errors="replace") + text
+            except OSError:
+                break
+        text = text.split("Stopping socket server")[-1]
+        return "Kafka Server started" in text or "started (kafka.server.KafkaRaftServer)" in text
 
     def stop(self, timeout: float = 30.0) -> None:
         pid = self._pid()

@@ -50,6 +50,15 @@ class Settings(BaseSettings):
         "compiler only (steady from its first replay; on a machine whose cores it shares with "
         "the workers); 'tiered', the JVM's default, for a broker with cores of its own",
     )
+    broker_log_mb: float = Field(
+        default=50.0, gt=0,
+        description="TOCSIN_BROKER_LOG_MB: the local broker's log rolls over at this size",
+    )
+    broker_log_files: int = Field(
+        default=5, ge=1,
+        description="TOCSIN_BROKER_LOG_FILES: rolled-over broker logs kept (broker.log.1 the "
+        "newest); each start of the broker also rolls the log over",
+    )
     topic_prefix: str = Field(default="tocsin", description="TOCSIN_TOPIC_PREFIX")
     partitions: int = Field(
         default=4, ge=1, description="TOCSIN_PARTITIONS: partitions of the observations topic"

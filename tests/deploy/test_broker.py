@@ -8,7 +8,7 @@ import time
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from deploy.broker import Broker, BrokerError
+from deploy.broker import Broker, BrokerError, roll_over
 from streams.topics import Topics, create_topics
 from tests.conftest import missing
 from tocsin.settings import Settings
@@ -248,3 +248,57 @@ def test_two_starts_at_once_make_one_broker(kafka_settings: Settings, tmp_path) 
     finally:
         brokers[0].stop()
     assert _ours(brokers[0]) == []
+
+
+def test_roll_over_keeps_the_newest_logs(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    log = tmp_path / "broker.log"
+    roll_over(log, 3)  # no log yet: nothing
+    assert list(tmp_path.iterdir()) == []
+    log.write_text("")
+    roll_over(log, 3)  # an empty one stays
+    assert [p.name for p in tmp_path.iterdir()] == ["broker.log"]
+    for i in range(5):
+        log.write_text(f"launch {i}\n")
+        roll_over(log, 3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "broker.log.1", "broker.log.2", "broker.log.3"]
+    assert [(tmp_path / f"broker.log.{i}").read_text() for i in (1, 2, 3)] == [
+        "launch 4\n", "launch 3\n", "launch 2\n"]
+
+
+def test_the_broker_log_is_bounded_and_each_start_has_its_own(
+        kafka_settings: Settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The log was one file appended to by every start, forever: 224 MB on a machine that
+    had run the tests and benchmarks for a few days."""
+    from tests.conftest import free_port
+
+    if kafka_settings.kafka_bootstrap:
+        missing("external cluster (TOCSIN_TEST_KAFKA_BOOTSTRAP): no local broker")
+    base = Settings(home=tmp_path, broker_port=free_port(), controller_port=free_port(),
+                    cache_dir=kafka_settings.cache_dir)
+    broker = Broker(base)
+    broker.dir.mkdir(parents=True)
+    # an earlier launch's log, which even says it started
+    earlier = "[earlier] INFO [KafkaRaftServer nodeId=1] Kafka Server started\n"
+    broker.log.write_text(earlier)
+    try:
+        assert broker.start(timeout=120).running
+        assert broker.log.with_name("broker.log.1").read_text() == earlier
+        assert earlier not in broker.log.read_text()
+        assert "Kafka Server started" in broker.log.read_text()
+    finally:
+        broker.stop()
+    # a small size: the log rolls over while the broker runs, and only the newest are kept
+    small = base.model_copy(update={"broker_log_mb": 0.02, "broker_log_files": 3})
+    broker = Broker(small)
+    for old in broker.dir.glob("broker.log*"):  # every file left is this launch's
+        old.unlink()
+    try:
+        assert broker.start(timeout=120).running  # ready, though it rolled during start-up
+        asyncio.run(create_topics(small.bootstrap, Topics.for_run(small, "log-roll", 2)))
+        logs = sorted(p.name for p in broker.dir.iterdir() if p.name.startswith("broker.log"))
+    finally:
+        broker.stop()
+    assert logs == ["broker.log", "broker.log.1", "broker.log.2", "broker.log.3"]
+    for name in logs:  # over by at most the event that made it roll (KafkaConfig's: 14 kB)
+        assert (broker.dir / name).stat().st_size < 0.02 * 2**20 + 24 * 1024, name
