@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -397,6 +397,34 @@ async def publish(settings: Settings, topics: Topics, packets: list[Encoded],
     return time.monotonic() - t_start
 
 
+def _check_running(procs: list[subprocess.Popen[bytes]], collector: asyncio.Task[None],
+                   run_dir: Path) -> None:
+    """ReplayError if every worker has exited; the collector's error if it failed."""
+    if collector.done():
+        collector.result()  # raises the collector's error
+    dead = [p.returncode for p in procs if p.poll() is not None]
+    if len(dead) == len(procs):
+        raise ReplayError(f"all workers exited ({dead}); see {run_dir}/worker-*.log")
+
+
+async def _while_running(work: Coroutine[Any, Any, float],
+                         procs: list[subprocess.Popen[bytes]], collector: asyncio.Task[None],
+                         run_dir: Path) -> float:
+    """``work``, given up (cancelled) as soon as no worker is left or the collector fails:
+    a replay at a real-time speed publishes for minutes."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                return await asyncio.wait_for(asyncio.shield(task), 0.2)
+            _check_running(procs, collector, run_dir)
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
 async def replay_package(pkg: ReplayPackage, settings: Settings, *, speed: float | None,
                          partitions: int | None = None, workers: int = 1,
                          listeners: list[Listener] | None = None,
@@ -443,15 +471,13 @@ async def replay_package(pkg: ReplayPackage, settings: Settings, *, speed: float
     try:
         await wait_for_group(settings, topics.app_id, workers, procs)
         t0 = time.monotonic()
-        stats["publish_s"] = await publish(settings, topics, outgoing, pkg, speed, progress)
+        stats["publish_s"] = await _while_running(
+            publish(settings, topics, outgoing, pkg, speed, progress), procs, collector,
+            run_dir)
         progress.update(pkg.end, 0, final=True)
         deadline = time.monotonic() + timeout
         while not collected.done.is_set():
-            if collector.done():
-                collector.result()  # raises the collector's error
-            dead = [p.returncode for p in procs if p.poll() is not None]
-            if len(dead) == len(procs):
-                raise ReplayError(f"all workers exited ({dead}); see {run_dir}/worker-*.log")
+            _check_running(procs, collector, run_dir)
             if time.monotonic() > deadline:
                 raise ReplayError(f"the pipeline did not finish within {timeout:.0f} s; "
                                   f"see {run_dir}/worker-*.log")

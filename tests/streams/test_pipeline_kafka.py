@@ -350,3 +350,29 @@ def test_stations_moved_to_another_worker_keep_their_history(
     report = build_report(detect_report["event"], collected.detections, collected.revisions,
                           collected.alerts, mode="replay", seismic_gains=tonga.seismic_gains)
     same_reports(report, detect_report)
+
+
+def test_a_replay_whose_workers_all_die_stops_while_still_publishing(
+        kafka_settings: Settings, tonga: ReplayPackage, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The replayer noticed dead workers only once it had published everything: at a
+    real-time speed, minutes later."""
+    import time
+
+    import replay.streaming as streaming
+
+    formed = streaming.wait_for_group
+
+    async def then_kill(settings: Settings, group: str, members: int, procs: list[Any],
+                        *args: Any, **kwargs: Any) -> None:
+        await formed(settings, group, members, procs, *args, **kwargs)
+        for p in procs:
+            os.killpg(p.pid, signal.SIGKILL)
+
+    monkeypatch.setattr(streaming, "wait_for_group", then_kill)
+    speed = (tonga.end - tonga.start) / 600.0  # ten minutes of publishing
+    t0 = time.monotonic()
+    with pytest.raises(streaming.ReplayError, match="all workers exited"):
+        asyncio.run(replay_package(tonga, kafka_settings, speed=speed, progress_stream=None,
+                                   run_dir=tmp_path, timeout=600))
+    assert time.monotonic() - t0 < 60
