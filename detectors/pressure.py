@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from detectors.base import Detection, DetectorError, FloatArray, StationInfo, feed_guarded
-from detectors.bins import Binner, check_packet, run_onset, whole_record_bins
+from detectors.bins import Binner, check_packet, median, run_onset, whole_record_bins
 
 
 def line_fit(x: FloatArray, y: FloatArray) -> tuple[float, float]:
@@ -56,16 +56,6 @@ def line_fit(x: FloatArray, y: FloatArray) -> tuple[float, float]:
     sxx = float((dx * dx).sum())
     slope = float((dx * (y - ym)).sum()) / sxx if sxx > 0 else 0.0
     return slope, ym - slope * xm
-
-
-def median(a: FloatArray) -> float:
-    """``numpy.median`` of a 1-D float array without its per-call overhead (same value)."""
-    n = len(a)
-    k = n // 2
-    if n % 2:
-        return float(np.partition(a, k)[k])
-    part = np.partition(a, [k - 1, k])
-    return float((part[k - 1] + part[k]) / 2.0)
 
 
 @dataclass(frozen=True)

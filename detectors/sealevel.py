@@ -43,12 +43,13 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass, field
+from itertools import chain, islice
 from typing import Any
 
 import numpy as np
 
 from detectors.base import Detection, FloatArray, StationInfo
-from detectors.bins import Binner, check_packet, run_onset, whole_record_bins
+from detectors.bins import Binner, check_packet, median, run_onset, whole_record_bins
 
 
 @dataclass(frozen=True)
@@ -181,7 +182,7 @@ class TsunamiDetector:
         if len(s.recent) < p.median:
             return []
         recent = np.asarray(s.recent)
-        rm = float(np.median(recent))
+        rm = median(recent)
         z = abs(rm) / sigma
         armed = t >= s.quiet_until and t - s.warm_since >= p.warmup_s
         if not (armed and z > p.k_on and abs(rm) > p.min_amplitude):
@@ -206,25 +207,36 @@ class TsunamiDetector:
     def _fit(self, t: float) -> tuple[tuple[FloatArray, float], float] | None:
         """((cubic coefficients, t_ref), sigma) of the recent tide, or None."""
         p, s = self.p, self._s
-        pts = [(tb, db) for tb, db in s.window if tb <= t - p.guard_s]
-        if len(pts) < p.min_points:
+        # the window is in time order: the bins up to the guard are its first n
+        n, cut = len(s.window), t - p.guard_s
+        for tb, _ in reversed(s.window):
+            if tb <= cut:
+                break
+            n -= 1
+        if n < p.min_points:
             return None
-        tt = np.array([x[0] for x in pts])
-        vv = np.array([x[1] for x in pts])
+        both = np.fromiter(chain.from_iterable(islice(s.window, n)), np.float64, 2 * n)
+        tt, vv = both[0::2].copy(), both[1::2].copy()
         if tt[-1] - tt[0] < 0.5 * p.baseline_s:
             return None
-        if np.ptp(vv) == 0:
+        if vv.max() == vv.min():
             return None  # a flat-lined sensor never triggers
-        if len(s.raw) >= p.median and np.ptp([x[1] for x in list(s.raw)[-p.median:]]) == 0:
-            return None  # stuck now: the tide moves, the sensor does not
+        if len(s.raw) >= p.median:
+            last = [x[1] for x in islice(reversed(s.raw), p.median)]
+            if max(last) == min(last):
+                return None  # stuck now: the tide moves, the sensor does not
         t_ref = float(tt[-1])
         # with the tide removed harmonically only slow surge is left: a line extrapolates it
         # without the cubic's amplification of noise at the window's end
         degree = p.degree if s.tide is None else p.degree_detided
         # fit to block means (``fit_block_s``): a seiche or ringing at the window's end
         # averages out instead of bending the extrapolated cubic
-        blk = np.floor(tt / p.fit_block_s)
-        _, start, counts = np.unique(blk, return_index=True, return_counts=True)
+        blk = np.floor(tt / p.fit_block_s)  # in order: each block is a run
+        first = np.empty(len(blk), dtype=bool)
+        first[0] = True
+        np.not_equal(blk[1:], blk[:-1], out=first[1:])
+        start = np.flatnonzero(first)
+        counts = np.diff(start, append=len(blk))
         bt = np.add.reduceat(tt, start) / counts
         bv = np.add.reduceat(vv, start) / counts
         if len(bt) <= degree + 2:
@@ -232,7 +244,7 @@ class TsunamiDetector:
         coef = np.polyfit((bt - t_ref) / 3600.0, bv, degree)
         resid = vv - np.polyval(coef, (tt - t_ref) / 3600.0)
         n = len(vv)
-        mad = float(np.median(np.abs(resid - np.median(resid))))
+        mad = median(np.abs(resid - median(resid)))
         sigma = 1.4826 * mad * math.sqrt(n / max(n - degree - 1, 1))
         return (coef, t_ref), max(sigma, p.min_sigma)
 
