@@ -136,7 +136,7 @@ class Associator:
                 changed.append(replace(old, status=RETRACTED, detections=(), forecasts=()))
         for key, rev in current.items():
             prev = self._published.get(key)
-            if prev is None or prev.to_dict() != rev.to_dict():
+            if prev is None or not prev.same_as(rev):
                 self._published[key] = rev
                 changed.append(rev)
         return changed
@@ -448,6 +448,5 @@ def _revision(inc: _Incident, issued: float, registry: list[StationInfo],
 
 
 def _same_content(a: IncidentRevision, b: IncidentRevision) -> bool:
-    # compare the wire form: NaN fields are None there, so they compare equal
-    return (replace(a, revision=0, issued=0.0).to_dict()
-            == replace(b, revision=0, issued=0.0).to_dict())
+    # the wire forms but for the revision number and the issued time
+    return a.same_as(b, issue=False)

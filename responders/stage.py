@@ -44,7 +44,7 @@ class AlertStage:
         """The alerts that are new or changed once ``rev`` is known. If the policy raises,
         the stage is left as it was: the revision is not kept to fail every later one."""
         old = self._revisions.get(rev.key)
-        if old is not None and old.to_dict() == rev.to_dict():
+        if old is not None and old.same_as(rev):
             return []
         revisions = dict(self._revisions)
         if rev.status == "retracted":

@@ -88,6 +88,10 @@ def _number(d: dict[str, Any], name: str, schema: str) -> float:
     return float(value)
 
 
+def _nan_none(x: float) -> float | None:
+    return None if math.isnan(x) else x
+
+
 def _opt_number(d: dict[str, Any], name: str) -> float:
     value = d.get(name)
     return float("nan") if value is None else float(value)
@@ -393,6 +397,14 @@ class Forecast:
             d["lon"] = self.lon
         return d
 
+    def _wire(self) -> tuple[Any, ...]:
+        """Equal for two forecasts exactly when their ``to_dict`` are (without making them:
+        ``iso`` is most of a revision's ``to_dict``)."""
+        where = (self.lat, self.lon) if math.isfinite(self.lat) and math.isfinite(
+            self.lon) else None
+        return (self.station_id, self.kind, _nan_none(self.eta),
+                round(self.distance_km, 3), where)
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Forecast:
         eta = d.get("eta_s")
@@ -438,6 +450,19 @@ class IncidentRevision:
     @property
     def key(self) -> str:
         return f"{self.incident_id}#{self.revision}"
+
+    def same_as(self, other: IncidentRevision, *, issue: bool = True) -> bool:
+        """Whether the two ``to_dict`` are equal (NaN is None there), without making them;
+        ``issue=False`` leaves the revision number and the issued time out."""
+        return self._wire(issue) == other._wire(issue)
+
+    def _wire(self, issue: bool) -> tuple[Any, ...]:
+        n = _nan_none
+        return ((self.revision, n(self.issued)) if issue else (), self.incident_id,
+                self.type, self.status, n(self.origin_time), n(self.lat), n(self.lon),
+                n(self.speed_m_s), self.detections, self.stations_used, self.rejected,
+                n(self.rms_s), [f._wire() for f in self.forecasts], self.confirmed,
+                self.evidence, self.extra)
 
     def to_dict(self) -> dict[str, Any]:
         def opt(x: float) -> float | None:

@@ -170,3 +170,47 @@ def test_detection_and_packet_times_are_checked() -> None:
                                                 np.full(3, 1010.0), "hPa")))
     with pytest.raises(SchemaError, match=re.escape("start_s = 1e+20")):
         decode(orjson.dumps({**pkt, "start_s": 1e20}))
+
+
+def test_same_as_is_equality_of_the_wire_form() -> None:
+    """``same_as`` stands in for ``to_dict() ==`` (most of the associator's time went to
+    making the two dicts, their forecasts' ISO times above all): equal exactly when they
+    are, NaN being None on the wire and distances rounded to the metre."""
+    from dataclasses import replace
+
+    from streams.schemas import Forecast, IncidentRevision
+
+    fc = (Forecast("A", "tide_gauge", 1.6422e9, 812.3456, -21.1, -175.2),
+          Forecast("B", "barometer", 1.6423e9, 1500.0))  # no coordinates: NaN
+    base = IncidentRevision("i-1", "eruption", 3, 1.6421e9, "watch", 1.6420e9, -20.5,
+                            -175.4, 312.5, ("d1", "d2"), ("S1",), (), math.nan, fc, (),
+                            ("pressure_front",), {"params": {"k": 1}})
+    variants = {
+        "itself": base,
+        "a copy": replace(base, forecasts=tuple(replace(f) for f in fc), extra={
+            "params": {"k": 1}}),
+        "another revision": replace(base, revision=4),
+        "issued later": replace(base, issued=base.issued + 60.0),
+        "issued 0.1 ms later": replace(base, issued=base.issued + 1e-4),
+        "no origin time": replace(base, origin_time=math.nan),
+        "rms known": replace(base, rms_s=1.5),
+        "status": replace(base, status="confirmed"),
+        "another station": replace(base, stations_used=("S2",)),
+        "extra": replace(base, extra={"params": {"k": 2}}),
+        "distance within a metre": replace(base, forecasts=(
+            replace(fc[0], distance_km=812.3456001), fc[1])),
+        "distance a metre off": replace(base, forecasts=(
+            replace(fc[0], distance_km=812.347), fc[1])),
+        "eta": replace(base, forecasts=(replace(fc[0], eta=fc[0].eta + 1.0), fc[1])),
+        "forecast lost its place": replace(base, forecasts=(
+            replace(fc[0], lon=math.nan), fc[1])),
+        "one forecast fewer": replace(base, forecasts=fc[:1]),
+    }
+    for name, other in variants.items():
+        for a, b in ((base, other), (other, base)):
+            assert a.same_as(b) == (a.to_dict() == b.to_dict()), name
+            wire = [replace(r, revision=0, issued=0.0).to_dict() for r in (a, b)]
+            assert a.same_as(b, issue=False) == (wire[0] == wire[1]), name
+    # and the test has both answers in it
+    assert base.same_as(variants["a copy"]) and not base.same_as(variants["eta"])
+    assert base.same_as(variants["issued later"], issue=False)
