@@ -141,13 +141,17 @@ def _global_search(la: FloatArray, lo: FloatArray, yy: FloatArray, smin: float, 
     nodes = (np.concatenate([g[0][keep], *(q[0] for q in patches)]),
              np.concatenate([g[1][keep], *(q[1] for q in patches)]))
     _, _, _, cost = _search(la, lo, yy, nodes, smin, smax, cutoff, prior)
+    # the best node, then the best more than 500 km from every one taken, up to four
     starts: list[tuple[float, float]] = []
-    for i in np.argsort(cost, kind="stable"):
-        cand = (float(nodes[0][i]), float(nodes[1][i]))
-        if all(float(great_circle_km(cand[0], cand[1], a, b)) > 500.0 for a, b in starts):
-            starts.append(cand)
-        if len(starts) == 4:
+    ranked = np.argsort(cost, kind="stable")
+    far = np.ones(len(cost), dtype=bool)
+    while len(starts) < 4:
+        left = ranked[far[ranked]]
+        if not len(left):
             break
+        cand = (float(nodes[0][left[0]]), float(nodes[1][left[0]]))
+        starts.append(cand)
+        far &= great_circle_km(cand[0], cand[1], nodes[0], nodes[1]) > 500.0
     best: tuple[float, float, float, float, float] | None = None
     for lat_b, lon_b in starts:
         for half, step in ((3.0, 0.2), (0.3, 0.02), (0.03, 0.002)):
