@@ -107,6 +107,7 @@ class Associator:
         self._keys: set[str] = set()
         self._published: dict[str, IncidentRevision] = {}
         self._cache: dict[tuple[str, ...], FrontSolution | None] = {}
+        self._forecasts: dict[tuple[float, ...], tuple[Forecast, ...]] = {}
         self._seismic_cache: dict[tuple[str, ...], list[SeismicEvent]] = {}
         self._seismic: dict[str, SeismicEvent] = {}
         # event id -> (what the association made of it, the last revision handed out)
@@ -125,6 +126,7 @@ class Associator:
         self._seismic.clear()
         current = {r.key: r for r in associate((d for _, _, d in self._dets), self.registry,
                                                self.params, cache=self._cache,
+                                               forecast_cache=self._forecasts,
                                                seismic_cache=self._seismic_cache,
                                                seismic_out=self._seismic,
                                                seismic=self.seismic)}
@@ -176,6 +178,7 @@ def associate(dets: Iterable[Detection], registry: list[StationInfo],
               seismic_cache: dict[tuple[str, ...], list[SeismicEvent]] | None = None,
               seismic_out: dict[str, SeismicEvent] | None = None,
               seismic: SeismicParams | None = None,
+              forecast_cache: dict[tuple[float, ...], tuple[Forecast, ...]] | None = None,
               ) -> list[IncidentRevision]:
     """All incident revisions for a set of detections (taken in declaration order);
     ``seismic_out`` receives the latest revision of every seismic event, located (and with
@@ -184,6 +187,7 @@ def associate(dets: Iterable[Detection], registry: list[StationInfo],
     p = params or AssociationParams()
     cache = {} if cache is None else cache
     seismic_cache = {} if seismic_cache is None else seismic_cache
+    forecast_cache = {} if forecast_cache is None else forecast_cache
     ordered = sorted(dets, key=lambda d: (d.declared, d.key))
     incidents: list[_Incident] = []
     unassigned: list[Detection] = []
@@ -227,7 +231,8 @@ def associate(dets: Iterable[Detection], registry: list[StationInfo],
                     if _attach_seismic(inc, [ev], p) and inc not in touched:
                         touched.append(inc)
         for inc in touched:
-            rev = _revision(inc, det.declared, registry, last.get(inc.incident_id), p)
+            rev = _revision(inc, det.declared, registry, last.get(inc.incident_id), p,
+                            forecast_cache)
             if rev is not None:
                 last[inc.incident_id] = rev
                 revisions.append(rev)
@@ -386,7 +391,9 @@ def forecasts(lat: float, lon: float, origin_time: float, speed: float,
 
 
 def _revision(inc: _Incident, issued: float, registry: list[StationInfo],
-              previous: IncidentRevision | None, p: AssociationParams) -> IncidentRevision | None:
+              previous: IncidentRevision | None, p: AssociationParams,
+              forecast_cache: dict[tuple[float, ...], tuple[Forecast, ...]],
+              ) -> IncidentRevision | None:
     sol = inc.solution
     evidence = []
     if sol is not None:
@@ -399,7 +406,13 @@ def _revision(inc: _Incident, issued: float, registry: list[StationInfo],
         evidence.append("seismic")
     fc: tuple[Forecast, ...] = ()
     if sol is not None:
-        fc = forecasts(sol.lat, sol.lon, sol.origin_time, sol.speed_m_s, registry)
+        # one tuple per solution (the same one each time the set of detections is gone
+        # through again): revisions then compare their forecasts by identity first
+        where = (sol.lat, sol.lon, sol.origin_time, sol.speed_m_s)
+        cached = forecast_cache.get(where)
+        if cached is None:
+            cached = forecast_cache[where] = forecasts(*where, registry)
+        fc = cached
         status = "confirmed" if inc.sea_level else "watch"
     elif inc.type == "tsunami":
         status = "observed"

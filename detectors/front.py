@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Protocol
 
 import numpy as np
@@ -109,11 +110,37 @@ def _fit(dist_m: FloatArray, y: FloatArray, w: FloatArray, smin: float, smax: fl
     return t0, s
 
 
+@lru_cache(maxsize=1)
+def _coarse_grid() -> tuple[FloatArray, FloatArray]:
+    """The global search's coarse grid: every 2 degrees, the poles left out."""
+    g = _grid(0.0, 0.0, 180.0, 2.0)
+    keep = np.abs(g[0]) <= 89.0
+    return g[0][keep], g[1][keep]
+
+
+@lru_cache(maxsize=256)
+def _coarse_km(lat: float, lon: float) -> FloatArray:
+    """km from every node of the coarse grid to a station (the stations stay put: each
+    new set of picks would compute them again; shared, do not modify)."""
+    g = _coarse_grid()
+    return great_circle_km(g[0], g[1], lat, lon)
+
+
 def _search(lat_s: FloatArray, lon_s: FloatArray, y: FloatArray,
             nodes: tuple[FloatArray, FloatArray], smin: float, smax: float, cutoff: float,
-            prior: _Prior) -> tuple[int, FloatArray, FloatArray, FloatArray]:
-    d = great_circle_km(nodes[0][None, :], nodes[1][None, :], lat_s[:, None],
-                        lon_s[:, None]) * 1000.0  # (station, node)
+            prior: _Prior, coarse: bool = False
+            ) -> tuple[int, FloatArray, FloatArray, FloatArray]:
+    """The best node; ``coarse``: ``nodes`` begin with the coarse grid."""
+    if coarse:
+        n = len(_coarse_grid()[0])
+        d = np.concatenate([
+            np.stack([_coarse_km(float(a), float(b)) for a, b in zip(lat_s, lon_s,
+                                                                    strict=True)]),
+            great_circle_km(nodes[0][None, n:], nodes[1][None, n:], lat_s[:, None],
+                            lon_s[:, None])], axis=1) * 1000.0
+    else:
+        d = great_circle_km(nodes[0][None, :], nodes[1][None, :], lat_s[:, None],
+                            lon_s[:, None]) * 1000.0  # (station, node)
     y = y[:, None]
     w = np.ones_like(d)
     t0, s = _fit(d, y, w, smin, smax, prior)
@@ -132,15 +159,14 @@ def _global_search(la: FloatArray, lo: FloatArray, yy: FloatArray, smin: float, 
                    cutoff: float, prior: _Prior) -> tuple[float, float, float, float]:
     """Coarse global grid plus a dense patch around the first-arriving station, then the
     best few basins refined coarse-to-fine; the best refined node wins."""
-    g = _grid(0.0, 0.0, 180.0, 2.0)
-    keep = np.abs(g[0]) <= 89.0
+    g = _coarse_grid()
     first = int(np.argmin(yy))
     patches = [_grid(float(la[first]), float(lo[first]), 6.0, 0.25)]
     if prior.loc_weight > 0.0:
         patches.append(_grid(prior.lat, prior.lon, 2.0, 0.1))
-    nodes = (np.concatenate([g[0][keep], *(q[0] for q in patches)]),
-             np.concatenate([g[1][keep], *(q[1] for q in patches)]))
-    _, _, _, cost = _search(la, lo, yy, nodes, smin, smax, cutoff, prior)
+    nodes = (np.concatenate([g[0], *(q[0] for q in patches)]),
+             np.concatenate([g[1], *(q[1] for q in patches)]))
+    _, _, _, cost = _search(la, lo, yy, nodes, smin, smax, cutoff, prior, coarse=True)
     # the best node, then the best more than 500 km from every one taken, up to four
     starts: list[tuple[float, float]] = []
     ranked = np.argsort(cost, kind="stable")

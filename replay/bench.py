@@ -25,7 +25,7 @@ import asyncio
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +122,63 @@ def detect_alone(pkg: Any, packets: Sequence[Any]) -> float:
                               pkt.values))
         bank.feed_many(batch)
     return time.process_time() - t0
+
+
+def _found(results: Sequence[Any]) -> Iterator[Any]:
+    """The detections of ``DetectorBank.feed_many``'s results; its first error raised."""
+    for res in results:
+        if isinstance(res, Exception):
+            raise res
+        yield from res
+
+
+def scenario_bench(settings: Settings) -> dict[str, float]:
+    """The built-in Tonga scenario (tide gauges, DARTs, barometers, a plume) through the
+    stages a worker runs, in this process: the detectors in batches of the detect agent's
+    largest, the associator in declared order, the CAP alert policy. CPU seconds of each
+    (the second of two runs: the first imports and warms up)."""
+    from detectors.association import Associator
+    from detectors.pipeline import DetectorBank
+    from replay.package import load_package
+    from replay.registry import build_registry
+    from replay.run import package_packets
+    from replay.scenario import ensure_builtin
+    from responders.stage import alerts_for_revisions
+    from streams.app import DETECT_BATCH
+    from streams.schemas import GridFrame
+
+    pkg = load_package(ensure_builtin("tonga2022", settings.cache_dir / "packages"))
+    infos = {s.station_id: s for s in pkg.station_infos()}
+    packets = package_packets(pkg, settings.packet_seconds)
+    out: dict[str, float] = {}
+    for _ in range(2):
+        bank = DetectorBank()
+        dets: list[Any] = []
+        t0 = time.process_time()
+        for i in range(0, len(packets), DETECT_BATCH):
+            batch: list[tuple[Any, float, float, Any]] = []
+            for pkt in packets[i:i + DETECT_BATCH]:
+                if isinstance(pkt, GridFrame):
+                    dets.extend(_found(bank.feed_many(batch)))
+                    batch = []
+                    dets.extend(bank.feed_frame(infos[pkt.station_id], pkt.time, pkt.lat,
+                                                pkt.lon, pkt.values))
+                else:
+                    batch.append((infos[pkt.station_id], pkt.start, pkt.sample_interval,
+                                  pkt.values))
+            dets.extend(_found(bank.feed_many(batch)))
+        t1 = time.process_time()
+        assoc = Associator(build_registry(pkg, None))
+        for det in sorted(dets, key=lambda d: (d.declared, d.key)):
+            assoc.add(det)
+        t2 = time.process_time()
+        alerts = alerts_for_revisions(assoc.revisions(), "bench@localhost", "Exercise")
+        t3 = time.process_time()
+        out = {"samples": float(sum(len(p.values) for p in packets)),
+               "packets": float(len(packets)), "detections": float(len(dets)),
+               "revisions": float(len(assoc.revisions())), "alerts": float(len(alerts)),
+               "detect_s": t1 - t0, "associate_s": t2 - t1, "alert_s": t3 - t2}
+    return out
 
 
 def _median_run(runs: list[dict[str, float]], key: str) -> dict[str, float]:
@@ -343,6 +400,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     picks = [picker_bench() for _ in range(3)]
     kern, pick = _median_run(kerns, "kernel_ratio"), _median_run(picks, "picker_ratio")
     sl = seedlink_bench(_msvf_records())
+    sc = scenario_bench(settings)
+    sc_s = sc["detect_s"] + sc["associate_s"] + sc["alert_s"]
     lines = [
         f"package                      {pkg.event_id}: {len(pkg.stations)} stations, "
         f"{samples} samples in {packets} packets",
@@ -378,6 +437,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"median of {_ratios(picks, 'picker_ratio')})",
         f"SeedLink ingest (loopback, decoded):  {sl['seedlink_samples_per_s']:,.0f} samples/s "
         f"({sl['seedlink_records']} 512-byte records, {sl['seedlink_s']:.2f} s)",
+        f"Tonga scenario, a worker's stages:    {sc['samples'] / sc_s:,.0f} samples/s "
+        f"({sc['samples']:,.0f} samples in {sc['packets']:,.0f} packets, {sc_s:.2f} CPU-s "
+        "in one process, no Kafka)",
+        f"  detectors:                          {sc['detect_s']:.2f} CPU-s "
+        f"({sc['detections']:.0f} detections)",
+        f"  associator:                         {sc['associate_s']:.2f} CPU-s "
+        f"({sc['revisions']:.0f} revisions; each detection re-associates all before it)",
+        f"  CAP alerts:                         {sc['alert_s']:.2f} CPU-s "
+        f"({sc['alerts']:.0f} alerts)",
     ]
     print("\n".join(lines))
     return 0

@@ -454,15 +454,17 @@ class IncidentRevision:
     def same_as(self, other: IncidentRevision, *, issue: bool = True) -> bool:
         """Whether the two ``to_dict`` are equal (NaN is None there), without making them;
         ``issue=False`` leaves the revision number and the issued time out."""
-        return self._wire(issue) == other._wire(issue)
+        if self._wire(issue) != other._wire(issue):
+            return False
+        fa, fb = self.forecasts, other.forecasts
+        return fa is fb or [f._wire() for f in fa] == [f._wire() for f in fb]
 
     def _wire(self, issue: bool) -> tuple[Any, ...]:
         n = _nan_none
         return ((self.revision, n(self.issued)) if issue else (), self.incident_id,
                 self.type, self.status, n(self.origin_time), n(self.lat), n(self.lon),
                 n(self.speed_m_s), self.detections, self.stations_used, self.rejected,
-                n(self.rms_s), [f._wire() for f in self.forecasts], self.confirmed,
-                self.evidence, self.extra)
+                n(self.rms_s), self.confirmed, self.evidence, self.extra)
 
     def to_dict(self) -> dict[str, Any]:
         def opt(x: float) -> float | None:
