@@ -88,7 +88,10 @@ def roll_over(log: Path, keep: int) -> None:
     def rolled(i: int) -> Path:
         return log.with_name(f"{log.name}.{i}")
 
-    rolled(keep).unlink(missing_ok=True)
+    extra = keep  # those beyond ``keep`` (kept when it was larger) go too
+    while rolled(extra).exists():
+        rolled(extra).unlink()
+        extra += 1
     for i in range(keep - 1, 0, -1):
         if rolled(i).exists():
             rolled(i).rename(rolled(i + 1))
@@ -197,7 +200,8 @@ class Broker:
             *JVM_OPTS, *g1_region_opts(self.settings.broker_heap),
             *jit_opts(self.settings.broker_jit),
             f"-Dlog4j2.configurationFile={LOG4J}", f"-Dtocsin.broker.log={self.log}",
-            f"-Dtocsin.broker.log.size={self.settings.broker_log_mb:g} MB",
+            # whole kB: log4j's FileSize takes no exponent ("1e+06 MB" fell back to 10 MB)
+            f"-Dtocsin.broker.log.size={max(1, round(self.settings.broker_log_mb * 1024))} KB",
             f"-Dtocsin.broker.log.files={self.settings.broker_log_files}",
             "-cp", f"{self.settings.kafka_libs}/*", *args,
         ]

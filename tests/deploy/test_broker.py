@@ -264,6 +264,25 @@ def test_roll_over_keeps_the_newest_logs(tmp_path) -> None:  # type: ignore[no-u
         "broker.log.1", "broker.log.2", "broker.log.3"]
     assert [(tmp_path / f"broker.log.{i}").read_text() for i in (1, 2, 3)] == [
         "launch 4\n", "launch 3\n", "launch 2\n"]
+    # fewer kept than before: the older ones go too
+    log.write_text("launch 5\n")
+    roll_over(log, 2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broker.log.1", "broker.log.2"]
+    assert (tmp_path / "broker.log.2").read_text() == "launch 4\n"
+
+
+def test_the_log_size_reaches_log4j_in_a_form_it_reads(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """f"{mb:g} MB" gave "1e+06 MB", which log4j's FileSize does not read: it rolled at its
+    10 MB default."""
+    import re
+
+    for mb, kb in ((50.0, 51200), (0.02, 20), (1e6, 1024000000), (1e-5, 1)):
+        argv = Broker(Settings(home=tmp_path, broker_log_mb=mb))._java("kafka.Kafka")
+        size = next(a for a in argv if a.startswith("-Dtocsin.broker.log.size="))
+        assert size == f"-Dtocsin.broker.log.size={kb} KB", (mb, size)
+        # log4j-core's FileSize pattern
+        assert re.fullmatch(r"([0-9]+([.,][0-9]+)?)\s*(|K|M|G|T)B?", size.split("=")[1],
+                            re.IGNORECASE)
 
 
 def test_the_broker_log_is_bounded_and_each_start_has_its_own(
