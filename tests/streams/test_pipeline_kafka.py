@@ -17,7 +17,14 @@ from replay.package import ReplayPackage, load_package
 from replay.registry import write_registry
 from replay.run import detect_package
 from replay.scenario import build_tonga2022
-from replay.streaming import Collected, collect, replay_package, start_workers, stop_workers
+from replay.streaming import (
+    Collected,
+    collect,
+    read_dead_letters,
+    replay_package,
+    start_workers,
+    stop_workers,
+)
 from streams.app import control
 from streams.schemas import ObservationPacket, encode
 from streams.topics import Topics, create_topics, delete_topics
@@ -39,18 +46,7 @@ def detect_report(tonga: ReplayPackage) -> dict:  # type: ignore[type-arg]
 
 def _run_topics(settings: Settings, run_id: str) -> list[str]:
     """The broker's topics of the run ``run_id``."""
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    async def go() -> list[str]:
-        admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap)
-        await admin.start()
-        try:
-            names = await admin.list_topics()
-        finally:
-            await admin.close()
-        return sorted(t for t in names if f".{run_id}." in t)
-
-    return asyncio.run(go())
+    return sorted(t for t in asyncio.run(_names(settings)) if f".{run_id}." in t)
 
 
 def test_detect_report_is_not_empty(detect_report: dict) -> None:  # type: ignore[type-arg]
@@ -167,12 +163,12 @@ def test_bad_messages_go_to_dead_letter_and_worker_keeps_running(
         finally:
             await _stop(out, task, procs, 10)
 
-    letters, out = asyncio.run(go())
+    letters, _ = asyncio.run(go())
     assert [d["schema"] for d in letters] == ["tocsin.deadletter/1"] * (len(bad) + 2)
-    # the collector has them all by the time it has seen the end (a replay's report keeps
-    # them: its topics are deleted)
-    assert sorted((d["source"], d["reason"]) for d in out.dead_letters) == sorted(
-        (d["source"], d["reason"]) for d in letters)
+    # what a replay's report keeps of them (its topics are deleted)
+    kept = asyncio.run(read_dead_letters(kafka_settings.bootstrap, topics))
+    assert kept == [{"source": d["source"], "reason": d["reason"], "key": d["key"]}
+                    for d in letters]
     of_revisions = [d for d in letters if d["source"].startswith(topics.incidents)]
     letters = [d for d in letters if d not in of_revisions]
     assert [d["source"] for d in of_revisions] == [f"{topics.incidents}[0]@{i}" for i in (0, 1)]
@@ -376,3 +372,54 @@ def test_a_replay_whose_workers_all_die_stops_while_still_publishing(
         asyncio.run(replay_package(tonga, kafka_settings, speed=speed, progress_stream=None,
                                    run_dir=tmp_path, timeout=600))
     assert time.monotonic() - t0 < 60
+
+
+def test_a_finished_replay_reports_late_dead_letters_and_survives_a_failed_delete(
+        kafka_settings: Settings, tonga: ReplayPackage, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two ways a finished replay lost what it had: a delivery dead-lettered while the
+    replay drained its deliveries (after the end markers) was missing from the report and
+    then deleted with the topics; and a failed topic deletion raised out of the replay, so
+    a complete run wrote no report."""
+    import replay.streaming as streaming
+
+    late = orjson.dumps({"schema": "tocsin.deadletter/1", "reason": "delivery gave up",
+                         "source": "delivery d-1", "key": "d-1"})
+
+    async def drain_with_a_dead_delivery(settings: Settings, timeout: float) -> int:
+        producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, acks="all")
+        await producer.start()
+        try:  # as a worker's deliver timer does, with the replay's end long through
+            topic = next(t for t in await _names(settings) if t.endswith(".deadletter")
+                         and t.startswith(f"{settings.topic_prefix}.{tonga.event_id}-"))
+            await producer.send_and_wait(topic, late, key=b"d-1")
+        finally:
+            await producer.stop()
+        return 0
+
+    async def refused(bootstrap: str, topics: Topics) -> None:
+        raise RuntimeError("deleting topics failed (topic, Kafka error code): [('x', 41)]")
+
+    settings = kafka_settings.model_copy(update={"topic_prefix": "late"})
+    monkeypatch.setattr(streaming, "drain_deliveries", drain_with_a_dead_delivery)
+    monkeypatch.setattr(streaming, "delete_topics", refused)
+    report = asyncio.run(replay_package(tonga, settings, speed=None, progress_stream=None,
+                                        run_dir=tmp_path, timeout=600))
+    assert report["incidents"], "the run finished and its report is whole"
+    assert report["run"]["dead_letters"] == [
+        {"source": "delivery d-1", "reason": "delivery gave up", "key": "d-1"}]
+    assert report["run"]["topics"].startswith("not deleted: RuntimeError")
+    kept = Topics.for_run(settings, report["run"]["run_id"])
+    assert _run_topics(settings, report["run"]["run_id"]) == sorted(kept.layout())
+    asyncio.run(delete_topics(settings.bootstrap, kept))
+
+
+async def _names(settings: Settings) -> list[str]:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap)
+    await admin.start()
+    try:
+        return list(await admin.list_topics())
+    finally:
+        await admin.close()
