@@ -325,7 +325,6 @@ class DetectorBank:
                     todo.append((i, pipe, t0, dt, len(values)))
                     continue
                 try:
-                    pipe = pipelines.get(station.station_id)
                     if pipe is None:
                         pipe = self.pipeline(station)
                     ps = pipe.station

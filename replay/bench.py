@@ -97,31 +97,27 @@ def publish_alone(pkg: Any, settings: Settings, partitions: int,
         asyncio.run(delete_topics(settings.bootstrap, topics))
 
 
-def detect_alone(pkg: Any, packets: Sequence[Any]) -> float:
-    """CPU seconds the detectors alone need for ``pkg``'s ``packets`` (no Kafka, no
-    decoding): in publish order, in batches of the detect agent's largest
-    (``DetectorBank.feed_many``), in this process. The workers cannot do the detection in
-    less; on two cores it takes at least half this much wall clock."""
-    from detectors.pipeline import DetectorBank
+def feed_in_batches(bank: Any, infos: dict[str, Any], packets: Sequence[Any]) -> list[Any]:
+    """``packets`` through ``bank`` as the detect agent takes them: in publish order, in
+    batches of its largest (``DetectorBank.feed_many``), a grid frame alone after the
+    packets before it. Their detections; the first error raised."""
     from streams.app import DETECT_BATCH
     from streams.schemas import GridFrame
 
-    infos = {s.station_id: s for s in pkg.station_infos()}
-    bank = DetectorBank()
-    bank.preload(s.kind for s in infos.values())
-    t0 = time.process_time()
+    dets: list[Any] = []
     for i in range(0, len(packets), DETECT_BATCH):
         batch: list[tuple[Any, float, float, Any]] = []
         for pkt in packets[i:i + DETECT_BATCH]:
-            if isinstance(pkt, GridFrame):  # the packets before it first, as the agent does
-                bank.feed_many(batch)
+            if isinstance(pkt, GridFrame):
+                dets.extend(_found(bank.feed_many(batch)))
                 batch = []
-                bank.feed_frame(infos[pkt.station_id], pkt.time, pkt.lat, pkt.lon, pkt.values)
+                dets.extend(bank.feed_frame(infos[pkt.station_id], pkt.time, pkt.lat,
+                                            pkt.lon, pkt.values))
             else:
                 batch.append((infos[pkt.station_id], pkt.start, pkt.sample_interval,
                               pkt.values))
-        bank.feed_many(batch)
-    return time.process_time() - t0
+        dets.extend(_found(bank.feed_many(batch)))
+    return dets
 
 
 def _found(results: Sequence[Any]) -> Iterator[Any]:
@@ -130,6 +126,21 @@ def _found(results: Sequence[Any]) -> Iterator[Any]:
         if isinstance(res, Exception):
             raise res
         yield from res
+
+
+def detect_alone(pkg: Any, packets: Sequence[Any]) -> float:
+    """CPU seconds the detectors alone need for ``pkg``'s ``packets`` (no Kafka, no
+    decoding), fed as the detect agent does (``feed_in_batches``), in this process. The
+    workers cannot do the detection in less; on two cores it takes at least half this much
+    wall clock."""
+    from detectors.pipeline import DetectorBank
+
+    infos = {s.station_id: s for s in pkg.station_infos()}
+    bank = DetectorBank()
+    bank.preload(s.kind for s in infos.values())
+    t0 = time.process_time()
+    feed_in_batches(bank, infos, packets)
+    return time.process_time() - t0
 
 
 def scenario_bench(settings: Settings) -> dict[str, float]:
@@ -144,29 +155,14 @@ def scenario_bench(settings: Settings) -> dict[str, float]:
     from replay.run import package_packets
     from replay.scenario import ensure_builtin
     from responders.stage import alerts_for_revisions
-    from streams.app import DETECT_BATCH
-    from streams.schemas import GridFrame
 
     pkg = load_package(ensure_builtin("tonga2022", settings.cache_dir / "packages"))
     infos = {s.station_id: s for s in pkg.station_infos()}
     packets = package_packets(pkg, settings.packet_seconds)
     out: dict[str, float] = {}
     for _ in range(2):
-        bank = DetectorBank()
-        dets: list[Any] = []
         t0 = time.process_time()
-        for i in range(0, len(packets), DETECT_BATCH):
-            batch: list[tuple[Any, float, float, Any]] = []
-            for pkt in packets[i:i + DETECT_BATCH]:
-                if isinstance(pkt, GridFrame):
-                    dets.extend(_found(bank.feed_many(batch)))
-                    batch = []
-                    dets.extend(bank.feed_frame(infos[pkt.station_id], pkt.time, pkt.lat,
-                                                pkt.lon, pkt.values))
-                else:
-                    batch.append((infos[pkt.station_id], pkt.start, pkt.sample_interval,
-                                  pkt.values))
-            dets.extend(_found(bank.feed_many(batch)))
+        dets = feed_in_batches(DetectorBank(), infos, packets)
         t1 = time.process_time()
         assoc = Associator(build_registry(pkg, None))
         for det in sorted(dets, key=lambda d: (d.declared, d.key)):

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 
@@ -48,6 +48,7 @@ from streams.schemas import (
     encode,
     iso,
 )
+from streams.takeover import read_back
 from streams.topics import Topics, create_topics, delete_topics
 from tocsin.settings import Settings
 
@@ -79,39 +80,18 @@ def _dead_letter_entry(raw: bytes) -> dict[str, str]:
     return {k: str(rec.get(k, "")) for k in ("source", "reason", "key")}
 
 
-async def read_dead_letters(bootstrap: str, topics: Topics, timeout: float = 30.0
-                            ) -> list[dict[str, str]]:
+async def read_dead_letters(bootstrap: str, topics: Topics) -> list[dict[str, str]]:
     """Every record of the run's dead-letter topic, read to the end it has now (once the
     workers have stopped: the deliveries they gave up on while the replay drained are in
     it too)."""
     topic = topics.deadletter
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
-                                enable_auto_commit=False, fetch_max_wait_ms=50)
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in range(topics.layout()[topic])]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        out: list[dict[str, str]] = []
-        deadline = time.monotonic() + timeout
-
-        async def behind() -> bool:
-            for tp in tps:
-                if await consumer.position(tp) < ends[tp]:
-                    return True
-            return False
-
-        while await behind():
-            if time.monotonic() > deadline:
-                raise ReplayError(f"could not read the dead letters of {topic} within "
-                                  f"{timeout:.0f} s")
-            batch = await consumer.getmany(timeout_ms=200)
-            for tp in tps:
-                out.extend(_dead_letter_entry(rec.value) for rec in batch.get(tp, ()))
-        return out
-    finally:
-        await consumer.stop()
+    out: list[dict[str, str]] = []
+    upto: dict[tuple[str, int], int | None] = {
+        (topic, p): None for p in range(topics.layout()[topic])}
+    async with contextlib.aclosing(read_back(bootstrap, upto)) as batches:
+        async for records in batches:
+            out.extend(_dead_letter_entry(rec.value) for rec in records)
+    return out
 
 
 def start_workers(settings: Settings, topics: Topics, registry_file: Path, n: int,

@@ -20,7 +20,7 @@ proportion to the topic's retention (a replay's topics hold the replay).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Iterable
+from collections.abc import AsyncGenerator, Iterable, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -51,11 +51,13 @@ class Taken:
         return out
 
 
-async def read_back(bootstrap: str, upto: dict[tuple[str, int], int], max_records: int = 100,
-                    consumer: Any = None) -> AsyncGenerator[list[ConsumerRecord[Any, Any]], None]:
-    """The records of each partition before its offset in ``upto``, from the earliest the
-    broker holds, in batches (a batch is one partition's, in offset order). ``consumer``:
-    an unstarted consumer to read with instead of a new one on ``bootstrap`` (tests).
+async def read_back(bootstrap: str, upto: Mapping[tuple[str, int], int | None],
+                    max_records: int = 100, consumer: Any = None,
+                    ) -> AsyncGenerator[list[ConsumerRecord[Any, Any]], None]:
+    """The records of each partition before its offset in ``upto`` (``None``: its end when
+    the read starts), from the earliest the broker holds, in batches (a batch is one
+    partition's, in offset order). ``consumer``: an unstarted consumer to read with instead
+    of a new one on ``bootstrap`` (tests).
 
     Iterate it inside ``contextlib.aclosing``: a loop left early (its body raised) does
     not close an async generator, whose consumer then ran on until the garbage collector
@@ -67,8 +69,10 @@ async def read_back(bootstrap: str, upto: dict[tuple[str, int], int], max_record
     try:
         consumer.assign(tps)
         first = await consumer.beginning_offsets(tps)
-        todo = {tp: upto[(tp.topic, tp.partition)] for tp in tps
-                if first[tp] < upto[(tp.topic, tp.partition)]}
+        ends = await consumer.end_offsets(tps) if None in upto.values() else {}
+        until = {tp: ends[tp] if upto[(tp.topic, tp.partition)] is None
+                 else upto[(tp.topic, tp.partition)] for tp in tps}
+        todo = {tp: end for tp, end in until.items() if first[tp] < end}
         for tp in tps:
             consumer.seek(tp, first[tp])
             if tp not in todo:
