@@ -190,8 +190,12 @@ def _global_search(la: FloatArray, lo: FloatArray, yy: FloatArray, smin: float, 
     return best[1], best[2], best[3], best[4]
 
 
+# the front's speed is kept within these (m/s) unless a caller asks for others
+SPEED_BOUNDS = (250.0, 380.0)
+
+
 def locate_front(picks: Iterable[Pick], *, min_stations: int = 4,
-                 speed_bounds: tuple[float, float] = (250.0, 380.0),
+                 speed_bounds: tuple[float, float] = SPEED_BOUNDS,
                  speed_prior: float = 315.0, speed_prior_sigma: float = 20.0,
                  pick_sigma_s: float = 60.0,
                  cutoff_s: float = 300.0, min_cutoff_s: float = 120.0,

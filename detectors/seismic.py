@@ -41,7 +41,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -320,34 +320,55 @@ class _Event:
     picks: list[Detection]
     origin: Origin
     revision: int = 0
+    first_onset: float = math.inf  # the earliest pick's onset: no pick later than
+    # first_onset + max_span_s joins
 
 
-def associate_seismic(dets: Iterable[Detection], params: SeismicParams | None = None,
-                      tt: TravelTimes | None = None) -> list[SeismicEvent]:
-    """Every revision of every seismic event, from the picks in ``dets``."""
-    p = params or SeismicParams()
-    picks = sorted((d for d in dets if d.kind == "seismic"), key=lambda d: (d.declared, d.key))
-    if len({d.station_id for d in picks}) < p.min_stations:
-        return []  # (and no travel-time table to build)
-    tt = tt or iasp91_p()
-    events: list[_Event] = []
-    pending: list[Detection] = []
-    out: list[SeismicEvent] = []
+# the longest first-P travel time of the table (40 deg: about 460 s), with room to spare: an
+# origin time is never more than this before the picks it was located from
+MAX_P_TRAVEL_S = 900.0
 
-    def loc(ps: list[Detection]) -> Origin:
-        return _locate(ps, p, tt)
 
-    def emit(ev: _Event, issued: float) -> None:
-        ev.revision += 1
-        mag = magnitude(ev.origin, ev.picks, p.gains)
-        out.append(SeismicEvent(ev.event_id, ev.revision, issued, ev.origin, mag,
-                                tuple(sorted(ev.picks, key=lambda d: d.onset))))
+class SeismicAssociation:
+    """The state of :func:`associate_seismic`, taking picks one at a time in declaration
+    order (``add``); ``copy`` is a checkpoint to go on from, ``retire`` drops what no later
+    pick can join."""
 
-    for det in picks:
+    def __init__(self, params: SeismicParams | None = None,
+                 tt: TravelTimes | None = None) -> None:
+        self.p = params or SeismicParams()
+        self._tt = tt
+        self.events: list[_Event] = []
+        self.pending: list[Detection] = []
+        self._stations: set[str] = set()  # until min_stations: no table is needed yet
+
+    def copy(self) -> SeismicAssociation:
+        new = SeismicAssociation(self.p, self._tt)
+        new.events = [replace(ev, picks=list(ev.picks)) for ev in self.events]
+        new.pending = list(self.pending)
+        new._stations = set(self._stations)
+        return new
+
+    def retire(self, floor: float) -> None:
+        """Drop the events and pending picks that no pick with an onset at or after
+        ``floor`` can join (their onsets are more than ``max_span_s`` before it)."""
+        span = self.p.max_span_s
+        self.events = [ev for ev in self.events if ev.first_onset + span >= floor]
+        self.pending = [d for d in self.pending if d.onset + span >= floor]
+
+    def add(self, det: Detection) -> SeismicEvent | None:
+        """The revision ``det`` makes (it joined or formed an event), else None."""
+        p = self.p
+        if len(self._stations) < p.min_stations:
+            self._stations.add(det.station_id)
+            if len(self._stations) < p.min_stations:
+                self.pending.append(det)  # fewer stations than an event needs: it waits
+                return None
+        tt = self._tt = self._tt or iasp91_p()
         joined = None
-        for ev in events:
-            if (any(d.station_id == det.station_id for d in ev.picks)
-                    or det.onset - min(d.onset for d in ev.picks) > p.max_span_s):
+        for ev in self.events:
+            if (det.onset - ev.first_onset > p.max_span_s
+                    or any(d.station_id == det.station_id for d in ev.picks)):
                 continue
             o = ev.origin
             dist = great_circle_km(o.lat, o.lon, det.lat, det.lon) / KM_PER_DEG
@@ -358,23 +379,43 @@ def associate_seismic(dets: Iterable[Detection], params: SeismicParams | None = 
                 joined = ev
                 break
             # a young solution can be far off: the pick joins if the event relocates with it
-            trial = loc([*ev.picks, det])
+            trial = _locate([*ev.picks, det], p, tt)
             if _fits(trial, len(ev.picks) + 1, p):
                 joined = ev
                 break
         if joined is not None:
             joined.picks.append(det)
-            joined.origin = loc(joined.picks)
-            emit(joined, det.declared)
-            continue
-        pending.append(det)
-        found = _form_event(pending, p, tt)
-        if found is not None:
-            used, origin = found
-            ev = _Event(_event_id(min(used, key=lambda d: d.onset)), used, origin)
-            events.append(ev)
-            pending = [d for d in pending if d not in used]
-            emit(ev, det.declared)
+            joined.first_onset = min(joined.first_onset, det.onset)
+            joined.origin = _locate(joined.picks, p, tt)
+            return self._emit(joined, det.declared)
+        self.pending.append(det)
+        found = _form_event(self.pending, p, tt)
+        if found is None:
+            return None
+        used, origin = found
+        first = min(used, key=lambda d: d.onset)
+        ev = _Event(_event_id(first), used, origin, first_onset=first.onset)
+        self.events.append(ev)
+        self.pending = [d for d in self.pending if d not in used]
+        return self._emit(ev, det.declared)
+
+    def _emit(self, ev: _Event, issued: float) -> SeismicEvent:
+        ev.revision += 1
+        mag = magnitude(ev.origin, ev.picks, self.p.gains)
+        return SeismicEvent(ev.event_id, ev.revision, issued, ev.origin, mag,
+                            tuple(sorted(ev.picks, key=lambda d: d.onset)))
+
+
+def associate_seismic(dets: Iterable[Detection], params: SeismicParams | None = None,
+                      tt: TravelTimes | None = None) -> list[SeismicEvent]:
+    """Every revision of every seismic event, from the picks in ``dets``."""
+    state = SeismicAssociation(params, tt)
+    out = []
+    for det in sorted((d for d in dets if d.kind == "seismic"),
+                      key=lambda d: (d.declared, d.key)):
+        ev = state.add(det)
+        if ev is not None:
+            out.append(ev)
     return out
 
 
