@@ -8,6 +8,11 @@ revisions; when a detection arrives late (after others declared later), the revi
 its declaration onward are recomputed and re-issued under the same (incident_id, revision)
 keys as corrections.
 
+:class:`Associator` keeps this bounded on a live feed: a checkpoint ``lateness_s`` behind
+the newest detection, and the state leaves what no later detection can change (the
+rules' reach, :func:`reach_s`); a detection the checkpoint has passed raises
+:class:`LateDetection`.
+
 Rules (documented in docs/design/association.md):
 
 * Pressure pulses (``lamb_pulse``) join an existing pressure-front incident when their
@@ -41,9 +46,15 @@ from typing import Any
 import numpy as np
 
 from detectors.base import Detection, StationInfo
-from detectors.front import FrontSolution, locate_front
-from detectors.geo import great_circle_km
-from detectors.seismic import RETRACTED, SeismicEvent, SeismicParams, associate_seismic
+from detectors.front import SPEED_BOUNDS, FrontSolution, locate_front
+from detectors.geo import EARTH_RADIUS_KM, great_circle_km
+from detectors.seismic import (
+    MAX_P_TRAVEL_S,
+    RETRACTED,
+    SeismicAssociation,
+    SeismicEvent,
+    SeismicParams,
+)
 from streams.schemas import Forecast, IncidentRevision
 
 PRESSURE_DETECTORS = ("lamb_pulse",)
@@ -92,152 +103,356 @@ def _incident_id(kind: str, first: Detection) -> str:
     return f"{kind}-{stamp}-{digest}"
 
 
+class LateDetection(ValueError):
+    """A detection that sorts before the associator's checkpoint, or whose onset is before
+    what the checkpoint still keeps: associating it now could not give what associating it
+    in its place would have (the message names the detection, its times and the bound)."""
+
+
+class _Memo(dict[Any, Any]):
+    """A dict that forgets its oldest entries beyond ``size`` (for pure memos)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        if len(self) >= self.size and key not in self:
+            del self[next(iter(self))]
+        super().__setitem__(key, value)
+
+
 class Associator:
-    """Incremental front end of :func:`associate`: ``add`` returns new or corrected revisions."""
+    """Incremental front end of :func:`associate`: ``add`` returns new or corrected revisions.
+
+    It keeps the association's state as of a checkpoint, ``lateness_s`` of declared time
+    behind the newest detection, and the detections after it. A detection in declared order
+    is one step from the current state; one that comes late (but after the checkpoint)
+    re-runs the detections after the checkpoint with it in its place, and the revisions
+    they make are corrected or retracted. Incidents, pulses and seismic events that no
+    detection with an onset after ``checkpoint - onset_lag_s`` can change any more (see
+    :func:`reach_s`) leave the state, so its size and the cost of an ``add`` stay bounded
+    on a live feed. A detection declared before the checkpoint, or with an onset before
+    what it keeps, raises :class:`LateDetection`. With ``history=False`` the revisions the
+    checkpoint has passed are not kept (:meth:`revisions` lists the open ones only).
+    """
 
     def __init__(self, registry: Iterable[StationInfo],
                  params: AssociationParams | None = None,
-                 seismic: SeismicParams | None = None) -> None:
+                 seismic: SeismicParams | None = None, *,
+                 lateness_s: float = 24 * 3600.0, onset_lag_s: float = 12 * 3600.0,
+                 history: bool = True) -> None:
         self.registry = sorted(
             (s for s in registry if s.kind in FORECAST_KINDS), key=lambda s: s.station_id
         )
         self.params = params or AssociationParams()
         self.seismic = seismic or SeismicParams()
-        self._dets: list[tuple[float, str, Detection]] = []
-        self._keys: set[str] = set()
-        self._published: dict[str, IncidentRevision] = {}
-        self._cache: dict[tuple[str, ...], FrontSolution | None] = {}
-        self._forecasts: dict[tuple[float, ...], tuple[Forecast, ...]] = {}
-        self._seismic_cache: dict[tuple[str, ...], list[SeismicEvent]] = {}
-        self._seismic: dict[str, SeismicEvent] = {}
+        for name, value in (("lateness_s", lateness_s), ("onset_lag_s", onset_lag_s)):
+            if not value >= 0.0:
+                raise ValueError(f"{name} = {value!r}: must be a number of seconds >= 0")
+        self.lateness_s, self.onset_lag_s = float(lateness_s), float(onset_lag_s)
+        self.reach_s = reach_s(self.params, self.seismic)
+        self._run = _Run(self.registry, self.params, self.seismic,
+                         cache=_Memo(4096), forecast_cache=_Memo(1024))
+        self._base = _State.new(self.seismic)  # the state at the checkpoint
+        self._mark: tuple[float, str] = (-math.inf, "")  # the last detection it took
+        self._state = self._base.copy()  # the checkpoint's state after the tail
+        self._tail: list[tuple[float, str, Detection]] = []
+        self._made: list[list[IncidentRevision]] = []  # what each tail detection made
+        self._live: dict[str, IncidentRevision] = {}  # the tail's revisions, by key
+        self._final: dict[str, IncidentRevision] | None = {} if history else None
+        self._keys: dict[str, float] = {}  # detection key -> declared, back to the floor
         # event id -> (what the association made of it, the last revision handed out)
         self._seismic_sent: dict[str, tuple[tuple[Any, ...], SeismicEvent]] = {}
+        self._seismic_final: list[SeismicEvent] = []  # retired before being handed out
         self._latest = -math.inf  # the newest detection's declaration time
+
+    @property
+    def checkpoint(self) -> float:
+        """The declared time of the last detection in the checkpoint (earlier ones are
+        refused, but for redeliveries back to the floor)."""
+        return self._mark[0]
+
+    @property
+    def floor(self) -> float:
+        """The earliest onset a detection may have (older ones raise LateDetection)."""
+        return self._mark[0] - self.onset_lag_s
 
     def add(self, det: Detection) -> list[IncidentRevision]:
         """New, corrected and retracted revisions after ``det`` (fed in declared order,
         only new revisions come out; a late detection may correct or retract earlier ones).
-        """
+        Raises :class:`LateDetection` for one the checkpoint has passed."""
         if det.key in self._keys:
             return []  # a redelivered detection changes nothing
-        self._keys.add(det.key)
+        at = (det.declared, det.key)
+        if at < self._mark:
+            raise LateDetection(
+                f"detection {det.key} declared {_iso(det.declared)} comes after the "
+                f"association's checkpoint at {_iso(self._mark[0])} (it keeps "
+                f"{self.lateness_s:g} s of declared time behind the newest detection, "
+                f"{_iso(self._latest)}): not associated")
+        if det.onset < self.floor:
+            raise LateDetection(
+                f"detection {det.key} has its onset {_iso(det.onset)} more than "
+                f"onset_lag_s = {self.onset_lag_s:g} s before the association's checkpoint "
+                f"at {_iso(self._mark[0])}: what it could join is gone; not associated")
+        self._keys[det.key] = det.declared
         self._latest = max(self._latest, det.declared)
-        bisect.insort(self._dets, (det.declared, det.key, det))
-        self._seismic.clear()
-        current = {r.key: r for r in associate((d for _, _, d in self._dets), self.registry,
-                                               self.params, cache=self._cache,
-                                               forecast_cache=self._forecasts,
-                                               seismic_cache=self._seismic_cache,
-                                               seismic_out=self._seismic,
-                                               seismic=self.seismic)}
-        changed = []
-        for key, old in list(self._published.items()):
-            if key not in current:
-                # formed from an incomplete set: withdrawn under the same key
-                del self._published[key]
-                changed.append(replace(old, status=RETRACTED, detections=(), forecasts=()))
-        for key, rev in current.items():
-            prev = self._published.get(key)
-            if prev is None or not prev.same_as(rev):
-                self._published[key] = rev
-                changed.append(rev)
+        if not self._tail or at > self._tail[-1][:2]:
+            made = self._run.step(self._state, det)
+            self._tail.append((*at, det))
+            self._made.append(made)
+            self._live.update((r.key, r) for r in made)
+            changed = list(made)
+        else:
+            changed = self._rerun(det)
+        self._checkpoint()
         return changed
 
+    def _rerun(self, det: Detection) -> list[IncidentRevision]:
+        """The tail again from the checkpoint, with ``det`` in its place."""
+        bisect.insort(self._tail, (det.declared, det.key, det))
+        self._state = self._base.copy()
+        self._made = [self._run.step(self._state, d) for _, _, d in self._tail]
+        current = {r.key: r for made in self._made for r in made}
+        changed = []
+        for key, old in self._live.items():
+            if key not in current:
+                # formed from an incomplete set: withdrawn under the same key
+                changed.append(replace(old, status=RETRACTED, detections=(), forecasts=()))
+        for key, rev in current.items():
+            prev = self._live.get(key)
+            if prev is None or not prev.same_as(rev):
+                changed.append(rev)
+        self._live = current
+        return changed
+
+    def _checkpoint(self) -> None:
+        """Move the detections more than ``lateness_s`` behind the newest into the
+        checkpoint, and retire what the floor has passed."""
+        limit = self._latest - self.lateness_s
+        moved = False
+        while self._tail and self._tail[0][0] < limit:
+            declared, key, det = self._tail.pop(0)
+            self._run.step(self._base, det)  # as the current state did: its revisions
+            for rev in self._made.pop(0):    # are final now
+                del self._live[rev.key]
+                if self._final is not None:
+                    self._final[rev.key] = rev
+            self._mark = (declared, key)
+            moved = True
+        if not moved:
+            return
+        floor = self.floor
+        self._base.retire(floor, self.reach_s)
+        for ev in self._state.retire(floor, self.reach_s):
+            # its last revision is final: handed out now if it has not been
+            sent = self._seismic_sent.pop(ev.event_id, None)
+            out = self._hand_out(ev, sent)
+            if out is not None:
+                self._seismic_final.append(out)
+        for key in [k for k, t in self._keys.items() if t < floor]:
+            del self._keys[key]
+
     def revisions(self) -> list[IncidentRevision]:
-        return sorted(self._published.values(), key=lambda r: (r.issued, r.key))
+        final = self._final.values() if self._final is not None else ()
+        return sorted([*final, *self._live.values()], key=lambda r: (r.issued, r.key))
+
+    def state_size(self) -> dict[str, int]:
+        """What the association holds now (for benchmarks and health checks)."""
+        s = self._state
+        return {"tail": len(self._tail), "incidents": len(s.incidents),
+                "unassigned": len(s.unassigned), "seismic_events": len(s.events),
+                "seismic_pending": len(s.seismic.pending), "keys": len(self._keys)}
+
+    def _hand_out(self, e: SeismicEvent, sent: tuple[tuple[Any, ...], SeismicEvent] | None
+                  ) -> SeismicEvent | None:
+        """``e`` as the next revision of its event to hand out, or None if it was."""
+        made = (e.revision, e.issued, tuple(d.key for d in e.picks))
+        if sent is not None and sent[0] == made and sent[1].status != RETRACTED:
+            return None
+        if sent is not None and e.revision <= sent[1].revision:
+            # back after a retraction, or made again from other picks
+            e = replace(e, revision=sent[1].revision + 1)
+        self._seismic_sent[e.event_id] = (made, e)
+        return e
 
     def take_seismic(self) -> list[SeismicEvent]:
         """Seismic event revisions not handed out yet (the latest of each event), and a
         ``retracted`` revision for each event handed out that the association no longer
         has (a pick that came late re-formed it under another id). Revision numbers
         handed out for an event only grow."""
-        new = []
+        new, self._seismic_final = self._seismic_final, []
+        for ev in new:
+            self._seismic_sent.pop(ev.event_id, None)  # retired: nothing more will come
+        events = self._state.events
         for eid, (made, last) in list(self._seismic_sent.items()):
-            if eid not in self._seismic and last.status != RETRACTED:
+            if eid not in events and last.status != RETRACTED:
                 gone = replace(last, revision=last.revision + 1, status=RETRACTED,
                                issued=max(last.issued, self._latest), magnitude=None,
                                picks=())
                 self._seismic_sent[eid] = (made, gone)
                 new.append(gone)
-        for eid, e in self._seismic.items():
-            made = (e.revision, e.issued, tuple(d.key for d in e.picks))
-            sent = self._seismic_sent.get(eid)
-            if sent is not None and sent[0] == made and sent[1].status != RETRACTED:
-                continue
-            if sent is not None and e.revision <= sent[1].revision:
-                # back after a retraction, or made again from other picks
-                e = replace(e, revision=sent[1].revision + 1)
-            self._seismic_sent[eid] = (made, e)
-            new.append(e)
+        for e in events.values():
+            out = self._hand_out(e, self._seismic_sent.get(e.event_id))
+            if out is not None:
+                new.append(out)
         return sorted(new, key=lambda e: (e.issued, e.event_id))
+
+
+def _iso(t: float) -> str:
+    if not math.isfinite(t):
+        return str(t)
+    return datetime.fromtimestamp(t, tz=UTC).isoformat().replace("+00:00", "Z")
+
+
+# no two points of the sphere are further apart
+HALF_EARTH_KM = math.pi * EARTH_RADIUS_KM
+
+
+def reach_s(p: AssociationParams, seismic: SeismicParams) -> float:
+    """How long after its anchor time an incident, a pressure pulse or a seismic event can
+    still be changed by a detection (the longest of the rules' reaches;
+    docs/design/association.md). An incident's anchor is the latest of its creation, its
+    origin time and its detections' onsets; a pulse's its onset; an event's its origin."""
+    lamb = HALF_EARTH_KM * 1000.0 / SPEED_BOUNDS[0]  # the slowest front to the antipode
+    return max(
+        lamb + p.join_tolerance_s,                            # a pulse joins a front
+        p.plume_window_s + p.pick_window_s + lamb,            # a new front meets a plume
+        HALF_EARTH_KM * 1000.0 / p.tsunami_speed_min + p.watch_tail_s,  # a watch's sea level
+        p.cluster_window_s,                                   # a tsunami incident's cluster
+        p.plume_window_s,                                     # a plume joins an eruption
+        p.pick_window_s,                                      # an unassigned pulse
+        # a seismic event's next revision (its picks within max_span_s, its origin no more
+        # than a P travel time before them) meets an eruption
+        p.seismic_window_s + seismic.max_span_s + MAX_P_TRAVEL_S,
+        # an eruption that a plume or a front (new, or relocated by a pulse) puts near a
+        # seismic event
+        p.seismic_window_s + p.plume_window_s,
+        p.seismic_window_s + p.pick_window_s + lamb + p.join_tolerance_s,
+    )
+
+
+def _anchor(inc: _Incident) -> float:
+    t = inc.created
+    if math.isfinite(inc.origin_time):
+        t = max(t, inc.origin_time)
+    for dets in (inc.picks, inc.sea_level, inc.plumes):
+        for d in dets:
+            t = max(t, d.onset)
+    return t
+
+
+@dataclass
+class _State:
+    """What association has made of the detections so far, in declared order."""
+
+    incidents: list[_Incident]
+    unassigned: list[Detection]  # pressure pulses in no incident
+    last: dict[str, IncidentRevision]  # incident id -> its last revision
+    seismic: SeismicAssociation
+    events: dict[str, SeismicEvent]  # the latest revision of each seismic event
+
+    @classmethod
+    def new(cls, seismic: SeismicParams) -> _State:
+        return cls([], [], {}, SeismicAssociation(seismic), {})
+
+    def copy(self) -> _State:
+        return _State([replace(i, picks=list(i.picks), sea_level=list(i.sea_level),
+                               plumes=list(i.plumes)) for i in self.incidents],
+                      list(self.unassigned), dict(self.last), self.seismic.copy(),
+                      dict(self.events))
+
+    def retire(self, floor: float, reach: float) -> list[SeismicEvent]:
+        """Drop what no detection with an onset at or after ``floor`` can change; the
+        seismic events dropped come back (their last revisions)."""
+        keep = floor - reach
+        gone = [i for i in self.incidents if _anchor(i) < keep]
+        if gone:
+            self.incidents = [i for i in self.incidents if _anchor(i) >= keep]
+            for inc in gone:
+                self.last.pop(inc.incident_id, None)
+        self.unassigned = [d for d in self.unassigned if d.onset >= keep]
+        retired = [e for e in self.events.values() if e.origin.time < keep]
+        for e in retired:
+            del self.events[e.event_id]
+        self.seismic.retire(floor)
+        return retired
+
+
+class _Run:
+    """One association's rules, registry, parameters and memos: ``step`` takes the next
+    detection (in declared order) into a state and returns the revisions it makes."""
+
+    def __init__(self, registry: list[StationInfo], params: AssociationParams,
+                 seismic: SeismicParams,
+                 cache: dict[tuple[str, ...], FrontSolution | None],
+                 forecast_cache: dict[tuple[float, ...], tuple[Forecast, ...]]) -> None:
+        self.registry, self.p, self.seismic = registry, params, seismic
+        self.cache, self.forecast_cache = cache, forecast_cache
+
+    def locate(self, picks: list[Detection],
+               prior: tuple[float, float, float] | None = None) -> FrontSolution | None:
+        key = (*sorted(d.key for d in picks), repr(prior))
+        if key not in self.cache:
+            self.cache[key] = locate_front(picks, min_stations=self.p.min_stations,
+                                           source_prior=prior)
+        return self.cache[key]
+
+    def step(self, s: _State, det: Detection) -> list[IncidentRevision]:
+        p = self.p
+        touched: list[_Incident] = []
+        if det.detector in PRESSURE_DETECTORS:
+            inc = _add_pressure(det, s.incidents, s.unassigned, p, self.locate)
+            if inc is not None:
+                _attach_seismic(inc, s.events.values(), p)
+                touched.append(inc)
+        elif det.kind in SEA_LEVEL_KINDS:
+            touched.extend(i for i in [_add_sea_level(det, s.incidents, self.registry, p)]
+                           if i)
+        elif det.kind == "plume":
+            inc = _add_plume(det, s.incidents, p)
+            if inc is not None:
+                _attach_seismic(inc, s.events.values(), p)
+                touched.append(inc)
+        elif det.kind == "seismic":
+            ev = s.seismic.add(det)
+            if ev is not None:
+                s.events[ev.event_id] = ev
+                for inc in s.incidents:
+                    if _attach_seismic(inc, [ev], p) and inc not in touched:
+                        touched.append(inc)
+        revisions = []
+        for inc in touched:
+            rev = _revision(inc, det.declared, self.registry, s.last.get(inc.incident_id), p,
+                            self.forecast_cache)
+            if rev is not None:
+                s.last[inc.incident_id] = rev
+                revisions.append(rev)
+        return revisions
 
 
 def associate(dets: Iterable[Detection], registry: list[StationInfo],
               params: AssociationParams | None = None, *,
               cache: dict[tuple[str, ...], FrontSolution | None] | None = None,
-              seismic_cache: dict[tuple[str, ...], list[SeismicEvent]] | None = None,
               seismic_out: dict[str, SeismicEvent] | None = None,
               seismic: SeismicParams | None = None,
               forecast_cache: dict[tuple[float, ...], tuple[Forecast, ...]] | None = None,
               ) -> list[IncidentRevision]:
     """All incident revisions for a set of detections (taken in declaration order);
     ``seismic_out`` receives the latest revision of every seismic event, located (and with
-    ``seismic.gains``, sized) with ``seismic``."""
+    ``seismic.gains``, sized) with ``seismic``. Nothing is retired: this is the reference
+    the bounded :class:`Associator` is held to."""
     seismic = seismic or SeismicParams()
-    p = params or AssociationParams()
-    cache = {} if cache is None else cache
-    seismic_cache = {} if seismic_cache is None else seismic_cache
-    forecast_cache = {} if forecast_cache is None else forecast_cache
-    ordered = sorted(dets, key=lambda d: (d.declared, d.key))
-    incidents: list[_Incident] = []
-    unassigned: list[Detection] = []
+    run = _Run(registry, params or AssociationParams(), seismic,
+               {} if cache is None else cache,
+               {} if forecast_cache is None else forecast_cache)
+    state = _State.new(seismic)
     revisions: list[IncidentRevision] = []
-    last: dict[str, IncidentRevision] = {}
-
-    def locate(picks: list[Detection],
-               prior: tuple[float, float, float] | None = None) -> FrontSolution | None:
-        key = (*sorted(d.key for d in picks), repr(prior))
-        if key not in cache:
-            cache[key] = locate_front(picks, min_stations=p.min_stations, source_prior=prior)
-        return cache[key]
-
-    seismic_picks: list[Detection] = []
-    events: dict[str, SeismicEvent] = {}  # the latest revision of each seismic event
-    for det in ordered:
-        touched: list[_Incident] = []
-        if det.detector in PRESSURE_DETECTORS:
-            inc = _add_pressure(det, incidents, unassigned, p, locate)
-            if inc is not None:
-                _attach_seismic(inc, events.values(), p)
-                touched.append(inc)
-        elif det.kind in SEA_LEVEL_KINDS:
-            touched.extend(i for i in [_add_sea_level(det, incidents, registry, p)] if i)
-        elif det.kind == "plume":
-            inc = _add_plume(det, incidents, p)
-            if inc is not None:
-                _attach_seismic(inc, events.values(), p)
-                touched.append(inc)
-        elif det.kind == "seismic":
-            seismic_picks.append(det)
-            skey = tuple(d.key for d in seismic_picks)
-            if skey not in seismic_cache:
-                seismic_cache[skey] = associate_seismic(seismic_picks, seismic)
-            latest = {e.event_id: e for e in seismic_cache[skey]}
-            new = [e for k, e in latest.items()
-                   if k not in events or events[k].revision != e.revision]
-            events = latest
-            for ev in new:
-                for inc in incidents:
-                    if _attach_seismic(inc, [ev], p) and inc not in touched:
-                        touched.append(inc)
-        for inc in touched:
-            rev = _revision(inc, det.declared, registry, last.get(inc.incident_id), p,
-                            forecast_cache)
-            if rev is not None:
-                last[inc.incident_id] = rev
-                revisions.append(rev)
+    for det in sorted(dets, key=lambda d: (d.declared, d.key)):
+        revisions.extend(run.step(state, det))
     if seismic_out is not None:
-        seismic_out.update(events)
+        seismic_out.update(state.events)
     return revisions
 
 

@@ -101,6 +101,8 @@ def start_workers(settings: Settings, topics: Topics, registry_file: Path, n: in
     env = {**os.environ, "TOCSIN_KAFKA_BOOTSTRAP": settings.bootstrap,
            "TOCSIN_HOME": str(settings.home), "TOCSIN_DATABASE_URL": settings.db_url,
            "TOCSIN_PACKET_SECONDS": str(settings.packet_seconds),
+           "TOCSIN_ASSOCIATION_LATENESS_S": str(settings.association_lateness_s),
+           "TOCSIN_ASSOCIATION_ONSET_LAG_S": str(settings.association_onset_lag_s),
            "TOCSIN_SESSION_TIMEOUT_MS": str(settings.session_timeout_ms),
            "TOCSIN_TOPIC_PREFIX": settings.topic_prefix,
            # recorded data: its alerts are an exercise, never a current warning

@@ -36,7 +36,7 @@ from aiokafka.errors import KafkaError
 from mode.services import WaitResults
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
-from detectors.association import Associator
+from detectors.association import Associator, LateDetection
 from detectors.base import Detection, DetectorError, StationInfo
 from detectors.pipeline import DetectorBank
 from detectors.seismic import SeismicParams
@@ -427,7 +427,10 @@ def create_app(settings: Settings, topics: Topics, registry: list[StationInfo],
     bank.preload(s.kind for s in registry)
 
     def new_associator() -> Associator:
-        return Associator(registry, seismic=SeismicParams(gains=dict(gains or {})))
+        # a worker runs for months: it keeps no revisions the checkpoint has passed
+        return Associator(registry, seismic=SeismicParams(gains=dict(gains or {})),
+                          lateness_s=settings.association_lateness_s,
+                          onset_lag_s=settings.association_onset_lag_s, history=False)
 
     associator = new_associator()
     gate = WatermarkGate()
@@ -599,6 +602,10 @@ def create_app(settings: Settings, topics: Topics, registry: list[StationInfo],
                 for det in ready:
                     try:
                         revs = associator.add(det)
+                    except LateDetection as exc:  # beyond the lateness allowed: said why
+                        log.warning("%s", exc)
+                        await dead_letter(event, f"LateDetection: {exc}", encode(det))
+                        continue
                     except Exception as exc:  # noqa: BLE001 - one detection, not the stage
                         log.exception("associator failed on detection %s", det.key)
                         await dead_letter(event, f"association of {det.key} failed: "

@@ -110,6 +110,15 @@ class Settings(BaseSettings):
     delivery_backoff_max_s: float = Field(
         default=300.0, gt=0, description="TOCSIN_DELIVERY_BACKOFF_MAX_S: longest retry delay"
     )
+    association_lateness_s: float = Field(
+        default=24 * 3600.0, ge=0, description="TOCSIN_ASSOCIATION_LATENESS_S: how far in "
+        "declared time a detection may come behind the newest and still be associated in its "
+        "place (the associator re-runs what came after it)"
+    )
+    association_onset_lag_s: float = Field(
+        default=12 * 3600.0, ge=0, description="TOCSIN_ASSOCIATION_ONSET_LAG_S: how long "
+        "before its declaration a detection's onset may be"
+    )
     smtp_host: str = Field(default="127.0.0.1", description="TOCSIN_SMTP_HOST")
     smtp_port: int = Field(default=25, description="TOCSIN_SMTP_PORT")
     smtp_from: str = Field(default="tocsin@localhost", description="TOCSIN_SMTP_FROM")

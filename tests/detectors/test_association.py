@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import numpy as np
+import pytest
 
 from detectors.association import Associator, associate
 from detectors.base import Detection, StationInfo
@@ -197,3 +199,194 @@ def test_a_seismic_event_re_formed_by_a_late_pick_is_retracted() -> None:
     assert late.key in {d.key for d in new[0].picks}
     assert gone[0].as_dict()["status"] == RETRACTED and gone[0].as_dict()["arrivals"] == []
     assert assoc.take_seismic() == []  # the retraction is handed out once
+
+
+def _weeks_of_detections(days: int, seed: int) -> list[Detection]:
+    """A feed of ``days`` days: an eruption every few days at one of three volcanoes (its
+    pulses, a plume, its seismic event, the watch's sea level), and between them unrelated
+    pulses, sea-level anomalies, plumes, an earthquake and stray seismic picks."""
+    rng = random.Random(seed)
+    volcanoes = [SRC, (-6.10, 105.42), (-15.4, 167.8)]
+    gauges = [(g.station_id, g.lat, g.lon) for g in GAUGES if g.kind == "tide_gauge"]
+    from replay.seismic_scenario import SITES
+
+    dets: list[Detection] = []
+    for day in range(days):
+        t0 = ORIGIN + day * 86400 + rng.uniform(0, 43200)
+        if day % 3 == 0:
+            src = volcanoes[(day // 3) % len(volcanoes)]
+            dets += [pulse(f"{s}", *ll, src=src, t0=t0, jitter=rng.gauss(0, 20))
+                     for s, ll in BAROS.items()]
+            dets.append(Detection("himawari", "plume", "plume_height", "1", t0 + 700,
+                                  t0 + 900, 30.0 + day, "km", t0 + 900, lat=src[0] + 0.05,
+                                  lon=src[1]))
+            if src == SRC:
+                dets += seismic_picks(src, t0)
+            sid, lat, lon = gauges[day % len(gauges)]
+            dist = float(great_circle_km(*src, lat, lon))
+            dets.append(sea(sid, lat, lon, t0 + dist * 1000 / 315 + 600))
+        if day % 4 == 1:
+            dets += seismic_picks((-30.0, -177.0), t0)
+        for _ in range(3):  # unrelated pulses, a few hours apart
+            s, ll = rng.choice(list(BAROS.items()))
+            t = ORIGIN + day * 86400 + rng.uniform(0, 86400)
+            dets.append(Detection(s, "barometer", "lamb_pulse", "1", t, t + 600, 1.0, "hPa",
+                                  t + 900, lat=ll[0], lon=ll[1]))
+        sid, lat, lon = rng.choice(gauges)
+        dets.append(sea(sid, lat, lon, ORIGIN + day * 86400 + rng.uniform(0, 86400)))
+        if day % 5 == 2:  # a plume far from any volcano of the feed
+            t = ORIGIN + day * 86400 + rng.uniform(0, 86400)
+            dets.append(Detection("himawari", "plume", "plume_height", "1", t, t + 200, 12.0,
+                                  "km", t + 200, lat=40.0, lon=140.0))
+        for _ in range(4):  # stray seismic picks
+            sid, (lat, lon) = rng.choice(list(SITES.items()))
+            t = ORIGIN + day * 86400 + rng.uniform(0, 86400)
+            dets.append(Detection(sid, "seismic", "sta_lta", "1", t, t + 5, 3e4, "counts",
+                                  t + 50, lat=lat, lon=lon, extra={"band_hz": [0.05, 0.2]}))
+    return dets
+
+
+def test_the_bounded_associator_gives_what_association_of_everything_gives() -> None:
+    """Over three weeks the associator retires what can no longer change, takes late
+    detections by re-running its tail, and still ends with exactly the revisions and the
+    seismic events of associating the whole set at once."""
+    from detectors.seismic import RETRACTED
+
+    dets = _weeks_of_detections(21, seed=3)
+    events: dict[str, object] = {}
+    reference = [r.to_dict() for r in associate(dets, GAUGES, seismic_out=events)]
+    assert len({r["incident_id"] for r in reference}) >= 20
+    assert any("seismic" in r["evidence"] for r in reference)
+    rng = random.Random(5)
+    # arrival: in declared order, but one in ten held back for up to 2 h
+    arrival = sorted(dets, key=lambda d: d.declared + (rng.uniform(0, 7200)
+                                                         if rng.random() < 0.1 else 0.0))
+    assoc = Associator(GAUGES, lateness_s=4 * 3600.0)
+    emitted, seismic, peak = [], [], 0
+    for d in arrival:
+        emitted.extend(assoc.add(d))
+        seismic.extend(assoc.take_seismic())
+        peak = max(peak, assoc.state_size()["incidents"])
+    assert [r.to_dict() for r in assoc.revisions()] == reference
+    latest = {r.key: r for r in emitted}
+    kept = sorted((r for r in latest.values() if r.status != "retracted"),
+                  key=lambda r: (r.issued, r.key))
+    assert [r.to_dict() for r in kept] == reference
+    # what can no longer change has left: at most a few days of incidents at any time
+    total = len({r["incident_id"] for r in reference})
+    assert peak <= total // 2, (peak, total)
+    assert assoc.state_size()["incidents"] < total // 3
+    # every event of the reference was handed out as it ends there, and every other one
+    # handed out was retracted
+    last = {}
+    for e in seismic:
+        last[e.event_id] = e
+    assert set(events) <= set(last)
+    for eid, e in last.items():
+        if eid in events:
+            ref = events[eid]
+            assert e.status != RETRACTED and e.origin == ref.origin and e.picks == ref.picks
+        else:
+            assert e.status == RETRACTED
+
+
+def test_a_detection_the_checkpoint_has_passed_is_refused_by_name() -> None:
+    from detectors.association import LateDetection
+
+    dets = sorted(_weeks_of_detections(4, seed=1), key=lambda d: (d.declared, d.key))
+    assoc = Associator(GAUGES, lateness_s=3600.0, onset_lag_s=1800.0)
+    for d in dets[:-1]:
+        assoc.add(d)
+    old = next(d for d in dets if assoc.floor <= d.declared < assoc.checkpoint)
+    assert assoc.add(old) == []  # a redelivery the floor has not passed: a duplicate
+    late = dataclasses.replace(old, onset=old.onset - 1.0)  # another detection
+    with pytest.raises(LateDetection, match=rf"{late.key}.*checkpoint"):
+        assoc.add(late)
+    newest = dets[-1]
+    early_onset = dataclasses.replace(newest, onset=assoc.floor - 1.0)
+    with pytest.raises(LateDetection, match="onset_lag_s = 1800 s"):
+        assoc.add(early_onset)
+    assoc.add(newest)  # and it goes on
+    with pytest.raises(ValueError, match="lateness_s = -1"):
+        Associator(GAUGES, lateness_s=-1)
+
+
+def _fed_one_by_one(dets: list[Detection], **kw: float) -> Associator:
+    assoc = Associator(GAUGES, **kw)  # type: ignore[arg-type]
+    for d in sorted(dets, key=lambda d: (d.declared, d.key)):
+        assoc.add(d)
+    return assoc
+
+
+def test_retiring_keeps_what_the_edges_of_the_rules_still_reach() -> None:
+    """With no lateness allowed and the onset lag at the sea-level detector's, each rule
+    used at the far end of its window: the last detection still finds what it joins."""
+    krakatau = (-6.10, 105.42)
+    t1 = ORIGIN + 86400
+    sites = {"JKT": (-6.2, 106.8), "SGP": (1.29, 103.85), "DRW": (-12.46, 130.84),
+             "PER": (-31.95, 115.86), "CLB": (6.93, 79.85)}
+    dets = [pulse(f"K{s}", *ll, src=krakatau, t0=t1) for s, ll in sites.items()]
+    # the watch's last minutes at Kahului: 11,089 km at 150 m/s, plus its 3-h tail
+    kahu_end = t1 + 11089e3 / 150 + 3 * 3600
+    dets.append(sea("kahu", 20.90, -156.47, kahu_end - 300))
+    # a plume at the end of its window from the eruption
+    dets.append(Detection("himawari", "plume", "plume_height", "1", t1 + 6 * 3600 - 300,
+                          t1 + 6 * 3600, 20.0, "km", t1 + 6 * 3600, lat=-6.0, lon=105.5))
+    # three pulses near Tonga wait unassigned for a fourth, far one 4.4 h later
+    t2 = ORIGIN + 3 * 86400
+    dets += [pulse(s, *BAROS[s], t0=t2) for s in ("NUKU", "NIUE", "APIA", "HILO")]
+    # a tsunami incident's cluster, its second station 23.9 h after the first
+    t3 = ORIGIN + 6 * 86400
+    dets += [sea("NZA", -42.37, 176.91, t3), sea("abur", 31.58, 131.41, t3 + 23.9 * 3600)]
+    # the checkpoint moves on to the detection before the newest, and what it retires goes
+    # before the next one comes: two stray picks just before each detection at an edge
+    for edge in [dets[5], dets[6], dets[-3], dets[-1]]:
+        for t in (edge.declared - 2.0, edge.declared - 1.0):
+            dets.append(Detection("II.MSVF.10.LHZ", "seismic", "sta_lta", "1", t - 50,
+                                  t - 45, 1e4, "counts", t, lat=-17.745, lon=178.053,
+                                  extra={"band_hz": [0.05, 0.2]}))
+    reference = [r.to_dict() for r in associate(dets, GAUGES)]
+    final = {r["incident_id"]: r for r in reference}
+    eruptions = [r for r in final.values() if r["type"] == "volcanic_eruption"]
+    assert len(eruptions) == 2 and all(r["stations_used"] for r in eruptions)
+    krak = next(r for r in eruptions if "KJKT" in r["stations_used"])
+    assert krak["confirmed"] == ["kahu"] and "plume" in krak["evidence"]
+    tonga = next(r for r in eruptions if r is not krak)
+    assert {"NUKU", "HILO"} <= set(tonga["stations_used"])
+    (tsunami,) = [r for r in final.values() if r["type"] == "tsunami"]
+    assert tsunami["confirmed"] == ["NZA", "abur"]
+
+    assoc = _fed_one_by_one(dets, lateness_s=0.0, onset_lag_s=3600.0)
+    assert [r.to_dict() for r in assoc.revisions()] == reference
+    assert assoc.state_size()["incidents"] == 1  # only the tsunami is young enough to stay
+
+
+def test_retired_seismic_picks_and_events_are_beyond_any_later_pick() -> None:
+    """A quake's picks 60-90 s apart, the checkpoint 10 s behind the newest onset: the
+    first picks wait as pending, the later ones join the event, as with no retiring."""
+    from detectors.seismic import associate_seismic
+
+    picks = sorted(seismic_picks((-30.0, -177.0), ORIGIN), key=lambda d: d.onset)
+    assert picks[-1].onset - picks[0].onset > 60
+    reference = [e.as_dict() for e in associate_seismic(picks)]
+    assert reference and reference[-1]["revision"] >= 2  # formed, then joined
+    assoc = Associator([], lateness_s=0.0, onset_lag_s=60.0)
+    got = []
+    for d in sorted(picks, key=lambda d: (d.declared, d.key)):
+        assoc.add(d)
+        got += [e.as_dict() for e in assoc.take_seismic()]
+    assert got == reference
+
+
+def test_an_event_retired_before_it_was_taken_still_comes_out_once() -> None:
+    from detectors.seismic import associate_seismic
+
+    picks = seismic_picks((-30.0, -177.0), ORIGIN) + seismic_picks((-30.0, -177.0),
+                                                                   ORIGIN + 3 * 86400)
+    reference = {e.event_id: e.as_dict() for e in associate_seismic(picks)}
+    assert len(reference) == 2
+    assoc = _fed_one_by_one(picks, lateness_s=0.0, onset_lag_s=60.0)
+    assert assoc.state_size()["seismic_events"] == 1  # the first has been retired
+    out = assoc.take_seismic()
+    assert {e.event_id: e.as_dict() for e in out} == reference
+    assert assoc.take_seismic() == []

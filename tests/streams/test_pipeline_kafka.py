@@ -13,6 +13,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from detectors.base import Detection
 from replay.package import ReplayPackage, load_package
 from replay.registry import write_registry
 from replay.run import detect_package
@@ -123,10 +124,23 @@ def test_bad_messages_go_to_dead_letter_and_worker_keeps_running(
                 "revision": 1, "issued_s": 1.642e9, "status": "watch"}
     bad_revisions = [orjson.dumps({**revision, "forecasts": ["bad"]}),
                      orjson.dumps({**revision, "issued_s": 1e20})]
+    # on the detections topic: a detection declared 10 h behind two others that a
+    # watermark has already released, with one hour of lateness allowed (the checkpoint
+    # took the first); the next watermark releases it
+    def pick(declared: float) -> Detection:
+        return Detection("X1", "seismic", "sta_lta", "1", declared - 50, declared - 45, 1e4,
+                         "counts", declared, lat=-17.7, lon=178.1)
+
+    t = 1642204800.0
+    late_dets = [encode(pick(t + 10 * 3600)), encode(pick(t + 12 * 3600)),
+                 control("watermark", time=t + 13 * 3600, partition=0, partitions=1),
+                 encode(pick(t)),
+                 control("watermark", time=t + 14 * 3600, partition=0, partitions=1)]
+    settings = kafka_settings.model_copy(update={"association_lateness_s": 3600.0})
 
     async def go() -> tuple[list[dict], Collected]:  # type: ignore[type-arg]
         await create_topics(kafka_settings.bootstrap, topics)
-        procs = start_workers(kafka_settings, topics, registry, 1, tmp_path)
+        procs = start_workers(settings, topics, registry, 1, tmp_path)
         out = Collected()
         task = asyncio.create_task(collect(kafka_settings, topics, out, []))
         try:
@@ -137,6 +151,8 @@ def test_bad_messages_go_to_dead_letter_and_worker_keeps_running(
                     await producer.send(topics.observations, raw, key=key)
                 for raw in bad_revisions:
                     await producer.send(topics.incidents, raw, key=b"bad-1")
+                for raw in late_dets:
+                    await producer.send(topics.detections, raw, key=b"X1")
                 await producer.flush()
                 await producer.send_and_wait(topics.observations,
                                              control("end", partitions=1, run="dlq"),
@@ -152,7 +168,7 @@ def test_bad_messages_go_to_dead_letter_and_worker_keeps_running(
             await consumer.start()
             letters: list[dict] = []  # type: ignore[type-arg]
             try:
-                while len(letters) < len(bad) + len(bad_revisions):
+                while len(letters) < len(bad) + len(bad_revisions) + 1:
                     batch = await consumer.getmany(timeout_ms=10000)
                     assert batch, f"only {len(letters)} dead letters"
                     for recs in batch.values():
@@ -164,13 +180,18 @@ def test_bad_messages_go_to_dead_letter_and_worker_keeps_running(
             await _stop(out, task, procs, 10)
 
     letters, _ = asyncio.run(go())
-    assert [d["schema"] for d in letters] == ["tocsin.deadletter/1"] * (len(bad) + 2)
+    assert [d["schema"] for d in letters] == ["tocsin.deadletter/1"] * (len(bad) + 3)
     # what a replay's report keeps of them (its topics are deleted)
     kept = asyncio.run(read_dead_letters(kafka_settings.bootstrap, topics))
     assert kept == [{"source": d["source"], "reason": d["reason"], "key": d["key"]}
                     for d in letters]
     of_revisions = [d for d in letters if d["source"].startswith(topics.incidents)]
-    letters = [d for d in letters if d not in of_revisions]
+    (of_late,) = [d for d in letters if d["source"].startswith(topics.detections)]
+    assert of_late["source"] == f"{topics.detections}[0]@4"  # the watermark released it
+    assert of_late["reason"].startswith("LateDetection: detection sta_lta:X1:1642204750.000")
+    assert "checkpoint" in of_late["reason"] and "3600 s" in of_late["reason"]
+    assert orjson.loads(of_late["value"])["onset"] == "2022-01-14T23:59:10.000Z"
+    letters = [d for d in letters if d not in of_revisions and d is not of_late]
     assert [d["source"] for d in of_revisions] == [f"{topics.incidents}[0]@{i}" for i in (0, 1)]
     assert "AttributeError" in of_revisions[0]["reason"]
     assert "issued_s = 1e+20" in of_revisions[1]["reason"]
