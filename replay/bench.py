@@ -180,7 +180,7 @@ def scenario_bench(settings: Settings) -> dict[str, float]:
 def association_bench(settings: Settings, days: int = 20, seed: int = 7) -> dict[str, float]:
     """A live feed for the associator alone: ``days`` days of stray seismic picks at 50
     stations (one every 3.6 min), stray pressure pulses and sea-level anomalies, in
-    declared order. CPU per ``add`` over the second day and over the last: a bounded
+    declared order. CPU per ``add`` over the third day and over the last: a bounded
     associator's cost does not grow with what it has seen."""
     import random
 
@@ -214,10 +214,11 @@ def association_bench(settings: Settings, days: int = 20, seed: int = 7) -> dict
         c = time.process_time()
         assoc.add(d)
         per_day.setdefault(int((d.declared - t0) // 86400), []).append(time.process_time() - c)
-    second, last = per_day[1], per_day[max(per_day)]
+    # day 3: the state holds what a steady feed keeps (the tail, the lag, the pending picks)
+    second, last = per_day[2], per_day[days - 1]
     size = assoc.state_size()
     return {"days": float(days), "detections": float(len(dets)),
-            "second_day_us": 1e6 * sum(second) / len(second),
+            "third_day_us": 1e6 * sum(second) / len(second),
             "last_day_us": 1e6 * sum(last) / len(last),
             "incidents": float(size["incidents"]), "pending": float(size["seismic_pending"]),
             "tail": float(size["tail"])}
@@ -489,9 +490,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"({sc['revisions']:.0f} revisions)",
         f"  CAP alerts:                         {sc['alert_s']:.2f} CPU-s "
         f"({sc['alerts']:.0f} alerts)",
-        f"associator on a live feed:            {ab['second_day_us']:,.0f} us per detection "
-        f"on day 2, {ab['last_day_us']:,.0f} on day {ab['days']:.0f} "
-        f"({ab['last_day_us'] / ab['second_day_us']:.2f} x; {ab['detections']:,.0f} "
+        f"associator on a live feed:            {ab['third_day_us']:,.0f} us per detection "
+        f"on day 3, {ab['last_day_us']:,.0f} on day {ab['days']:.0f} "
+        f"({ab['last_day_us'] / ab['third_day_us']:.2f} x; {ab['detections']:,.0f} "
         f"detections; held at the end: {ab['tail']:.0f} after the checkpoint, "
         f"{ab['pending']:.0f} pending picks, {ab['incidents']:.0f} incidents)",
     ]
