@@ -175,46 +175,65 @@ class Associator:
 
     @property
     def floor(self) -> float:
-        """The earliest onset a detection may have (older ones raise LateDetection)."""
+        """The earliest onset a detection after the checkpoint can have."""
         return self._mark[0] - self.onset_lag_s
 
     def add(self, det: Detection) -> list[IncidentRevision]:
         """New, corrected and retracted revisions after ``det`` (fed in declared order,
         only new revisions come out; a late detection may correct or retract earlier ones).
-        Raises :class:`LateDetection` for one the checkpoint has passed."""
+        Raises :class:`LateDetection` for one the checkpoint has passed, or one whose onset
+        is more than ``onset_lag_s`` before its declaration; any other error leaves the
+        associator as it was."""
         if det.key in self._keys:
             return []  # a redelivered detection changes nothing
         at = (det.declared, det.key)
         if at < self._mark:
             raise LateDetection(
-                f"detection {det.key} declared {_iso(det.declared)} comes after the "
+                f"detection {det.key} declared {_iso(det.declared)} sorts before the "
                 f"association's checkpoint at {_iso(self._mark[0])} (it keeps "
                 f"{self.lateness_s:g} s of declared time behind the newest detection, "
                 f"{_iso(self._latest)}): not associated")
-        if det.onset < self.floor:
+        if det.onset < det.declared - self.onset_lag_s:
+            # (so every detection after the checkpoint has its onset at or after the floor)
             raise LateDetection(
                 f"detection {det.key} has its onset {_iso(det.onset)} more than "
-                f"onset_lag_s = {self.onset_lag_s:g} s before the association's checkpoint "
-                f"at {_iso(self._mark[0])}: what it could join is gone; not associated")
-        self._keys[det.key] = det.declared
-        self._latest = max(self._latest, det.declared)
+                f"onset_lag_s = {self.onset_lag_s:g} s before its declaration at "
+                f"{_iso(det.declared)}: what it could join may be gone; not associated")
         if not self._tail or at > self._tail[-1][:2]:
-            made = self._run.step(self._state, det)
+            try:
+                made = self._run.step(self._state, det)
+            except Exception:
+                self._state = self._replayed(self._tail)  # it may have been half-stepped
+                raise
             self._tail.append((*at, det))
             self._made.append(made)
             self._live.update((r.key, r) for r in made)
             changed = list(made)
         else:
             changed = self._rerun(det)
+        self._keys[det.key] = det.declared
+        self._latest = max(self._latest, det.declared)
         self._checkpoint()
         return changed
 
+    def _replayed(self, tail: list[tuple[float, str, Detection]],
+                  made: list[list[IncidentRevision]] | None = None) -> _State:
+        """The checkpoint's state after ``tail`` (what each made appended to ``made``)."""
+        state = self._base.copy()
+        for _, _, d in tail:
+            revs = self._run.step(state, d)
+            if made is not None:
+                made.append(revs)
+        return state
+
     def _rerun(self, det: Detection) -> list[IncidentRevision]:
-        """The tail again from the checkpoint, with ``det`` in its place."""
-        bisect.insort(self._tail, (det.declared, det.key, det))
-        self._state = self._base.copy()
-        self._made = [self._run.step(self._state, d) for _, _, d in self._tail]
-        current = {r.key: r for made in self._made for r in made}
+        """The tail again from the checkpoint, with ``det`` in its place (nothing changes
+        if a step raises)."""
+        tail = list(self._tail)
+        bisect.insort(tail, (det.declared, det.key, det))
+        made: list[list[IncidentRevision]] = []
+        state = self._replayed(tail, made)
+        current = {r.key: r for revs in made for r in revs}
         changed = []
         for key, old in self._live.items():
             if key not in current:
@@ -224,7 +243,7 @@ class Associator:
             prev = self._live.get(key)
             if prev is None or not prev.same_as(rev):
                 changed.append(rev)
-        self._live = current
+        self._tail, self._made, self._state, self._live = tail, made, state, current
         return changed
 
     def _checkpoint(self) -> None:
@@ -251,6 +270,10 @@ class Associator:
             out = self._hand_out(ev, sent)
             if out is not None:
                 self._seismic_final.append(out)
+        keep = floor - self.reach_s
+        for eid, (_, last) in list(self._seismic_sent.items()):
+            if last.status == RETRACTED and last.origin.time < keep:
+                del self._seismic_sent[eid]  # withdrawn long ago: it cannot come back
         for key in [k for k, t in self._keys.items() if t < floor]:
             del self._keys[key]
 
@@ -318,7 +341,9 @@ def reach_s(p: AssociationParams, seismic: SeismicParams) -> float:
     lamb = HALF_EARTH_KM * 1000.0 / SPEED_BOUNDS[0]  # the slowest front to the antipode
     return max(
         lamb + p.join_tolerance_s,                            # a pulse joins a front
-        p.plume_window_s + p.pick_window_s + lamb,            # a new front meets a plume
+        # a new front meets a plume (its origin time no earlier than its first pulse less
+        # the slowest travel to the antipode; a join tolerance of room for the fit)
+        p.plume_window_s + p.pick_window_s + lamb + p.join_tolerance_s,
         HALF_EARTH_KM * 1000.0 / p.tsunami_speed_min + p.watch_tail_s,  # a watch's sea level
         p.cluster_window_s,                                   # a tsunami incident's cluster
         p.plume_window_s,                                     # a plume joins an eruption

@@ -8,16 +8,17 @@ speed gives the same revisions.
   in iasp91 from ``obspy.taup``, tabulated once per process on a distance x depth grid and
   interpolated bilinearly.
 * **Association**: a pick joins an event when its onset is within ``join_tolerance_s`` of
-  the time predicted by the event's solution, or when the event relocates with it within
-  the standard error below (a first solution from few stations can be far off); otherwise
-  it waits among the unassigned picks. When ``min_stations`` unassigned picks from
-  different stations fall within ``max_span_s`` of each other and locate with a standard
-  error under ``max_rms_s`` (the RMS residual corrected for the k unknowns fitted,
-  ``rms * sqrt(n / (n - k))``), a horizontal uncertainty under ``max_herr_km`` and an
-  azimuthal gap under ``max_gap_deg`` (picks from clustered stations, all on one side of the
-  solution, wait for more), they become a new event. The worst pick is dropped while they
-  do not fit, as long as every pick dropped leaves one more degree of freedom to check the
-  rest: a chance subset of unrelated picks must not fit.
+  the time predicted by the event's solution, or when the event relocates with it within the
+  standard error below (a first solution from few stations can be far off); in either case
+  only if the event can be located with it (the search grid within the table's 40 degrees of
+  every station). Otherwise it waits among the unassigned picks. When ``min_stations``
+  unassigned picks from different stations fall within ``max_span_s`` of each other and
+  locate with a standard error under ``max_rms_s`` (the RMS residual corrected for the k
+  unknowns fitted, ``rms * sqrt(n / (n - k))``), a horizontal uncertainty under
+  ``max_herr_km`` and an azimuthal gap under ``max_gap_deg`` (picks from clustered stations,
+  all on one side of the solution, wait for more), they become a new event. The worst pick
+  is dropped while they do not fit, as long as every pick dropped leaves one more degree of
+  freedom to check the rest: a chance subset of unrelated picks must not fit.
 * **Location**: grid search over latitude, longitude and depth (coarse, then fine around
   the best node; with fewer than ``free_depth_picks`` picks the depth is fixed at
   ``default_depth_km``, or four picks would always fit four unknowns exactly); the origin
@@ -375,18 +376,19 @@ class SeismicAssociation:
             if dist > tt.distances[-1]:
                 continue
             predicted = o.time + float(tt(np.array([dist]), o.depth_km)[0])
-            if abs(det.onset - predicted) <= p.join_tolerance_s:
-                joined = ev
-                break
+            try:
+                trial = _locate([*ev.picks, det], p, tt)
+            except ValueError:
+                continue  # the stations are too far apart for the table: not this event
             # a young solution can be far off: the pick joins if the event relocates with it
-            trial = _locate([*ev.picks, det], p, tt)
-            if _fits(trial, len(ev.picks) + 1, p):
-                joined = ev
+            if (abs(det.onset - predicted) <= p.join_tolerance_s
+                    or _fits(trial, len(ev.picks) + 1, p)):
+                joined, origin = ev, trial
                 break
         if joined is not None:
             joined.picks.append(det)
             joined.first_onset = min(joined.first_onset, det.onset)
-            joined.origin = _locate(joined.picks, p, tt)
+            joined.origin = origin
             return self._emit(joined, det.declared)
         self.pending.append(det)
         found = _form_event(self.pending, p, tt)

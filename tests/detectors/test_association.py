@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from typing import Any
 
 import numpy as np
 import pytest
@@ -294,7 +295,7 @@ def test_a_detection_the_checkpoint_has_passed_is_refused_by_name() -> None:
     from detectors.association import LateDetection
 
     dets = sorted(_weeks_of_detections(4, seed=1), key=lambda d: (d.declared, d.key))
-    assoc = Associator(GAUGES, lateness_s=3600.0, onset_lag_s=1800.0)
+    assoc = Associator(GAUGES, lateness_s=3600.0, onset_lag_s=3600.0)
     for d in dets[:-1]:
         assoc.add(d)
     old = next(d for d in dets if assoc.floor <= d.declared < assoc.checkpoint)
@@ -303,8 +304,11 @@ def test_a_detection_the_checkpoint_has_passed_is_refused_by_name() -> None:
     with pytest.raises(LateDetection, match=rf"{late.key}.*checkpoint"):
         assoc.add(late)
     newest = dets[-1]
-    early_onset = dataclasses.replace(newest, onset=assoc.floor - 1.0)
-    with pytest.raises(LateDetection, match="onset_lag_s = 1800 s"):
+    # an onset more than the lag before its own declaration: refused, even with the floor
+    # below it (it would stay in the tail while the floor passed it)
+    early_onset = dataclasses.replace(newest, onset=newest.declared - 3601.0)
+    assert early_onset.onset > assoc.floor
+    with pytest.raises(LateDetection, match="onset_lag_s = 3600 s before its declaration"):
         assoc.add(early_onset)
     assoc.add(newest)  # and it goes on
     with pytest.raises(ValueError, match="lateness_s = -1"):
@@ -326,33 +330,39 @@ def test_retiring_keeps_what_the_edges_of_the_rules_still_reach() -> None:
     sites = {"JKT": (-6.2, 106.8), "SGP": (1.29, 103.85), "DRW": (-12.46, 130.84),
              "PER": (-31.95, 115.86), "CLB": (6.93, 79.85)}
     dets = [pulse(f"K{s}", *ll, src=krakatau, t0=t1) for s, ll in sites.items()]
-    # the watch's last minutes at Kahului: 11,089 km at 150 m/s, plus its 3-h tail
-    kahu_end = t1 + 11089e3 / 150 + 3 * 3600
-    dets.append(sea("kahu", 20.90, -156.47, kahu_end - 300))
-    # a plume at the end of its window from the eruption
-    dets.append(Detection("himawari", "plume", "plume_height", "1", t1 + 6 * 3600 - 300,
-                          t1 + 6 * 3600, 20.0, "km", t1 + 6 * 3600, lat=-6.0, lon=105.5))
+    # the reach's longest rule: the watch's last minutes at Buenaventura, near Krakatau's
+    # antipode (19,645 km at 150 m/s, plus its 3-h tail: 39.4 h after the eruption, 36.7 h
+    # after its last pulse)
+    bvnt = (3.88, -77.07)
+    watch_end = t1 + float(great_circle_km(*krakatau, *bvnt)) * 1e3 / 150 + 3 * 3600
+    edges = [sea("bvnt", *bvnt, watch_end - 300)]
     # three pulses near Tonga wait unassigned for a fourth, far one 4.4 h later
     t2 = ORIGIN + 3 * 86400
-    dets += [pulse(s, *BAROS[s], t0=t2) for s in ("NUKU", "NIUE", "APIA", "HILO")]
+    dets += [pulse(s, *BAROS[s], t0=t2) for s in ("NUKU", "NIUE", "APIA")]
+    edges.append(pulse("HILO", *BAROS["HILO"], t0=t2))
+    # a plume at the end of its window from that eruption
+    edges.append(Detection("himawari", "plume", "plume_height", "1", t2 + 6 * 3600 - 300,
+                           t2 + 6 * 3600, 20.0, "km", t2 + 6 * 3600, lat=-20.5, lon=-175.4))
     # a tsunami incident's cluster, its second station 23.9 h after the first
     t3 = ORIGIN + 6 * 86400
-    dets += [sea("NZA", -42.37, 176.91, t3), sea("abur", 31.58, 131.41, t3 + 23.9 * 3600)]
+    dets.append(sea("NZA", -42.37, 176.91, t3))
+    edges.append(sea("abur", 31.58, 131.41, t3 + 23.9 * 3600))
     # the checkpoint moves on to the detection before the newest, and what it retires goes
     # before the next one comes: two stray picks just before each detection at an edge
-    for edge in [dets[5], dets[6], dets[-3], dets[-1]]:
+    for edge in edges:
         for t in (edge.declared - 2.0, edge.declared - 1.0):
             dets.append(Detection("II.MSVF.10.LHZ", "seismic", "sta_lta", "1", t - 50,
                                   t - 45, 1e4, "counts", t, lat=-17.745, lon=178.053,
                                   extra={"band_hz": [0.05, 0.2]}))
+    dets += edges
     reference = [r.to_dict() for r in associate(dets, GAUGES)]
     final = {r["incident_id"]: r for r in reference}
     eruptions = [r for r in final.values() if r["type"] == "volcanic_eruption"]
     assert len(eruptions) == 2 and all(r["stations_used"] for r in eruptions)
     krak = next(r for r in eruptions if "KJKT" in r["stations_used"])
-    assert krak["confirmed"] == ["kahu"] and "plume" in krak["evidence"]
+    assert krak["confirmed"] == ["bvnt"]
     tonga = next(r for r in eruptions if r is not krak)
-    assert {"NUKU", "HILO"} <= set(tonga["stations_used"])
+    assert {"NUKU", "HILO"} <= set(tonga["stations_used"]) and "plume" in tonga["evidence"]
     (tsunami,) = [r for r in final.values() if r["type"] == "tsunami"]
     assert tsunami["confirmed"] == ["NZA", "abur"]
 
@@ -390,3 +400,56 @@ def test_an_event_retired_before_it_was_taken_still_comes_out_once() -> None:
     out = assoc.take_seismic()
     assert {e.event_id: e.as_dict() for e in out} == reference
     assert assoc.take_seismic() == []
+
+
+def test_a_pick_too_far_for_the_travel_time_table_does_not_join_and_breaks_nothing() -> None:
+    """A pick 28 deg from a located quake, its onset 40 min before the quake's first: the
+    event relocated with it would need travel times beyond the table's 40 deg. It used to
+    raise ValueError out of the association; it now just does not join."""
+    from detectors.seismic import associate_seismic
+
+    picks = seismic_picks((-30.0, -177.0), ORIGIN)
+    first, last = min(d.onset for d in picks), max(d.declared for d in picks)
+    far = Detection("XX.FAR..LHZ", "seismic", "sta_lta", "1", first - 2400, first - 2395, 1e4,
+                    "counts", last + 10, lat=-30.0, lon=150.0, extra={"band_hz": [0.05, 0.2]})
+    alone = associate_seismic(picks)
+    events = associate_seismic([*picks, far])
+    assert [e.as_dict() for e in events] == [e.as_dict() for e in alone]
+    assert all(far.key not in {d.key for d in e.picks} for e in events)
+
+
+def test_an_error_in_a_step_leaves_the_associator_as_it_was(monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    """A detection whose association raises, in order (after changing the state) or late
+    (in a re-run of the tail), is lost alone: what comes after ends as if it had never
+    come."""
+    import detectors.association as association
+
+    pulses = sorted(pressure_dets(), key=lambda d: d.declared)
+    confirm = sea("abur", 31.58, 131.41, ORIGIN + 8106e3 / 315 + 600)
+    reference = [r.to_dict() for r in associate([*pulses, confirm], GAUGES)]
+
+    def plume(declared: float) -> Detection:
+        return Detection("himawari", "plume", "plume_height", "1", declared - 200,
+                         declared, 40.0, "km", declared, lat=-20.5, lon=-175.4)
+
+    in_order = plume(pulses[5].declared + 1.0)  # it joins the eruption, then raises
+    late = plume(ORIGIN + 300)  # before every pulse, it comes after them all
+    add_plume = association._add_plume
+
+    def failing(det: Detection, *args: Any) -> Any:
+        joined = add_plume(det, *args)
+        if det.key in (in_order.key, late.key):
+            raise RuntimeError(f"bad plume {det.key}")
+        return joined
+
+    monkeypatch.setattr(association, "_add_plume", failing)
+    assoc = Associator(GAUGES)
+    failed = []
+    for d in [*pulses[:6], in_order, *pulses[6:], late, confirm]:
+        try:
+            assoc.add(d)
+        except RuntimeError as exc:
+            failed.append(str(exc))
+    assert failed == [f"bad plume {in_order.key}", f"bad plume {late.key}"]
+    assert [r.to_dict() for r in assoc.revisions()] == reference
