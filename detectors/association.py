@@ -286,7 +286,8 @@ class Associator:
         s = self._state
         return {"tail": len(self._tail), "incidents": len(s.incidents),
                 "unassigned": len(s.unassigned), "seismic_events": len(s.events),
-                "seismic_pending": len(s.seismic.pending), "keys": len(self._keys)}
+                "seismic_pending": len(s.seismic.pending), "keys": len(self._keys),
+                "seismic_handed_out": len(self._seismic_sent)}
 
     def _hand_out(self, e: SeismicEvent, sent: tuple[tuple[Any, ...], SeismicEvent] | None
                   ) -> SeismicEvent | None:

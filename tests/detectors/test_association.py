@@ -179,7 +179,7 @@ def test_a_seismic_event_re_formed_by_a_late_pick_is_retracted() -> None:
 
     picks = sorted(seismic_picks((-30.0, -177.0), ORIGIN), key=lambda d: d.onset)
     late, rest = picks[0], picks[1:]
-    assoc = Associator([])
+    assoc = Associator([], lateness_s=600.0, onset_lag_s=60.0)
     sent = []
     for d in rest:
         assoc.add(d)
@@ -200,6 +200,15 @@ def test_a_seismic_event_re_formed_by_a_late_pick_is_retracted() -> None:
     assert late.key in {d.key for d in new[0].picks}
     assert gone[0].as_dict()["status"] == RETRACTED and gone[0].as_dict()["arrivals"] == []
     assert assoc.take_seismic() == []  # the retraction is handed out once
+
+    # days later (and a pick an hour after those, to move the checkpoint on), neither
+    # event is remembered, nor handed out again
+    later = seismic_picks((-30.0, -177.0), ORIGIN + 4 * 86400)
+    for d in [*later, dataclasses.replace(later[0], onset=later[0].onset + 3600,
+                                          declared=later[0].declared + 3600)]:
+        assoc.add(d)
+    assert [e.event_id for e in assoc.take_seismic()] != [first_id]
+    assert assoc.state_size()["seismic_handed_out"] == 1  # the newest event's
 
 
 def _weeks_of_detections(days: int, seed: int) -> list[Detection]:
