@@ -53,7 +53,7 @@ from streams.schemas import (
     epoch,
 )
 from streams.takeover import Taken, read_back
-from streams.topics import CONTROL_SCHEMA, Topics
+from streams.topics import CONTROL_SCHEMA, Topics, control
 from tocsin.settings import Settings
 
 log = logging.getLogger("tocsin.streams")
@@ -280,10 +280,6 @@ class _App(faust.App):
 
     def _new_transport(self) -> Any:
         return _Transport(self.conf.broker_consumer, self)
-
-
-def control(kind: str, **fields: Any) -> bytes:
-    return orjson.dumps({"schema": CONTROL_SCHEMA, "type": kind, **fields})
 
 
 def check_control(ctl: dict[str, Any]) -> None:

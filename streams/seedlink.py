@@ -10,7 +10,10 @@ without gap or duplicate; a packet the server sends again anyway is dropped by n
 packet per record: hundreds of samples, never one sample per message) with the station's
 coordinates from a StationXML inventory or the station registry, and produces it to the
 observation topic (``acks=all``, idempotent). A record that does not decode goes to the
-dead-letter topic with the reason; ingest goes on. :class:`StreamMetrics` keeps per stream
+dead-letter topic with the reason; ingest goes on. Watermarks (the newest record's end less
+``TOCSIN_INGEST_WATERMARK_LAG_S``) go to every partition as the data move on, so that the
+workers' association takes the detections in event-time order, as a replay's does; without
+them it would hold every detection. :class:`StreamMetrics` keeps per stream
 the latency (wall clock minus the end of the last record), records, samples, sequence gaps
 (records the server no longer had), time gaps and duplicates.
 """
@@ -35,6 +38,7 @@ import numpy as np
 
 from detectors.base import StationInfo
 from streams.schemas import ObservationPacket, encode
+from streams.topics import control
 
 log = logging.getLogger(__name__)
 
@@ -284,29 +288,53 @@ class Ingest:
         return pkt
 
     async def run(self, producer: Any, topic: str, deadletter: str,
-                  limit: int | None = None, in_flight: int = 500) -> int:
+                  limit: int | None = None, in_flight: int = 500,
+                  watermark_lag_s: float | None = None, watermark_every_s: float = 10.0
+                  ) -> int:
         """Produce packets until ``limit`` records (or forever); the number produced.
 
         Sends are pipelined (up to ``in_flight`` unacknowledged); a station's sequence
         number counts as acknowledged, for the state file, once Kafka has acknowledged its
-        record and every record sent before it."""
+        record and every record sent before it.
+
+        With ``watermark_lag_s``, a ``watermark`` control message goes to every partition
+        of ``topic`` each time the newest record's end, less the lag, has moved on by
+        ``watermark_every_s``: the workers' association takes the detections before it in
+        event-time order (a station whose records come later than the lag behind the
+        newest is late there, and its detections are associated late)."""
         sent = 0
         pending: deque[tuple[str, int, asyncio.Future[Any]]] = deque()
+        partitions = (sorted(await producer.partitions_for(topic))
+                      if watermark_lag_s is not None else [])
+        newest = last_mark = -math.inf
 
         def settle() -> None:
             while pending and pending[0][2].done():
                 station, seq, fut = pending[0]
                 fut.result()  # a failed send raises here, and stays first: nothing after
                 pending.popleft()  # it counts as acknowledged
-                self.acked[station] = seq
+                if station:  # (not a watermark)
+                    self.acked[station] = seq
 
-        async def send(station: str, seq: int, value: bytes, out: str, key: bytes | None
-                       ) -> None:
-            pending.append((station, seq, await producer.send(out, value, key=key)))
+        async def send(station: str, seq: int, value: bytes, out: str, key: bytes | None,
+                       partition: int | None = None) -> None:
+            fut = await producer.send(out, value, key=key, partition=partition)
+            pending.append((station, seq, fut))
             settle()
             while len(pending) >= in_flight:
                 await asyncio.wait([pending[0][2]])
                 settle()
+
+        async def watermark(end: float) -> None:
+            nonlocal newest, last_mark
+            newest = max(newest, end)
+            if watermark_lag_s is None or newest - watermark_lag_s < last_mark + (
+                    watermark_every_s):
+                return
+            last_mark = newest - watermark_lag_s
+            mark = control("watermark", time=last_mark, partitions=len(partitions))
+            for p in partitions:  # after every record sent before it, on each partition
+                await send("", -1, mark, topic, b"control", partition=p)
 
         try:
             async for seq, rec in self.client.packets():
@@ -324,6 +352,7 @@ class Ingest:
                 if pkt is not None:
                     await send(station, seq, encode(pkt), topic, pkt.station_id.encode())
                     sent += 1
+                    await watermark(pkt.end)
                     if sent % self.save_every == 0:
                         self.save_state()
                 if limit is not None and sent >= limit:
@@ -344,7 +373,8 @@ def summary(metrics: dict[str, StreamMetrics]) -> dict[str, dict[str, Any]]:
 
 async def run_ingest(bootstrap: str, topic: str, deadletter: str, client: SeedLinkClient,
                      stations: dict[str, StationInfo], limit: int | None = None,
-                     report_every: float = 60.0, state_file: Path | None = None) -> Ingest:
+                     report_every: float = 60.0, state_file: Path | None = None,
+                     watermark_lag_s: float | None = None) -> Ingest:
     """An :class:`Ingest` with its own idempotent producer; logs metrics periodically."""
     from aiokafka import AIOKafkaProducer
 
@@ -360,7 +390,8 @@ async def run_ingest(bootstrap: str, topic: str, deadletter: str, client: SeedLi
 
     reporter = asyncio.ensure_future(report())
     try:
-        await ingest.run(producer, topic, deadletter, limit)
+        await ingest.run(producer, topic, deadletter, limit,
+                         watermark_lag_s=watermark_lag_s)
     finally:
         reporter.cancel()
         with contextlib.suppress(asyncio.CancelledError):

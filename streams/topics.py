@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, for_code
@@ -21,6 +22,11 @@ from aiokafka.structs import TopicPartition
 from tocsin.settings import Settings
 
 CONTROL_SCHEMA = "tocsin.control/1"
+
+
+def control(kind: str, **fields: Any) -> bytes:
+    """A control message (``watermark``, ``end``) for the run's topics."""
+    return orjson.dumps({"schema": CONTROL_SCHEMA, "type": kind, **fields})
 
 # Kafka's legal topic characters and longest name; "observations" is the longest suffix
 _ILLEGAL = re.compile(r"[^A-Za-z0-9._-]")

@@ -354,7 +354,8 @@ def _seedlink(args: argparse.Namespace, settings: Settings) -> int:
         await create_topics(settings.bootstrap, topics)
         state = args.state or settings.home / "seedlink" / f"{host}_{port}.json"
         await run_ingest(settings.bootstrap, topics.observations, topics.deadletter, client,
-                         stations, state_file=state)
+                         stations, state_file=state,
+                         watermark_lag_s=settings.ingest_watermark_lag_s)
 
     with _broker(settings), contextlib.suppress(KeyboardInterrupt):
         asyncio.run(main())

@@ -110,6 +110,11 @@ class Settings(BaseSettings):
     delivery_backoff_max_s: float = Field(
         default=300.0, gt=0, description="TOCSIN_DELIVERY_BACKOFF_MAX_S: longest retry delay"
     )
+    ingest_watermark_lag_s: float = Field(
+        default=600.0, ge=0, description="TOCSIN_INGEST_WATERMARK_LAG_S: how far behind the "
+        "newest record's end a live ingest's watermarks run; a station's records later than "
+        "that behind it are associated late"
+    )
     association_lateness_s: float = Field(
         default=24 * 3600.0, ge=0, description="TOCSIN_ASSOCIATION_LATENESS_S: how far in "
         "declared time a detection may come behind the newest and still be associated in its "

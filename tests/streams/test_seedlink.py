@@ -19,6 +19,7 @@ import pytest
 from detectors.base import StationInfo
 from detectors.picker import StaLtaPicker
 from replay.seedlink_server import SeedLinkServer, records_512
+from streams.schemas import decode
 from streams.seedlink import Ingest, SeedLinkClient, parse_stream_id, record_to_packet
 
 LHZ = "II.MSVF.10.LHZ"
@@ -302,6 +303,9 @@ def test_seedlink_to_worker_picks_through_kafka(server_thread: SeedLinkServer, m
                                       start_new_session=True))
     topics = Topics.for_run(kafka_settings, run_id)
 
+    # the detections topic in its order: picks, and the ingest's watermarks passed on
+    sequence: list[Detection | dict] = []  # type: ignore[type-arg]
+
     async def picks() -> list[Detection]:
         consumer = AIOKafkaConsumer(topics.detections, bootstrap_servers=kafka_settings.bootstrap,
                                     auto_offset_reset="earliest", group_id=None,
@@ -320,6 +324,9 @@ def test_seedlink_to_worker_picks_through_kafka(server_thread: SeedLinkServer, m
                             msg = decode(m.value)
                             assert isinstance(msg, Detection)
                             got.append(msg)
+                            sequence.append(msg)
+                        else:
+                            sequence.append(json.loads(m.value))
         finally:
             await consumer.stop()
         return got
@@ -337,6 +344,21 @@ def test_seedlink_to_worker_picks_through_kafka(server_thread: SeedLinkServer, m
                 os.killpg(p.pid, signal.SIGKILL)
     assert sorted(d.key for d in got) == expected
     assert all(d.lat == INFO.lat for d in got)
+    # the watermarks release the picks to the association, as a replay's do
+    from streams.app import WatermarkGate
+
+    gate, released, marks = WatermarkGate(), [], {}
+    for item in sequence:
+        if isinstance(item, Detection):
+            gate.add(item)
+        else:
+            assert item["type"] == "watermark" and item["partitions"] == 4
+            marks[item["partition"]] = item["time"]
+            released += gate.control(item)
+    assert sorted(marks) == [0, 1, 2, 3], "a watermark from every partition"
+    passed = min(marks.values())
+    assert released and sorted(d.key for d in released) == sorted(
+        d.key for d in got if d.declared <= passed)
 
 
 @pytest.mark.kafka
@@ -410,7 +432,7 @@ def test_state_file_keeps_only_what_kafka_acknowledged(records: list[bytes],
     class Producer:
         n = 0
 
-        async def send(self, topic, value, key=None):  # type: ignore[no-untyped-def]
+        async def send(self, topic, value, key=None, partition=None):  # type: ignore[no-untyped-def]
             self.n += 1
             loop = asyncio.get_running_loop()
             fut = loop.create_future()
@@ -426,3 +448,64 @@ def test_state_file_keeps_only_what_kafka_acknowledged(records: list[bytes],
         asyncio.run(ingest.run(Producer(), "obs", "dlq"))
     (station,) = json.loads(state.read_text())["last_seq"]
     assert json.loads(state.read_text())["last_seq"] == {station: 1}
+
+
+def test_watermarks_follow_the_newest_record_on_every_partition(records: list[bytes]) -> None:
+    """Without watermarks from the ingest, the workers' association would hold every live
+    detection for ever. Each mark is the newest record's end less the lag, goes to every
+    partition after the records before it, and comes when the mark has moved on by the
+    step."""
+    from streams.app import _is_control
+
+    class Client:
+        host, port = "loopback", 18000
+
+        def __init__(self) -> None:
+            self.last_seq: dict[str, int] = {}
+
+        async def packets(self):  # type: ignore[no-untyped-def]
+            for seq, rec in enumerate(records[:60], start=1):
+                yield seq, rec
+
+    class Producer:
+        def __init__(self) -> None:
+            self.sent: list[tuple[bytes | None, int | None, bytes]] = []
+
+        async def partitions_for(self, topic: str) -> set[int]:
+            return {0, 1, 2}
+
+        async def send(self, topic, value, key=None, partition=None):  # type: ignore[no-untyped-def]
+            self.sent.append((key, partition, value))
+            fut = asyncio.get_running_loop().create_future()
+            fut.set_result(None)
+            return fut
+
+    producer = Producer()
+    ingest = Ingest(Client())  # type: ignore[arg-type]
+    assert asyncio.run(ingest.run(producer, "obs", "dlq", watermark_lag_s=600.0,
+                                  watermark_every_s=1800.0)) == 60
+    newest, marks, i = -math.inf, [], 0
+    while i < len(producer.sent):
+        key, partition, value = producer.sent[i]
+        ctl = _is_control(value)
+        if ctl is None:
+            assert key != b"control" and partition is None
+            newest = max(newest, decode(value).end)  # type: ignore[union-attr]
+            i += 1
+            continue
+        # one mark to each partition in a row, at the newest end so far less the lag
+        group = [producer.sent[i + k] for k in range(3)]
+        assert [(k, p) for k, p, _ in group] == [(b"control", 0), (b"control", 1),
+                                                 (b"control", 2)]
+        assert all(v == value for _, _, v in group)
+        assert ctl["type"] == "watermark" and ctl["partitions"] == 3
+        assert ctl["time"] == newest - 600.0
+        marks.append(ctl["time"])
+        i += 3
+    assert len(marks) >= 3, marks
+    assert all(b - a >= 1800.0 for a, b in zip(marks, marks[1:], strict=False))
+    assert newest - 600.0 - marks[-1] < 1800.0  # the last one is at most a step behind
+    # without a lag, none
+    producer = Producer()
+    asyncio.run(Ingest(Client()).run(producer, "obs", "dlq"))  # type: ignore[arg-type]
+    assert all(_is_control(v) is None for _, _, v in producer.sent)
