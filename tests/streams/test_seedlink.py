@@ -414,20 +414,24 @@ def test_a_restarted_ingest_resumes_from_its_state_file(records: list[bytes], ka
     assert json.loads(state.read_text())["last_seq"] == {"II.MSVF": len(records)}
 
 
+class _Client:
+    """A SeedLink client that hands over ``records`` once, numbered from 1."""
+
+    host, port = "loopback", 18000
+
+    def __init__(self, records: list[bytes]) -> None:
+        self.records = records
+        self.last_seq: dict[str, int] = {}
+
+    async def packets(self):  # type: ignore[no-untyped-def]
+        for seq, rec in enumerate(self.records, start=1):
+            yield seq, rec
+
+
 def test_state_file_keeps_only_what_kafka_acknowledged(records: list[bytes],
                                                        tmp_path: Path) -> None:
     """Sends are pipelined; when one fails, the state file stops before it, even if
     later records of the station were acknowledged (a restart fetches it again)."""
-
-    class Client:
-        host, port = "loopback", 18000
-
-        def __init__(self) -> None:
-            self.last_seq: dict[str, int] = {}
-
-        async def packets(self):  # type: ignore[no-untyped-def]
-            for seq, rec in enumerate(records[:3], start=1):
-                yield seq, rec
 
     class Producer:
         n = 0
@@ -443,7 +447,7 @@ def test_state_file_keeps_only_what_kafka_acknowledged(records: list[bytes],
             return fut
 
     state = tmp_path / "state.json"
-    ingest = Ingest(Client(), state_file=state)  # type: ignore[arg-type]
+    ingest = Ingest(_Client(records[:3]), state_file=state)  # type: ignore[arg-type]
     with pytest.raises(RuntimeError, match="send #2 failed"):
         asyncio.run(ingest.run(Producer(), "obs", "dlq"))
     (station,) = json.loads(state.read_text())["last_seq"]
@@ -456,16 +460,6 @@ def test_watermarks_follow_the_newest_record_on_every_partition(records: list[by
     partition after the records before it, and comes when the mark has moved on by the
     step."""
     from streams.app import _is_control
-
-    class Client:
-        host, port = "loopback", 18000
-
-        def __init__(self) -> None:
-            self.last_seq: dict[str, int] = {}
-
-        async def packets(self):  # type: ignore[no-untyped-def]
-            for seq, rec in enumerate(records[:60], start=1):
-                yield seq, rec
 
     class Producer:
         def __init__(self) -> None:
@@ -481,7 +475,7 @@ def test_watermarks_follow_the_newest_record_on_every_partition(records: list[by
             return fut
 
     producer = Producer()
-    ingest = Ingest(Client())  # type: ignore[arg-type]
+    ingest = Ingest(_Client(records[:60]))  # type: ignore[arg-type]
     assert asyncio.run(ingest.run(producer, "obs", "dlq", watermark_lag_s=600.0,
                                   watermark_every_s=1800.0)) == 60
     newest, marks, i = -math.inf, [], 0
@@ -507,5 +501,5 @@ def test_watermarks_follow_the_newest_record_on_every_partition(records: list[by
     assert newest - 600.0 - marks[-1] < 1800.0  # the last one is at most a step behind
     # without a lag, none
     producer = Producer()
-    asyncio.run(Ingest(Client()).run(producer, "obs", "dlq"))  # type: ignore[arg-type]
+    asyncio.run(Ingest(_Client(records[:60])).run(producer, "obs", "dlq"))  # type: ignore[arg-type]
     assert all(_is_control(v) is None for _, _, v in producer.sent)
