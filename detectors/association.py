@@ -122,6 +122,10 @@ class _Memo(dict[Any, Any]):
         super().__setitem__(key, value)
 
 
+SNAP_EVERY = 32  # tail positions between snapshots of the state
+SNAPS = 16  # snapshots kept (the newest): a detection later than those re-runs it all
+
+
 class Associator:
     """Incremental front end of :func:`associate`: ``add`` returns new or corrected revisions.
 
@@ -159,6 +163,9 @@ class Associator:
         self._state = self._base.copy()  # the checkpoint's state after the tail
         self._tail: list[tuple[float, str, Detection]] = []
         self._made: list[list[IncidentRevision]] = []  # what each tail detection made
+        # the state before some of the tail's detections (every SNAP_EVERY-th, the newest
+        # SNAPS of them): a late detection re-runs the tail from the one before its place
+        self._before: list[_State | None] = []
         self._live: dict[str, IncidentRevision] = {}  # the tail's revisions, by key
         self._final: dict[str, IncidentRevision] | None = {} if history else None
         self._keys: dict[str, float] = {}  # detection key -> declared, back to the floor
@@ -200,13 +207,19 @@ class Associator:
                 f"onset_lag_s = {self.onset_lag_s:g} s before its declaration at "
                 f"{_iso(det.declared)}: what it could join may be gone; not associated")
         if not self._tail or at > self._tail[-1][:2]:
+            snap = self._state.copy() if len(self._tail) % SNAP_EVERY == 0 else None
             try:
                 made = self._run.step(self._state, det)
             except Exception:
-                self._state = self._replayed(self._tail)  # it may have been half-stepped
+                # it may have been half-stepped: the state after the tail again
+                self._state, _ = self._replay(self._tail, len(self._tail),
+                                              list(self._made), list(self._before))
                 raise
             self._tail.append((*at, det))
             self._made.append(made)
+            self._before.append(snap)
+            if snap is not None:
+                self._keep_snapshots()
             self._live.update((r.key, r) for r in made)
             changed = list(made)
         else:
@@ -216,34 +229,59 @@ class Associator:
         self._checkpoint()
         return changed
 
-    def _replayed(self, tail: list[tuple[float, str, Detection]],
-                  made: list[list[IncidentRevision]] | None = None) -> _State:
-        """The checkpoint's state after ``tail`` (what each made appended to ``made``)."""
-        state = self._base.copy()
-        for _, _, d in tail:
-            revs = self._run.step(state, d)
-            if made is not None:
-                made.append(revs)
-        return state
+    def _keep_snapshots(self) -> None:
+        kept = [i for i, b in enumerate(self._before) if b is not None]
+        for i in kept[:max(0, len(kept) - SNAPS)]:
+            self._before[i] = None
+
+    def _replay(self, tail: list[tuple[float, str, Detection]], upto: int,
+                made: list[list[IncidentRevision]], before: list[_State | None]
+                ) -> tuple[_State, int]:
+        """The state after ``tail``, from the newest snapshot at or before position
+        ``upto`` (else the checkpoint), and that position; what the positions from there
+        made and the snapshots taken replace theirs in ``made`` and ``before``."""
+        start = next((i for i in range(min(upto, len(self._before) - 1), -1, -1)
+                      if self._before[i] is not None), None)
+        if start is None:
+            start, state, kept = 0, self._base.copy(), None
+        else:
+            kept = self._before[start]
+            state = kept.copy()  # type: ignore[union-attr]
+            # what the floor has passed since the snapshot was taken (inert for every
+            # detection from here on) leaves as it left the current state
+            state.retire(self.floor, self.reach_s)
+        del made[start:], before[start:]
+        for i in range(start, len(tail)):
+            if i == start and kept is not None:
+                before.append(kept)  # (unchanged: it is copied, not stepped)
+            else:
+                before.append(state.copy() if i % SNAP_EVERY == 0 else None)
+            made.append(self._run.step(state, tail[i][2]))
+        return state, start
 
     def _rerun(self, det: Detection) -> list[IncidentRevision]:
-        """The tail again from the checkpoint, with ``det`` in its place (nothing changes
-        if a step raises)."""
-        tail = list(self._tail)
-        bisect.insort(tail, (det.declared, det.key, det))
-        made: list[list[IncidentRevision]] = []
-        state = self._replayed(tail, made)
-        current = {r.key: r for revs in made for r in revs}
+        """The tail again from the newest snapshot before ``det``'s place, with ``det`` in
+        it (nothing changes if a step raises)."""
+        at = bisect.bisect(self._tail, (det.declared, det.key, det))
+        tail = [*self._tail[:at], (det.declared, det.key, det), *self._tail[at:]]
+        made, before = list(self._made), list(self._before)
+        state, start = self._replay(tail, at, made, before)
+        old = {r.key: r for revs in self._made[start:] for r in revs}
+        current = {r.key: r for revs in made[start:] for r in revs}
         changed = []
-        for key, old in self._live.items():
+        for key, rev in old.items():
             if key not in current:
                 # formed from an incomplete set: withdrawn under the same key
-                changed.append(replace(old, status=RETRACTED, detections=(), forecasts=()))
+                changed.append(replace(rev, status=RETRACTED, detections=(), forecasts=()))
         for key, rev in current.items():
-            prev = self._live.get(key)
+            prev = old.get(key)
             if prev is None or not prev.same_as(rev):
                 changed.append(rev)
-        self._tail, self._made, self._state, self._live = tail, made, state, current
+        for key in old:
+            del self._live[key]
+        self._live.update(current)
+        self._tail, self._made, self._before, self._state = tail, made, before, state
+        self._keep_snapshots()
         return changed
 
     def _checkpoint(self) -> None:
@@ -253,6 +291,7 @@ class Associator:
         moved = False
         while self._tail and self._tail[0][0] < limit:
             declared, key, det = self._tail.pop(0)
+            self._before.pop(0)
             self._run.step(self._base, det)  # as the current state did: its revisions
             for rev in self._made.pop(0):    # are final now
                 del self._live[rev.key]

@@ -462,3 +462,55 @@ def test_an_error_in_a_step_leaves_the_associator_as_it_was(monkeypatch: pytest.
             failed.append(str(exc))
     assert failed == [f"bad plume {in_order.key}", f"bad plume {late.key}"]
     assert [r.to_dict() for r in assoc.revisions()] == reference
+
+
+def test_late_detections_re_run_from_the_snapshot_before_their_place(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Snapshots of the tail's state (every 3 detections with 2 kept; every one): a late
+    detection re-runs from the newest one before its place (or from the checkpoint when it
+    is older than those). What comes out, revisions and seismic events in their order, is
+    what re-running from the checkpoint gives, in fewer steps; and the revisions end as
+    associating everything at once gives."""
+    import detectors.association as association
+
+    dets = _weeks_of_detections(10, seed=4)
+    reference = [r.to_dict() for r in associate(dets, GAUGES)]
+    rng = random.Random(9)
+    arrival = sorted(dets, key=lambda d: d.declared + (rng.uniform(0, 6 * 3600)
+                                                         if rng.random() < 0.2 else 0.0))
+    late = sum(1 for a, b in zip(arrival, arrival[1:], strict=False)
+               if (b.declared, b.key) < (a.declared, a.key))
+    assert late > 20
+    run_step = association._Run.step
+    steps = 0
+
+    def counted(self: object, state: object, det: Detection) -> object:
+        nonlocal steps
+        steps += 1
+        return run_step(self, state, det)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(association._Run, "step", counted)
+
+    def feed(every: int, snaps: int) -> tuple[list[Any], list[Any], int]:
+        nonlocal steps
+        monkeypatch.setattr(association, "SNAP_EVERY", every)
+        monkeypatch.setattr(association, "SNAPS", snaps)
+        steps = 0
+        assoc = Associator(GAUGES)
+        emitted, seismic = [], []
+        for d in arrival:
+            emitted += [r.to_dict() for r in assoc.add(d)]
+            seismic += [e.as_dict() for e in assoc.take_seismic()]
+        assert [r.to_dict() for r in assoc.revisions()] == reference
+        return emitted, seismic, steps
+
+    emitted, seismic, from_checkpoint = feed(1, 0)
+    assert seismic and emitted
+    latest = {(r["incident_id"], r["revision"]): r for r in emitted}
+    assert sorted((r for r in latest.values() if r["status"] != "retracted"),
+                  key=lambda r: (r["issued"], r["incident_id"], r["revision"])) == sorted(
+        reference, key=lambda r: (r["issued"], r["incident_id"], r["revision"]))
+    for every, snaps in ((3, 2), (1, 1000)):
+        got_emitted, got_seismic, n = feed(every, snaps)
+        assert got_emitted == emitted and got_seismic == seismic
+        assert n < 0.8 * from_checkpoint, (every, snaps, n, from_checkpoint)
