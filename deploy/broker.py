@@ -212,7 +212,9 @@ class Broker:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
         proc = subprocess.run(
-            self._java("kafka.tools.StorageTool", "format", "-t", cluster_id,
+            # one token: a base64url id may start with "-" (1 in 64), which the tool's
+            # argument parser took for an option ("expected one argument")
+            self._java("kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}",
                        "-c", str(config), "--standalone"),
             capture_output=True, text=True,
         )

@@ -321,3 +321,29 @@ def test_the_broker_log_is_bounded_and_each_start_has_its_own(
     assert logs == ["broker.log", "broker.log.1", "broker.log.2", "broker.log.3"]
     for name in logs:  # over by at most the event that made it roll (KafkaConfig's: 14 kB)
         assert (broker.dir / name).stat().st_size < 0.02 * 2**20 + 24 * 1024, name
+
+
+def test_a_cluster_id_that_starts_with_a_dash_formats(kafka_settings: Settings, tmp_path,  # type: ignore[no-untyped-def]
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The storage format took "-t -Xy..." for an option and failed ("--cluster-id/-t:
+    expected one argument"): once in a CI run, as base64url ids start with "-" 1 in 64."""
+    import base64
+    import uuid
+
+    import deploy.broker as broker_mod
+    from tests.conftest import free_port
+
+    if kafka_settings.kafka_bootstrap:
+        missing("external cluster (TOCSIN_TEST_KAFKA_BOOTSTRAP): no local broker")
+    dashed = uuid.UUID(bytes=b"\xfb" + bytes(range(1, 16)))
+    assert base64.urlsafe_b64encode(dashed.bytes).decode().startswith("-")
+    monkeypatch.setattr(broker_mod.uuid, "uuid4", lambda: dashed)
+    settings = Settings(home=tmp_path, broker_port=free_port(), controller_port=free_port(),
+                        cache_dir=kafka_settings.cache_dir)
+    broker = Broker(settings)
+    try:
+        assert broker.start(timeout=90).running
+        meta = (broker.data_dir / "meta.properties").read_text()
+        assert "cluster.id=-" in meta
+    finally:
+        broker.stop()
