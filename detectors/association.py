@@ -55,7 +55,7 @@ from detectors.seismic import (
     SeismicEvent,
     SeismicParams,
 )
-from streams.schemas import Forecast, IncidentRevision
+from streams.schemas import Forecast, IncidentRevision, iso
 
 PRESSURE_DETECTORS = ("lamb_pulse",)
 SEA_LEVEL_KINDS = ("tide_gauge", "bottom_pressure")
@@ -196,16 +196,16 @@ class Associator:
         at = (det.declared, det.key)
         if at < self._mark:
             raise LateDetection(
-                f"detection {det.key} declared {_iso(det.declared)} sorts before the "
-                f"association's checkpoint at {_iso(self._mark[0])} (it keeps "
+                f"detection {det.key} declared {iso(det.declared)} sorts before the "
+                f"association's checkpoint at {iso(self._mark[0])} (it keeps "
                 f"{self.lateness_s:g} s of declared time behind the newest detection, "
-                f"{_iso(self._latest)}): not associated")
+                f"{iso(self._latest)}): not associated")
         if det.onset < det.declared - self.onset_lag_s:
             # (so every detection after the checkpoint has its onset at or after the floor)
             raise LateDetection(
-                f"detection {det.key} has its onset {_iso(det.onset)} more than "
+                f"detection {det.key} has its onset {iso(det.onset)} more than "
                 f"onset_lag_s = {self.onset_lag_s:g} s before its declaration at "
-                f"{_iso(det.declared)}: what it could join may be gone; not associated")
+                f"{iso(det.declared)}: what it could join may be gone; not associated")
         if not self._tail or at > self._tail[-1][:2]:
             snap = self._state.copy() if len(self._tail) % SNAP_EVERY == 0 else None
             try:
@@ -363,12 +363,6 @@ class Associator:
         return sorted(new, key=lambda e: (e.issued, e.event_id))
 
 
-def _iso(t: float) -> str:
-    if not math.isfinite(t):
-        return str(t)
-    return datetime.fromtimestamp(t, tz=UTC).isoformat().replace("+00:00", "Z")
-
-
 # no two points of the sphere are further apart
 HALF_EARTH_KM = math.pi * EARTH_RADIUS_KM
 
@@ -432,11 +426,12 @@ class _State:
         """Drop what no detection with an onset at or after ``floor`` can change; the
         seismic events dropped come back (their last revisions)."""
         keep = floor - reach
-        gone = [i for i in self.incidents if _anchor(i) < keep]
-        if gone:
-            self.incidents = [i for i in self.incidents if _anchor(i) >= keep]
-            for inc in gone:
-                self.last.pop(inc.incident_id, None)
+        kept = [i for i in self.incidents if _anchor(i) >= keep]
+        if len(kept) < len(self.incidents):
+            for inc in self.incidents:
+                if _anchor(inc) < keep:
+                    self.last.pop(inc.incident_id, None)
+            self.incidents = kept
         self.unassigned = [d for d in self.unassigned if d.onset >= keep]
         retired = [e for e in self.events.values() if e.origin.time < keep]
         for e in retired:

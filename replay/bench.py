@@ -186,12 +186,14 @@ def association_bench(settings: Settings, days: int = 20, seed: int = 7) -> dict
 
     from detectors.association import Associator
     from detectors.base import Detection, StationInfo
+    from detectors.geo import wrap_lon
     from tocsin.tables import prime_travel_times
 
     prime_travel_times(settings.cache_dir)  # as a worker does: not in the first day's adds
     rng = random.Random(seed)
     t0 = 1_700_000_000.0
-    sites = [(f"S{i:02d}", rng.uniform(-35, -5), rng.uniform(160, 200)) for i in range(50)]
+    sites = [(f"S{i:02d}", rng.uniform(-35, -5), wrap_lon(rng.uniform(160, 200)))
+             for i in range(50)]
     gauges = [StationInfo(f"G{i}", "tide_gauge", rng.uniform(-40, 30), rng.uniform(120, 240))
               for i in range(20)]
     dets = []
@@ -199,10 +201,10 @@ def association_bench(settings: Settings, days: int = 20, seed: int = 7) -> dict
         sid, lat, lon = rng.choice(sites)
         t = t0 + i * 216 + rng.uniform(0, 216)
         dets.append(Detection(sid, "seismic", "sta_lta", "1", t, t + 5, 1e4, "counts", t + 50,
-                              lat=lat, lon=(lon + 180) % 360 - 180))
+                              lat=lat, lon=lon))
         if i % 40 == 0:
             dets.append(Detection(f"B{sid}", "barometer", "lamb_pulse", "1", t, t + 600, 1.0,
-                                  "hPa", t + 900, lat=lat, lon=(lon + 180) % 360 - 180))
+                                  "hPa", t + 900, lat=lat, lon=lon))
         if i % 100 == 0:
             g = rng.choice(gauges)
             dets.append(Detection(g.station_id, "tide_gauge", "sea_level", "1", t, t + 1200,
