@@ -301,12 +301,20 @@ class Ingest:
         of ``topic`` each time the newest record's end, less the lag, has moved on by
         ``watermark_every_s``: the workers' association takes the detections before it in
         event-time order (a station whose records come later than the lag behind the
-        newest is late there, and its detections are associated late)."""
+        newest is late there, and its detections are associated late).
+
+        When no record has come for ``watermark_lag_s`` of the clock (the feed stopped, or
+        the link to the server is down), the marks follow the clock instead, at its time
+        less the lag, every ``watermark_every_s``: the detections already made reach the
+        association then, rather than when the feed resumes. Records that come after such
+        a mark has passed them (a server's backlog after a reconnection) are late."""
         sent = 0
         pending: deque[tuple[str, int, asyncio.Future[Any]]] = deque()
         partitions = (sorted(await producer.partitions_for(topic))
                       if watermark_lag_s is not None else [])
         newest = last_mark = -math.inf
+        last_seen = self.clock()
+        marking = asyncio.Lock()
 
         def settle() -> None:
             while pending and pending[0][2].done():
@@ -325,19 +333,36 @@ class Ingest:
                 await asyncio.wait([pending[0][2]])
                 settle()
 
-        async def watermark(end: float) -> None:
-            nonlocal newest, last_mark
-            newest = max(newest, end)
-            if watermark_lag_s is None or newest - watermark_lag_s < last_mark + (
-                    watermark_every_s):
-                return
-            last_mark = newest - watermark_lag_s
-            mark = control("watermark", time=last_mark, partitions=len(partitions))
-            for p in partitions:  # after every record sent before it, on each partition
-                await send("", -1, mark, topic, b"control", partition=p)
+        async def advance(t: float) -> None:
+            nonlocal last_mark
+            async with marking:  # one mark at a time: each goes to every partition in turn
+                if t < last_mark + watermark_every_s:
+                    return
+                last_mark = t
+                mark = control("watermark", time=t, partitions=len(partitions))
+                for p in partitions:  # after every record sent before it, on each partition
+                    await send("", -1, mark, topic, b"control", partition=p)
 
+        async def watermark(end: float) -> None:
+            nonlocal newest
+            newest = max(newest, end)
+            if watermark_lag_s is not None:
+                await advance(newest - watermark_lag_s)
+
+        async def idle_marks(lag: float) -> None:
+            while True:
+                await asyncio.sleep(watermark_every_s)
+                now = self.clock()
+                if now - last_seen >= lag:
+                    await advance(now - lag)
+
+        idle = (asyncio.ensure_future(idle_marks(watermark_lag_s))
+                if watermark_lag_s is not None else None)
         try:
             async for seq, rec in self.client.packets():
+                if idle is not None and idle.done():
+                    idle.result()  # the clock's marks stopped: their send failed, raise it
+                last_seen = self.clock()
                 station = record_stream_id(rec).rsplit(".", 2)[0]
                 try:
                     pkt = self.packet(seq, rec)
@@ -361,6 +386,10 @@ class Ingest:
                 await asyncio.wait([fut])
             settle()
         finally:
+            if idle is not None:
+                idle.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await idle
             with contextlib.suppress(Exception):
                 settle()
             self.save_state()

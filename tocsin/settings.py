@@ -113,7 +113,8 @@ class Settings(BaseSettings):
     ingest_watermark_lag_s: float = Field(
         default=600.0, ge=0, description="TOCSIN_INGEST_WATERMARK_LAG_S: how far behind the "
         "newest record's end a live ingest's watermarks run; a station's records later than "
-        "that behind it are associated late"
+        "that behind it are associated late. After that long with no record, the marks "
+        "follow the clock, less the lag"
     )
     association_lateness_s: float = Field(
         default=24 * 3600.0, ge=0, description="TOCSIN_ASSOCIATION_LATENESS_S: how far in "

@@ -454,6 +454,22 @@ def test_state_file_keeps_only_what_kafka_acknowledged(records: list[bytes],
     assert json.loads(state.read_text())["last_seq"] == {station: 1}
 
 
+class _Producer:
+    """Takes every send at once; ``sent`` holds (key, partition, value) in order."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes | None, int | None, bytes]] = []
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        return {0, 1, 2}
+
+    async def send(self, topic, value, key=None, partition=None):  # type: ignore[no-untyped-def]
+        self.sent.append((key, partition, value))
+        fut = asyncio.get_running_loop().create_future()
+        fut.set_result(None)
+        return fut
+
+
 def test_watermarks_follow_the_newest_record_on_every_partition(records: list[bytes]) -> None:
     """Without watermarks from the ingest, the workers' association would hold every live
     detection for ever. Each mark is the newest record's end less the lag, goes to every
@@ -461,20 +477,7 @@ def test_watermarks_follow_the_newest_record_on_every_partition(records: list[by
     step."""
     from streams.app import _is_control
 
-    class Producer:
-        def __init__(self) -> None:
-            self.sent: list[tuple[bytes | None, int | None, bytes]] = []
-
-        async def partitions_for(self, topic: str) -> set[int]:
-            return {0, 1, 2}
-
-        async def send(self, topic, value, key=None, partition=None):  # type: ignore[no-untyped-def]
-            self.sent.append((key, partition, value))
-            fut = asyncio.get_running_loop().create_future()
-            fut.set_result(None)
-            return fut
-
-    producer = Producer()
+    producer = _Producer()
     ingest = Ingest(_Client(records[:60]))  # type: ignore[arg-type]
     assert asyncio.run(ingest.run(producer, "obs", "dlq", watermark_lag_s=600.0,
                                   watermark_every_s=1800.0)) == 60
@@ -500,6 +503,71 @@ def test_watermarks_follow_the_newest_record_on_every_partition(records: list[by
     assert all(b - a >= 1800.0 for a, b in zip(marks, marks[1:], strict=False))
     assert newest - 600.0 - marks[-1] < 1800.0  # the last one is at most a step behind
     # without a lag, none
-    producer = Producer()
+    producer = _Producer()
     asyncio.run(Ingest(_Client(records[:60])).run(producer, "obs", "dlq"))  # type: ignore[arg-type]
     assert all(_is_control(v) is None for _, _, v in producer.sent)
+
+
+def test_a_silent_feed_moves_the_watermarks_on_by_the_clock(records: list[bytes]) -> None:
+    """When the feed stops, the detections of its last ``lag`` seconds must still reach the
+    association. After ``lag`` seconds of the clock with no record the marks follow the
+    clock, less the lag; a backlog that comes later never takes them back."""
+    from streams.app import _is_control
+
+    resume = asyncio.Event()
+
+    class Client(_Client):
+        async def packets(self):  # type: ignore[no-untyped-def]
+            for seq, rec in enumerate(self.records, start=1):
+                if seq == 6:
+                    await resume.wait()  # silent until told
+                yield seq, rec
+
+    first, backlog = records[:5], records[5:8]
+    newest = max(record_to_packet(r, i, {}, "test").end for i, r in enumerate(first))
+    now = [newest + 30.0]  # the records came 30 s after their last sample
+    producer = _Producer()
+    ingest = Ingest(Client(first + backlog), clock=lambda: now[0])  # type: ignore[arg-type]
+
+    def marks() -> list[float]:
+        out = []
+        for _, _, v in producer.sent:
+            ctl = _is_control(v)
+            if ctl is not None:
+                out.append(ctl["time"])
+        return out
+
+    def data() -> int:
+        return sum(_is_control(v) is None for _, _, v in producer.sent)
+
+    async def main() -> None:
+        run = asyncio.ensure_future(ingest.run(producer, "obs", "dlq", watermark_lag_s=600.0,
+                                               watermark_every_s=0.01))
+        while data() < 5:
+            await asyncio.sleep(0.005)
+        by_records = marks()
+        assert by_records and by_records[-1] == newest - 600.0
+        now[0] = newest + 30.0 + 599.0  # silent for less than the lag: nothing new
+        await asyncio.sleep(0.1)
+        assert marks() == by_records
+        now[0] = newest + 30.0 + 700.0  # silent for longer: a mark at the clock less the lag
+        await asyncio.sleep(0.1)
+        idle = marks()[len(by_records):]
+        assert idle == [newest + 130.0] * 3, idle  # one to each partition
+        assert [p for _, p, _ in producer.sent[-3:]] == [0, 1, 2]
+        now[0] += 50.0  # and on with the clock
+        await asyncio.sleep(0.1)
+        assert marks()[-1] == newest + 180.0
+        # the feed resumes with the server's backlog, older than the marks: they stay
+        mark_count = len(marks())
+        resume.set()
+        assert await run == 8
+        assert marks()[mark_count:] == [] or min(marks()[mark_count:]) > newest + 180.0
+        assert sorted(marks()) == marks()  # never backwards
+        # the clock's marks end with the run
+        done = len(producer.sent)
+        now[0] += 5000.0
+        await asyncio.sleep(0.05)
+        assert len(producer.sent) == done
+
+    asyncio.run(main())
