@@ -347,17 +347,23 @@ class WatermarkGate:
     """Holds detections until every observation partition's watermark has passed them.
 
     Detections come out in (declared, key) order, so the associator sees the same sequence
-    whatever the partition count, the worker count or the speed of the replay.
+    whatever the partition count, the worker count or the speed of the replay. A detection
+    sent again (a detect worker that crashed before its commit re-sends what it had sent)
+    is held once.
     """
 
     def __init__(self) -> None:
         self.marks: dict[int, float] = {}
         self.partitions = 0
-        self.buffer: list[tuple[float, str, Detection]] = []
+        self.buffer: list[tuple[float, str]] = []  # a heap of (declared, key)
+        self.held: dict[str, Detection] = {}
         self.ended = False
 
     def add(self, det: Detection) -> None:
-        heapq.heappush(self.buffer, (det.declared, det.key, det))
+        if det.key in self.held:
+            return
+        self.held[det.key] = det
+        heapq.heappush(self.buffer, (det.declared, det.key))
 
     def control(self, ctl: dict[str, Any]) -> list[Detection]:
         kind = ctl.get("type")
@@ -371,7 +377,7 @@ class WatermarkGate:
         low = min(self.marks.get(i, -math.inf) for i in range(self.partitions))
         out = []
         while self.buffer and self.buffer[0][0] <= low:
-            out.append(heapq.heappop(self.buffer)[2])
+            out.append(self.held.pop(heapq.heappop(self.buffer)[1]))
         if low == math.inf:
             self.ended = True
             self.marks.clear()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import orjson
 import pytest
 
 
@@ -308,3 +309,34 @@ def test_read_back_reads_before_the_offsets_and_stops_its_consumer_however_the_l
     with pytest.raises(RuntimeError, match="body failed"):
         asyncio.run(crash(c))
     assert not c.running
+
+
+def test_watermark_gate_holds_a_resent_detection_once_and_releases_in_order() -> None:
+    """A detect worker that crashed before its commit sends its detections again: the gate
+    (whose heap compared the Detection objects of two equal entries, a TypeError that
+    crashed the associate agent and every rebuild after it) holds each key once, and
+    releases in (declared, key) order once every partition's mark has passed."""
+    from detectors.base import Detection
+    from streams.app import WatermarkGate
+    from streams.topics import control
+
+    def det(station: str, onset: float, declared: float) -> Detection:
+        return Detection(station, "barometer", "lamb_pulse", "1", onset, onset + 60.0, 1.5,
+                         "hPa", declared)
+
+    a, b, c = det("A", 100.0, 700.0), det("B", 90.0, 700.0), det("C", 50.0, 650.0)
+    gate = WatermarkGate()
+    for d in (a, b, a, c, det("A", 100.0, 700.0)):
+        gate.add(d)
+    assert len(gate.buffer) == 3 and len(gate.held) == 3
+
+    def mark(p: int, t: float) -> list[str]:
+        ctl = orjson.loads(control("watermark", time=t, partition=p, partitions=2))
+        return [d.key for d in gate.control(ctl)]
+
+    assert mark(0, 800.0) == []  # partition 1 has not passed them
+    assert mark(1, 660.0) == [c.key]
+    assert mark(1, 700.0) == [a.key, b.key]  # same declared: by key
+    assert gate.buffer == [] and gate.held == {}
+    gate.add(a)  # after its release it is held again: the associator drops what it has seen
+    assert mark(1, 900.0) == [a.key]
