@@ -37,12 +37,21 @@ from typing import Any
 import numpy as np
 
 from detectors.base import StationInfo
-from streams.schemas import ObservationPacket, encode
+from streams.schemas import ObservationPacket, encode, iso
 from streams.topics import control
 
 log = logging.getLogger(__name__)
 
 PACKET = 520  # 8-byte SeedLink header + 512-byte miniSEED record
+SEQ_MOD = 1 << 24  # sequence numbers are 6 hex digits: after FFFFFF comes 000000
+DUPLICATE = -1  # what ``SeedLinkClient.packets`` yields for the number of a record sent again
+
+
+def seq_after(seq: int, last: int) -> int:
+    """How many numbers ``seq`` comes after ``last``, modulo the wrap at FFFFFF; 0 if it is
+    ``last`` or comes before it (within half the range)."""
+    ahead = (seq - last) % SEQ_MOD
+    return ahead if ahead < SEQ_MOD // 2 else 0
 
 
 class SeedLinkError(RuntimeError):
@@ -135,14 +144,15 @@ class SeedLinkClient:
             for sel in selectors:
                 await self._command(reader, writer, f"SELECT {sel}")
             last = self.last_seq.get(f"{net}.{sta}")
-            resume = f" {(last + 1) & 0xFFFFFF:06X}" if last is not None else ""
+            resume = f" {(last + 1) % SEQ_MOD:06X}" if last is not None else ""
             await self._command(reader, writer, action + resume)
         writer.write(b"END\r")
         await writer.drain()
         return reader, writer
 
     async def packets(self) -> AsyncIterator[tuple[int, bytes]]:
-        """(sequence number, 512-byte record), forever (or to END with ``fetch``).
+        """(sequence number, 512-byte record), forever (or to END with ``fetch``); a record
+        the server sent again has the number :data:`DUPLICATE`. Numbers wrap after FFFFFF.
 
         A failed connection, a timeout or a packet with a bad header close the connection;
         the client reconnects (the delay doubles up to ``max_reconnect_delay`` until a good
@@ -166,8 +176,8 @@ class SeedLinkClient:
                     rec = pkt[8:]
                     key = record_stream_id(rec).rsplit(".", 2)[0]
                     last = self.last_seq.get(key)
-                    if last is not None and seq <= last:
-                        yield -seq, rec  # sent again: the caller counts, never re-emits
+                    if last is not None and not seq_after(seq, last):
+                        yield DUPLICATE, rec  # sent again: the caller counts, never re-emits
                         continue
                     self.last_seq[key] = seq
                     yield seq, rec
@@ -242,6 +252,9 @@ class Ingest:
     state_file: Path | None = None
     save_every: int = 50
     acked: dict[str, int] = field(default_factory=dict)  # "NET.STA" -> last in Kafka
+    #: a record ending further than this after the clock is a timing fault, dead-lettered:
+    #: its time would carry the watermarks (and the station's detectors) years ahead
+    max_ahead_s: float = 600.0
 
     def __post_init__(self) -> None:
         if self.state_file is not None and self.state_file.is_file():
@@ -272,9 +285,14 @@ class Ingest:
         self.prev_seq[station] = seq
         pkt = record_to_packet(rec, seq, self.stations,
                                f"seedlink://{self.client.host}:{self.client.port}")
+        now = self.clock()
+        if pkt.end > now + self.max_ahead_s:
+            raise ValueError(f"{pkt.station_id}: record #{seq} ends at {iso(pkt.end)}, "
+                             f"{pkt.end - now:.0f} s after the ingest's clock ({iso(now)}); "
+                             f"more than {self.max_ahead_s:.0f} s is a timing fault")
         m = self.metrics.setdefault(pkt.station_id, StreamMetrics())
-        if prev is not None and seq > prev + 1:
-            m.seq_gaps += seq - prev - 1
+        if prev is not None and seq_after(seq, prev) > 1:
+            m.seq_gaps += seq_after(seq, prev) - 1
         if m.records and not math.isnan(m.last_end):
             expected = m.last_end + m.dt
             if pkt.start - expected > 0.5 * pkt.sample_interval:
@@ -284,7 +302,7 @@ class Ingest:
         m.samples += len(pkt.values)
         m.dt = pkt.sample_interval
         m.last_end = pkt.end
-        m.latency_s = self.clock() - pkt.end
+        m.latency_s = now - pkt.end
         return pkt
 
     async def run(self, producer: Any, topic: str, deadletter: str,

@@ -571,3 +571,77 @@ def test_a_silent_feed_moves_the_watermarks_on_by_the_clock(records: list[bytes]
         assert len(producer.sent) == done
 
     asyncio.run(main())
+
+
+def test_sequence_numbers_wrap_after_ffffff(records: list[bytes]) -> None:
+    """Sequence numbers are six hex digits; a server numbering ring-wide wraps within days.
+    After FFFFFF comes 000000: new records, not duplicates (every record after the wrap
+    was dropped as sent again); a record sent again is still one, 000000 included."""
+    from streams.seedlink import DUPLICATE, seq_after
+
+    assert seq_after(0x000000, 0xFFFFFF) == 1 and seq_after(0x000002, 0xFFFFFE) == 4
+    assert seq_after(0xFFFFFF, 0x000000) == 0 and seq_after(5, 5) == 0
+    assert seq_after(6, 5) == 1 and seq_after(4, 5) == 0
+
+    def rec() -> bytes:
+        r = bytearray(b" " * 512)
+        r[8:13], r[13:15], r[15:18], r[18:20] = b"MSVF ", b"10", b"LHZ", b"II"
+        return bytes(r)
+
+    sent = (0xFFFFFE, 0xFFFFFF, 0x000000, 0x000001, 0x000000, 0xFFFFFF, 0x000003)
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while (cmd := (await reader.readuntil(b"\r")).strip()) != b"END":
+            writer.write(b"SeedLink v3.1\r\nfake\r\n" if cmd == b"HELLO" else b"OK\r\n")
+        for seq in sent:
+            writer.write(b"SL%06X" % seq + rec())
+        await writer.drain()
+        await asyncio.sleep(5)
+
+    async def main() -> list[int]:
+        srv = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = srv.sockets[0].getsockname()[1]
+        client = SeedLinkClient("127.0.0.1", port, [LHZ], timeout=2)
+        got: list[int] = []
+        try:
+            async for seq, _ in client.packets():
+                got.append(seq)
+                if len(got) == len(sent):
+                    break
+        finally:
+            srv.close()
+        return got
+
+    got = asyncio.run(asyncio.wait_for(main(), 10))
+    assert got == [0xFFFFFE, 0xFFFFFF, 0, 1, DUPLICATE, DUPLICATE, 3]
+    # the ingest counts a duplicate, and the numbers skipped across the wrap as a gap
+    ingest = Ingest(_Client([]))  # type: ignore[arg-type]
+    assert ingest.packet(0xFFFFFF, records[0]) is not None
+    assert ingest.packet(DUPLICATE, records[0]) is None
+    assert ingest.packet(0x000002, records[1]) is not None
+    m = ingest.metrics[LHZ]
+    assert (m.records, m.duplicates, m.seq_gaps) == (2, 1, 2)
+
+
+def test_a_record_far_ahead_of_the_clock_is_dead_lettered(records: list[bytes]) -> None:
+    """A record stamped in the future (a station's timing fault: a header year of 2198)
+    carried the watermarks there, after which no mark could pass and the gate held every
+    later detection for ever. One that ends more than ``max_ahead_s`` after the ingest's
+    clock goes to the dead-letter topic with the reason; the others go on."""
+    from streams.app import _is_control
+
+    ends = [record_to_packet(r, i, {}, "test").end for i, r in enumerate(records[:6])]
+    clock = ends[2] - 300.0  # records 0-2 end before the clock + 600 s, the rest after
+    ahead = [e > clock + 600.0 for e in ends]
+    assert any(ahead) and not all(ahead), ends
+    producer = _Producer()
+    ingest = Ingest(_Client(records[:6]), clock=lambda: clock)  # type: ignore[arg-type]
+    sent = asyncio.run(ingest.run(producer, "obs", "dlq", watermark_lag_s=600.0))
+    assert sent == ahead.count(False) and ingest.bad == ahead.count(True)
+    letters = [json.loads(v) for _, _, v in producer.sent
+               if _is_control(v) is None and b"tocsin.deadletter/1" in v]
+    assert len(letters) == ahead.count(True)
+    assert all("after the ingest's clock" in d["reason"] and "timing fault" in d["reason"]
+               for d in letters), letters[0]["reason"]
+    marks = [_is_control(v)["time"] for _, _, v in producer.sent if _is_control(v)]
+    assert max(marks) <= clock  # the marks stay behind the clock
