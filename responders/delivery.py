@@ -58,6 +58,9 @@ from responders.store import AlertRow, AttemptRow, DeliveryRow, Store, Subscript
 from streams.schemas import AlertMessage, Forecast, IncidentRevision
 
 CHANNELS = ("webhook", "email")
+#: how long a claimed delivery stays with the worker that claimed it (more than a send's
+#: worst case: an HTTP timeout of 5 s for each phase, SMTP's 10 s)
+LEASE_S = 60.0
 
 
 class SubscriptionError(ValueError):
@@ -360,13 +363,11 @@ class Outbox:
                 for i, ch in enumerate(sub.channels):
                     key = f"{msg.identifier}|{sub.id}|{i}"
                     target = ch.get("url") or ch.get("to") or ""
-                    exists = c.execute(select(DeliveryRow.key).where(DeliveryRow.key == key)
-                                       ).first()
-                    if exists is None:
-                        c.execute(insert(DeliveryRow).values(
-                            key=key, alert_identifier=msg.identifier, subscription_id=sub.id,
-                            channel=ch["type"], target=target, status="pending", attempts=0,
-                            next_attempt=self.clock(), last_error=None, delivered_at=None))
+                    self.store.insert_new(c, DeliveryRow, dict(
+                        key=key, alert_identifier=msg.identifier, subscription_id=sub.id,
+                        channel=ch["type"], target=target, status="pending", attempts=0,
+                        next_attempt=self.clock(), last_error=None, delivered_at=None),
+                        ("key",))
             return n
 
     # -- dispatch
@@ -380,13 +381,17 @@ class Outbox:
                 .order_by(DeliveryRow.next_attempt, DeliveryRow.key).limit(limit)).scalars())
         done = 0
         for key in keys:
-            if self._claim(key, now):
+            if self._claim(key):
                 self._attempt(key)
                 done += 1
         return done
 
-    def _claim(self, key: str, now: float) -> bool:
-        lease = now + 60.0  # another worker will not pick it up meanwhile
+    def _claim(self, key: str) -> bool:
+        """The delivery is ours for ``LEASE_S`` from now (not from the round's start: after
+        a few slow sends, a lease from then had run out before the send, and another
+        worker's round took the delivery and sent it again)."""
+        now = self.clock()
+        lease = now + LEASE_S  # another worker will not pick it up meanwhile
         with self.store.begin() as c:
             r = c.execute(update(DeliveryRow).where(and_(
                 DeliveryRow.key == key, DeliveryRow.status == "pending",

@@ -203,18 +203,30 @@ class Store:
             yield conn
 
     # ------------------------------------------------------------------ writes
-    def _upsert(self, conn: Connection, model: type[Base], row: dict[str, Any],
-                keys: tuple[str, ...]) -> None:
+    @staticmethod
+    def _insert(conn: Connection, model: type[Base], row: dict[str, Any]) -> Any:
         table: Any = model.__table__
         dialect = conn.dialect.name
         if dialect == "postgresql":
-            stmt: Any = postgresql.insert(table).values(**row)
-        elif dialect == "sqlite":
-            stmt = sqlite.insert(table).values(**row)
-        else:  # pragma: no cover - other databases: merge through the ORM
-            raise NotImplementedError(f"upsert for {dialect}")
+            return postgresql.insert(table).values(**row)
+        if dialect == "sqlite":
+            return sqlite.insert(table).values(**row)
+        raise NotImplementedError(f"upsert for {dialect}")  # pragma: no cover
+
+    def _upsert(self, conn: Connection, model: type[Base], row: dict[str, Any],
+                keys: tuple[str, ...]) -> None:
         update = {k: v for k, v in row.items() if k not in keys}
-        conn.execute(stmt.on_conflict_do_update(index_elements=list(keys), set_=update))
+        conn.execute(self._insert(conn, model, row).on_conflict_do_update(
+            index_elements=list(keys), set_=update))
+
+    def insert_new(self, conn: Connection, model: type[Base], row: dict[str, Any],
+                   keys: tuple[str, ...]) -> bool:
+        """Insert ``row`` unless a row with its ``keys`` is there (also one that another
+        transaction inserted meanwhile: a check-then-insert raised IntegrityError on
+        PostgreSQL then); whether it was inserted."""
+        r = conn.execute(self._insert(conn, model, row).on_conflict_do_nothing(
+            index_elements=list(keys)))
+        return bool(r.rowcount)
 
     def save_detection(self, det: Detection, conn: Connection | None = None) -> None:
         row = {"key": det.key, "station_id": det.station_id, "kind": det.kind,
@@ -230,7 +242,8 @@ class Store:
         with self._conn(conn) as c:
             self._upsert(c, RevisionRow, {
                 "key": rev.key, "incident_id": rev.incident_id, "revision": rev.revision,
-                "issued": rev.issued, "status": rev.status, "body": rev.to_dict()}, ("key",))
+                "issued": rev.issued, "status": rev.status,
+                "body": _jsonable(rev.to_dict())}, ("key",))  # no NaN: PostgreSQL's JSON refuses it
             cur = c.execute(select(IncidentRow.revision).where(
                 IncidentRow.incident_id == rev.incident_id)).scalar_one_or_none()
             if cur is None or rev.revision >= cur:

@@ -360,3 +360,89 @@ def test_an_alert_by_the_antimeridian_reaches_areas_on_both_sides() -> None:
     from responders.delivery import circle
     assert sub.geometry.intersects(circle(-17.0, 179.95, 20.0))
     assert circle(-13.83, 188.24, 20.0).equals(circle(-13.83, -171.76, 20.0))
+
+
+def test_a_delivery_claimed_late_in_a_slow_round_is_not_sent_twice(store: Store) -> None:
+    """The lease of a claim ran from the start of the round: after two sends of 35 s, the
+    third delivery's lease had run out before its send, and another worker's round (on
+    the same database) took it and sent it again."""
+    from dataclasses import replace
+
+    from responders.delivery import SendResult
+
+    clock = Clock()
+    box_a, box_b = outbox(store, clock), outbox(store, clock)
+    for i in range(3):
+        box_a.add_subscription(Subscription.create(f"s{i}", JAPAN, "Minor", [
+            {"type": "webhook", "url": "http://example.org/x", "secret": "k"}], id=f"s{i}"))
+    publish(store, box_a, revision(1), AlertPolicy())
+    sent: list[tuple[str, str]] = []
+
+    def slow(who: str, other: Outbox | None):  # type: ignore[no-untyped-def]
+        def send(ch, alert, key, attempt):  # type: ignore[no-untyped-def]
+            sent.append((who, key))
+            clock.t += 35.0
+            if other is not None and len(sent) == 3:  # the other worker's round, during
+                other.dispatch_due()                  # the third send of this one
+            return SendResult(True, 200)
+        return send
+
+    box_b._send = slow("B", None)  # type: ignore[method-assign]
+    box_a._send = slow("A", box_b)  # type: ignore[method-assign]
+    assert box_a.dispatch_due() == 3
+    keys = [k for _, k in sent]
+    assert len(keys) == len(set(keys)) == 3, sent
+    assert all(d["status"] == "delivered" for d in box_a.deliveries())
+    # a lease still runs out: a worker that died mid-send leaves it to another
+    publish(store, box_a, replace(revision(2), incident_id="eruption-y"), AlertPolicy())
+    (key,) = [d["key"] for d in box_a.deliveries() if d["status"] == "pending"][:1]
+    assert box_a._claim(key) and not box_b._claim(key)
+    clock.t += 61.0
+    assert box_b._claim(key)
+
+
+def test_two_transactions_enqueue_the_same_alert(store: Store) -> None:
+    """Two workers' transactions enqueue the same alert (a rebalance overlaps them): the
+    second waits for the first and adds nothing. With a check then an insert, PostgreSQL
+    raised IntegrityError in the second, and the alert agent crashed."""
+    import threading
+
+    clock = Clock()
+    box = outbox(store, clock)
+    box.add_subscription(Subscription.create("JMA", JAPAN, "Minor", [
+        {"type": "webhook", "url": "http://example.org/x", "secret": "k"}]))
+    (msg,) = AlertPolicy().on_revision(revision(1))
+    errors: list[BaseException] = []
+    second_done = threading.Event()
+
+    def second() -> None:
+        try:
+            with store.begin() as c:
+                box.enqueue(msg, c)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        second_done.set()
+
+    with store.begin() as c:
+        store.save_alert(msg, c)
+        box.enqueue(msg, c)
+        t = threading.Thread(target=second)
+        t.start()
+        assert not second_done.wait(0.5)  # it waits for this transaction's row
+    t.join(30)
+    assert errors == [] and len(box.deliveries()) == 1
+
+
+def test_a_revision_with_nan_in_its_body_is_stored(store: Store) -> None:
+    """NaN is not JSON: PostgreSQL refused the revision's body (DataError), which the
+    associate agent does not retry; it is stored as null, as a detection's extra is."""
+    from dataclasses import replace
+
+    from sqlalchemy import select
+
+    from responders.store import RevisionRow
+
+    store.save_revision(replace(revision(1), extra={"rms_s": float("nan"), "n": 3}))
+    with store.engine.connect() as c:
+        body = c.execute(select(RevisionRow.body)).scalar_one()
+    assert body["extra"] == {"rms_s": None, "n": 3}
