@@ -32,54 +32,68 @@ def alerts_for_revisions(revisions: Iterable[IncidentRevision], sender: str = "t
 
 
 class AlertStage:
+    """The alert chains of every incident. An incident's revisions change only its own
+    messages (the policy keeps one chain per incident), so each revision replays the
+    policy over its incident's revisions alone: the cost of a revision does not grow with
+    the incidents seen before (it did: 21 ms a revision at 100 incidents, 217 ms at 1600).
+    """
+
     def __init__(self, sender: str = "tocsin@localhost", status: str = "Actual") -> None:
         self.sender, self.status = sender, status
-        self._revisions: dict[str, IncidentRevision] = {}
-        # the policy's latest message for each of its identifiers, and what went out for it
-        # last (itself, or its latest correction)
-        self._sent: dict[str, AlertMessage] = {}
-        self._out: dict[str, AlertMessage] = {}
+        # per incident: its revisions that stand, by key; the policy's latest message for
+        # each of its identifiers, and what went out for it last (itself, its latest
+        # correction, or its Cancel); the Cancel agencies hold while it is withdrawn
+        self._revisions: dict[str, dict[str, IncidentRevision]] = {}
+        self._sent: dict[str, dict[str, AlertMessage]] = {}
+        self._out: dict[str, dict[str, AlertMessage]] = {}
+        self._cancelled: dict[str, AlertMessage] = {}
 
     def add(self, rev: IncidentRevision) -> list[AlertMessage]:
         """The alerts that are new or changed once ``rev`` is known. If the policy raises,
         the stage is left as it was: the revision is not kept to fail every later one."""
-        old = self._revisions.get(rev.key)
+        inc = rev.incident_id
+        revisions = dict(self._revisions.get(inc, {}))
+        old = revisions.get(rev.key)
         if old is not None and old.same_as(rev):
             return []
-        revisions = dict(self._revisions)
         if rev.status == "retracted":
             revisions.pop(rev.key, None)
         else:
             revisions[rev.key] = rev
-        sent, out = dict(self._sent), dict(self._out)
+        sent, out = dict(self._sent.get(inc, {})), dict(self._out.get(inc, {}))
+        cancelled = self._cancelled.get(inc)
         changed = []
         for alert in alerts_for_revisions(revisions.values(), self.sender, self.status):
             if sent.get(alert.identifier) != alert:
                 previous = out.get(alert.identifier)
                 sent[alert.identifier] = alert
-                if previous is not None:  # sent before with other content: a correction
-                    alert = correction(alert, previous, self.sender)
+                alert = self._referencing_what_went_out(alert, out)
+                if previous is not None:  # sent before with other content, or cancelled
+                    alert = correction(alert, previous, self.sender, also=cancelled)
+                cancelled = None  # the incident is back: agencies hold more than its Cancel
                 out[sent_id(alert)] = alert
                 changed.append(alert)
-        alive = any(r.incident_id == rev.incident_id for r in revisions.values())
-        if rev.status == "retracted" and not alive:
+        if rev.status == "retracted" and not revisions:
             # the incident is gone: agencies that got its alerts must get a Cancel
-            mine = [a for a in sent.values() if a.incident_id == rev.incident_id]
-            if mine and all(a.msg_type != "Cancel" for a in mine):
-                last = out[max(mine, key=lambda a: (a.revision, a.sent)).identifier]
+            if sent:
+                last = out[max(sent.values(), key=lambda a: (a.revision, a.sent)).identifier]
                 # sent no earlier than the message it cancels
                 cancel = AlertPolicy(self.sender, self.status).cancel(
                     replace(rev, issued=max(rev.issued, last.sent)), last)
-                sent[cancel.identifier] = out[cancel.identifier] = cancel
+                earlier = out.get(cancel.identifier)
+                if earlier is not None:  # withdrawn before, back since: a Cancel of its own
+                    cancel = correction(cancel, earlier, self.sender)
+                out[sent_id(cancel)] = cancel
                 changed.append(cancel)
+                # what agencies hold now is the Cancel: if the incident comes back, its
+                # messages go out again (as corrections of the ones sent before)
+                sent, cancelled = {}, cancel
         elif rev.status == "retracted":
             # a later revision withdrawn, earlier ones stand: if agencies' latest message
             # came from a withdrawn one, the latest that stands is sent again, as an Update
             now = {a.identifier for a in alerts_for_revisions(
-                (r for r in revisions.values() if r.incident_id == rev.incident_id),
-                self.sender, self.status)}
-            gone = [a for k, a in sent.items() if a.incident_id == rev.incident_id
-                    and k not in now]
+                revisions.values(), self.sender, self.status)}
+            gone = [a for k, a in sent.items() if k not in now]
             if gone:
                 stands = max((sent[k] for k in now), key=lambda a: (a.revision, a.sent))
                 withdrawn = out[max(gone, key=lambda a: (a.revision, a.sent)).identifier]
@@ -90,8 +104,27 @@ class AlertStage:
                                        also=withdrawn, sent=max(withdrawn.sent, stands.sent))
                     out[stands.identifier] = again
                     changed.append(again)
-        self._revisions, self._sent, self._out = revisions, sent, out
+        self._revisions[inc], self._sent[inc], self._out[inc] = revisions, sent, out
+        if cancelled is None:
+            self._cancelled.pop(inc, None)
+        else:
+            self._cancelled[inc] = cancelled
         return changed
+
+    def _referencing_what_went_out(self, msg: AlertMessage,
+                                   out: dict[str, AlertMessage]) -> AlertMessage:
+        """``msg`` with each reference to a message of the policy made a reference to what
+        went out for it: the policy's Update referenced its own version of the message
+        before, which agencies never got when a correction went out instead."""
+        refs = []
+        for ref in msg.references:
+            sender, ident, _ = ref.split(",")
+            went = out.get(ident)
+            refs.append(ref if went is None or sender != self.sender else
+                        f"{sender},{went.identifier},{cap_time(went.sent)}")
+        if tuple(refs) == msg.references:
+            return msg
+        return with_references(msg, tuple(refs))
 
 
 def sent_id(msg: AlertMessage) -> str:
@@ -109,9 +142,21 @@ def correction(msg: AlertMessage, previous: AlertMessage, sender: str, *,
         previous.identifier.rpartition(".c")[2]) + 1
     identifier = f"{msg.identifier}.c{n}"
     msg_type = "Cancel" if msg.msg_type == "Cancel" else "Update"
-    refs = (*msg.references, *(f"{sender},{m.identifier},{cap_time(m.sent)}"
-                               for m in (previous, also) if m is not None))
-    sent = msg.sent if sent is None else float(sent)
+    refs = tuple(dict.fromkeys((*msg.references, *(
+        f"{sender},{m.identifier},{cap_time(m.sent)}" for m in (previous, also)
+        if m is not None))))
+    return _rewritten(msg, identifier=identifier, msg_type=msg_type, references=refs,
+                      sent=msg.sent if sent is None else float(sent))
+
+
+def with_references(msg: AlertMessage, refs: tuple[str, ...]) -> AlertMessage:
+    """``msg`` with ``refs`` as its references (in its CAP document too)."""
+    return _rewritten(msg, identifier=msg.identifier, msg_type=msg.msg_type,
+                      references=refs, sent=msg.sent)
+
+
+def _rewritten(msg: AlertMessage, *, identifier: str, msg_type: str,
+               references: tuple[str, ...], sent: float) -> AlertMessage:
     doc = etree.fromstring(msg.cap_xml.encode())
 
     def el(tag: str) -> etree._Element:
@@ -122,11 +167,11 @@ def correction(msg: AlertMessage, previous: AlertMessage, sender: str, *,
     el("identifier").text = identifier
     el("msgType").text = msg_type
     el("sent").text = cap_time(sent)
-    references = doc.find(f"{{{CAP_NS}}}references")
-    if references is None:  # it goes right before <incidents>
-        references = etree.Element(f"{{{CAP_NS}}}references")
-        el("incidents").addprevious(references)
-    references.text = " ".join(refs)
+    refs_el = doc.find(f"{{{CAP_NS}}}references")
+    if refs_el is None:  # it goes right before <incidents>
+        refs_el = etree.Element(f"{{{CAP_NS}}}references")
+        el("incidents").addprevious(refs_el)
+    refs_el.text = " ".join(references)
     xml = etree.tostring(doc, xml_declaration=True, encoding="UTF-8").decode()
-    return replace(msg, identifier=identifier, msg_type=msg_type, references=refs,
+    return replace(msg, identifier=identifier, msg_type=msg_type, references=references,
                    sent=sent, cap_xml=xml)

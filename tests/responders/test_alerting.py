@@ -200,3 +200,85 @@ def test_cap_circles_are_in_wgs84_longitudes() -> None:
     (msg,) = AlertPolicy().on_revision(rev)
     circles = [c.text for c in validate_cap(msg.cap_xml).iterfind(".//cap:circle", NS)]
     assert circles == ["-20.5500,-175.3900 50", "-13.8300,-171.7600 20"]
+
+
+def _refs_went_out(msgs: list) -> None:  # type: ignore[type-arg]
+    """Every reference of every message names a message that went out before it, with
+    the time it was sent; no identifier went out twice."""
+    went: dict[str, float] = {}
+    for m in msgs:
+        for ref in m.references:
+            sender, ident, sent = ref.split(",")
+            assert ident in went, f"{m.identifier} references {ident}, never sent"
+            assert sent == cap_time(went[ident]), f"{m.identifier}: {ref}"
+        assert m.identifier not in went, f"{m.identifier} went out twice"
+        went[m.identifier] = m.sent
+        validate_cap(m.cap_xml)
+
+
+def test_an_incident_withdrawn_back_and_withdrawn_again_ends_cancelled() -> None:
+    """Withdrawn, back unchanged, then withdrawn again: the return sent nothing (agencies
+    held only the Cancel while the incident was live again), and the second Cancel reused
+    the first's identifier with other content, which the store overwrote and the outbox
+    never delivered. The last message agencies got was an Update, never cancelled."""
+    stage = AlertStage()
+    r1 = revision(1)
+    r2 = revision(2, status="confirmed", issued=T + 2000.0, confirmed=("nkfa",))
+    steps = [r1, replace(r1, status="retracted"), r1, r2, replace(r2, status="retracted"),
+             replace(r1, status="retracted")]
+    got = [stage.add(step) for step in steps]
+    assert [[m.msg_type for m in msgs] for msgs in got] == [
+        ["Alert"], ["Cancel"], ["Update"], ["Update"], ["Update"], ["Cancel"]]
+    sent = [m for msgs in got for m in msgs]
+    _refs_went_out(sent)
+    back = got[2][0]  # supersedes the Cancel as well as the alert it had cancelled
+    assert [r.split(",")[1] for r in back.references] == [got[0][0].identifier,
+                                                          got[1][0].identifier]
+    last = got[-1][0]
+    assert last.references[0].split(",")[1] == got[4][0].identifier  # the latest Update
+    assert stage.add(replace(r1, status="retracted")) == []
+
+
+def test_an_update_references_the_message_that_went_out_not_its_recomputed_version() -> None:
+    """Revision 1 is corrected after its Alert went out (the correction goes out as
+    ``.c1``); revision 2's Update referenced ``r1.alert`` at the corrected time, a message
+    no agency ever got, and did not supersede the ``.c1`` they held."""
+    stage = AlertStage()
+    (alert,) = stage.add(revision(1))
+    (fix,) = stage.add(revision(1, issued=T + 1507.0))
+    assert fix.identifier == alert.identifier + ".c1"
+    (update,) = stage.add(revision(2, status="confirmed", issued=T + 2000.0,
+                                   confirmed=("nkfa",)))
+    assert update.references == (f"tocsin@localhost,{fix.identifier},{cap_time(fix.sent)}",)
+    _refs_went_out([alert, fix, update])
+
+
+def test_a_revision_replays_the_policy_over_its_own_incident_alone(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every revision replayed the policy over every revision of every incident seen: on
+    a worker that runs for months, each alert waited longer (217 ms at 1600 incidents).
+    The policy keeps one chain per incident, so the stage gives the same messages."""
+    import responders.stage as stage_mod
+
+    seen: list[int] = []
+    real = stage_mod.alerts_for_revisions
+
+    def counting(revs, *args):  # type: ignore[no-untyped-def]
+        revs = list(revs)
+        seen.append(len(revs))
+        return real(revs, *args)
+
+    stage = AlertStage()
+    every = []
+    for i in range(50):
+        every += stage.add(replace(revision(1), incident_id=f"eruption-{i:03d}"))
+    monkeypatch.setattr(stage_mod, "alerts_for_revisions", counting)
+    later = replace(revision(2, status="confirmed", issued=T + 2000.0, confirmed=("nkfa",)),
+                    incident_id="eruption-007")
+    (update,) = stage.add(later)
+    assert seen == [2]  # revisions 1 and 2 of eruption-007, not the 51 of all of them
+    assert update.references[0].split(",")[1] == every[7].identifier
+    # the same messages as the policy over all the revisions
+    policy_all = stage_mod.alerts_for_revisions(
+        [replace(revision(1), incident_id=f"eruption-{i:03d}") for i in range(50)] + [later])
+    assert {m.identifier: m for m in policy_all} == {m.identifier: m for m in every + [update]}
