@@ -85,8 +85,10 @@ def classify(rev: IncidentRevision) -> Classification:
 
 
 def cap_time(t: float) -> str:
-    """CAP 1.2 dateTime: whole seconds with an explicit offset ('Z' is not allowed)."""
-    return datetime.fromtimestamp(math.floor(t), tz=UTC).strftime("%Y-%m-%dT%H:%M:%S+00:00")
+    """CAP 1.2 dateTime: whole seconds, UTC written "-00:00" (CAP-v1.2-os 3.3.2: 'Z' MUST
+    NOT be used, "The timezone for UTC MUST be represented as '-00:00'"; the XSD's
+    pattern takes "+00:00" too, so validation did not catch it)."""
+    return datetime.fromtimestamp(math.floor(t), tz=UTC).strftime("%Y-%m-%dT%H:%M:%S-00:00")
 
 
 def alert_identifier(incident_id: str, revision: int, msg_type: str) -> str:

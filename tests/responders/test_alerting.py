@@ -46,8 +46,8 @@ def test_alert_update_cancel_chain_validates() -> None:
         doc = validate_cap(msg.cap_xml)
         assert doc.findtext("cap:msgType", namespaces=NS) == msg.msg_type
         assert doc.findtext("cap:identifier", namespaces=NS) == msg.identifier
-        assert doc.findtext("cap:sent", namespaces=NS).endswith("+00:00")
-    assert update.references == (f"tocsin@localhost,{alert.identifier},2022-01-15T04:39:45+00:00",)
+        assert doc.findtext("cap:sent", namespaces=NS).endswith("-00:00")  # UTC, as CAP says
+    assert update.references == (f"tocsin@localhost,{alert.identifier},2022-01-15T04:39:45-00:00",)
     assert cancel.references[0].split(",")[1] == update.identifier
     assert (alert.urgency, alert.certainty) == ("Expected", "Likely")
     assert (update.urgency, update.certainty) == ("Immediate", "Observed")
