@@ -92,9 +92,92 @@ def _nan_none(x: float) -> float | None:
     return None if math.isnan(x) else x
 
 
-def _opt_number(d: dict[str, Any], name: str) -> float:
+def _opt_number(d: dict[str, Any], name: str, schema: str = "message") -> float:
+    """A number, or NaN for null or absent; SchemaError naming the field otherwise (a
+    string or a boolean was taken for a number, or failed without the field's name)."""
     value = d.get(name)
-    return float("nan") if value is None else float(value)
+    if value is None:
+        return float("nan")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise SchemaError(f"{schema}: field {name!r} = {value!r} is not a number or null")
+    return float(value)
+
+
+def _count(d: dict[str, Any], name: str, schema: str, least: int = 0) -> int:
+    """An integer >= ``least`` (0 when absent); SchemaError naming the field otherwise
+    ("7", 7.9 and true were taken for 7, 7 and 1)."""
+    value = d.get(name, least)
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise SchemaError(f"{schema}: field {name!r} = {value!r} is not an integer >= "
+                          f"{least}")
+    return value
+
+
+def _revision(d: dict[str, Any], schema: str) -> int:
+    value = _require(d, "revision", int, schema)
+    if value < 1:
+        raise SchemaError(f"{schema}: revision {value!r} is not a positive integer")
+    return int(value)
+
+
+def _list(d: dict[str, Any], name: str, schema: str) -> list[Any]:
+    """A JSON list (empty when null or absent); SchemaError naming the field otherwise."""
+    value = d.get(name)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise SchemaError(f"{schema}: field {name!r} = {value!r} is not a list")
+    return value
+
+
+def _strings(d: dict[str, Any], name: str, schema: str) -> tuple[str, ...]:
+    """A list of strings (empty when null or absent); SchemaError naming the field
+    otherwise (a string was taken for the list of its characters)."""
+    value = d.get(name)
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise SchemaError(f"{schema}: field {name!r} = {value!r} is not a list of strings")
+    return tuple(value)
+
+
+def _object(d: dict[str, Any], name: str, schema: str) -> dict[str, Any]:
+    """A JSON object (empty when null or absent); SchemaError naming the field otherwise."""
+    value = d.get(name)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise SchemaError(f"{schema}: field {name!r} = {value!r} is not an object")
+    return dict(value)
+
+
+def _text(d: dict[str, Any], name: str, schema: str) -> str:
+    """An optional string ("" when null or absent); SchemaError naming the field if it is
+    something else."""
+    value = d.get(name)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise SchemaError(f"{schema}: field {name!r} = {value!r} is not a string")
+    return value
+
+
+def _numbers(raw: list[Any], name: str, schema: str) -> FloatArray:
+    """A JSON list of numbers and nulls (NaN) as float64; SchemaError naming the field and
+    the first bad element otherwise ("1.5" and true were taken for numbers)."""
+    for i, v in enumerate(raw):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)):
+            raise SchemaError(f"{schema}: {name}[{i}] = {v!r} is not a number or null")
+    return np.array([np.nan if v is None else v for v in raw], dtype=np.float64)
+
+
+def _issued(d: dict[str, Any], name: str, schema: str) -> float:
+    """A time given as ``<name>_s`` (exact seconds) or, when that is null or absent, as
+    ``<name>`` (ISO 8601)."""
+    exact = d.get(f"{name}_s")
+    if exact is not None:
+        return epoch(exact, f"{name}_s", schema)
+    return parse_time(_require(d, name, str, schema), name)
 
 
 def _opt_time(d: dict[str, Any], name: str, schema: str) -> float:
@@ -189,15 +272,8 @@ class ObservationPacket:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ObservationPacket:
         if isinstance(d, dict) and d.get("schema") == cls.SCHEMA_V1:
-            raw = _require(d, "values", list, cls.SCHEMA_V1)
-            try:
-                values = np.array(raw, dtype=np.float64)
-            except (TypeError, ValueError) as exc:
-                raise SchemaError(f"{cls.SCHEMA_V1}: values are not numbers or null: {exc}"
-                                  ) from exc
-            if values.ndim != 1:
-                raise SchemaError(f"{cls.SCHEMA_V1}: values must be a flat list, got shape "
-                                  f"{values.shape}")
+            values = _numbers(_require(d, "values", list, cls.SCHEMA_V1), "values",
+                              cls.SCHEMA_V1)
         else:
             d = _check_schema(d, cls.SCHEMA)
             values = _f64_values(d, cls.SCHEMA)
@@ -213,12 +289,12 @@ class ObservationPacket:
             sample_interval=_number(d, "sample_interval_s", cls.SCHEMA),
             values=values,
             units=_require(d, "units", str, cls.SCHEMA),
-            source=str(d.get("source", "")),
-            seq=int(d.get("seq", 0)),
-            quality=tuple(str(q) for q in d.get("quality") or ()),
-            lat=_opt_number(d, "lat"),
-            lon=_opt_number(d, "lon"),
-            elevation_m=_opt_number(d, "elevation_m"),
+            source=_text(d, "source", cls.SCHEMA),
+            seq=_count(d, "seq", cls.SCHEMA),
+            quality=_strings(d, "quality", cls.SCHEMA),
+            lat=_opt_number(d, "lat", cls.SCHEMA),
+            lon=_opt_number(d, "lon", cls.SCHEMA),
+            elevation_m=_opt_number(d, "elevation_m", cls.SCHEMA),
         )
 
 
@@ -298,13 +374,10 @@ class GridFrame:
         d = _check_schema(d, cls.SCHEMA)
         arrays = []
         for name in ("lat", "lon", "values"):
-            raw = _require(d, name, list, cls.SCHEMA)
-            try:
-                arrays.append(np.array(raw, dtype=np.float64))
-            except (TypeError, ValueError) as exc:
-                raise SchemaError(f"{cls.SCHEMA}: {name} are not numbers: {exc}") from exc
+            arrays.append(_numbers(_require(d, name, list, cls.SCHEMA), name, cls.SCHEMA))
         shape = _require(d, "shape", list, cls.SCHEMA)
-        if len(shape) != 2:
+        if len(shape) != 2 or not all(isinstance(n, int) and not isinstance(n, bool)
+                                      and n >= 0 for n in shape):
             raise SchemaError(f"{cls.SCHEMA}: shape {shape!r} is not [rows, cols]")
         t = d.get("time_s")
         return cls(
@@ -314,9 +387,10 @@ class GridFrame:
                 d.get("time"), "time"),
             lat=arrays[0], lon=arrays[1], values=arrays[2],
             units=_require(d, "units", str, cls.SCHEMA),
-            shape=(int(shape[0]), int(shape[1])), source=str(d.get("source", "")),
-            seq=int(d.get("seq", 0)), product_lat=_opt_number(d, "product_lat"),
-            product_lon=_opt_number(d, "product_lon"),
+            shape=(int(shape[0]), int(shape[1])), source=_text(d, "source", cls.SCHEMA),
+            seq=_count(d, "seq", cls.SCHEMA),
+            product_lat=_opt_number(d, "product_lat", cls.SCHEMA),
+            product_lon=_opt_number(d, "product_lon", cls.SCHEMA),
         )
 
 
@@ -355,9 +429,12 @@ def detection_from_dict(d: dict[str, Any]) -> Detection:
         onset = parse_time(_require(d, "onset", str, schema), "onset")
         peak = parse_time(_require(d, "peak_time", str, schema), "peak_time")
         declared = parse_time(_require(d, "declared", str, schema), "declared")
+    kind = _require(d, "kind", str, schema)
+    if kind not in SENSOR_KINDS:
+        raise SchemaError(f"{schema}: kind {kind!r} not in {SENSOR_KINDS}")
     return Detection(
         station_id=_require(d, "station_id", str, schema),
-        kind=_require(d, "kind", str, schema),
+        kind=kind,
         detector=_require(d, "detector", str, schema),
         detector_version=_require(d, "detector_version", str, schema),
         onset=onset,
@@ -365,10 +442,10 @@ def detection_from_dict(d: dict[str, Any]) -> Detection:
         amplitude=_number(d, "amplitude", schema),
         units=_require(d, "units", str, schema),
         declared=declared,
-        lat=_opt_number(d, "lat"),
-        lon=_opt_number(d, "lon"),
-        params=dict(d.get("params") or {}),
-        extra=dict(d.get("extra") or {}),
+        lat=_opt_number(d, "lat", schema),
+        lon=_opt_number(d, "lon", schema),
+        params=_object(d, "params", schema),
+        extra=_object(d, "extra", schema),
     )
 
 
@@ -407,14 +484,18 @@ class Forecast:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Forecast:
+        schema = "forecast"
+        if not isinstance(d, dict):
+            raise SchemaError(f"{schema}: {d!r} is not an object")
         eta = d.get("eta_s")
         return cls(
-            station_id=str(d["station_id"]),
-            kind=str(d.get("kind", "")),
-            eta=epoch(eta, "eta_s", "forecast") if eta is not None else parse_time(d["eta"], "eta"),
-            distance_km=float(d.get("distance_km", float("nan"))),
-            lat=float(d.get("lat", float("nan"))),
-            lon=float(d.get("lon", float("nan"))),
+            station_id=_require(d, "station_id", str, schema),
+            kind=_text(d, "kind", schema),
+            eta=epoch(eta, "eta_s", schema) if eta is not None else parse_time(
+                _require(d, "eta", str, schema), "eta"),
+            distance_km=_opt_number(d, "distance_km", schema),
+            lat=_opt_number(d, "lat", schema),
+            lon=_opt_number(d, "lon", schema),
         )
 
 
@@ -500,22 +581,21 @@ class IncidentRevision:
         return cls(
             incident_id=_require(d, "incident_id", str, cls.SCHEMA),
             type=_require(d, "type", str, cls.SCHEMA),
-            revision=int(_require(d, "revision", int, cls.SCHEMA)),
-            issued=epoch(d["issued_s"], "issued_s", cls.SCHEMA) if "issued_s" in d else parse_time(
-                d["issued"], "issued"),
+            revision=_revision(d, cls.SCHEMA),
+            issued=_issued(d, "issued", cls.SCHEMA),
             status=_require(d, "status", str, cls.SCHEMA),
             origin_time=_opt_time(d, "origin_time_s", cls.SCHEMA),
-            lat=_opt_number(d, "lat"),
-            lon=_opt_number(d, "lon"),
-            speed_m_s=_opt_number(d, "speed_m_s"),
-            detections=tuple(d.get("detections") or ()),
-            stations_used=tuple(d.get("stations_used") or ()),
-            rejected=tuple(d.get("rejected") or ()),
-            rms_s=_opt_number(d, "rms_s"),
-            forecasts=tuple(Forecast.from_dict(f) for f in d.get("forecasts") or ()),
-            confirmed=tuple(d.get("confirmed") or ()),
-            evidence=tuple(d.get("evidence") or ()),
-            extra=dict(d.get("extra") or {}),
+            lat=_opt_number(d, "lat", cls.SCHEMA),
+            lon=_opt_number(d, "lon", cls.SCHEMA),
+            speed_m_s=_opt_number(d, "speed_m_s", cls.SCHEMA),
+            detections=_strings(d, "detections", cls.SCHEMA),
+            stations_used=_strings(d, "stations_used", cls.SCHEMA),
+            rejected=_strings(d, "rejected", cls.SCHEMA),
+            rms_s=_opt_number(d, "rms_s", cls.SCHEMA),
+            forecasts=tuple(Forecast.from_dict(f) for f in _list(d, "forecasts", cls.SCHEMA)),
+            confirmed=_strings(d, "confirmed", cls.SCHEMA),
+            evidence=_strings(d, "evidence", cls.SCHEMA),
+            extra=_object(d, "extra", cls.SCHEMA),
         )
 
 
@@ -572,17 +652,16 @@ class AlertMessage:
         return cls(
             identifier=_require(d, "identifier", str, cls.SCHEMA),
             msg_type=_require(d, "msgType", str, cls.SCHEMA),
-            sent=epoch(d["sent_s"], "sent_s", cls.SCHEMA) if "sent_s" in d else parse_time(
-                d["sent"], "sent"),
+            sent=_issued(d, "sent", cls.SCHEMA),
             incident_id=_require(d, "incident_id", str, cls.SCHEMA),
-            revision=int(_require(d, "revision", int, cls.SCHEMA)),
-            event=str(d.get("event", "")),
-            severity=str(d.get("severity", "")),
-            urgency=str(d.get("urgency", "")),
-            certainty=str(d.get("certainty", "")),
-            headline=str(d.get("headline", "")),
-            references=tuple(d.get("references") or ()),
-            cap_xml=str(d.get("cap_xml", "")),
+            revision=_revision(d, cls.SCHEMA),
+            event=_text(d, "event", cls.SCHEMA),
+            severity=_text(d, "severity", cls.SCHEMA),
+            urgency=_text(d, "urgency", cls.SCHEMA),
+            certainty=_text(d, "certainty", cls.SCHEMA),
+            headline=_text(d, "headline", cls.SCHEMA),
+            references=_strings(d, "references", cls.SCHEMA),
+            cap_xml=_text(d, "cap_xml", cls.SCHEMA),
         )
 
 

@@ -146,7 +146,13 @@ def test_seismic_event_round_trip_and_bad_revision() -> None:
 
 
 @pytest.mark.parametrize(("change", "reason"), [
-    ({"forecasts": ["bad"]}, "AttributeError"),
+    ({"forecasts": ["bad"]}, "forecast: 'bad' is not an object"),
+    ({"forecasts": "bad"}, "field 'forecasts' = 'bad' is not a list"),
+    ({"detections": "S1"}, "field 'detections' = 'S1' is not a list of strings"),
+    ({"revision": -3}, "revision -3 is not a positive integer"),
+    ({"revision": True}, "field 'revision' = True is not of type"),
+    ({"lat": "abc"}, "field 'lat' = 'abc' is not a number or null"),
+    ({"extra": [1]}, "field 'extra' = [1] is not an object"),
     ({"issued_s": 1e20}, "issued_s = 1e+20 is not a time within 1900-2200"),
     ({"origin_time_s": -1e12}, "origin_time_s = -1000000000000.0 is not a time"),
     ({"issued_s": "soon"}, "issued_s = 'soon' is not a number"),
@@ -159,6 +165,51 @@ def test_revisions_with_unusable_fields_do_not_decode(change: dict, reason: str)
     decode(orjson.dumps(base))  # the base is fine
     with pytest.raises(SchemaError, match=re.escape(reason)):
         decode(orjson.dumps({**base, **change}))
+
+
+def test_a_revision_with_issued_s_null_decodes_from_issued() -> None:
+    base = {"schema": "tocsin.incident/1", "incident_id": "x", "type": "eruption",
+            "revision": 1, "issued_s": None, "issued": "2022-01-15T04:39:45Z",
+            "status": "watch"}
+    assert decode(orjson.dumps(base)).issued == 1642221585.0  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("change", "reason"), [
+    # each was taken (or changed) without a word, or refused without the field's name
+    ({"seq": "7"}, "field 'seq' = '7' is not an integer >= 0"),
+    ({"seq": 7.9}, "field 'seq' = 7.9 is not an integer >= 0"),
+    ({"seq": -5}, "field 'seq' = -5 is not an integer >= 0"),
+    ({"quality": "good"}, "field 'quality' = 'good' is not a list of strings"),
+    ({"lat": True}, "field 'lat' = True is not a number or null"),
+    ({"lat": "abc"}, "field 'lat' = 'abc' is not a number or null"),
+    ({"source": 5}, "field 'source' = 5 is not a string"),
+])
+def test_packets_with_fields_of_the_wrong_type_do_not_decode(change: dict, reason: str  # type: ignore[type-arg]
+                                                             ) -> None:
+    pkt = orjson.loads(encode(ObservationPacket("S1", "barometer", "LDI", 1.642e9, 60.0,
+                                                np.full(3, 1010.0), "hPa")))
+    decode(orjson.dumps(pkt))
+    with pytest.raises(SchemaError, match=re.escape(reason)):
+        decode(orjson.dumps({**pkt, **change}))
+
+
+def test_v1_values_and_detection_fields_are_checked() -> None:
+    v1 = {"schema": "tocsin.observation/1", "station_id": "S1", "kind": "barometer",
+          "channel": "LDI", "start_s": 1.642e9, "sample_interval_s": 60.0, "units": "hPa",
+          "values": [1010.0, None, 1011]}
+    got = decode(orjson.dumps(v1))
+    assert np.isnan(got.values[1]) and got.values[2] == 1011.0  # type: ignore[union-attr]
+    for bad, reason in (("1.5", "values[0] = '1.5'"), (True, "values[0] = True"),
+                        ([1.0], "values[0] = [1.0]")):
+        with pytest.raises(SchemaError, match=re.escape(reason)):
+            decode(orjson.dumps({**v1, "values": [bad, 1.0]}))
+    det = orjson.loads(encode(Detection("S1", "tide_gauge", "d", "1", 1.642e9, 1.642e9, 0.1,
+                                        "m", 1.642e9, -21.0, -175.0)))
+    for change, reason in (({"kind": "bogus"}, "kind 'bogus' not in"),
+                           ({"params": "x"}, "field 'params' = 'x' is not an object"),
+                           ({"lat": "x"}, "field 'lat' = 'x' is not a number or null")):
+        with pytest.raises(SchemaError, match=re.escape(reason)):
+            decode(orjson.dumps({**det, **change}))
 
 
 def test_detection_and_packet_times_are_checked() -> None:
