@@ -25,7 +25,7 @@ import logging
 import math
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Generator
+from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Sequence
 from functools import partial
 from typing import Any
 
@@ -34,7 +34,7 @@ import faust.transport.drivers.aiokafka as faust_aiokafka
 import orjson
 from aiokafka.errors import KafkaError
 from mode.services import WaitResults
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
 from detectors.association import Associator, LateDetection
 from detectors.base import Detection, DetectorError, StationInfo
@@ -66,18 +66,31 @@ FETCH_MAX_WAIT_MS = 50
 DETECT_BATCH = 500
 
 
+class StoreRefused(Exception):
+    """The database refused a transaction (a constraint, a value it cannot take): trying
+    again would not help. The message names what was not stored and the database's
+    error."""
+
+
 async def until_stored(save: Callable[[], Any], what: str, *, first_wait: float = 0.5,
                        max_wait: float = 30.0) -> Any:
     """``save()``, tried again (waits doubling up to ``max_wait``) while the database cannot
     be reached: the agent holds its input meanwhile, so no offset is committed for outputs
-    that were not stored (the consumer lag shows the stall)."""
+    that were not stored (the consumer lag shows the stall). :class:`StoreRefused` if the
+    database refuses the transaction itself (it escaped the agent before: the agent
+    crashed, and its input stayed unacknowledged, so the partition's offset never moved
+    past it again)."""
     wait = first_wait
     while True:
         try:
             return save()
-        except OperationalError as exc:
-            log.error("cannot store %s (%s); trying again in %.1f s", what,
-                      str(exc).splitlines()[0], wait)
+        except SQLAlchemyError as exc:
+            reason = str(exc).splitlines()[0]
+            if not isinstance(exc, OperationalError | InterfaceError) and not getattr(
+                    exc, "connection_invalidated", False):
+                raise StoreRefused(f"{what} not stored: the database refused them: "
+                                   f"{type(exc).__name__}: {reason}") from exc
+            log.error("cannot store %s (%s); trying again in %.1f s", what, reason, wait)
             await asyncio.sleep(wait)
             wait = min(2 * wait, max_wait)
 
@@ -451,9 +464,26 @@ def create_app(settings: Settings, topics: Topics, registry: list[StationInfo],
                 store.save_alert(msg, conn)
                 outbox.enqueue(msg, conn)
 
-    async def emit(dets: list[Detection]) -> None:
-        if dets:
+    async def emit(found: list[tuple[Any, Sequence[Detection]]]) -> None:
+        """The detections of these events stored, then sent. If the database refuses the
+        transaction, each event's are stored on their own: an event whose detections it
+        refuses goes to the dead-letter topic with the reason, and its detections are sent
+        all the same (the association and the alerts go on; the letter says what the
+        database lacks)."""
+        dets = [det for _, ds in found for det in ds]
+        if not dets:
+            return
+        try:
             await until_stored(partial(store.save_all, dets), f"{len(dets)} detections")
+        except StoreRefused:
+            for event, ds in found:
+                try:
+                    if ds:
+                        await until_stored(partial(store.save_all, ds),
+                                           f"detections {', '.join(d.key for d in ds)}")
+                except StoreRefused as exc:
+                    log.error("%s", exc)
+                    await dead_letter(event, f"StoreRefused: {exc}")
         for det in dets:
             await det_topic.send(key=det.station_id.encode(), value=encode(det))
 
@@ -463,14 +493,14 @@ def create_app(settings: Settings, topics: Topics, registry: list[StationInfo],
             return
         results = bank.feed_many([(st, p.start, p.sample_interval, p.values)
                                   for _, st, p in batch])
-        dets: list[Detection] = []
+        found: list[tuple[Any, Sequence[Detection]]] = []
         for (event, _, _), res in zip(batch, results, strict=True):
             if isinstance(res, DetectorError):
                 await dead_letter(event, f"{type(res).__name__}: {res}")
-            else:
-                dets.extend(res)
+            elif res:
+                found.append((event, res))
         batch.clear()
-        await emit(dets)
+        await emit(found)
 
     def rebuilt(stage: str, upto: dict[tuple[str, int], int], records: int, what: str,
                 t0: float) -> None:
@@ -550,7 +580,7 @@ def create_app(settings: Settings, topics: Topics, registry: list[StationInfo],
                     await feed_batch(batch)
                     await dead_letter(event, f"{type(exc).__name__}: {exc}")
                     continue
-                await emit(dets)
+                await emit([(event, dets)])
             await feed_batch(batch)
 
     async def rebuild_associate(upto: dict[tuple[str, int], int]) -> None:
@@ -614,8 +644,12 @@ def create_app(settings: Settings, topics: Topics, registry: list[StationInfo],
                                           f"{type(exc).__name__}: {exc}", encode(det))
                         continue
                     if revs:
-                        await until_stored(partial(store.save_all, revs),
-                                           f"{len(revs)} incident revisions")
+                        try:
+                            await until_stored(partial(store.save_all, revs), "incident "
+                                               f"revisions {', '.join(r.key for r in revs)}")
+                        except StoreRefused as exc:  # sent all the same: the alerts go on
+                            log.error("%s", exc)
+                            await dead_letter(event, f"StoreRefused: {exc}", encode(det))
                     for rev in revs:
                         await inc_topic.send(key=rev.incident_id.encode(), value=encode(rev))
                     for ev in associator.take_seismic():
@@ -681,7 +715,13 @@ def create_app(settings: Settings, topics: Topics, registry: list[StationInfo],
             if msgs:
                 # the alert and its deliveries (the outbox) in one transaction, before the
                 # offset commit: a crash replays the revision, the keys absorb it
-                await until_stored(partial(save_alerts, msgs), f"{len(msgs)} alerts")
+                try:
+                    await until_stored(partial(save_alerts, msgs), "alerts "
+                                       f"{', '.join(m.identifier for m in msgs)}")
+                except StoreRefused as exc:  # on the alerts topic all the same
+                    log.error("%s", exc)
+                    await dead_letter(event, f"StoreRefused: {exc}; no delivery is queued "
+                                      "for them")
             for msg in msgs:
                 await alert_topic.send(key=msg.incident_id.encode(), value=encode(msg))
 
@@ -709,12 +749,20 @@ def create_app(settings: Settings, topics: Topics, registry: list[StationInfo],
             # an exception out of a timer would crash the worker and stop every delivery
             log.exception("delivery round failed")
         while dead_deliveries:
-            d = dead_deliveries.pop(0)
+            d = dead_deliveries[0]
+            try:
+                await dlq_topic.send(key=d["alert"].encode(), value=orjson.dumps({
+                    "schema": "tocsin.deadletter/1",
+                    "reason": f"delivery failed: {d['reason']}", "source": "delivery",
+                    "delivery": d}))
+            except KafkaError as exc:
+                # kept for the next round: out of a timer, the error would crash the worker
+                log.error("dead delivery %s not sent to the dead-letter topic: %r",
+                          d["key"], exc)
+                return
+            dead_deliveries.pop(0)
             log.error("delivery %s dead after %s attempts: %s", d["key"], d["attempts"],
                       d["reason"])
-            await dlq_topic.send(key=d["alert"].encode(), value=orjson.dumps({
-                "schema": "tocsin.deadletter/1", "reason": f"delivery failed: {d['reason']}",
-                "source": "delivery", "delivery": d}))
 
     app.tocsin = {  # type: ignore[attr-defined]
         "bank": bank, "associator": associator, "alerts": alert_stage, "store": store,

@@ -340,3 +340,30 @@ def test_watermark_gate_holds_a_resent_detection_once_and_releases_in_order() ->
     assert gate.buffer == [] and gate.held == {}
     gate.add(a)  # after its release it is held again: the associator drops what it has seen
     assert mark(1, 900.0) == [a.key]
+
+
+def test_a_transaction_the_database_refuses_is_not_tried_again() -> None:
+    """A constraint or a value the database cannot take is the outputs' fault, not the
+    moment's: StoreRefused names what and why, at once; a lost connection is waited out."""
+    from sqlalchemy.exc import IntegrityError, InterfaceError
+
+    from streams.app import StoreRefused, until_stored
+
+    calls: list[int] = []
+
+    def refused() -> None:
+        calls.append(1)
+        raise IntegrityError("INSERT", {}, Exception("UNIQUE constraint failed: x.key"))
+
+    with pytest.raises(StoreRefused, match=r"2 detections not stored: the database refused "
+                       r"them: IntegrityError: .*UNIQUE constraint failed: x\.key"):
+        asyncio.run(until_stored(refused, "2 detections", first_wait=0.01))
+    assert len(calls) == 1
+
+    def reconnects() -> str:
+        calls.append(2)
+        if calls.count(2) < 2:
+            raise InterfaceError("SELECT", {}, Exception("connection already closed"))
+        return "stored"
+
+    assert asyncio.run(until_stored(reconnects, "x", first_wait=0.01)) == "stored"

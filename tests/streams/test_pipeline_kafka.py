@@ -193,7 +193,7 @@ def test_bad_messages_go_to_dead_letter_and_worker_keeps_running(
     assert orjson.loads(of_late["value"])["onset"] == "2022-01-14T23:59:10.000Z"
     letters = [d for d in letters if d not in of_revisions and d is not of_late]
     assert [d["source"] for d in of_revisions] == [f"{topics.incidents}[0]@{i}" for i in (0, 1)]
-    assert "AttributeError" in of_revisions[0]["reason"]
+    assert "is not an object" in of_revisions[0]["reason"]
     assert "issued_s = 1e+20" in of_revisions[1]["reason"]
     assert "time = 'soon'" in letters[5]["reason"]
     # in the input's order, the detector's rejection (4) before the decode failure after it
@@ -444,3 +444,62 @@ async def _names(settings: Settings) -> list[str]:
         return list(await admin.list_topics())
     finally:
         await admin.close()
+
+
+def test_outputs_the_database_refuses_are_dead_letters_and_still_go_out(
+        kafka_settings: Settings, tmp_path: Path) -> None:
+    """A transaction the database refuses (not one it cannot take now: those wait) escaped
+    the agents: the worker's agent crashed, and the input it was on stayed unacknowledged,
+    so the partition's offset never moved past it again. Here the database refuses one
+    station's detections, every incident revision and every alert (SQLite triggers): the
+    inputs go to the dead-letter topic with the database's reason, the outputs still go
+    out (the report equals tocsin detect's), and the database has the rest."""
+    import sqlite3
+
+    from sqlalchemy import select
+
+    from replay.scenario import build_synthetic
+    from responders.store import DetectionRow, Store, migrate
+
+    pkg = load_package(build_synthetic(tmp_path / "pkg", n_stations=30, hours=6.0))
+    expected = detect_package(pkg, packet_seconds=600.0)
+    refused = "SY.00014"
+    assert refused in {d["station_id"] for d in expected["detections"]}
+    assert expected["incidents"] and expected["alerts"]
+    settings = kafka_settings.model_copy(update={"home": tmp_path / "home",
+                                                 "database_url": None})  # SQLite's triggers
+    migrate(settings.db_url)
+    db = sqlite3.connect(settings.db_url.removeprefix("sqlite:///"))
+    db.executescript(f"""
+        CREATE TRIGGER no_station BEFORE INSERT ON detections WHEN NEW.station_id = '{refused}'
+            BEGIN SELECT RAISE(ABORT, 'refused for the test: {refused}'); END;
+        CREATE TRIGGER no_revisions BEFORE INSERT ON incident_revisions
+            BEGIN SELECT RAISE(ABORT, 'refused for the test: revisions'); END;
+        CREATE TRIGGER no_alerts BEFORE INSERT ON alerts
+            BEGIN SELECT RAISE(ABORT, 'refused for the test: alerts'); END;""")
+    db.close()
+    # (the old agents crashed on the first refusal and the run waited out its timeout)
+    report = asyncio.run(replay_package(pkg, settings, speed=None, progress_stream=None,
+                                        run_dir=tmp_path / "run", timeout=180))
+    same_reports(report, expected)
+    letters = report["run"]["dead_letters"]
+    topics = Topics.for_run(settings, report["run"]["run_id"])
+    by_topic: dict[str, list[str]] = {}
+    for d in letters:
+        assert d["reason"].startswith("StoreRefused: "), d
+        assert "the database refused them: IntegrityError" in d["reason"], d
+        by_topic.setdefault(d["source"].split("[")[0], []).append(d["reason"])
+    (of_station,) = by_topic[topics.observations]
+    assert f"lamb_pulse:{refused}:" in of_station and f"refused for the test: {refused}" in \
+        of_station
+    assert by_topic[topics.detections] and all(
+        "refused for the test: revisions" in r for r in by_topic[topics.detections])
+    assert len(by_topic[topics.incidents]) == len(expected["alerts"])
+    assert all("no delivery is queued" in r for r in by_topic[topics.incidents])
+    store = Store(settings.db_url)
+    with store.engine.connect() as c:
+        stored = set(c.execute(select(DetectionRow.station_id)).scalars())
+    counts = store.counts()
+    store.close()
+    assert stored == {d["station_id"] for d in expected["detections"]} - {refused}
+    assert (counts.incidents, counts.alerts) == (0, 0)
