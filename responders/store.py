@@ -224,9 +224,11 @@ class Store:
         """Insert ``row`` unless a row with its ``keys`` is there (also one that another
         transaction inserted meanwhile: a check-then-insert raised IntegrityError on
         PostgreSQL then); whether it was inserted."""
+        table: Any = model.__table__
+        # RETURNING, not rowcount: psycopg gave -1 for a row not inserted
         r = conn.execute(self._insert(conn, model, row).on_conflict_do_nothing(
-            index_elements=list(keys)))
-        return bool(r.rowcount)
+            index_elements=list(keys)).returning(table.c[keys[0]]))
+        return r.first() is not None
 
     def save_detection(self, det: Detection, conn: Connection | None = None) -> None:
         row = {"key": det.key, "station_id": det.station_id, "kind": det.kind,
@@ -255,14 +257,26 @@ class Store:
                     ("incident_id",))
 
     def save_alert(self, msg: AlertMessage, conn: Connection | None = None) -> None:
+        """Store ``msg`` once. The same message again (a replay, a redelivery) changes
+        nothing; another message under a stored identifier raises :class:`StoreConflict`
+        (it overwrote the stored one before, and the outbox, whose deliveries were already
+        there, never sent it: a CAP identifier is never reused with other content)."""
         with self._conn(conn) as c:
-            self._upsert(c, AlertRow, {
-                "identifier": msg.identifier, "incident_id": msg.incident_id,
-                "revision": msg.revision, "msg_type": msg.msg_type, "sent": msg.sent,
-                "event": msg.event, "severity": msg.severity, "urgency": msg.urgency,
-                "certainty": msg.certainty, "headline": msg.headline,
-                "references": list(msg.references), "cap_xml": msg.cap_xml},
-                ("identifier",))
+            if self.insert_new(c, AlertRow, {
+                    "identifier": msg.identifier, "incident_id": msg.incident_id,
+                    "revision": msg.revision, "msg_type": msg.msg_type, "sent": msg.sent,
+                    "event": msg.event, "severity": msg.severity, "urgency": msg.urgency,
+                    "certainty": msg.certainty, "headline": msg.headline,
+                    "references": list(msg.references), "cap_xml": msg.cap_xml},
+                    ("identifier",)):
+                return
+            stored = c.execute(select(AlertRow.cap_xml).where(
+                AlertRow.identifier == msg.identifier)).scalar_one()
+            if stored != msg.cap_xml:
+                raise StoreConflict(
+                    f"alert {msg.identifier} is stored with other content: a CAP identifier "
+                    "is never reused (was this database used by another run with other "
+                    "parameters?)")
 
     def save(self, msg: Detection | IncidentRevision | AlertMessage) -> None:
         """Store any output message in one transaction."""
@@ -330,6 +344,10 @@ class Store:
             q = q.where(DetectionRow.station_id == station_id)
         with self.engine.connect() as c:
             return [dict(r._mapping) for r in c.execute(q)]
+
+
+class StoreConflict(Exception):
+    """An output that must never change (a sent alert) is stored with other content."""
 
 
 def _jsonable(x: Any) -> Any:

@@ -42,7 +42,7 @@ from detectors.pipeline import DetectorBank
 from detectors.seismic import SeismicParams
 from responders.delivery import Outbox, warm_up
 from responders.stage import AlertStage
-from responders.store import Store
+from responders.store import Store, StoreConflict
 from streams.schemas import (
     GridFrame,
     ObservationPacket,
@@ -84,7 +84,7 @@ async def until_stored(save: Callable[[], Any], what: str, *, first_wait: float 
     while True:
         try:
             return save()
-        except SQLAlchemyError as exc:
+        except (SQLAlchemyError, StoreConflict) as exc:
             reason = str(exc).splitlines()[0]
             if not isinstance(exc, OperationalError | InterfaceError) and not getattr(
                     exc, "connection_invalidated", False):

@@ -129,3 +129,24 @@ def test_run_with_the_dashboard_port_taken_says_so_before_starting_anything(
     err = capsys.readouterr().err
     assert f"127.0.0.1:{port} is taken" in err and "TOCSIN_HTTP_PORT" in err
     assert not (tmp_path / "broker").exists()  # no broker was started
+
+
+@pytest.mark.parametrize("error", ["store", "seedlink"])
+def test_a_refused_alert_or_seedlink_handshake_is_a_one_line_error(
+        error: str, home: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both printed a traceback: an operator's error, not the program's."""
+    import tocsin.cli as cli
+    from responders.store import StoreConflict
+    from streams.seedlink import SeedLinkError
+
+    exc = (StoreConflict("alert tocsin.x.r1.alert is stored with other content")
+           if error == "store" else SeedLinkError("host:18000 refused 'STATION X Y': 'ERROR'"))
+
+    def dispatch(args: object, settings: object) -> int:
+        raise exc
+
+    monkeypatch.setattr(cli, "_dispatch", dispatch)
+    assert main(["detect", "tonga2022", "--report", "r.json"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"tocsin: {exc}" and "Traceback" not in err

@@ -147,9 +147,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         # an operator's error in one line (imported here: aiokafka is slow to import)
         from deploy.broker import BrokerError
         from replay.streaming import ReplayError
+        from responders.store import StoreConflict
+        from streams.seedlink import SeedLinkError
         from streams.topics import TopicError
 
-        if not isinstance(exc, TopicError | BrokerError | ReplayError):
+        if not isinstance(exc, TopicError | BrokerError | ReplayError | StoreConflict
+                          | SeedLinkError):
             raise
         print(f"tocsin: {exc}", file=sys.stderr)
         return 2

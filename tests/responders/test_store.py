@@ -85,3 +85,29 @@ def test_alerts_of_one_second_list_by_revision_not_by_identifier_text(database_u
     assert [a["revision"] for a in store.alerts()] == list(range(11, 0, -1))  # newest first
     assert [a.revision for a in live.alerts()] == list(range(1, 12))
     store.close()
+
+
+def test_an_alert_is_stored_once_and_never_replaced_by_other_content(database_url: str
+                                                                    ) -> None:
+    """The upsert overwrote a stored alert's CAP document with other content under the same
+    identifier (``tocsin detect --save`` after a replay into the same database, or a run
+    with other parameters), and the outbox, whose deliveries were there already, never
+    sent it. The same alert again changes nothing; other content is refused, named."""
+    import pytest
+    from sqlalchemy import select
+
+    from responders.store import AlertRow, StoreConflict
+
+    store = Store(database_url)
+    (msg,) = AlertPolicy().on_revision(revision(1))
+    store.save_alert(msg)
+    store.save_alert(msg)  # a replay, a redelivery
+    other = replace(msg, cap_xml=msg.cap_xml.replace("<urgency>", "<urgency>X"),
+                    headline="other")
+    with pytest.raises(StoreConflict, match=f"alert {msg.identifier} is stored with other "
+                       "content"):
+        store.save_alert(other)
+    with store.engine.connect() as c:
+        rows = c.execute(select(AlertRow.cap_xml, AlertRow.headline)).all()
+    assert rows == [(msg.cap_xml, msg.headline)]
+    store.close()
