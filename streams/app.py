@@ -309,8 +309,17 @@ def check_control(ctl: dict[str, Any]) -> None:
                               f"partitions (an integer >= {least})")
 
 
+#: the longest control message looked for whole; observation packets are longer, and only
+#: their first bytes are looked at (where our encoder puts the schema)
+_CONTROL_MAX = 4096
+_CONTROL_TAG = CONTROL_SCHEMA.encode()
+
+
 def _is_control(raw: bytes) -> dict[str, Any] | None:
-    if CONTROL_SCHEMA.encode() not in raw[:64]:
+    """The control message ``raw`` is, or None. One written with its fields in another
+    order (the schema not first: another producer's JSON) was taken for an unknown
+    observation and dead-lettered."""
+    if _CONTROL_TAG not in (raw if len(raw) <= _CONTROL_MAX else raw[:64]):
         return None
     try:
         d = orjson.loads(raw)

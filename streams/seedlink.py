@@ -29,7 +29,7 @@ import math
 import re
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -150,7 +150,7 @@ class SeedLinkClient:
         await writer.drain()
         return reader, writer
 
-    async def packets(self) -> AsyncIterator[tuple[int, bytes]]:
+    async def packets(self) -> AsyncGenerator[tuple[int, bytes], None]:
         """(sequence number, 512-byte record), forever (or to END with ``fetch``); a record
         the server sent again has the number :data:`DUPLICATE`. Numbers wrap after FFFFFF.
 
@@ -377,29 +377,31 @@ class Ingest:
         idle = (asyncio.ensure_future(idle_marks(watermark_lag_s))
                 if watermark_lag_s is not None else None)
         try:
-            async for seq, rec in self.client.packets():
-                if idle is not None and idle.done():
-                    idle.result()  # the clock's marks stopped: their send failed, raise it
-                last_seen = self.clock()
-                station = record_stream_id(rec).rsplit(".", 2)[0]
-                try:
-                    pkt = self.packet(seq, rec)
-                except ValueError as exc:
-                    self.bad += 1
-                    log.warning("dead-letter SeedLink record #%s: %s", seq, exc)
-                    await send(station, seq, json.dumps({
-                        "schema": "tocsin.deadletter/1", "reason": str(exc),
-                        "source": f"seedlink://{self.client.host}:{self.client.port}#{seq}",
-                        "key": "", "value": rec.hex()}).encode(), deadletter, None)
-                    continue
-                if pkt is not None:
-                    await send(station, seq, encode(pkt), topic, pkt.station_id.encode())
-                    sent += 1
-                    await watermark(pkt.end)
-                    if sent % self.save_every == 0:
-                        self.save_state()
-                if limit is not None and sent >= limit:
-                    break
+            # closed however the loop ends (a limit, a failed send): the connection with it
+            async with contextlib.aclosing(self.client.packets()) as records:
+                async for seq, rec in records:
+                    if idle is not None and idle.done():
+                        idle.result()  # the clock's marks stopped: their send failed, raise it
+                    last_seen = self.clock()
+                    station = record_stream_id(rec).rsplit(".", 2)[0]
+                    try:
+                        pkt = self.packet(seq, rec)
+                    except ValueError as exc:
+                        self.bad += 1
+                        log.warning("dead-letter SeedLink record #%s: %s", seq, exc)
+                        await send(station, seq, json.dumps({
+                            "schema": "tocsin.deadletter/1", "reason": str(exc),
+                            "source": f"seedlink://{self.client.host}:{self.client.port}#{seq}",
+                            "key": "", "value": rec.hex()}).encode(), deadletter, None)
+                        continue
+                    if pkt is not None:
+                        await send(station, seq, encode(pkt), topic, pkt.station_id.encode())
+                        sent += 1
+                        await watermark(pkt.end)
+                        if sent % self.save_every == 0:
+                            self.save_state()
+                    if limit is not None and sent >= limit:
+                        break
             for _station, _seq, fut in list(pending):
                 await asyncio.wait([fut])
             settle()

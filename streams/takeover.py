@@ -63,8 +63,11 @@ async def read_back(bootstrap: str, upto: Mapping[tuple[str, int], int | None],
     not close an async generator, whose consumer then ran on until the garbage collector
     came by (a worker whose agent crashed in a rebuild hung on SIGTERM)."""
     tps = [TopicPartition(topic, partition) for topic, partition in upto]
+    # earliest: if retention deletes the segment being read, the read goes on from what is
+    # left (with the default, latest, it jumped to the end and the rebuild ended short)
     consumer = consumer or AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
-                                            enable_auto_commit=False, fetch_max_wait_ms=50)
+                                            enable_auto_commit=False, fetch_max_wait_ms=50,
+                                            auto_offset_reset="earliest")
     await consumer.start()
     try:
         consumer.assign(tps)

@@ -367,3 +367,17 @@ def test_a_transaction_the_database_refuses_is_not_tried_again() -> None:
         return "stored"
 
     assert asyncio.run(until_stored(reconnects, "x", first_wait=0.01)) == "stored"
+
+
+def test_a_control_message_is_known_whatever_the_order_of_its_fields() -> None:
+    from streams.app import _is_control
+
+    ours = orjson.dumps({"schema": "tocsin.control/1", "type": "end", "partitions": 2})
+    other = orjson.dumps({"type": "end", "partitions": 2, "run": "x" * 100,
+                          "schema": "tocsin.control/1"})
+    assert _is_control(ours) == {"schema": "tocsin.control/1", "type": "end", "partitions": 2}
+    assert _is_control(other) is not None and _is_control(other)["type"] == "end"  # type: ignore[index]
+    # a long message (an observation packet) is not searched beyond its start
+    long = orjson.dumps({"schema": "tocsin.observation/2", "source": "x" * 5000,
+                         "note": "tocsin.control/1"})
+    assert _is_control(long) is None

@@ -645,3 +645,25 @@ def test_a_record_far_ahead_of_the_clock_is_dead_lettered(records: list[bytes]) 
                for d in letters), letters[0]["reason"]
     marks = [_is_control(v)["time"] for _, _, v in producer.sent if _is_control(v)]
     assert max(marks) <= clock  # the marks stay behind the clock
+
+
+def test_the_client_is_closed_however_the_ingest_loop_ends(records: list[bytes]) -> None:
+    """With a limit (or a failed send) the loop left the client's generator open, and its
+    connection with it, until the garbage collector came by."""
+    closed: list[bool] = []
+
+    class Client(_Client):
+        async def packets(self):  # type: ignore[no-untyped-def]
+            try:
+                for seq, rec in enumerate(self.records, start=1):
+                    yield seq, rec
+            finally:
+                closed.append(True)
+
+    ingest = Ingest(Client(records[:10]))  # type: ignore[arg-type]
+
+    async def main() -> tuple[int, list[bool]]:
+        n = await ingest.run(_Producer(), "obs", "dlq", limit=3)
+        return n, list(closed)  # before the loop's shutdown closes what is left open
+
+    assert asyncio.run(main()) == (3, [True])
