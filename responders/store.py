@@ -26,6 +26,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    and_,
     create_engine,
     event,
     func,
@@ -246,15 +247,21 @@ class Store:
                 "key": rev.key, "incident_id": rev.incident_id, "revision": rev.revision,
                 "issued": rev.issued, "status": rev.status,
                 "body": _jsonable(rev.to_dict())}, ("key",))  # no NaN: PostgreSQL's JSON refuses it
-            cur = c.execute(select(IncidentRow.revision).where(
-                IncidentRow.incident_id == rev.incident_id)).scalar_one_or_none()
-            if cur is None or rev.revision >= cur:
-                self._upsert(c, IncidentRow, {
-                    "incident_id": rev.incident_id, "type": rev.type, "status": rev.status,
-                    "revision": rev.revision, "issued": rev.issued,
-                    "origin_time": _opt(rev.origin_time), "lat": _opt(rev.lat),
-                    "lon": _opt(rev.lon), "speed_m_s": _opt(rev.speed_m_s)},
-                    ("incident_id",))
+            # the incident's row is its latest revision that stands; retracted only when
+            # none does (a withdrawn latest revision left the row "retracted" at revision 2
+            # while revision 1 stood)
+            mine = select(RevisionRow.revision, RevisionRow.body).order_by(
+                RevisionRow.revision.desc()).limit(1)
+            top = c.execute(mine.where(and_(RevisionRow.incident_id == rev.incident_id,
+                                            RevisionRow.status != "retracted"))).first()
+            if top is None:  # none stands: the latest, retracted
+                top = c.execute(mine.where(RevisionRow.incident_id == rev.incident_id)).one()
+            row = rev if top.revision == rev.revision else IncidentRevision.from_dict(top.body)
+            self._upsert(c, IncidentRow, {
+                "incident_id": row.incident_id, "type": row.type, "status": row.status,
+                "revision": row.revision, "issued": row.issued,
+                "origin_time": _opt(row.origin_time), "lat": _opt(row.lat),
+                "lon": _opt(row.lon), "speed_m_s": _opt(row.speed_m_s)}, ("incident_id",))
 
     def save_alert(self, msg: AlertMessage, conn: Connection | None = None) -> None:
         """Store ``msg`` once. The same message again (a replay, a redelivery) changes

@@ -111,3 +111,18 @@ def test_an_alert_is_stored_once_and_never_replaced_by_other_content(database_ur
         rows = c.execute(select(AlertRow.cap_xml, AlertRow.headline)).all()
     assert rows == [(msg.cap_xml, msg.headline)]
     store.close()
+
+
+def test_the_incident_row_is_its_latest_revision_that_stands(database_url: str) -> None:
+    """Revision 2 withdrawn, revision 1 stands: the row said "retracted" at revision 2."""
+    store = Store(database_url)
+    r1, r2 = revision(1), replace(revision(2), lat=-20.7)
+    store.save_all([r1, r2])
+    assert (store.incidents()[0]["revision"], store.incidents()[0]["lat"]) == (2, -20.7)
+    store.save(replace(r2, status="retracted"))
+    inc = store.incidents()[0]
+    assert (inc["status"], inc["revision"], inc["lat"]) == ("watch", 1, -20.5)
+    store.save(replace(r1, status="retracted"))  # none stands now
+    inc = store.incidents()[0]
+    assert (inc["status"], inc["revision"]) == ("retracted", 2)
+    store.close()
