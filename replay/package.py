@@ -25,7 +25,9 @@ window is a :class:`PackageError` then, when its file is read.
 from __future__ import annotations
 
 import csv
+import io
 import math
+import re
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -149,7 +151,7 @@ def load_package(path: str | Path) -> ReplayPackage:
     if not event_file.is_file():
         raise PackageError(f"{event_file}: missing (every package has an event.toml)")
     try:
-        doc = tomllib.loads(event_file.read_text())
+        doc = tomllib.loads(_text(event_file))
     except tomllib.TOMLDecodeError as exc:
         raise PackageError(f"{event_file}: not valid TOML: {exc}") from exc
     event = doc.get("event")
@@ -166,11 +168,35 @@ def load_package(path: str | Path) -> ReplayPackage:
     if end <= start:
         raise PackageError(f"{event_file}: [event] end {event['end']} is not after start "
                            f"{event['start']}")
-    inventory = _load_inventory(root, doc.get("seismic") or {}, start)
+    event_id = str(event["id"])
+    if not _EVENT_ID.fullmatch(event_id):
+        raise PackageError(f"{event_file}: [event] id {event_id!r} is not 1-100 of "
+                           "[A-Za-z0-9._-] (it names the replay's Kafka topics)")
+    for table in ("truth", "seismic"):
+        if not isinstance(doc.get(table, {}), dict):
+            raise PackageError(f"{event_file}: {table} = {doc[table]!r} is not a table "
+                               f"([{table}])")
+    seismic = doc.get("seismic") or {}
+    if not isinstance(seismic.get("gains", {}), dict):
+        raise PackageError(f"{event_file}: [seismic] gains = {seismic['gains']!r} is not a "
+                           "table ([seismic.gains])")
+    inventory = _load_inventory(root, seismic, start)
     stations = _load_stations(root / "stations.csv", root, inventory)
     truth = doc.get("truth") or {}
-    return ReplayPackage(root, str(event["id"]), str(event["title"]), start, end, stations,
+    return ReplayPackage(root, event_id, str(event["title"]), start, end, stations,
                          dict(truth), doc, inventory)
+
+
+#: an event id names the replay's topics (``streams.topics``: Kafka's characters)
+_EVENT_ID = re.compile(r"[A-Za-z0-9._-]{1,100}")
+
+
+def _text(path: Path) -> str:
+    """The file's text (UTF-8); PackageError naming it if it is not."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise PackageError(f"{path}: not UTF-8 text ({exc})") from exc
 
 
 @dataclass(frozen=True)
@@ -220,7 +246,8 @@ def read_channels(path: Path, at: float, where: str) -> dict[str, Channel]:
                 lat = cha.latitude if cha.latitude is not None else sta.latitude
                 lon = cha.longitude if cha.longitude is not None else sta.longitude
                 elev = cha.elevation if cha.elevation is not None else sta.elevation
-                out[sid] = Channel(float(lat or math.nan), float(lon or math.nan),
+                out[sid] = Channel(math.nan if lat is None else float(lat),
+                                   math.nan if lon is None else float(lon),
                                    float(elev or 0.0), gain)
     return out
 
@@ -231,7 +258,7 @@ def _load_inventory(root: Path, seismic: dict[str, Any], start: float) -> dict[s
     if name is None:
         return {}
     where = f"{root / 'event.toml'}: [seismic] inventory {name!r}"
-    path = (root / str(name)).resolve()
+    path = _inside(root, str(name), f"{root / 'event.toml'}: [seismic] inventory")
     if not path.is_file():
         raise PackageError(f"{where}: no such file in {root}")
     return read_channels(path, start, where)
@@ -241,7 +268,7 @@ def _load_stations(path: Path, root: Path,
                    inventory: dict[str, Channel] | None = None) -> list[StationEntry]:
     if not path.is_file():
         raise PackageError(f"{path}: missing (every package has a stations.csv)")
-    with path.open(newline="") as fh:
+    with io.StringIO(_text(path), newline="") as fh:
         reader = csv.reader(fh)
         header = next(reader, None)
         if header != STATIONS_HEADER:
@@ -265,6 +292,8 @@ def _station_row(path: Path, lineno: int, row: list[str], root: Path,
     sid, kind, lat_s, lon_s, elev_s, units, file_s, fmt = (c.strip() for c in row)
     if not sid:
         raise PackageError(f"{where}: empty station_id")
+    if "," in sid:
+        raise PackageError(f"{where}: station_id {sid!r} has ',' (packets refuse it)")
     if sid in seen:
         raise PackageError(f"{where}: station_id {sid!r} appears twice")
     seen.add(sid)
@@ -298,10 +327,20 @@ def _station_row(path: Path, lineno: int, row: list[str], root: Path,
         info = StationInfo(sid, kind, nums[0], nums[1], nums[2], units)
     except DetectorError as exc:
         raise PackageError(f"{where}: {exc}") from exc
-    file = (root / file_s).resolve()
+    file = _inside(root, file_s, f"{where}: file")
     if not file.is_file():
         raise PackageError(f"{where}: file {file_s!r} does not exist in {root}")
     return StationEntry(info, file, fmt, lineno)
+
+
+def _inside(root: Path, name: str, where: str) -> Path:
+    """``root / name``, which must stay inside the package: a package is data from
+    elsewhere, and ``../`` or an absolute path let it read any file of the user's."""
+    path = (root / name).resolve()
+    if Path(name).is_absolute() or not path.is_relative_to(root.resolve()):
+        raise PackageError(f"{where} {name!r} is outside the package {root} (files are "
+                           "given relative to it)")
+    return path
 
 
 # --------------------------------------------------------------------------- readers
@@ -323,7 +362,7 @@ def read_csv_series(path: Path) -> Series:
     missing; an infinite value (``inf``, or ``1e400``, beyond float64) is an error."""
     times: list[float] = []
     values: list[float] = []
-    with path.open(newline="") as fh:
+    with io.StringIO(_text(path), newline="") as fh:
         reader = csv.reader(fh)
         header = next(reader, None)
         if header is None or [h.strip() for h in header] != ["time", "value"]:
@@ -363,9 +402,22 @@ def read_mseed_series(path: Path) -> Series:
     ids = {tr.id for tr in stream}
     if len(ids) > 1:
         raise PackageError(f"{path}: several channels {sorted(ids)}; one per file")
+    rates = {tr.stats.sampling_rate for tr in stream}
+    if len(rates) > 1:
+        raise PackageError(f"{path}: the sampling rate changes ({sorted(rates)} Hz); one "
+                           "rate per file")
+    stream.sort(["starttime"])
     stream.merge(method=-1)
     times, values = [], []
+    prev_end = -math.inf
     for tr in stream:
+        # what merge could not join: a trace off the first one's sample grid, or one
+        # overlapping the one before with other samples (it had interleaved them)
+        t0 = tr.stats.starttime.timestamp
+        if t0 <= prev_end + 1e-6 * tr.stats.delta:
+            raise PackageError(f"{path}: traces overlap at {tr.stats.starttime} with other "
+                               "samples (or off the sample grid); one series per file")
+        prev_end = tr.stats.endtime.timestamp
         n = tr.stats.npts
         t0 = tr.stats.starttime.timestamp
         times.append(t0 + np.arange(n) * tr.stats.delta)
@@ -386,7 +438,7 @@ def read_ndbc_series(path: Path) -> Series:
         if not line.strip() or line.startswith("#"):
             continue
         parts = line.split()
-        if len(parts) < 8:
+        if len(parts) != 8:
             raise PackageError(f"{path}:{lineno}: expected 8 columns, got {len(parts)}: {line!r}")
         try:
             y, mo, d, h, mi, s, typ = (int(p) for p in parts[:7])
@@ -404,7 +456,10 @@ def read_ndbc_series(path: Path) -> Series:
                                f"{line!r}") from None
         if typ not in (1, 2, 3):
             raise PackageError(f"{path}:{lineno}: measurement type {typ} is not 1, 2 or 3")
-        if height >= 9998.0:
+        if not math.isfinite(height):
+            raise PackageError(f"{path}:{lineno}: height {parts[7]!r} is not a water depth "
+                               f"(a missing one is 9999): {line!r}")
+        if height >= 9998.0:  # NDBC's missing value
             continue
         rows.append((t, typ, height))
     if not rows:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -287,3 +288,86 @@ def test_sub_second_records_are_cut_on_the_packet_grid_at_their_exact_rate() -> 
         assert abs(p.start / 600.0 - round(p.start / 600.0)) < 1e-9, p.start
     assert sum(len(p.values) for p in pkts) == n
     assert abs(pkts[-1].start + (len(pkts[-1].values) - 1) / rate - times[-1]) < 1e-6
+
+
+@pytest.mark.parametrize("file", ["../outside.csv", "{abs}"])
+def test_a_station_file_outside_the_package_is_refused(tmp_path: Path, file: str) -> None:
+    """``../`` or an absolute path let a package (data from elsewhere) read any file of the
+    user's; the csv reader's error even printed the file's first line."""
+    (tmp_path / "outside.csv").write_text("secret line\n")
+    file = file.format(abs=tmp_path / "outside.csv")
+    root = make_package(tmp_path / "p", f"A,barometer,-21,-175,0,hPa,{file},csv\n")
+    with pytest.raises(PackageError, match=r"stations.csv:2: file .* is outside the package"):
+        load_package(root)
+    event = ('[event]\nid = "t"\ntitle = "x"\nstart = "2022-01-15T00:00:00Z"\n'
+             'end = "2022-01-15T02:00:00Z"\n[seismic]\ninventory = "../outside.csv"\n')
+    root = make_package(tmp_path / "q", "A,barometer,-21,-175,0,hPa,a.csv,csv\n", event)
+    with pytest.raises(PackageError, match=r"\[seismic\] inventory '../outside.csv' is "
+                                           "outside the package"):
+        load_package(root)
+
+
+@pytest.mark.parametrize(("extra", "needle"), [
+    ('truth = "x"\n', "truth = 'x' is not a table"),
+    ('seismic = "x"\n', "seismic = 'x' is not a table"),
+    ('[seismic]\ngains = "x"\n', "[seismic] gains = 'x' is not a table"),
+])
+def test_event_tables_of_the_wrong_type_are_package_errors(tmp_path: Path, extra: str,
+                                                            needle: str) -> None:
+    """Each crashed with a traceback (ValueError, AttributeError)."""
+    event = ('id = "t"\ntitle = "x"\nstart = "2022-01-15T00:00:00Z"\n'
+             'end = "2022-01-15T02:00:00Z"\n')
+    text = (extra + "[event]\n" + event) if not extra.startswith("[") else (
+        "[event]\n" + event + extra)
+    root = make_package(tmp_path / "p", "A,barometer,-21,-175,0,hPa,a.csv,csv\n", text)
+    with pytest.raises(PackageError, match=re.escape(needle)):
+        load_package(root)
+
+
+def test_ids_encodings_and_mseed_overlaps_are_package_errors(tmp_path: Path) -> None:
+    import obspy
+
+    event = ('[event]\nid = "../../x y"\ntitle = "x"\nstart = "2022-01-15T00:00:00Z"\n'
+             'end = "2022-01-15T02:00:00Z"\n')
+    root = make_package(tmp_path / "p", "A,barometer,-21,-175,0,hPa,a.csv,csv\n", event)
+    with pytest.raises(PackageError, match=r"\[event\] id '../../x y' is not"):
+        load_package(root)
+    root = make_package(tmp_path / "q", "A,B,barometer,-21,-175,0,hPa,a.csv,csv\n")
+    (root / "stations.csv").write_text(HEADER + '"A,B",barometer,-21,-175,0,hPa,a.csv,csv\n')
+    with pytest.raises(PackageError, match=r"stations.csv:2: station_id 'A,B' has ','"):
+        load_package(root)
+    (root / "stations.csv").write_bytes(HEADER.encode() + b"\xff\xfe,barometer\n")
+    with pytest.raises(PackageError, match="stations.csv: not UTF-8 text"):
+        load_package(root)
+    # two traces of one channel overlapping off the sample grid: merge kept both, and the
+    # loader cut a 0.5-s series alternating between them (a 13-hPa sawtooth)
+    t0 = obspy.UTCDateTime("2022-01-15T00:00:00")
+    tr1 = obspy.Trace(np.full(1000, 1000.0, dtype=np.float32),
+                      {"network": "XX", "station": "A", "channel": "LDI", "delta": 1.0,
+                       "starttime": t0})
+    tr2 = tr1.copy()
+    tr2.data[:] = 1013.0
+    tr2.stats.starttime = t0 + 500.5
+    obspy.Stream([tr1, tr2]).write(str(root / "a.mseed"), format="MSEED")
+    (root / "stations.csv").write_text(HEADER + "A,barometer,-21,-175,0,hPa,a.mseed,mseed\n")
+    pkg = load_package(root)
+    with pytest.raises(PackageError, match="traces overlap"):
+        pkg.series(pkg.stations[0])
+    tr2.stats.sampling_rate = 2.0
+    obspy.Stream([tr1, tr2]).write(str(root / "a.mseed"), format="MSEED")
+    with pytest.raises(PackageError, match=r"the sampling rate changes \(\[1.0, 2.0\] Hz\)"):
+        pkg.series(pkg.stations[0])
+
+
+@pytest.mark.parametrize(("row", "needle"), [
+    ("2011 03 11 05 46 00 1 -inf", "height '-inf' is not a water depth"),
+    ("2011 03 11 05 46 00 1 nan", "height 'nan' is not a water depth"),
+    ("2011 03 11 05 46 00 1 5812.341 7", "expected 8 columns, got 9"),
+])
+def test_ndbc_infinite_heights_and_extra_columns_are_refused(tmp_path: Path, row: str,
+                                                             needle: str) -> None:
+    """-inf reached the packets (+inf was dropped as missing); a 9th column was ignored."""
+    f = tmp_path / "d.txt"
+    f.write_text("#YY  MM DD hh mm ss T   HEIGHT\n2011 03 11 05 45 00 1 5812.338\n" + row + "\n")
+    with pytest.raises(PackageError, match=re.escape(needle)):
+        read_ndbc_series(f)
