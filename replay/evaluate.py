@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 
 from detectors.geo import great_circle_km
-from replay.package import ReplayPackage
-from streams.schemas import parse_time
+from replay.package import PackageError, ReplayPackage
+from streams.schemas import SchemaError, parse_time
 
 #: the Japanese gauges of the 6-h watch target. Chichijima (``chij``, Ogasawara, 1,000 km
 #: south of Honshu) is reported but not in the group: its Lamb-wave ETA is 6.17 h after the
@@ -36,13 +36,26 @@ JAPAN_GAUGES = ("abur", "hako", "kush", "ofun", "omae", "tosa", "ishig", "mera")
 
 
 def truth_of(pkg: ReplayPackage) -> dict[str, float]:
-    t = pkg.truth
+    """The package's ``[truth]``: origin time, lat, lon, and speed_m_s if given (NaN if
+    not). PackageError naming the value for one that is missing or unusable."""
+    t, where = pkg.truth, f"{pkg.root / 'event.toml'}: [truth]"
     missing = [k for k in ("origin_time", "lat", "lon") if k not in t]
     if missing:
-        raise ValueError(f"{pkg.root / 'event.toml'}: [truth] lacks {missing}")
-    return {"origin_time": parse_time(str(t["origin_time"]), "origin_time"),
-            "lat": float(t["lat"]), "lon": float(t["lon"]),
-            "speed_m_s": float(t.get("speed_m_s", math.nan))}
+        raise PackageError(f"{where} lacks {missing} (evaluation needs the true source)")
+    try:
+        origin = parse_time(str(t["origin_time"]), "origin_time")
+    except SchemaError as exc:
+        raise PackageError(f"{where} {exc}") from exc
+
+    def number(name: str, low: float, high: float) -> float:
+        v = t[name]
+        if isinstance(v, bool) or not isinstance(v, int | float) or not low <= v <= high:
+            raise PackageError(f"{where} {name} = {v!r} is not a number in [{low:g}, {high:g}]")
+        return float(v)
+
+    speed = number("speed_m_s", 1.0, 10_000.0) if "speed_m_s" in t else math.nan
+    return {"origin_time": origin, "lat": number("lat", -90.0, 90.0),
+            "lon": number("lon", -180.0, 360.0), "speed_m_s": speed}
 
 
 def evaluate(report: dict[str, Any], pkg: ReplayPackage,
@@ -57,7 +70,9 @@ def evaluate(report: dict[str, Any], pkg: ReplayPackage,
         return truth["origin_time"] + float(
             great_circle_km(truth["lat"], truth["lon"], lat, lon)) * 1000.0 / speed
 
-    out: dict[str, Any] = {"truth": {k: v for k, v in truth.items()}, "incidents": []}
+    # (JSON has no NaN: a truth without a speed has speed_m_s null)
+    out: dict[str, Any] = {"truth": {k: None if isinstance(v, float) and math.isnan(v) else v
+                                     for k, v in truth.items()}, "incidents": []}
     for inc in report["incidents"]:
         sols = [r for r in inc["revisions"] if r["solution"]["speed_m_s"] is not None]
         if not sols:
@@ -157,4 +172,16 @@ def record_section(report: dict[str, Any], pkg: ReplayPackage, out: Path,
 
 def write_metrics(metrics: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(metrics, indent=2) + "\n")
+    path.write_text(json.dumps(json_safe(metrics), indent=2, allow_nan=False) + "\n")
+
+
+def json_safe(x: Any) -> Any:
+    """NaN and infinities as null: JSON has neither (``json.dumps`` wrote NaN tokens, which
+    other readers refuse)."""
+    if isinstance(x, dict):
+        return {k: json_safe(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [json_safe(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x

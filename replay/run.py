@@ -20,7 +20,7 @@ from replay.registry import build_registry
 from replay.report import build_report
 from responders.stage import alerts_for_revisions
 from responders.store import Store
-from streams.schemas import GridFrame, ObservationPacket
+from streams.schemas import GridFrame, ObservationPacket, iso
 
 
 def package_packets(pkg: ReplayPackage,
@@ -60,11 +60,12 @@ def detect_package(pkg: ReplayPackage, *, packet_seconds: float = 600.0,
         store.save_all(detections)
         store.save_all(revisions)
         store.save_all(alerts)
-    event = {"id": pkg.event_id, "title": pkg.title, **_window(pkg)}
+    event = {"id": pkg.event_id, "title": pkg.title, **report_window(pkg)}
     return build_report(event, detections, revisions, alerts, mode="detect",
                         seismic_gains=pkg.seismic_gains)
 
 
-def _window(pkg: ReplayPackage) -> dict[str, str]:
-    ev = pkg.raw_event.get("event", {})
-    return {"start": str(ev.get("start")), "end": str(ev.get("end"))}
+def report_window(pkg: ReplayPackage) -> dict[str, str]:
+    """The replay window in the report's time format (event.toml may write it otherwise: a
+    TOML datetime, an offset, no milliseconds)."""
+    return {"start": iso(pkg.start), "end": iso(pkg.end)}

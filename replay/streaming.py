@@ -33,7 +33,7 @@ from detectors.base import Detection
 from replay.package import ReplayPackage
 from replay.registry import build_registry, write_registry
 from replay.report import build_report
-from replay.run import package_packets
+from replay.run import package_packets, report_window
 from responders.store import migrate
 from streams.app import _is_control, control
 from streams.schemas import (
@@ -496,9 +496,7 @@ async def replay_package(pkg: ReplayPackage, settings: Settings, *, speed: float
             # a finished run's report is what matters; the topics can go later
             stats["topics"] = f"not deleted: {type(exc).__name__}: {exc}"
             log.warning("replay %s: its topics were not deleted: %s", run_id, exc)
-    event = {"id": pkg.event_id, "title": pkg.title,
-             "start": str(pkg.raw_event["event"]["start"]),
-             "end": str(pkg.raw_event["event"]["end"])}
+    event = {"id": pkg.event_id, "title": pkg.title, **report_window(pkg)}
     report = build_report(event, collected.detections, collected.revisions, collected.alerts,
                           mode="replay", seismic_gains=pkg.seismic_gains)
     # the seismic event revisions as the workers published them (sized with the package's

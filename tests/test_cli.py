@@ -150,3 +150,68 @@ def test_a_refused_alert_or_seedlink_handshake_is_a_one_line_error(
     assert main(["detect", "tonga2022", "--report", "r.json"]) == 2
     err = capsys.readouterr().err
     assert err.strip() == f"tocsin: {exc}" and "Traceback" not in err
+
+
+@pytest.mark.parametrize(("var", "value", "needle"), [
+    ("TOCSIN_PARTITIONS", "0", "TOCSIN_PARTITIONS = '0': Input should be greater than or "
+     "equal to 1"),
+    ("TOCSIN_BROKER_PORT", "99999", "TOCSIN_BROKER_PORT = '99999'"),
+    ("TOCSIN_PACKET_SECONDS", "inf", "TOCSIN_PACKET_SECONDS = 'inf'"),
+    ("TOCSIN_CONTROLLER_PORT", "19092", "TOCSIN_BROKER_PORT and TOCSIN_CONTROLLER_PORT are "
+     "both 19092"),
+])
+def test_a_bad_setting_is_a_one_line_error_naming_it(
+        var: str, value: str, needle: str, home: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pydantic traceback (Settings() ran outside the error handling), or nonsense taken:
+    inf seconds, a port above 65535, the two ports of the broker the same."""
+    monkeypatch.setenv(var, value)
+    assert main(["detect", "tonga2022", "--report", "r.json"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tocsin: bad setting: ") and needle in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_evaluate_refuses_what_it_cannot_read_in_one_line(
+        home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Tracebacks before: a report that is not JSON or not a report, a package without
+    [truth] or with a truth out of range; and a truth without a speed wrote NaN tokens
+    into the metrics file."""
+    import json
+
+    from tests.replay.test_package import make_package
+
+    event = ('[event]\nid = "t"\ntitle = "x"\nstart = "2022-01-15T00:00:00Z"\n'
+             'end = "2022-01-15T02:00:00Z"\n')
+    row = "A,barometer,-21,-175,0,hPa,a.csv,csv\n"
+    pkg = make_package(tmp_path / "p", row, event + '[truth]\norigin_time = '
+                       '"2022-01-15T00:10:00Z"\nlat = -20.5\nlon = -175.4\n')
+    report = tmp_path / "r.json"
+    assert main(["detect", str(pkg), "--report", str(report)]) == 0
+    assert json.loads(report.read_text())["event"]["start"] == "2022-01-15T00:00:00.000Z"
+    out = tmp_path / "m.json"
+    assert main(["evaluate", str(report), "--truth", str(pkg), "--out", str(out)]) == 0
+    capsys.readouterr()
+    metrics = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(c))
+    assert metrics["truth"]["speed_m_s"] is None
+
+    def err_of(*argv: str) -> str:
+        assert main(list(argv)) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        return err
+
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    assert "not a JSON report" in err_of("evaluate", str(bad), "--truth", str(pkg))
+    bad.write_text('{"schema": "other/1"}')
+    assert "not a tocsin.report/1 report (schema 'other/1')" in err_of(
+        "evaluate", str(bad), "--truth", str(pkg))
+    no_truth = make_package(tmp_path / "q", row, event)
+    assert "[truth] lacks ['origin_time', 'lat', 'lon']" in err_of(
+        "evaluate", str(report), "--truth", str(no_truth))
+    far = make_package(tmp_path / "s", row, event + '[truth]\norigin_time = '
+                       '"2022-01-15T00:10:00Z"\nlat = 95\nlon = -175.4\n')
+    assert "[truth] lat = 95 is not a number in [-90, 90]" in err_of(
+        "evaluate", str(report), "--truth", str(far))
+    assert "is a folder" in err_of("detect", str(pkg), "--report", str(tmp_path))

@@ -6,11 +6,12 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tocsin import __version__
 from tocsin.allocator import tune_allocator
@@ -127,9 +128,62 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class CliError(Exception):
+    """An operator's error the command can name before it starts (printed in one line)."""
+
+
+def _settings() -> Settings:
+    """The settings from the environment; CliError naming each bad variable and value."""
+    from pydantic import ValidationError
+
+    try:
+        return Settings()
+    except ValidationError as exc:
+        bad = "; ".join(
+            f"TOCSIN_{'_'.join(map(str, e['loc'])).upper()} = {e['input']!r}: {e['msg']}"
+            if e["loc"] else e["msg"] for e in exc.errors())
+        raise CliError(f"bad setting: {bad}") from None
+
+
+def _check_report_path(path: Path | None) -> None:
+    """Before a run: its report can be written (not a folder; its folder can be made)."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise CliError(f"--report {path}: is a folder")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CliError(f"--report {path}: its folder cannot be made: {exc}") from None
+    if not os.access(path.parent, os.W_OK):
+        raise CliError(f"--report {path}: {path.parent} is not writable")
+
+
+def _read_report(path: Path) -> dict[str, Any]:
+    """A report written by ``tocsin detect`` or ``replay``; CliError unless it is one."""
+    from replay.report import REPORT_SCHEMA
+
+    if not path.is_file():
+        raise CliError(f"{path}: no such report")
+    try:
+        report = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CliError(f"{path}: not a JSON report ({exc})") from None
+    if not isinstance(report, dict) or report.get("schema") != REPORT_SCHEMA:
+        got = report.get("schema") if isinstance(report, dict) else type(report).__name__
+        raise CliError(f"{path}: not a {REPORT_SCHEMA} report (schema {got!r})")
+    return report
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    settings = Settings()
+    try:
+        settings = _settings()
+        _check_report_path(getattr(args, "report", None)
+                           if args.command in ("detect", "replay", "run") else None)
+    except CliError as exc:
+        print(f"tocsin: {exc}", file=sys.stderr)
+        return 2
     tune_allocator()  # buffers of megabytes are used again, not faulted in anew
     from replay.package import PackageError
 
@@ -152,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from streams.topics import TopicError
 
         if not isinstance(exc, TopicError | BrokerError | ReplayError | StoreConflict
-                          | SeedLinkError):
+                          | SeedLinkError | CliError):
             raise
         print(f"tocsin: {exc}", file=sys.stderr)
         return 2
@@ -224,14 +278,17 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         _summary(report)
         return 0
     if args.command == "evaluate":
-        from replay.evaluate import evaluate, record_section, write_metrics
+        from replay.evaluate import evaluate, json_safe, record_section, write_metrics
 
-        if not args.report.is_file():
-            return _no_report(args.report)
+        report = _read_report(args.report)
         pkg = resolve_package(args.truth, settings)
-        report = json.loads(args.report.read_text())
-        metrics = evaluate(report, pkg)
-        print(json.dumps({k: v for k, v in metrics.items() if k != "detections"}, indent=1))
+        try:
+            metrics = evaluate(report, pkg)
+        except (KeyError, TypeError) as exc:
+            raise CliError(f"{args.report}: a report without the fields evaluation reads "
+                           f"({type(exc).__name__}: {exc})") from None
+        print(json.dumps(json_safe({k: v for k, v in metrics.items() if k != "detections"}),
+                         indent=1, allow_nan=False))
         if args.out:
             write_metrics(metrics, args.out)
         if args.figure:
@@ -240,9 +297,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "quakeml":
         from responders.quakeml import write_quakeml
 
-        if not args.report.is_file():
-            return _no_report(args.report)
-        written = write_quakeml(json.loads(args.report.read_text()), args.out)
+        written = write_quakeml(_read_report(args.report), args.out)
         for path in written:
             print(path)
         if not written:
@@ -289,11 +344,6 @@ class _broker:
             from deploy.broker import Broker
 
             Broker(self.settings).stop()
-
-
-def _no_report(path: Path) -> int:
-    print(f"tocsin: {path}: no such report", file=sys.stderr)
-    return 2
 
 
 def registry_file(args: argparse.Namespace, settings: Settings) -> Path | None:

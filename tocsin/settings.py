@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -18,7 +18,9 @@ def _default_home() -> Path:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="TOCSIN_", frozen=True, extra="ignore")
+    # no inf or nan in any number: "inf" seconds or megabytes passed and failed later
+    model_config = SettingsConfigDict(env_prefix="TOCSIN_", frozen=True, extra="ignore",
+                                      allow_inf_nan=False)
 
     home: Path = Field(
         default_factory=_default_home,
@@ -36,8 +38,10 @@ class Settings(BaseSettings):
         "set, tocsin starts no broker of its own.",
     )
     kafka_version: str = Field(default="4.1.0", description="TOCSIN_KAFKA_VERSION")
-    broker_port: int = Field(default=19092, description="TOCSIN_BROKER_PORT: client listener")
-    controller_port: int = Field(default=19093, description="TOCSIN_CONTROLLER_PORT: KRaft")
+    broker_port: int = Field(default=19092, ge=1, le=65535,
+                             description="TOCSIN_BROKER_PORT: client listener")
+    controller_port: int = Field(default=19093, ge=1, le=65535,
+                                 description="TOCSIN_CONTROLLER_PORT: KRaft")
     broker_home: Path | None = Field(
         default=None,
         description="TOCSIN_BROKER_HOME: the broker's folder (config, pid, log, data in "
@@ -69,7 +73,8 @@ class Settings(BaseSettings):
         description="TOCSIN_DATABASE_URL: SQLAlchemy URL; default sqlite:///HOME/tocsin.db",
     )
     http_host: str = Field(default="127.0.0.1", description="TOCSIN_HTTP_HOST: dashboard bind")
-    http_port: int = Field(default=8000, description="TOCSIN_HTTP_PORT: dashboard port")
+    http_port: int = Field(default=8000, ge=1, le=65535,
+                           description="TOCSIN_HTTP_PORT: dashboard port")
     packet_seconds: float = Field(
         default=600.0,
         gt=0,
@@ -82,7 +87,8 @@ class Settings(BaseSettings):
         "and DARTs that get ETA forecasts in live use",
     )
     session_timeout_ms: int = Field(
-        default=10000, description="TOCSIN_SESSION_TIMEOUT_MS: consumer group session timeout"
+        default=10000, gt=0,
+        description="TOCSIN_SESSION_TIMEOUT_MS: consumer group session timeout"
     )
 
     api_tokens: str = Field(
@@ -126,13 +132,20 @@ class Settings(BaseSettings):
         "before its declaration a detection's onset may be"
     )
     smtp_host: str = Field(default="127.0.0.1", description="TOCSIN_SMTP_HOST")
-    smtp_port: int = Field(default=25, description="TOCSIN_SMTP_PORT")
+    smtp_port: int = Field(default=25, ge=1, le=65535, description="TOCSIN_SMTP_PORT")
     smtp_from: str = Field(default="tocsin@localhost", description="TOCSIN_SMTP_FROM")
     cap_sender: str = Field(default="tocsin@localhost", description="TOCSIN_CAP_SENDER")
     cap_status: Literal["Actual", "Exercise", "Test"] = Field(
         default="Actual", description="TOCSIN_CAP_STATUS: the CAP status of the workers' "
         "alerts; replays run theirs as Exercise, delivered only to subscriptions that take "
         "exercises")
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> Settings:
+        if self.kafka_bootstrap is None and self.broker_port == self.controller_port:
+            raise ValueError(f"TOCSIN_BROKER_PORT and TOCSIN_CONTROLLER_PORT are both "
+                             f"{self.broker_port}: the broker needs two ports")
+        return self
 
     @property
     def broker_dir(self) -> Path:
