@@ -12,9 +12,9 @@ data:
    tried and raised false alarms on the real DART 21401 record, where the de-tided residual
    still curves). With less history only the short window is used.
 2. **Short-window predictor** - a cubic (``degree``) least-squares fit to the bins of the
-   previous ``baseline_s`` (3 h) ending ``guard_s`` before the bin, averaged in
-   ``fit_block_s`` (10-min) blocks, extrapolated to the bin (the DART predictor of Mofjeld,
-   with a guard so a slow leading wave is not absorbed).
+   previous ``baseline_s`` (3 h) ending ``guard_s`` before the bin, taken as the medians of
+   ``fit_block_s`` (10-min) blocks (one bad sample cannot bend it), extrapolated to the bin
+   (the DART predictor of Mofjeld, with a guard so a slow leading wave is not absorbed).
 3. **Noise** - sigma = 1.4826 * MAD of the fit residuals, inflated for the degrees of
    freedom of the fit and floored at ``min_sigma``.
 4. **Median of five** residuals, and at most ``max_sign_changes`` (0) sign changes among
@@ -229,8 +229,10 @@ class TsunamiDetector:
         # with the tide removed harmonically only slow surge is left: a line extrapolates it
         # without the cubic's amplification of noise at the window's end
         degree = p.degree if s.tide is None else p.degree_detided
-        # fit to block means (``fit_block_s``): a seiche or ringing at the window's end
-        # averages out instead of bending the extrapolated cubic
+        # fit to block medians (``fit_block_s``): a seiche or ringing at the window's end
+        # evens out instead of bending the extrapolated cubic, and one bad sample (a spike,
+        # a 99) is left out; with block means it bent the cubic, and the residuals after it
+        # declared a tsunami
         blk = np.floor(tt / p.fit_block_s)  # in order: each block is a run
         first = np.empty(len(blk), dtype=bool)
         first[0] = True
@@ -238,7 +240,7 @@ class TsunamiDetector:
         start = np.flatnonzero(first)
         counts = np.diff(start, append=len(blk))
         bt = np.add.reduceat(tt, start) / counts
-        bv = np.add.reduceat(vv, start) / counts
+        bv = run_medians(blk, vv, start, counts)
         if len(bt) <= degree + 2:
             return None
         coef = np.polyfit((bt - t_ref) / 3600.0, bv, degree)
@@ -372,14 +374,23 @@ def zero_crossing_period(tt: FloatArray, vv: FloatArray) -> float:
     return float(2.0 * np.median(np.diff(tc)))
 
 
+def run_medians(keys: FloatArray, vv: FloatArray, start: Any, counts: Any) -> FloatArray:
+    """The median of ``vv`` over each run of equal ``keys`` (runs starting at ``start``,
+    ``counts`` long; ``keys`` in order), as ``statistics.median`` gives it."""
+    ordered = vv[np.lexsort((vv, keys))]
+    lo, hi = start + (counts - 1) // 2, start + counts // 2
+    return (ordered[lo] + ordered[hi]) / 2.0
+
+
 def fit_tide(tt: FloatArray, vv: FloatArray, lat: float) -> Any:
     """Harmonic tide fit with utide (constituents chosen by the record's length)."""
     import utide
 
-    # fit on 10-min means: the tide is smooth and the fit 10x cheaper
+    # fit on 10-min medians: the tide is smooth, the fit 10x cheaper, and one bad sample
+    # (with means, a single 99 bent a month of tide predictions) is left out
     idx = np.floor(tt / 600.0)
     uniq, start, counts = np.unique(idx, return_index=True, return_counts=True)
-    means = np.add.reduceat(vv, start) / counts
+    means = run_medians(idx, vv, start, counts)
     # utide's nodal corrections divide by sin(lat): a gauge on the equator fits at 0.01 deg
     lat = lat if abs(lat) >= 0.01 else math.copysign(0.01, lat)
     return utide.solve(uniq * 600.0 / 86400.0 + 300.0 / 86400.0, means, lat=lat,
@@ -518,7 +529,7 @@ def tsunami_reference(times: FloatArray, values: FloatArray, station: StationInf
             for x in pts:
                 blocks.setdefault(math.floor(x[0] / p.fit_block_s), []).append(x)
             bt = np.array([sum(x[0] for x in g) / len(g) for g in blocks.values()])
-            bv = np.array([sum(x[1] for x in g) / len(g) for g in blocks.values()])
+            bv = np.array([statistics.median(x[1] for x in g) for g in blocks.values()])
             if len(bt) > degree + 2:
                 coef = np.polyfit((bt - t_ref) / 3600.0, bv, degree)
                 tt = np.array([x[0] for x in pts])
