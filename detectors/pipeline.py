@@ -57,8 +57,13 @@ _TOL = 1e-6
 
 
 def _iso(t: float) -> str:
-    """For messages: :func:`streams.schemas.iso`, and a non-finite time as it is."""
-    return iso(t) if math.isfinite(t) else str(t)
+    """For messages: :func:`streams.schemas.iso`, and a time it cannot write (not finite,
+    beyond year 9999: milliseconds taken for seconds) as the number. Its ValueError escaped
+    ``DetectorBank.feed_many``, and the other stations of the call got no results."""
+    try:
+        return iso(t)
+    except (ValueError, OverflowError, OSError):
+        return repr(t)
 
 
 def _load(path: str) -> Any:

@@ -430,3 +430,22 @@ class Frames:
 
     def params(self) -> dict:
         return {}
+
+
+def test_a_start_beyond_year_9999_is_a_packet_error_not_a_crash() -> None:
+    """A start in milliseconds taken for seconds (1.6e12 s, year 52000): the next packet's
+    error message failed to write the time, a ValueError that was no DetectorError and
+    escaped feed_many, so the other stations of the call got no results."""
+    import numpy as np
+
+    from detectors.base import DetectorError, StationInfo
+    from detectors.pipeline import DetectorBank
+
+    a = StationInfo("A", "barometer", -21.0, -175.0, 0.0, "hPa")
+    b = StationInfo("B", "barometer", -20.0, -175.0, 0.0, "hPa")
+    bank = DetectorBank()
+    v = np.full(60, 1010.0)
+    assert list(map(list, bank.feed_many([(a, 1.6e12, 1.0, v)]))) == [[]]
+    out = bank.feed_many([(a, 1.642e9, 1.0, v), (b, 1.642e9, 1.0, v)])
+    assert isinstance(out[0], DetectorError) and "1600000000059.0" in str(out[0])
+    assert list(out[1]) == []  # type: ignore[arg-type]
