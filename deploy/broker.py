@@ -18,6 +18,7 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -244,19 +245,70 @@ class Broker:
         running = pid is not None and _port_open(self.host, self.settings.broker_port)
         return BrokerStatus(running, pid, self.settings.bootstrap, self.log)
 
-    def start(self, timeout: float = 90.0) -> BrokerStatus:
-        """Start the broker (fetching and formatting first if needed) and wait until ready.
-        Two starts at once: the second waits for the first (a lock on the directory) and
-        finds it running."""
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """The broker directory's lock: starts, stops and the users' leases, one at a time."""
         self.dir.mkdir(parents=True, exist_ok=True)
         with open(self.dir / "start.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            return self._start(timeout)
+            yield
+
+    def start(self, timeout: float = 90.0) -> BrokerStatus:
+        """Start the broker (fetching and formatting first if needed) and wait until ready;
+        it runs until ``stop`` (``tocsin broker start``: commands that use it leave it
+        running). Two starts at once: the second waits for the first (a lock on the
+        directory) and finds it running."""
+        with self._locked():
+            st = self._start(timeout)
+            self._on_demand.unlink(missing_ok=True)
+            return st
+
+    @property
+    def _on_demand(self) -> Path:
+        return self.dir / "on-demand"  # there while the broker runs for the commands' sake
+
+    @contextlib.contextmanager
+    def use(self, timeout: float = 90.0) -> Iterator[BrokerStatus]:
+        """The broker for one command: started if it is not running, and then stopped when
+        the last command using it is done, whichever that is (each holds a lease while it
+        runs). Before, a command stopped the broker it had started when it ended, even if
+        another command had begun to use it meanwhile. A broker started with :meth:`start`
+        keeps running."""
+        users = self.dir / "users"
+        lease = users / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        with self._locked():
+            if not self.status().running:
+                st = self._start(timeout)
+                self._on_demand.touch()
+            else:
+                st = self.status()
+            users.mkdir(exist_ok=True)
+            lease.touch()
+        try:
+            yield st
+        finally:
+            with self._locked():
+                lease.unlink(missing_ok=True)
+                live = []
+                for other in users.iterdir():
+                    pid = other.name.partition("-")[0]
+                    if pid.isdigit() and _pid_alive(int(pid)):
+                        live.append(other)
+                    else:  # a command that died without leaving
+                        other.unlink(missing_ok=True)
+                if not live and self._on_demand.exists():
+                    self._stop()
 
     def _start(self, timeout: float) -> BrokerStatus:
         st = self.status()
         if st.running:
             return st
+        if st.pid is not None:
+            # ours and alive, but not serving: a start interrupted in its wait (Ctrl-C) left
+            # it. Launching another orphaned it (the pid file named the new one only)
+            if self._wait_ready(st.pid, self.pid_file.stat().st_mtime, timeout):
+                return self.status()
+            self._stop()
         if _port_open(self.host, self.settings.broker_port):
             raise BrokerError(
                 f"port {self.settings.broker_port} on {self.host} is taken by another process; "
@@ -279,18 +331,31 @@ class Broker:
         )
         out.close()
         self.pid_file.write_text(str(proc.pid))
+        try:
+            if self._wait_ready(proc.pid, launched, timeout, proc):
+                return self.status()
+        except BaseException:  # interrupted (Ctrl-C): not left running, unknown to all
+            self._stop()
+            raise
+        self._stop()
+        raise BrokerError(f"the broker was not ready after {timeout:.0f} s; see {self.log}")
+
+    def _wait_ready(self, pid: int, launched: float, timeout: float,
+                    proc: subprocess.Popen[bytes] | None = None) -> bool:
+        """Whether the broker ``pid`` (launched at ``launched``) is ready within
+        ``timeout``; BrokerError if it exits meanwhile."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if proc.poll() is not None:
+            code = proc.poll() if proc is not None else (None if _pid_alive(pid) else -1)
+            if code is not None:
                 raise BrokerError(
-                    f"the broker exited with code {proc.returncode} during start-up; "
+                    f"the broker exited with code {code} during start-up; "
                     f"see {self.log} and {self.dir / 'broker.out'}"
                 )
             if _port_open(self.host, self.settings.broker_port) and self._ready(launched):
-                return self.status()
+                return True
             time.sleep(0.3)
-        self.stop()
-        raise BrokerError(f"the broker was not ready after {timeout:.0f} s; see {self.log}")
+        return False
 
     def _ready(self, launched: float) -> bool:
         """The launch's log says the broker has started: ``broker.log``, and the logs it
@@ -308,6 +373,12 @@ class Broker:
         return "Kafka Server started" in text or "started (kafka.server.KafkaRaftServer)" in text
 
     def stop(self, timeout: float = 30.0) -> None:
+        """Stop the broker, whoever started it (``tocsin broker stop``)."""
+        with self._locked():
+            self._stop(timeout)
+            self._on_demand.unlink(missing_ok=True)
+
+    def _stop(self, timeout: float = 30.0) -> None:
         pid = self._pid()
         if pid is None:
             self.pid_file.unlink(missing_ok=True)

@@ -321,11 +321,13 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
 
 
 class _broker:
-    """Start the local broker unless TOCSIN_KAFKA_BOOTSTRAP names a cluster; stop it after."""
+    """The local broker, unless TOCSIN_KAFKA_BOOTSTRAP names a cluster: started if it is
+    not running, stopped after the last command that uses it (one `tocsin broker start`
+    started keeps running)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.started = False
+        self.using: contextlib.AbstractContextManager[Any] | None = None
 
     def __enter__(self) -> _broker:
         if self.settings.kafka_bootstrap:
@@ -335,15 +337,14 @@ class _broker:
         broker = Broker(self.settings)
         if not broker.status().running:
             print(f"starting Kafka {self.settings.kafka_version} (KRaft) ...", file=sys.stderr)
-            broker.start()
-            self.started = True
+        # stopped when the last command using it is done (Broker.use), not under another's run
+        self.using = broker.use()
+        self.using.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.started:
-            from deploy.broker import Broker
-
-            Broker(self.settings).stop()
+        if self.using is not None:
+            self.using.__exit__(None, None, None)
 
 
 def registry_file(args: argparse.Namespace, settings: Settings) -> Path | None:

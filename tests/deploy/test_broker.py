@@ -347,3 +347,61 @@ def test_a_cluster_id_that_starts_with_a_dash_formats(kafka_settings: Settings, 
         assert "cluster.id=-" in meta
     finally:
         broker.stop()
+
+
+def test_a_broker_in_use_is_stopped_after_its_last_user(kafka_settings: Settings,
+                                                         tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Replay A started the broker, replay B found it running and used it; when A ended it
+    stopped the broker in the middle of B's run. A broker started with `tocsin broker
+    start` is left running by the commands that use it."""
+    from tests.conftest import free_port
+
+    if kafka_settings.kafka_bootstrap:
+        missing("external cluster (TOCSIN_TEST_KAFKA_BOOTSTRAP): no local broker")
+    settings = Settings(home=tmp_path, broker_port=free_port(), controller_port=free_port(),
+                        cache_dir=kafka_settings.cache_dir)
+    broker = Broker(settings)
+    try:
+        with broker.use() as first:
+            assert first.running
+            with Broker(settings).use() as second:
+                assert second.pid == first.pid
+            assert broker.status().running  # the first user is still on it
+        assert not broker.status().running and _ours(broker) == []
+        started = broker.start()
+        with broker.use():
+            pass
+        assert broker.status().pid == started.pid  # started for good: left running
+    finally:
+        broker.stop()
+    assert _ours(broker) == []
+
+
+def test_an_interrupted_start_leaves_no_broker_behind(kafka_settings: Settings, tmp_path,  # type: ignore[no-untyped-def]
+                                                      monkeypatch) -> None:
+    """Ctrl-C in the wait for readiness left the JVM running, unknown: the next start
+    launched another over its pid file, and stop stopped only that one."""
+    from tests.conftest import free_port
+
+    if kafka_settings.kafka_bootstrap:
+        missing("external cluster (TOCSIN_TEST_KAFKA_BOOTSTRAP): no local broker")
+    settings = Settings(home=tmp_path, broker_port=free_port(), controller_port=free_port(),
+                        cache_dir=kafka_settings.cache_dir)
+    broker = Broker(settings)
+    launched: list[int] = []
+    real = Broker._wait_ready
+
+    def interrupted(self, pid, *args, **kw):  # type: ignore[no-untyped-def]
+        launched.append(pid)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Broker, "_wait_ready", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        broker.start(timeout=90)
+    assert launched and _ours(broker) == []  # the JVM it launched was stopped
+    monkeypatch.setattr(Broker, "_wait_ready", real)
+    try:
+        st = broker.start(timeout=90)
+        assert st.running and _ours(broker) == [st.pid]
+    finally:
+        broker.stop()
