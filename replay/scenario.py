@@ -55,6 +55,7 @@ seed gives the same bytes on every run, and adding a station does not change the
 from __future__ import annotations
 
 import csv
+import fcntl
 import math
 import os
 import shutil
@@ -730,11 +731,17 @@ def ensure_builtin(name: str, cache_dir: Path) -> Path:
     if recorded_version(target) == GENERATOR_VERSION:
         return target
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = cache_dir / f".{name}.building-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    _BUILDERS[name](tmp)
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(tmp, target)
+    # one build at a time: two first builds each removed the other's package (one could
+    # be reading it) or failed on os.replace; the second finds the first's, built
+    with open(cache_dir / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if recorded_version(target) == GENERATOR_VERSION:
+            return target
+        for stale in cache_dir.glob(f".{name}.building-*"):  # crashed builds' leftovers
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = cache_dir / f".{name}.building-{os.getpid()}"
+        _BUILDERS[name](tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
     return target

@@ -261,7 +261,39 @@ def test_ensure_builtin_builds_once_and_rebuilds_on_version_change(tmp_path: Pat
                                                'version = "0"'))
     ensure_builtin("tonga2022", tmp_path)
     assert f'version = "{GENERATOR_VERSION}"' in event.read_text()
-    assert [p.name for p in tmp_path.iterdir()] == ["tonga2022"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".tonga2022.lock", "tonga2022"]
+
+
+def test_two_first_builds_at_once_build_once(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each removed the other's package (which it could be reading) or failed on
+    os.replace; a crashed build's folder stayed for ever."""
+    import threading
+    import time
+
+    import replay.scenario as scenario
+
+    calls: list[int] = []
+
+    def slow_build(out: Path) -> Path:
+        calls.append(1)
+        time.sleep(0.3)
+        out.mkdir(parents=True)
+        (out / "event.toml").write_text(f'[scenario]\nversion = "{GENERATOR_VERSION}"\n')
+        return out
+
+    monkeypatch.setitem(scenario._BUILDERS, "tonga2022", slow_build)
+    (tmp_path / ".tonga2022.building-999999").mkdir()  # a crashed build's
+    got: list[Path] = []
+    threads = [threading.Thread(target=lambda: got.append(ensure_builtin("tonga2022",
+                                                                         tmp_path)))
+               for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert got == [tmp_path / "tonga2022"] * 2 and calls == [1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".tonga2022.lock", "tonga2022"]
 
 
 def test_ensure_builtin_unknown_name_lists_the_known_ones(tmp_path: Path) -> None:
