@@ -262,7 +262,9 @@ class Ingest:
                 saved = json.loads(self.state_file.read_text())
                 self.acked = {str(k): int(v) for k, v in saved["last_seq"].items()}
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
-                raise ValueError(f"{self.state_file}: not a SeedLink state file ({exc})") from exc
+                # SeedLinkError: the command says it in one line (a ValueError was a traceback)
+                raise SeedLinkError(f"{self.state_file}: not a SeedLink state file "
+                                    f"({exc})") from exc
             self.client.last_seq.update(self.acked)
 
     def save_state(self) -> None:

@@ -667,3 +667,13 @@ def test_the_client_is_closed_however_the_ingest_loop_ends(records: list[bytes])
         return n, list(closed)  # before the loop's shutdown closes what is left open
 
     assert asyncio.run(main()) == (3, [True])
+
+
+def test_a_bad_state_file_is_a_seedlink_error_naming_it(tmp_path: Path) -> None:
+    """It was a ValueError, which the command printed as a traceback."""
+    from streams.seedlink import SeedLinkError
+
+    state = tmp_path / "state.json"
+    state.write_text('{"last_seq": [1, 2]}')
+    with pytest.raises(SeedLinkError, match=f"{state}: not a SeedLink state file"):
+        Ingest(_Client([]), state_file=state)  # type: ignore[arg-type]
