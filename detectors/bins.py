@@ -95,7 +95,9 @@ def run_onset(history: Sequence[tuple[float, float]], k_onset: float, bin_s: flo
     (t0, z0), (t1, z1) = history[j - 1], history[j]
     if t1 - t0 > 1.5 * bin_s or z1 <= z0:
         return t1
-    return t0 + (k_onset - z0) / (z1 - z0) * (t1 - t0)
+    # at most t1: when the last bin itself stays under k_onset the interpolation went past
+    # it (an onset after the trigger)
+    return t0 + min(1.0, (k_onset - z0) / (z1 - z0)) * (t1 - t0)
 
 
 def whole_record_bins(times: FloatArray, values: FloatArray,

@@ -449,3 +449,14 @@ def test_a_start_beyond_year_9999_is_a_packet_error_not_a_crash() -> None:
     out = bank.feed_many([(a, 1.642e9, 1.0, v), (b, 1.642e9, 1.0, v)])
     assert isinstance(out[0], DetectorError) and "1600000000059.0" in str(out[0])
     assert list(out[1]) == []  # type: ignore[arg-type]
+
+
+def test_an_onset_is_never_after_the_last_bin_of_its_history() -> None:
+    """With the last bin under k_onset, the interpolation between it and the one before
+    went past it: an onset (270 s) after the trigger bin (240 s)."""
+    from detectors.bins import run_onset
+
+    hist = [(0.0, 6.0), (60.0, 6.0), (120.0, 6.0), (180.0, 1.0), (240.0, 2.0)]
+    assert run_onset(hist, 2.5, 60.0, 240.0) == 240.0
+    # the usual case is unchanged: between the last quiet bin and the first loud one
+    assert run_onset([(0.0, 1.0), (60.0, 5.0), (120.0, 6.0)], 3.0, 60.0, 120.0) == 30.0
