@@ -177,7 +177,8 @@ def incident_map(revisions: list[dict[str, Any]], detections: list[dict[str, Any
             ring = geodesic_circle(lat0, lon0, radius_km)
             folium.PolyLine(ring, color=COLOURS["front"], weight=1.5, opacity=0.8,
                             dash_array="6 4",
-                            tooltip=f"front at origin + {h} h ({_iso(float(origin) + h * 3600)})"
+                            tooltip=_tip(f"front at origin + {h} h "
+                                         f"({_iso(float(origin) + h * 3600)})")
                             ).add_to(fronts)
     fronts.add_to(m)
 
@@ -188,7 +189,8 @@ def incident_map(revisions: list[dict[str, Any]], detections: list[dict[str, Any
     for r in located[:-1]:
         folium.CircleMarker((float(r["lat"]), near(float(r["lon"]), lon0)), radius=4,
                             color=COLOURS["track"], fill=True, fill_opacity=0.8,
-                            tooltip=f"revision {r['revision']} issued {_iso(r['issued_s'])}"
+                            tooltip=_tip(f"revision {r['revision']} issued "
+                                         f"{_iso(r['issued_s'])}")
                             ).add_to(m)
 
     # stations: used (blue), rejected (purple), with their onsets
@@ -203,9 +205,9 @@ def incident_map(revisions: list[dict[str, Any]], detections: list[dict[str, Any
         folium.CircleMarker(
             (float(d["lat"]), near(float(d["lon"]), lon0)), radius=6,
             color=COLOURS["used" if used else "rejected"], fill=True, fill_opacity=0.9,
-            tooltip=html.escape(f"{sid} ({d['kind']}): onset {_iso(d['onset'])}, "
-                                f"{d['amplitude']:.3g} {d['units']}"
-                                + ("" if used else " - rejected as an outlier")),
+            tooltip=_tip(f"{sid} ({d['kind']}): onset {_iso(d['onset'])}, "
+                         f"{d['amplitude']:.3g} {d['units']}"
+                         + ("" if used else " - rejected as an outlier")),
         ).add_to(stations)
     stations.add_to(m)
 
@@ -220,9 +222,9 @@ def incident_map(revisions: list[dict[str, Any]], detections: list[dict[str, Any
         folium.CircleMarker(
             (float(f["lat"]), near(float(f["lon"]), lon0)), radius=5,
             color=COLOURS[state], fill=True, fill_opacity=0.9,
-            tooltip=html.escape(f"{f['station_id']} ({f['kind']}): {state}, "
-                                f"Lamb-wave ETA {_iso(f['eta_s'])}, "
-                                f"{f['distance_km']:.0f} km"),
+            tooltip=_tip(f"{f['station_id']} ({f['kind']}): {state}, "
+                         f"Lamb-wave ETA {_iso(f['eta_s'])}, "
+                         f"{f['distance_km']:.0f} km"),
         ).add_to(gauges)
     gauges.add_to(m)
 
@@ -230,9 +232,9 @@ def incident_map(revisions: list[dict[str, Any]], detections: list[dict[str, Any
     seis = (last.get("extra") or {}).get("seismic")
     if seis and seis.get("lat") is not None:
         slat, slon = float(seis["lat"]), near(float(seis["lon"]), lon0)
-        tip = html.escape(f"seismic event {seis['event_id']} (revision {seis['revision']}): "
-                          f"origin {_iso(seis['origin_time'])}, depth {seis['depth_km']} km, "
-                          f"± {seis['herr_km']} km, {len(seis.get('stations', []))} stations")
+        tip = _tip(f"seismic event {seis['event_id']} (revision {seis['revision']}): "
+                   f"origin {_iso(seis['origin_time'])}, depth {seis['depth_km']} km, "
+                   f"± {seis['herr_km']} km, {len(seis.get('stations', []))} stations")
         layer = folium.FeatureGroup(name="seismic event")
         folium.PolyLine(geodesic_circle(slat, slon, max(float(seis["herr_km"]), 1.0)),
                         color=COLOURS["seismic"], weight=1, tooltip=tip).add_to(layer)
@@ -251,7 +253,7 @@ def incident_map(revisions: list[dict[str, Any]], detections: list[dict[str, Any
              f"{len(forecasts)} ETA watches")
     # a tooltip, not a folium.Popup: folium builds popups with jQuery (a CDN script)
     folium.CircleMarker((lat0, lon0), radius=9, color=COLOURS["source"], fill=True,
-                        fill_opacity=1.0, tooltip=folium.Tooltip(popup)).add_to(m)
+                        fill_opacity=1.0, tooltip=folium.Tooltip(_js_safe(popup))).add_to(m)
 
     root: Any = m.get_root()  # a branca Figure
     root.html.add_child(folium.Element(_legend(last, alerts or [])))
@@ -288,6 +290,18 @@ def _legend(last: dict[str, Any], alerts: list[dict[str, Any]]) -> str:
         + (f'<hr style="margin:4px 0"><b>CAP alerts</b>{sent}' if sent else "")
         + "</div>"
     )
+
+
+def _js_safe(markup: str) -> str:
+    """``markup`` (HTML) safe inside the JavaScript template literal folium puts tooltips
+    in: a station id with a backtick, ``${...}`` or a backslash ran as script there, or
+    left the map blank; ``html.escape`` does not touch them."""
+    return markup.replace("\\", "&#92;").replace("`", "&#96;").replace("$", "&#36;")
+
+
+def _tip(text: str) -> str:
+    """Plain ``text`` as a tooltip: escaped for HTML, and for the template literal."""
+    return _js_safe(html.escape(text))
 
 
 _REMOTE = re.compile(r'<(script|link)\b[^>]*(?:src|href)="(https?:)?//[^"]+"[^>]*>(</script>)?')

@@ -171,3 +171,50 @@ def test_map_draws_the_seismic_event_of_the_incident() -> None:
     assert "seismic epicentre" in page  # in the legend
     without = standalone_html(incident_map([{**rev, "extra": {}}], []))
     assert "seismic event" not in without
+
+
+def test_a_hostile_station_id_is_text_in_the_map_not_script(tmp_path: Path) -> None:
+    """folium puts tooltips in a JavaScript template literal: ``html.escape`` left
+    backticks, ``${...}`` and backslashes alone, so a station id from a package or a
+    registry ran as script when the map was opened (or, with a backslash, left it blank)."""
+    if not Path(CHROMIUM).exists() or shutil.which("chromium") is None:
+        missing("Debian chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    evil = "X${document.title='pwned'}`\\"
+    rev = {"incident_id": "eruption-${1+1}", "type": "volcanic_eruption", "status": "watch",
+           "revision": 2, "issued_s": 1642221000.0, "lat": -20.55, "lon": -175.39,
+           "origin_time_s": 1642220085.0, "speed_m_s": 315.0,
+           "forecasts": [{"station_id": evil, "kind": "tide_gauge", "eta_s": 1642230000.0,
+                          "distance_km": 3000.0, "lat": -10.0, "lon": -170.0}],
+           "detections": [], "stations_used": [], "rejected": [], "confirmed": [],
+           "extra": {}}
+    page_file = tmp_path / "map.html"
+    page_file.write_text(standalone_html(incident_map([rev], [])))
+    errors: list[str] = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+            "--no-sandbox", "--disable-background-networking", "--disable-gpu"])
+        page = browser.new_page()
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(page_file.as_uri())
+        page.wait_for_selector("path.leaflet-interactive", timeout=30_000)
+        title = page.title()
+        tips = page.evaluate("""() => {
+            const out = [];
+            map_layers: for (const k in window) {
+              const m = window[k];
+              if (m && m._layers) {
+                for (const id in m._layers) {
+                  const t = m._layers[id].getTooltip && m._layers[id].getTooltip();
+                  if (t) out.push(t.getContent());
+                }
+                break map_layers;
+              }
+            }
+            return out;
+          }""")
+        browser.close()
+    assert errors == [] and title != "pwned", (errors, title)
+    shown = [t for t in tips if "tide_gauge" in t]
+    assert len(shown) == 1 and "&#36;{document.title=&#x27;pwned&#x27;}&#96;&#92;" in shown[0]
