@@ -51,6 +51,7 @@ from streams.schemas import (
     decode,
     encode,
     epoch,
+    iso,
 )
 from streams.takeover import Taken, read_back
 from streams.topics import CONTROL_SCHEMA, Topics, control
@@ -343,11 +344,23 @@ def dead_letter_record(event: Any, reason: str, value: bytes | None = None) -> b
     })
 
 
-def observation(raw: bytes) -> ObservationPacket | GridFrame:
-    """An observations-topic message decoded; :class:`SchemaError` if it is not one."""
+#: a packet ending further than this after the worker's clock is a timing fault: taken,
+#: it made the station's detectors refuse every correct packet after it ("in the gap")
+MAX_AHEAD_S = 86400.0
+
+
+def observation(raw: bytes, now: float | None = None) -> ObservationPacket | GridFrame:
+    """An observations-topic message decoded; :class:`SchemaError` if it is not one, or if
+    it ends more than :data:`MAX_AHEAD_S` after ``now`` (the clock)."""
     pkt = decode(raw)
     if not isinstance(pkt, ObservationPacket | GridFrame):
         raise SchemaError(f"{type(pkt).__name__} does not belong on the observations topic")
+    end = pkt.end if isinstance(pkt, ObservationPacket) else pkt.time
+    now = time.time() if now is None else now
+    if end > now + MAX_AHEAD_S:
+        raise SchemaError(f"observation {pkt.station_id}: ends at {iso(end)}, "
+                          f"{(end - now) / 86400:.1f} days after the worker's clock "
+                          f"({iso(now)}): a timing fault, not taken")
     return pkt
 
 

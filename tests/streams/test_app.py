@@ -381,3 +381,23 @@ def test_a_control_message_is_known_whatever_the_order_of_its_fields() -> None:
     long = orjson.dumps({"schema": "tocsin.observation/2", "source": "x" * 5000,
                          "note": "tocsin.control/1"})
     assert _is_control(long) is None
+
+
+def test_a_packet_ending_days_after_the_clock_is_refused_by_name() -> None:
+    """A packet stamped in 2199 (a station's timing fault, a producer other than our
+    ingest) was taken, and the station's detectors then refused every correct packet
+    after it as 'in the gap' it skipped."""
+    import numpy as np
+
+    from streams.app import observation
+    from streams.schemas import ObservationPacket, SchemaError, encode
+
+    now = 1.642e9
+    ok = encode(ObservationPacket("S1", "barometer", "LDI", now + 3600.0, 60.0,
+                                  np.full(10, 1010.0), "hPa"))
+    assert observation(ok, now=now).station_id == "S1"  # an hour ahead: clocks differ
+    bad = encode(ObservationPacket("S1", "barometer", "LDI", 7.2e9, 60.0,
+                                   np.full(10, 1010.0), "hPa"))
+    with pytest.raises(SchemaError, match=r"observation S1: ends at 2198-.* days after the "
+                       r"worker's clock .* a timing fault"):
+        observation(bad, now=now)
