@@ -476,19 +476,34 @@ class Outbox:
         return SendResult(False, error=f"unknown channel {ch['type']!r}")
 
     # -- reads for the API
-    def deliveries(self, alert_identifier: str | None = None) -> list[dict[str, Any]]:
+    def deliveries(self, alert_identifier: str | None = None, *, limit: int | None = None,
+                   after: str | None = None) -> list[dict[str, Any]]:
+        """Deliveries with their attempts, by (alert, key); at most ``limit`` of them, those
+        after the key ``after`` (pages). The attempts come in one query for the page (one
+        per delivery took 0.9 s for 5000)."""
         q = select(DeliveryRow).order_by(DeliveryRow.alert_identifier, DeliveryRow.key)
         if alert_identifier:
             q = q.where(DeliveryRow.alert_identifier == alert_identifier)
+        if after is not None:  # a key is "<alert>|<subscription>|<channel>"
+            alert = after.split("|", 1)[0]
+            q = q.where((DeliveryRow.alert_identifier > alert) | and_(
+                DeliveryRow.alert_identifier == alert, DeliveryRow.key > after))
+        if limit is not None:
+            q = q.limit(limit)
         with self.store.engine.connect() as c:
-            out = []
-            for r in c.execute(q):
-                row = dict(r._mapping)
-                row["attempt_log"] = [dict(a._mapping) for a in c.execute(
-                    select(AttemptRow.attempt, AttemptRow.at, AttemptRow.ok,
-                           AttemptRow.status_code, AttemptRow.error)
-                    .where(AttemptRow.delivery_key == r.key).order_by(AttemptRow.attempt))]
-                out.append(row)
+            out = [dict(r._mapping) for r in c.execute(q)]
+            logs: dict[str, list[dict[str, Any]]] = {row["key"]: [] for row in out}
+            for i in range(0, len(out), 500):  # bounded IN lists
+                keys = [row["key"] for row in out[i:i + 500]]
+                for a in c.execute(select(AttemptRow.delivery_key, AttemptRow.attempt,
+                                          AttemptRow.at, AttemptRow.ok,
+                                          AttemptRow.status_code, AttemptRow.error)
+                                   .where(AttemptRow.delivery_key.in_(keys))
+                                   .order_by(AttemptRow.delivery_key, AttemptRow.attempt)):
+                    entry = dict(a._mapping)
+                    logs[entry.pop("delivery_key")].append(entry)
+            for row in out:
+                row["attempt_log"] = logs[row["key"]]
             return out
 
 
