@@ -509,7 +509,15 @@ def associate(dets: Iterable[Detection], registry: list[StationInfo],
                {} if forecast_cache is None else forecast_cache)
     state = _State.new(seismic)
     revisions: list[IncidentRevision] = []
+    seen: set[str] = set()
     for det in sorted(dets, key=lambda d: (d.declared, d.key)):
+        # a detection is associated once, as first declared: the tsunami detector's final
+        # amplitude, hours later under the same key, updates the stored row, not the
+        # incidents (the Associator dropped it as a redelivery, this took it: the two
+        # disagreed, and one observation could count in two incidents)
+        if det.key in seen:
+            continue
+        seen.add(det.key)
         revisions.extend(run.step(state, det))
     if seismic_out is not None:
         seismic_out.update(state.events)

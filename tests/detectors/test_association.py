@@ -514,3 +514,31 @@ def test_late_detections_re_run_from_the_snapshot_before_their_place(
         got_emitted, got_seismic, n = feed(every, snaps)
         assert got_emitted == emitted and got_seismic == seismic
         assert n < 0.8 * from_checkpoint, (every, snaps, n, from_checkpoint)
+
+
+def test_a_detection_sent_again_under_its_key_is_associated_once_in_both() -> None:
+    """The tsunami detector sends its final amplitude hours later under the same key. The
+    bounded Associator dropped it as a redelivery; the reference took it, and there it
+    joined the eruption that had formed meanwhile: the same observation counted in two
+    incidents, and the two disagreed (found in review)."""
+    import dataclasses
+
+    near = StationInfo("nukug", "tide_gauge", -21.13, -175.20)
+    reg = [*GAUGES, near]
+    on = ORIGIN + 300.0
+    prov = Detection("nukug", "tide_gauge", "tsunami", "1", on, on + 600, 0.3, "m", on + 900,
+                     lat=-21.13, lon=-175.20, extra={"final": False})
+    final = dataclasses.replace(prov, amplitude=0.8, declared=on + 4 * 3600 + 5400,
+                                extra={"final": True})
+    assert final.key == prov.key
+    dets = [*pressure_dets(), prov, final]
+    reference = associate(dets, reg)
+    bounded = Associator(reg)
+    for d in sorted(dets, key=lambda d: (d.declared, d.key)):
+        bounded.add(d)
+    assert [r.to_dict() for r in reference] == [r.to_dict() for r in bounded.revisions()]
+    # and as if the final copy had never come
+    assert [r.to_dict() for r in reference] == [
+        r.to_dict() for r in associate([*pressure_dets(), prov], reg)]
+    holding = {r.incident_id for r in reference if prov.key in r.detections}
+    assert len(holding) == 1, holding
