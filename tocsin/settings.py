@@ -6,10 +6,11 @@ Every field reads the environment variable ``TOCSIN_<FIELD>`` (for example
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -139,6 +140,22 @@ class Settings(BaseSettings):
         default="Actual", description="TOCSIN_CAP_STATUS: the CAP status of the workers' "
         "alerts; replays run theirs as Exercise, delivered only to subscriptions that take "
         "exercises")
+
+    @field_validator("broker_heap")
+    @classmethod
+    def _heap(cls, v: str) -> str:
+        # checked here, not by the JVM after the Maven fetch (" 768m" went through as
+        # "-Xmx 768m")
+        if not re.fullmatch(r"[1-9][0-9]*[kKmMgG]?", v):
+            raise ValueError(f"{v!r} is not a JVM heap size such as 768m or 2g")
+        return v
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9._-]{1,100}", v):
+            raise ValueError(f"{v!r} is not 1-100 of [A-Za-z0-9._-] (Kafka's topic names)")
+        return v
 
     @model_validator(mode="after")
     def _distinct_ports(self) -> Settings:

@@ -135,7 +135,12 @@ def test_topic_names_are_checked_before_kafka_sees_them() -> None:
     with pytest.raises(TopicError, match=r"run id 'a/b' has '/'.*\[A-Za-z0-9\._-\]"):
         Topics.for_run(settings, "a/b")
     with pytest.raises(TopicError, match="topic prefix 'to csin' has ' '"):
-        Topics.for_run(Settings(topic_prefix="to csin"), "live")
+        Topics("to csin", "live", 1, 1)
+    # and the setting itself, before anything is started
+    with pytest.raises(ValueError, match=r"'to csin' is not 1-100 of \[A-Za-z0-9\._-\]"):
+        Settings(topic_prefix="to csin")
+    with pytest.raises(ValueError, match="' 768m' is not a JVM heap size"):
+        Settings(broker_heap=" 768m")
     with pytest.raises(TopicError, match="run id is empty"):
         Topics.for_run(settings, "")
     with pytest.raises(TopicError, match="longer than Kafka's 249"):
