@@ -433,7 +433,7 @@ def read_ndbc_series(path: Path) -> Series:
     Where a 15-s (T=3) sample shares an instant with a 1-min (T=2) or 15-min (T=1) one, the
     1-min or 15-min one is kept.
     """
-    rows: list[tuple[float, int, float]] = []
+    rows: list[tuple[float, int, int, float]] = []
     for lineno, line in enumerate(path.read_text().splitlines(), start=1):
         if not line.strip() or line.startswith("#"):
             continue
@@ -461,13 +461,14 @@ def read_ndbc_series(path: Path) -> Series:
                                f"(a missing one is 9999): {line!r}")
         if height >= 9998.0:  # NDBC's missing value
             continue
-        rows.append((t, typ, height))
+        rows.append((t, typ, lineno, height))
     if not rows:
         raise PackageError(f"{path}: no valid rows")
     rows.sort()
-    # sorted by (time, type): for equal times keep the first (15-min, then 1-min, then 15-s)
+    # sorted by (time, type, line): for equal times keep the first (15-min, then 1-min,
+    # then 15-s; of two rows of one type, the first in the file: the lowest height was)
     times = np.array([r[0] for r in rows])
-    values = np.array([r[2] for r in rows])
+    values = np.array([r[3] for r in rows])
     keep = np.ones(len(times), dtype=bool)
     keep[1:] = np.diff(times) > 1e-6
     return Series(times[keep], values[keep])

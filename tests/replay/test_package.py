@@ -371,3 +371,12 @@ def test_ndbc_infinite_heights_and_extra_columns_are_refused(tmp_path: Path, row
     f.write_text("#YY  MM DD hh mm ss T   HEIGHT\n2011 03 11 05 45 00 1 5812.338\n" + row + "\n")
     with pytest.raises(PackageError, match=re.escape(needle)):
         read_ndbc_series(f)
+
+
+def test_ndbc_two_rows_of_one_type_at_one_instant_keep_the_first(tmp_path: Path) -> None:
+    """The lowest height was kept, whichever row came first."""
+    f = tmp_path / "d.txt"
+    f.write_text("#YY  MM DD hh mm ss T   HEIGHT\n2011 03 11 05 46 00 1 5812.400\n"
+                 "2011 03 11 05 46 00 1 5812.300\n2011 03 11 05 45 00 1 5812.338\n")
+    s = read_ndbc_series(f)
+    assert s.values.tolist() == [5812.338, 5812.4]
