@@ -10,12 +10,18 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 def _default_home() -> Path:
     return Path.home() / ".cache" / "tocsin"
+
+
+_PATTERNS = {
+    "broker_heap": (r"[1-9][0-9]*[kKmMgG]?", "a JVM heap size such as 768m or 2g"),
+    "topic_prefix": (r"[A-Za-z0-9._-]{1,100}", "1-100 of [A-Za-z0-9._-] (Kafka's topic names)"),
+}
 
 
 class Settings(BaseSettings):
@@ -141,20 +147,14 @@ class Settings(BaseSettings):
         "alerts; replays run theirs as Exercise, delivered only to subscriptions that take "
         "exercises")
 
-    @field_validator("broker_heap")
+    @field_validator("broker_heap", "topic_prefix")
     @classmethod
-    def _heap(cls, v: str) -> str:
-        # checked here, not by the JVM after the Maven fetch (" 768m" went through as
-        # "-Xmx 768m")
-        if not re.fullmatch(r"[1-9][0-9]*[kKmMgG]?", v):
-            raise ValueError(f"{v!r} is not a JVM heap size such as 768m or 2g")
-        return v
-
-    @field_validator("topic_prefix")
-    @classmethod
-    def _prefix(cls, v: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9._-]{1,100}", v):
-            raise ValueError(f"{v!r} is not 1-100 of [A-Za-z0-9._-] (Kafka's topic names)")
+    def _pattern(cls, v: str, info: ValidationInfo) -> str:
+        # checked here, not when the first topic is named or by the JVM after the Maven
+        # fetch (" 768m" went through as "-Xmx 768m")
+        pattern, what = _PATTERNS[str(info.field_name)]
+        if not re.fullmatch(pattern, v):
+            raise ValueError(f"{v!r} is not {what}")
         return v
 
     @model_validator(mode="after")
