@@ -26,6 +26,7 @@ import numpy as np
 
 from detectors.geo import great_circle_km
 from replay.package import PackageError, ReplayPackage
+from responders.store import jsonable
 from streams.schemas import SchemaError, parse_time
 
 #: the Japanese gauges of the 6-h watch target. Chichijima (``chij``, Ogasawara, 1,000 km
@@ -70,9 +71,7 @@ def evaluate(report: dict[str, Any], pkg: ReplayPackage,
         return truth["origin_time"] + float(
             great_circle_km(truth["lat"], truth["lon"], lat, lon)) * 1000.0 / speed
 
-    # (JSON has no NaN: a truth without a speed has speed_m_s null)
-    out: dict[str, Any] = {"truth": {k: None if isinstance(v, float) and math.isnan(v) else v
-                                     for k, v in truth.items()}, "incidents": []}
+    out: dict[str, Any] = {"truth": {k: v for k, v in truth.items()}, "incidents": []}
     for inc in report["incidents"]:
         sols = [r for r in inc["revisions"] if r["solution"]["speed_m_s"] is not None]
         if not sols:
@@ -172,16 +171,5 @@ def record_section(report: dict[str, Any], pkg: ReplayPackage, out: Path,
 
 def write_metrics(metrics: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(json_safe(metrics), indent=2, allow_nan=False) + "\n")
-
-
-def json_safe(x: Any) -> Any:
-    """NaN and infinities as null: JSON has neither (``json.dumps`` wrote NaN tokens, which
-    other readers refuse)."""
-    if isinstance(x, dict):
-        return {k: json_safe(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [json_safe(v) for v in x]
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
+    # (json.dumps wrote NaN tokens, which other readers refuse)
+    path.write_text(json.dumps(jsonable(metrics), indent=2, allow_nan=False) + "\n")

@@ -212,7 +212,7 @@ class Store:
             return postgresql.insert(table).values(**row)
         if dialect == "sqlite":
             return sqlite.insert(table).values(**row)
-        raise NotImplementedError(f"upsert for {dialect}")  # pragma: no cover
+        raise NotImplementedError(f"inserts for {dialect}")  # pragma: no cover
 
     def _upsert(self, conn: Connection, model: type[Base], row: dict[str, Any],
                 keys: tuple[str, ...]) -> None:
@@ -237,7 +237,7 @@ class Store:
                "onset": det.onset, "peak_time": det.peak_time,
                "amplitude": float(det.amplitude), "units": det.units,
                "declared": det.declared, "lat": _opt(det.lat), "lon": _opt(det.lon),
-               "extra": _jsonable(det.extra)}
+               "extra": jsonable(det.extra)}
         with self._conn(conn) as c:
             self._upsert(c, DetectionRow, row, ("key",))
 
@@ -246,7 +246,7 @@ class Store:
             self._upsert(c, RevisionRow, {
                 "key": rev.key, "incident_id": rev.incident_id, "revision": rev.revision,
                 "issued": rev.issued, "status": rev.status,
-                "body": _jsonable(rev.to_dict())}, ("key",))  # no NaN: PostgreSQL's JSON refuses it
+                "body": jsonable(rev.to_dict())}, ("key",))  # no NaN: PostgreSQL's JSON refuses it
             # the incident's row is its latest revision that stands; retracted only when
             # none does (a withdrawn latest revision left the row "retracted" at revision 2
             # while revision 1 stood)
@@ -357,11 +357,13 @@ class StoreConflict(Exception):
     """An output that must never change (a sent alert) is stored with other content."""
 
 
-def _jsonable(x: Any) -> Any:
+def jsonable(x: Any) -> Any:
+    """``x`` as JSON can hold it: NaN and infinities as null, keys as strings (PostgreSQL's
+    JSON and other readers refuse NaN tokens)."""
     if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
+        return {str(k): jsonable(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
+        return [jsonable(v) for v in x]
     if isinstance(x, float) and not math.isfinite(x):
         return None
     return x

@@ -293,8 +293,9 @@ class Ingest:
                              f"{pkt.end - now:.0f} s after the ingest's clock ({iso(now)}); "
                              f"more than {self.max_ahead_s:.0f} s is a timing fault")
         m = self.metrics.setdefault(pkt.station_id, StreamMetrics())
-        if prev is not None and seq_after(seq, prev) > 1:
-            m.seq_gaps += seq_after(seq, prev) - 1
+        ahead = seq_after(seq, prev) if prev is not None else 0
+        if ahead > 1:
+            m.seq_gaps += ahead - 1
         if m.records and not math.isnan(m.last_end):
             expected = m.last_end + m.dt
             if pkt.start - expected > 0.5 * pkt.sample_interval:

@@ -9,7 +9,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -278,7 +278,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         _summary(report)
         return 0
     if args.command == "evaluate":
-        from replay.evaluate import evaluate, json_safe, record_section, write_metrics
+        from replay.evaluate import evaluate, record_section, write_metrics
+        from responders.store import jsonable
 
         report = _read_report(args.report)
         pkg = resolve_package(args.truth, settings)
@@ -287,7 +288,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         except (KeyError, TypeError) as exc:
             raise CliError(f"{args.report}: a report without the fields evaluation reads "
                            f"({type(exc).__name__}: {exc})") from None
-        print(json.dumps(json_safe({k: v for k, v in metrics.items() if k != "detections"}),
+        print(json.dumps(jsonable({k: v for k, v in metrics.items() if k != "detections"}),
                          indent=1, allow_nan=False))
         if args.out:
             write_metrics(metrics, args.out)
@@ -320,31 +321,21 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     raise AssertionError(args.command)
 
 
-class _broker:
+@contextlib.contextmanager
+def _broker(settings: Settings) -> Iterator[None]:
     """The local broker, unless TOCSIN_KAFKA_BOOTSTRAP names a cluster: started if it is
-    not running, stopped after the last command that uses it (one `tocsin broker start`
-    started keeps running)."""
+    not running, stopped after the last command that uses it (Broker.use; one that
+    `tocsin broker start` started keeps running)."""
+    if settings.kafka_bootstrap:
+        yield
+        return
+    from deploy.broker import Broker
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.using: contextlib.AbstractContextManager[Any] | None = None
-
-    def __enter__(self) -> _broker:
-        if self.settings.kafka_bootstrap:
-            return self
-        from deploy.broker import Broker
-
-        broker = Broker(self.settings)
-        if not broker.status().running:
-            print(f"starting Kafka {self.settings.kafka_version} (KRaft) ...", file=sys.stderr)
-        # stopped when the last command using it is done (Broker.use), not under another's run
-        self.using = broker.use()
-        self.using.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.using is not None:
-            self.using.__exit__(None, None, None)
+    broker = Broker(settings)
+    if not broker.status().running:
+        print(f"starting Kafka {settings.kafka_version} (KRaft) ...", file=sys.stderr)
+    with broker.use():
+        yield
 
 
 def registry_file(args: argparse.Namespace, settings: Settings) -> Path | None:
