@@ -8,7 +8,10 @@ Routes (all read-only, no login):
   ``state`` event whenever the snapshot changed (at most ``push_interval`` apart).
 * ``/api/stations/{id}/series`` - a station's recent 1-min series and its detections.
 * ``/api/alerts`` - alerts; ``/api/alerts/{identifier}.xml`` - one CAP 1.2 message;
-  ``/feed.atom`` - an Atom feed of the CAP alerts.
+  ``/feed.atom`` - an Atom feed of the CAP alerts. Its links start with ``base_url`` (the
+  address users reach, from the settings), relative links without one: never the
+  request's ``Host`` header, which any client sets (a cached feed would then send its
+  readers to that host).
 
 Extra routers (subscriptions and deliveries, which need a token) are mounted by
 :func:`create_app` callers through ``routers``.
@@ -68,9 +71,9 @@ def create_app(state: LiveState, *, push_interval: float = 0.5,
         return Response(msg.cap_xml, media_type="application/cap+xml")
 
     @app.get("/feed.atom")
-    def feed(request: Request) -> Response:
-        root = base_url or str(request.base_url).rstrip("/")
-        return Response(atom_feed(state.alerts(), root), media_type="application/atom+xml")
+    def feed() -> Response:
+        return Response(atom_feed(state.alerts(), base_url.rstrip("/")),
+                        media_type="application/atom+xml")
 
     pushed = SnapshotText(state)
 

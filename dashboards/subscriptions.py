@@ -1,4 +1,5 @@
-"""Subscription management (token required) and the delivery log (read-only) over HTTP.
+"""Subscription management and the delivery log (read-only) over HTTP, both behind a token
+(the log names subscriptions and the hosts alerts go to).
 
 ``Authorization: Bearer <token>``; tokens come from ``TOCSIN_API_TOKENS`` and are compared
 as SHA-256 hashes in constant time. Tokens and webhook secrets are never logged or returned.
@@ -57,7 +58,7 @@ def subscription_router(outbox: Outbox, tokens: str) -> APIRouter:
         if not outbox.remove_subscription(sub_id):
             raise HTTPException(404, f"no subscription {sub_id!r}")
 
-    @router.get("/api/deliveries")
+    @router.get("/api/deliveries", dependencies=[Depends(require_token)])
     def deliveries(alert: str | None = None,
                    limit: int = Query(default=1000, ge=1, le=10_000),
                    after: str | None = None) -> list[dict[str, Any]]:

@@ -157,6 +157,8 @@ def test_a_refused_alert_or_seedlink_handshake_is_a_one_line_error(
      "equal to 1"),
     ("TOCSIN_BROKER_PORT", "99999", "TOCSIN_BROKER_PORT = '99999'"),
     ("TOCSIN_PACKET_SECONDS", "inf", "TOCSIN_PACKET_SECONDS = 'inf'"),
+    ("TOCSIN_PUBLIC_URL", "tocsin.example.org", "'tocsin.example.org' is not an http(s) URL"),
+    ("TOCSIN_PUBLIC_URL", "https://x.org/?a=1", "is not an http(s) URL with no query"),
     ("TOCSIN_CONTROLLER_PORT", "19092", "TOCSIN_BROKER_PORT and TOCSIN_CONTROLLER_PORT are "
      "both 19092"),
 ])

@@ -82,6 +82,10 @@ class Settings(BaseSettings):
     http_host: str = Field(default="127.0.0.1", description="TOCSIN_HTTP_HOST: dashboard bind")
     http_port: int = Field(default=8000, ge=1, le=65535,
                            description="TOCSIN_HTTP_PORT: dashboard port")
+    public_url: str = Field(
+        default="", description="TOCSIN_PUBLIC_URL: the dashboard's address as its users "
+        "reach it (behind a proxy), for the links of the Atom feed; empty: "
+        "http://HTTP_HOST:HTTP_PORT")
     packet_seconds: float = Field(
         default=600.0,
         gt=0,
@@ -147,6 +151,13 @@ class Settings(BaseSettings):
         "alerts; replays run theirs as Exercise, delivered only to subscriptions that take "
         "exercises")
 
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, v: str) -> str:
+        if v and not re.fullmatch(r"https?://[^\s/?#\"<>]+(/[^\s?#\"<>]*)?", v):
+            raise ValueError(f"{v!r} is not an http(s) URL with no query or fragment")
+        return v.rstrip("/")
+
     @field_validator("broker_heap", "topic_prefix")
     @classmethod
     def _pattern(cls, v: str, info: ValidationInfo) -> str:
@@ -175,6 +186,11 @@ class Settings(BaseSettings):
     @property
     def bootstrap(self) -> str:
         return self.kafka_bootstrap or f"127.0.0.1:{self.broker_port}"
+
+    @property
+    def dashboard_url(self) -> str:
+        """The dashboard's address, without a trailing slash."""
+        return self.public_url or f"http://{self.http_host}:{self.http_port}"
 
     @property
     def db_url(self) -> str:

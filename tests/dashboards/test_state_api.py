@@ -11,6 +11,7 @@ from dashboards.state import LiveState
 from detectors.base import Detection, StationInfo
 from responders.alerting import AlertPolicy, validate_cap
 from streams.schemas import Forecast, IncidentRevision, ObservationPacket
+from tocsin.settings import Settings
 
 T = 1642220085.0
 
@@ -73,6 +74,27 @@ def test_api_serves_state_series_cap_and_atom() -> None:
     validate_cap(etree.tostring(cap))
 
 
+def test_the_atom_feed_links_never_come_from_the_host_header() -> None:
+    """A client's ``Host`` header must not become the feed's links (a cache or proxy would
+    hand that feed, pointing at any host, to every reader)."""
+    s, _ = fed_state()
+
+    def links(app: object) -> list[str]:
+        xml = TestClient(app).get("/feed.atom", headers={"Host": "evil.example"}).content
+        return [e.get("href") for e in etree.fromstring(xml).iter(
+            "{http://www.w3.org/2005/Atom}link")]
+
+    relative = links(create_app(s))
+    assert relative[0] == "/feed.atom" and len(relative) == 1 + len(s.alerts())
+    assert all(h.startswith("/") and "evil" not in h for h in relative), relative
+    absolute = links(create_app(s, base_url="https://tocsin.example.org/"))
+    assert absolute[0] == "https://tocsin.example.org/feed.atom"
+    assert all(h.startswith("https://tocsin.example.org/") for h in absolute), absolute
+    assert Settings(public_url="https://ops.example/tocsin/").dashboard_url == (
+        "https://ops.example/tocsin")
+    assert Settings(http_port=8123).dashboard_url == "http://127.0.0.1:8123"
+
+
 def test_sse_stream_sends_the_state() -> None:
     s, _ = fed_state()
     client = TestClient(create_app(s, push_interval=0.01))
@@ -114,7 +136,8 @@ def test_subscriptions_need_a_token_and_deliveries_are_visible(tmp_path) -> None
         with store.begin() as c:
             store.save_alert(msg, c)
             assert box.enqueue(msg, c) == 1
-    (d,) = client.get("/api/deliveries").json()
+    assert client.get("/api/deliveries").status_code == 401  # it names who gets what
+    (d,) = client.get("/api/deliveries", headers={"Authorization": "Bearer tok-2"}).json()
     assert d["status"] == "pending" and d["target"] == "http://127.0.0.1"
     assert client.delete(f"/api/subscriptions/{subs[0]['id']}",
                          headers={"Authorization": "Bearer tok-1"}).status_code == 204
