@@ -98,6 +98,13 @@ class StreamDetector(Protocol):
 
     name: str
     version: str
+    #: seconds of record before the newest sample that determine the state: a fresh
+    #: detector fed only the last ``horizon_s`` ends in the state of one fed from the start,
+    #: unless something it declared (or began) before that still holds it (a refractory
+    #: time, an event being measured). A stream worker that takes a station over rebuilds
+    #: its detectors from that much of the record (``streams.takeover``).
+    @property
+    def horizon_s(self) -> float: ...
 
     def feed(self, t0: float, dt: float, values: FloatArray) -> list[Detection]: ...
 

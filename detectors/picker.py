@@ -140,6 +140,12 @@ class PickerParams:
     def pre_s(self) -> float:
         return 5.0 * self.sta_s if self.aic_pre_s is None else self.aic_pre_s
 
+    @property
+    def horizon_s(self) -> float:
+        """How much record determines the picker's state (``detectors.base.StreamDetector``):
+        a warm-up, the LTA, a trigger's AIC window and its declaration."""
+        return self.warm_s + self.lta_s + self.pre_s + self.declare_s + self.flat_s
+
 
 @lru_cache(maxsize=256)
 def design_filter(p: PickerParams, dt: float) -> np.ndarray:
@@ -223,6 +229,13 @@ class StaLtaPicker:
 
     def params(self) -> dict[str, Any]:
         return {} if self.p is None else dict(self.p.__dict__)
+
+    @property
+    def horizon_s(self) -> float:
+        if self.p is not None:
+            return self.p.horizon_s
+        # the profile is chosen by the first packet's rate: the longer of the two
+        return max(PickerParams.for_rate(r, **self.overrides).horizon_s for r in (1.0, 100.0))
 
     # ------------------------------------------------------------------ input
     def leave_group(self) -> None:

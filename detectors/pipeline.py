@@ -262,15 +262,25 @@ class DetectorBank:
     def pipeline(self, station: StationInfo) -> StationPipeline:
         p = self.pipelines.get(station.station_id)
         if p is None:
-            dets = []
-            for path in self.detectors.get(station.kind, ()):
-                cls = _load(path)
-                # "name@station_id" overrides "name" for one stream
-                params = {**self.params.get(cls.name, {}),
-                          **self.params.get(f"{cls.name}@{station.station_id}", {})}
-                dets.append(cls(station, **params))
-            p = self.pipelines[station.station_id] = StationPipeline(station, dets)
+            p = self.pipelines[station.station_id] = StationPipeline(
+                station, self._detectors(station))
         return p
+
+    def _detectors(self, station: StationInfo) -> list[StreamDetector]:
+        dets = []
+        for path in self.detectors.get(station.kind, ()):
+            cls = _load(path)
+            # "name@station_id" overrides "name" for one stream
+            params = {**self.params.get(cls.name, {}),
+                      **self.params.get(f"{cls.name}@{station.station_id}", {})}
+            dets.append(cls(station, **params))
+        return dets
+
+    def horizon_s(self, station: StationInfo) -> float:
+        """The longest ``horizon_s`` of the station's detectors (0 for a kind without any;
+        inf if one does not say): how much of its record before a takeover rebuilds them."""
+        return max((getattr(d, "horizon_s", math.inf) for d in self._detectors(station)),
+                   default=0.0)
 
     def forget(self, station_id: str) -> None:
         """Drop the station's pipeline: its next packet starts it afresh. Its detectors

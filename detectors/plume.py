@@ -46,6 +46,7 @@ class PlumeDetector:
         self.min_pixels = min_pixels
         self.core_km = core_km
         self.rearm_s = rearm_s
+        self.horizon_s = rearm_s  # what determines its state: the re-arm time
         self._last_t = -math.inf
         self._last_above = -math.inf
         self._armed = True

@@ -74,6 +74,14 @@ class LambParams:
     warmup_s: float = 3600.0
     min_coverage: float = 0.5
 
+    @property
+    def horizon_s(self) -> float:
+        """How much record before its newest sample determines the detector's state (see
+        ``detectors.base.StreamDetector``): a warm-up, the baseline window and the onset
+        look-back of a trigger, its declaration and the refractory time after it."""
+        return (self.warmup_s + self.baseline_s + self.guard_s + self.onset_lookback_s
+                + self.declare_after_s + self.refractory_s)
+
     def floor(self, units: str) -> float:
         if self.min_amplitude is not None:
             return self.min_amplitude
@@ -113,6 +121,7 @@ class LambPulseDetector:
             raise ValueError(f"lamb_pulse: bin_s={self.p.bin_s} and baseline_s="
                              f"{self.p.baseline_s} must leave >= 4 bins in the baseline")
         self.floor = self.p.floor(station.units)
+        self.horizon_s = self.p.horizon_s
         self._binner = Binner(self.p.bin_s)
         self._s = _State()
         self._last_t = -math.inf

@@ -79,6 +79,26 @@ class SeaLevelParams:
     harmonic_refit_s: float = 86400.0
     harmonic_history_s: float = 30 * 86400.0
 
+    @property
+    def horizon_s(self) -> float:
+        """How much record before its newest sample determines the detector's state: a
+        fresh detector fed only that much ends where one fed from the start does, as long
+        as no event began before it (a stream worker that takes a station over rebuilds
+        it from so much; see ``detectors.base.StreamDetector``). Harmonic refits fall on
+        multiples of ``harmonic_refit_s``, each on the ``harmonic_history_s`` before it: the
+        refit before the last already saw the full history."""
+        return max(self.harmonic_history_s + 2 * self.harmonic_refit_s,
+                   self.warmup_s + self.baseline_s + self.guard_s + self.onset_lookback_s
+                   + self.declare_after_s + self.measure_s + self.highpass_s
+                   + self.refractory_s)
+
+    def refit_due(self, t: float, last_fit: float) -> bool:
+        """A harmonic refit at bin ``t``: the first (``last_fit`` = -inf), or the first bin
+        past a multiple of ``harmonic_refit_s`` since the last (fixed instants, so the fits
+        do not depend on when the detector started)."""
+        w = self.harmonic_refit_s
+        return last_fit == -math.inf or math.floor(t / w) > math.floor(last_fit / w)
+
 
 @dataclass
 class _Event:
@@ -125,6 +145,7 @@ class TsunamiDetector:
         self._binner = Binner(self.p.bin_s)
         self._s = _State()
         self._last_t = -math.inf
+        self.horizon_s = self.p.horizon_s
 
     def params(self) -> dict[str, Any]:
         return dict(self.p.__dict__)
@@ -253,7 +274,7 @@ class TsunamiDetector:
     # ------------------------------------------------------------------ tide
     def _maybe_refit_tide(self, t: float) -> None:
         p, s = self.p, self._s
-        if t - s.tide_fit_t < p.harmonic_refit_s or s.event is not None:
+        if s.event is not None or not p.refit_due(t, s.tide_fit_t):
             return
         if not s.raw or t - s.raw[0][0] < p.harmonic_min_s:
             return
@@ -492,7 +513,7 @@ def tsunami_reference(times: FloatArray, values: FloatArray, station: StationInf
                 ev = None
         last_bin_t = t
         # the harmonic tide, refitted once a day on the history (not during an event)
-        if (t - tide_fit_t >= p.harmonic_refit_s and ev is None and raw
+        if (p.refit_due(t, tide_fit_t) and ev is None and raw
                 and t - raw[0][0] >= p.harmonic_min_s):
             tide_fit_t = t
             rt = np.array([x[0] for x in raw])

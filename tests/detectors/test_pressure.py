@@ -216,3 +216,16 @@ def test_feed_many_equals_feeding_each_station_alone() -> None:
     assert got_together == got_alone
     assert [_state(d) for d in together] == [_state(d) for d in alone]
     assert advanced > 0.8 * sum(isinstance(r, list) for r in got_alone)
+
+
+def test_a_detector_fed_its_horizon_declares_what_one_fed_from_the_start_does() -> None:
+    """A worker that takes a barometer over rebuilds its detector from the last
+    ``horizon_s`` of record (6.75 h), not from all the topic holds: the pulse near the end
+    is declared the same, and the state after it is the same."""
+    t, v = record(dt=60.0, hours=10.0)
+    start = t[-1] - LambPulseDetector(HPA).horizon_s - 1234.0
+    assert start > T0 + 3600.0 and LambPulseDetector(HPA).horizon_s == 6.75 * 3600.0
+    whole = stream(HPA, t, v, 7)
+    i = int(np.searchsorted(t, start))
+    rebuilt = stream(HPA, t[i:], v[i:], 7)
+    assert whole and rebuilt == whole

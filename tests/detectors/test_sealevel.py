@@ -153,3 +153,36 @@ def test_a_gauge_on_the_equator_fits_its_tide() -> None:
     for i in range(0, len(t), 600):
         out.extend(det.feed(float(t[i]), 60.0, v[i:i + 600].astype(np.float64)))
     assert out and abs(out[0].onset - ONSET) <= 180.0
+
+
+def test_a_detector_fed_its_horizon_ends_as_one_fed_from_the_start() -> None:
+    """A worker that takes a gauge over rebuilds its detector from the last ``horizon_s``
+    of record (32 days by default; the topic keeps 35). The harmonic refits used to fall a
+    day after the previous one, counted from the detector's first bin: a detector started
+    later (at another time of day) fitted its tide at other instants, on other histories.
+    They now fall on multiples of ``harmonic_refit_s``, so the rebuilt one fits what the
+    first did and declares the same tsunami. (A 10-day history keeps the test short.)"""
+    days, params = 16, {"harmonic_history_s": 10 * 86400.0}
+    onset = T0 + 15.2 * 86400.0
+    t = T0 + np.arange(0.0, days * 86400.0, 60.0)
+    rng = np.random.default_rng(3)
+    tide = (0.6 * np.cos(2 * np.pi * (t - T0) / 44714.0)
+            + 0.2 * np.cos(2 * np.pi * (t - T0) / 86164.0 + 1.0)
+            + 0.1 * np.cos(2 * np.pi * (t - T0) / 43200.0 + 0.4))
+    x = t - onset
+    wave = np.where(x >= 0, 0.3 * np.sin(2 * np.pi * x / 1800.0) * np.exp(-x / 5400.0), 0.0)
+    v = tide + wave + 0.004 * rng.standard_normal(len(t))
+    start = T0 + 3 * 86400.0 + 5 * 3600.0  # another time of day than the first detector's
+    assert t[-1] - start >= TsunamiDetector(GAUGE, **params).horizon_s == 12 * 86400.0
+
+    def feed(first: float) -> tuple[TsunamiDetector, list]:
+        det, out = TsunamiDetector(GAUGE, **params), []
+        for i in range(int(np.searchsorted(t, first)), len(t), 600):
+            out.extend(det.feed(float(t[i]), 60.0, v[i:i + 600]))
+        return det, out
+
+    (whole, found), (rebuilt, refound) = feed(T0), feed(start)
+    assert whole._s.tide_fit_t == rebuilt._s.tide_fit_t
+    assert np.array_equal(whole._s.tide_table, rebuilt._s.tide_table)
+    assert found and abs(found[-1].onset - onset) <= 300.0, found
+    assert refound[-2:] == found[-2:]  # the declaration and its final amplitude
