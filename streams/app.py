@@ -531,12 +531,38 @@ def create_app(settings: Settings, topics: Topics, registry: list[StationInfo],
                     ", ".join(f"{t}[{p}]@{o}" for (t, p), o in sorted(upto.items())),
                     what, records, time.monotonic() - t0)
 
-    async def rebuild_detect(upto: dict[tuple[str, int], int]) -> None:
+    horizons_ms: dict[bytes, float] = {}  # station id (the key) -> its detectors' horizon
+
+    def rebuild_since(now_ms: int) -> tuple[int | None, dict[bytes, int]]:
+        """Where a detect rebuild starts (a Kafka timestamp, ms: the longest horizon of any
+        kind's detectors before ``now_ms``, as a packet may name a station the registry does
+        not have; None for the earliest if one has none), and where each registry station's
+        records start."""
+        if not horizons_ms:
+            horizons_ms.update({sid.encode(): 1000.0 * bank.horizon_s(st)
+                                for sid, st in by_id.items()})
+        longest = max(1000.0 * bank.horizon_s(StationInfo("any", kind, 0.0, 0.0))
+                      for kind in bank.detectors)
+        kept = topics.retention_ms
+        if kept is not None and longest > kept and math.isfinite(longest):
+            log.warning("detect: the observations topic keeps %.1f days of records; the "
+                        "detectors of %d stations need %.1f days to be rebuilt as they were "
+                        "(raise TOCSIN_OBSERVATIONS_RETENTION_S)", kept / 864e5,
+                        sum(h > kept for h in horizons_ms.values()), longest / 864e5)
+        per_key = {k: now_ms - math.ceil(h) for k, h in horizons_ms.items() if math.isfinite(h)}
+        return (None if not math.isfinite(longest) else now_ms - math.ceil(longest)), per_key
+
+    async def rebuild_detect(upto: dict[tuple[str, int], int], now_ms: int) -> None:
         """The detectors of the partitions' stations as the records before ``upto`` left
-        them; their detections are dropped (they went out when the records first came)."""
+        them; their detections are dropped (they went out when the records first came).
+        ``now_ms``: the Kafka timestamp of the record that called for it; each station's
+        records older than its detectors' horizon before it are skipped."""
         t0, n = time.monotonic(), 0
         seen: set[str] = set()
-        async with contextlib.aclosing(read_back(settings.bootstrap, upto)) as batches:
+        since, key_since = rebuild_since(now_ms)
+        # a station's records older than its detectors need are not even decoded
+        async with contextlib.aclosing(read_back(settings.bootstrap, upto, since_ms=since,
+                                                 key_since_ms=key_since)) as batches:
             async for records in batches:
                 items: list[tuple[StationInfo, float, float, Any]] = []
                 for rec in records:
@@ -570,7 +596,8 @@ def create_app(settings: Settings, topics: Topics, registry: list[StationInfo],
         async for events in stream.take_available(DETECT_BATCH):
             behind = taken["detect"].behind(events)
             if behind:
-                await rebuild_detect(behind)
+                await rebuild_detect(behind, max(round(e.message.timestamp * 1000)
+                                                 for e in events))
             batch: list[tuple[Any, StationInfo, ObservationPacket]] = []
             for event in events:
                 raw = event.value

@@ -13,18 +13,30 @@ when the records first came: a record's offset is committed only after its outpu
 stage's state expects. A record further on means that the records in between went
 through another worker. :func:`read_back` reads the records before it.
 
-The read covers what the broker still holds of the partition, so it takes time in
-proportion to the topic's retention (a replay's topics hold the replay).
+The detect stage reads no further back than its detectors need: the longest
+``horizon_s`` of its stations' detectors (the tide detector's harmonic history: 32 days)
+before the record that triggered the rebuild, by the records' Kafka timestamps, and it
+skips each station's records older than its own detectors' horizon (a barometer needs
+hours) without decoding them. The observations topic is created with a retention that
+covers the tide detector's (``TOCSIN_OBSERVATIONS_RETENTION_S``). A read that makes no
+progress (the broker gone) logs so every ``STALL_S`` and goes on: the stage holds its
+input meanwhile, as it does while the database is away.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncGenerator, Iterable, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
+
+log = logging.getLogger("tocsin.streams")
+
+#: seconds without a record before a read back says it is stalled (then again as often)
+STALL_S = 30.0
 
 
 class Taken:
@@ -53,11 +65,14 @@ class Taken:
 
 async def read_back(bootstrap: str, upto: Mapping[tuple[str, int], int | None],
                     max_records: int = 100, consumer: Any = None,
+                    since_ms: int | None = None, key_since_ms: Mapping[bytes, int] = {},
                     ) -> AsyncGenerator[list[ConsumerRecord[Any, Any]], None]:
     """The records of each partition before its offset in ``upto`` (``None``: its end when
-    the read starts), from the earliest the broker holds, in batches (a batch is one
-    partition's, in offset order). ``consumer``: an unstarted consumer to read with instead
-    of a new one on ``bootstrap`` (tests).
+    the read starts), from the earliest the broker holds, or with ``since_ms`` from the
+    first stamped at or after it (Kafka's offsets for times), in batches (a batch is one
+    partition's, in offset order). A record whose key is in ``key_since_ms`` and which is
+    stamped before its value there is left out. ``consumer``: an unstarted consumer to read
+    with instead of a new one on ``bootstrap`` (tests).
 
     Iterate it inside ``contextlib.aclosing``: a loop left early (its body raised) does
     not close an async generator, whose consumer then ran on until the garbage collector
@@ -75,16 +90,32 @@ async def read_back(bootstrap: str, upto: Mapping[tuple[str, int], int | None],
         ends = await consumer.end_offsets(tps) if None in upto.values() else {}
         until = {tp: ends[tp] if upto[(tp.topic, tp.partition)] is None
                  else upto[(tp.topic, tp.partition)] for tp in tps}
+        if since_ms is not None:
+            found = await consumer.offsets_for_times({tp: since_ms for tp in tps})
+            # no record stamped so late: none to read
+            first = {tp: max(first[tp], until[tp] if found.get(tp) is None
+                             else found[tp].offset) for tp in tps}
         todo = {tp: end for tp, end in until.items() if first[tp] < end}
         for tp in tps:
             consumer.seek(tp, first[tp])
             if tp not in todo:
                 consumer.pause(tp)
+        loop = asyncio.get_running_loop()
+        quiet_since = loop.time()
         while todo:
             batch = await consumer.getmany(*todo, timeout_ms=1000, max_records=max_records)
+            if batch:
+                quiet_since = loop.time()
+            elif loop.time() - quiet_since >= STALL_S:
+                quiet_since = loop.time()
+                positions = [f"{tp.topic}[{tp.partition}] at {await consumer.position(tp)} "
+                             f"of {end}" for tp, end in todo.items()]
+                log.warning("reading back for a takeover: no record for %.0f s (%s); the "
+                            "stage waits for them", STALL_S, ", ".join(positions))
             for tp, records in batch.items():
                 end = todo[tp]
-                keep = [r for r in records if r.offset < end]
+                keep = [r for r in records if r.offset < end and (
+                    r.key not in key_since_ms or r.timestamp >= key_since_ms[r.key])]
                 if keep:
                     yield keep
                     # the caller's work on a batch does not yield: let the worker's timers,

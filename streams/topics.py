@@ -54,6 +54,9 @@ class Topics:
     run_id: str
     partitions: int
     replication: int
+    #: the observations topic's ``retention.ms`` (None: the broker's default): a worker
+    #: taking stations over rebuilds their detectors from what the topic still holds
+    retention_ms: int | None = None
 
     def __post_init__(self) -> None:
         _check_part("topic prefix", self.prefix)
@@ -68,6 +71,8 @@ class Topics:
                              f"at least 1")
         if not isinstance(self.replication, int) or self.replication < 1:
             raise TopicError(f"replication factor {self.replication!r}: at least 1")
+        if self.retention_ms is not None and self.retention_ms < 1:
+            raise TopicError(f"retention {self.retention_ms!r} ms: at least 1")
 
     @classmethod
     def for_run(cls, settings: Settings, run_id: str, partitions: int | None = None) -> Topics:
@@ -76,7 +81,7 @@ class Topics:
         prefix with characters Kafka does not allow, or fewer than 1 partition."""
         return cls(settings.topic_prefix, run_id,
                    settings.partitions if partitions is None else partitions,
-                   settings.replication)
+                   settings.replication, round(settings.observations_retention_s * 1000))
 
     def _name(self, what: str) -> str:
         return f"{self.prefix}.{self.run_id}.{what}"
@@ -129,11 +134,16 @@ async def create_topics(bootstrap: str, topics: Topics, timeout: float = 30.0) -
     end offsets are asked of their leaders too, which fails the same way until they serve.
 
     A topic the broker refuses raises :class:`TopicError` at once, naming the topic and the
-    broker's error; so does a topic that exists with another partition count than asked."""
+    broker's error; so does a topic that exists with another partition count than asked.
+    The observations topic gets ``topics.retention_ms`` (a topic that exists keeps its
+    own)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
     await admin.start()
     try:
-        new = [NewTopic(name, num_partitions=n, replication_factor=topics.replication)
+        configs = {} if topics.retention_ms is None else {
+            topics.observations: {"retention.ms": str(topics.retention_ms)}}
+        new = [NewTopic(name, num_partitions=n, replication_factor=topics.replication,
+                        topic_configs=configs.get(name, {}))
                for name, n in topics.layout().items()]
         # aiokafka hands back the broker's answer unchecked: one error code per topic
         resp = await admin.create_topics(new)

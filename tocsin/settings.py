@@ -92,6 +92,13 @@ class Settings(BaseSettings):
         description="TOCSIN_PACKET_SECONDS: event-time length of one observation packet "
         "(packets, never single samples, go through Kafka)",
     )
+    observations_retention_s: float = Field(
+        default=35 * 86400.0, ge=3600.0,
+        description="TOCSIN_OBSERVATIONS_RETENTION_S: how long the observations topic keeps "
+        "its records (retention.ms, set when tocsin creates it). A worker taking stations "
+        "over rebuilds their detectors from them: the tide detector's harmonic fit needs "
+        "32 days",
+    )
     station_registry: Path | None = Field(
         default=None,
         description="TOCSIN_STATION_REGISTRY: CSV (stations.csv header) of extra coastal gauges "

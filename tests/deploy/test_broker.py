@@ -410,3 +410,60 @@ def test_an_interrupted_start_leaves_no_broker_behind(kafka_settings: Settings, 
         assert st.running and _ours(broker) == [st.pid]
     finally:
         broker.stop()
+
+
+def test_the_observations_topic_keeps_what_a_takeover_reads_back_from_a_time(
+        kafka_settings: Settings) -> None:
+    """The observations topic is created with the retention the detectors' rebuild needs
+    (the broker's default is 7 days; the tide fit takes 32), and a rebuild reads from a
+    time: Kafka's offsets for times on the real broker, records stamped by their producer."""
+    import contextlib
+
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    from streams.takeover import read_back
+
+    topics = Topics.for_run(kafka_settings, "retention-test", 2)
+    assert topics.retention_ms == 35 * 86400 * 1000
+    now = int(time.time() * 1000)
+
+    async def go() -> tuple[dict[str, str], list[tuple[int, bytes]]]:
+        await create_topics(kafka_settings.bootstrap, topics)
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_settings.bootstrap)
+        await admin.start()
+        try:
+            (resp,) = await admin.describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, topics.observations)])
+            entries = {e[0]: e[1] for e in resp.resources[0][4]}
+            (resp,) = await admin.describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, topics.detections)])
+            entries["detections"] = {e[0]: e[1] for e in resp.resources[0][4]}["retention.ms"]
+        finally:
+            await admin.close()
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_settings.bootstrap, acks="all",
+                                    enable_idempotence=True)
+        await producer.start()
+        try:
+            for i, hours in enumerate([10, 8, 6, 4, 2, 1]):
+                for key in (b"A", b"B"):
+                    await producer.send_and_wait(
+                        topics.observations, key + str(i).encode(), key=key, partition=0,
+                        timestamp_ms=now - hours * 3_600_000)
+        finally:
+            await producer.stop()
+        got = []
+        async with contextlib.aclosing(read_back(
+                kafka_settings.bootstrap, {(topics.observations, 0): None,
+                                           (topics.observations, 1): None},
+                since_ms=now - 7 * 3_600_000,
+                key_since_ms={b"B": now - 3 * 3_600_000})) as batches:
+            async for records in batches:
+                got.extend((r.offset, r.value) for r in records)
+        return entries, got
+
+    entries, got = asyncio.run(go())
+    assert entries["retention.ms"] == str(35 * 86400 * 1000), entries["retention.ms"]
+    assert entries["detections"] == str(7 * 86400 * 1000)  # the broker's default
+    # from 7 h back; B (a station needing less) from 3 h back
+    assert [v for _, v in got] == [b"A2", b"A3", b"A4", b"B4", b"A5", b"B5"], got

@@ -233,7 +233,8 @@ def test_taken_says_which_partitions_went_through_another_worker_meanwhile() -> 
 
 
 class _FakeConsumer:
-    """What read_back asks of an AIOKafkaConsumer, over records held in memory."""
+    """What read_back asks of an AIOKafkaConsumer, over records held in memory: record
+    ``o`` is stamped ``1000 * o`` ms, its key is ``b"even"`` or ``b"odd"``."""
 
     def __init__(self, records: dict[tuple[str, int], list[int]]) -> None:
         from aiokafka import TopicPartition
@@ -260,6 +261,16 @@ class _FakeConsumer:
     def pause(self, tp: Any) -> None:
         pass
 
+    async def offsets_for_times(self, stamps: dict[Any, int]) -> dict[Any, Any]:
+        from types import SimpleNamespace
+
+        out = {}
+        for tp, ms in stamps.items():
+            later = [o for o in self.records[tp] if 1000 * o >= ms]
+            out[tp] = SimpleNamespace(offset=later[0], timestamp=1000 * later[0]) if later \
+                else None
+        return out
+
     async def getmany(self, *tps: Any, timeout_ms: int, max_records: int) -> dict[Any, Any]:
         from types import SimpleNamespace
 
@@ -267,7 +278,8 @@ class _FakeConsumer:
         for tp in tps:
             offs = [o for o in self.records[tp] if o >= self.pos[tp]][:max_records]
             if offs:
-                out[tp] = [SimpleNamespace(offset=o, value=b"x") for o in offs]
+                out[tp] = [SimpleNamespace(offset=o, value=b"x", timestamp=1000 * o,
+                                           key=b"odd" if o % 2 else b"even") for o in offs]
                 self.pos[tp] = offs[-1] + 1
         return out
 
@@ -309,6 +321,65 @@ def test_read_back_reads_before_the_offsets_and_stops_its_consumer_however_the_l
     with pytest.raises(RuntimeError, match="body failed"):
         asyncio.run(crash(c))
     assert not c.running
+
+
+def test_read_back_starts_at_a_time_and_leaves_out_a_key_s_older_records() -> None:
+    """A detect rebuild reads what its detectors need (the longest horizon: from a time,
+    by Kafka's offsets for times), not all the topic holds; a station needing less is
+    left out before its later start, without being decoded."""
+    import contextlib
+
+    from streams.takeover import read_back
+
+    async def read(**kw: Any) -> list[tuple[int, bytes]]:
+        c = _FakeConsumer({("t", 0): list(range(250)), ("t", 1): list(range(5))})
+        got = []
+        async with contextlib.aclosing(read_back("", {("t", 0): 230, ("t", 1): 5},
+                                                 consumer=c, **kw)) as batches:
+            async for records in batches:
+                got.extend((r.offset, r.key) for r in records)
+        return got
+
+    got = asyncio.run(read(since_ms=150_500, key_since_ms={b"odd": 200_000}))
+    assert [o for o, _ in got] == [*range(152, 200, 2), *range(200, 230)]  # t[1]: none
+    assert asyncio.run(read(since_ms=10**9)) == []  # nothing stamped so late
+    assert len(asyncio.run(read())) == 235  # from the earliest
+
+
+def test_read_back_says_so_when_it_gets_no_record(monkeypatch: pytest.MonkeyPatch,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """A read back whose broker went away waited without a word (the stage holds its
+    input all that time). It now says where it stands every STALL_S, and reads on."""
+    import contextlib
+
+    import streams.takeover as takeover
+
+    c = _FakeConsumer({("t", 0): list(range(10))})
+    real = c.getmany
+    calls = {"n": 0}
+
+    async def flaky(*tps: Any, timeout_ms: int, max_records: int) -> dict[Any, Any]:
+        calls["n"] += 1
+        if calls["n"] <= 3:  # the broker away for three polls
+            await asyncio.sleep(0.02)
+            return {}
+        return await real(*tps, timeout_ms=timeout_ms, max_records=max_records)
+
+    c.getmany = flaky  # type: ignore[method-assign]
+    monkeypatch.setattr(takeover, "STALL_S", 0.03)
+
+    async def read() -> int:
+        n = 0
+        async with contextlib.aclosing(takeover.read_back("", {("t", 0): 10},
+                                                          consumer=c)) as batches:
+            async for records in batches:
+                n += len(records)
+        return n
+
+    with caplog.at_level("WARNING", logger="tocsin.streams"):
+        assert asyncio.run(read()) == 10
+    (msg,) = [r.getMessage() for r in caplog.records if "no record" in r.getMessage()]
+    assert "t[0] at 0 of 10" in msg, msg
 
 
 def test_watermark_gate_holds_a_resent_detection_once_and_releases_in_order() -> None:
