@@ -13,6 +13,10 @@ Station states:
 * ``gap`` - the last packet had missing samples (NaN) at its end;
 * ``late`` - no data for ``late_factor`` packet lengths of event time;
 * ``ok`` - otherwise; ``waiting`` before the first packet.
+
+The view runs as long as its feed does (months, live): it keeps ``keep_s`` of event time
+(7 days by default). Detections declared longer ago, incidents whose latest revision is
+older, their alerts and old seismic events leave it, checked once an hour of event time.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ from streams.schemas import AlertMessage, IncidentRevision, ObservationPacket, i
 
 SERIES_BIN_S = 60.0
 SERIES_KEEP_S = 12 * 3600.0
+#: event-time seconds between two prunings of what is older than ``keep_s``
+PRUNE_EVERY_S = 3600.0
 
 
 @dataclass
@@ -49,9 +55,14 @@ class _Station:
 class LiveState:
     """Thread-safe live view of one run (see the module docstring)."""
 
-    def __init__(self, *, detecting_s: float = 3 * 3600.0, late_factor: float = 3.0) -> None:
+    def __init__(self, *, detecting_s: float = 3 * 3600.0, late_factor: float = 3.0,
+                 keep_s: float = 7 * 86400.0) -> None:
+        if not keep_s > detecting_s:
+            raise ValueError(f"keep_s={keep_s} must exceed detecting_s={detecting_s}")
         self.detecting_s = detecting_s
         self.late_factor = late_factor
+        self.keep_s = keep_s
+        self._pruned = -math.inf  # event time of the last pruning
         self._lock = threading.Lock()
         self._stations: dict[str, _Station] = {}
         self._revisions: dict[str, dict[int, IncidentRevision]] = {}
@@ -101,8 +112,7 @@ class LiveState:
                 st.series.append((float(b * SERIES_BIN_S), float(vals[sel].mean())))
             while st.series and st.series[0][0] < end - SERIES_KEEP_S:
                 st.series.popleft()
-            self.event_time = max(self.event_time, end)
-            self.version += 1
+            self._advance(end)
 
     def on_detection(self, det: Detection) -> None:
         with self._lock:
@@ -110,8 +120,7 @@ class LiveState:
             st = self._stations.get(det.station_id)
             if st is not None:
                 st.detections = [d for d in st.detections if d.key != det.key] + [det]
-            self.event_time = max(self.event_time, det.declared)
-            self.version += 1
+            self._advance(det.declared)
 
     def on_revision(self, rev: IncidentRevision) -> None:
         with self._lock:
@@ -122,8 +131,7 @@ class LiveState:
                     self._revisions.pop(rev.incident_id, None)
             else:
                 revs[rev.revision] = rev
-            self.event_time = max(self.event_time, rev.issued)
-            self.version += 1
+            self._advance(rev.issued)
 
     def on_seismic(self, body: dict[str, Any]) -> None:
         """A seismic event revision (the body of a ``tocsin.seismic_event/1`` message)."""
@@ -131,13 +139,34 @@ class LiveState:
             prev = self._seismic.get(body["event_id"])
             if prev is None or body["revision"] >= prev["revision"]:
                 self._seismic[body["event_id"]] = dict(body)
-            self.event_time = max(self.event_time, float(body["issued"]))
-            self.version += 1
+            self._advance(float(body["issued"]))
 
     def on_alert(self, msg: AlertMessage) -> None:
         with self._lock:
             self._alerts[msg.identifier] = msg
             self.version += 1
+
+    def _advance(self, t: float) -> None:
+        """Event time reached ``t`` (under the lock): a new version, and once an hour of
+        event time what is older than ``keep_s`` goes."""
+        self.event_time = max(self.event_time, t)
+        self.version += 1
+        if self.event_time - self._pruned >= PRUNE_EVERY_S:
+            self._pruned = self.event_time
+            self._prune(self.event_time - self.keep_s)
+
+    def _prune(self, cut: float) -> None:
+        self._detections = {k: d for k, d in self._detections.items() if d.declared >= cut}
+        for st in self._stations.values():
+            if st.detections and st.detections[0].declared < cut:
+                st.detections = [d for d in st.detections if d.declared >= cut]
+        gone = {i for i, revs in self._revisions.items() if max(
+            r.issued for r in revs.values()) < cut}
+        for i in gone:
+            del self._revisions[i]
+        self._alerts = {k: a for k, a in self._alerts.items()
+                        if a.incident_id in self._revisions or a.sent >= cut}
+        self._seismic = {k: b for k, b in self._seismic.items() if float(b["issued"]) >= cut}
 
     # ------------------------------------------------------------------ output
     def station_state(self, st: _Station) -> str:
@@ -167,6 +196,9 @@ class LiveState:
                     "detections": len(st.detections),
                 })
             incidents: list[dict[str, Any]] = []
+            by_incident: dict[str, list[str]] = {}
+            for a in sorted(self._alerts.values(), key=lambda a: a.sent):
+                by_incident.setdefault(a.incident_id, []).append(a.identifier)
             for inc_id, revs in self._revisions.items():
                 ordered = [revs[k] for k in sorted(revs)]
                 last = ordered[-1]
@@ -187,9 +219,7 @@ class LiveState:
                                    "state": ("confirmed" if f.station_id in last.confirmed
                                              else "arrived" if f.eta <= now else "watch")}
                                   for f in last.forecasts],
-                    "alerts": [a.identifier for a in sorted(self._alerts.values(),
-                                                             key=lambda a: a.sent)
-                               if a.incident_id == inc_id],
+                    "alerts": by_incident.get(inc_id, []),
                 })
             incidents.sort(key=lambda x: x["revisions"][0]["issued"])
             alerts = [{"identifier": a.identifier, "msgType": a.msg_type, "sent": iso(a.sent),
