@@ -75,16 +75,19 @@ class StoreRefused(Exception):
 
 async def until_stored(save: Callable[[], Any], what: str, *, first_wait: float = 0.5,
                        max_wait: float = 30.0) -> Any:
-    """``save()``, tried again (waits doubling up to ``max_wait``) while the database cannot
-    be reached: the agent holds its input meanwhile, so no offset is committed for outputs
-    that were not stored (the consumer lag shows the stall). :class:`StoreRefused` if the
+    """``save()`` in a thread (a database that answers slowly, or a connection that hangs
+    until its TCP timeout, held up the whole worker's event loop: every agent, the
+    producer's sends and the commits), tried again (waits doubling up to ``max_wait``)
+    while the database cannot be reached: the agent holds its input meanwhile, so no offset
+    is committed for outputs that were not stored (the consumer lag shows the stall).
+    :class:`StoreRefused` if the
     database refuses the transaction itself (it escaped the agent before: the agent
     crashed, and its input stayed unacknowledged, so the partition's offset never moved
     past it again)."""
     wait = first_wait
     while True:
         try:
-            return save()
+            return await asyncio.to_thread(save)
         except (SQLAlchemyError, StoreConflict) as exc:
             reason = str(exc).splitlines()[0]
             if not isinstance(exc, OperationalError | InterfaceError) and not getattr(

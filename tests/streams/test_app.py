@@ -36,6 +36,38 @@ def test_outputs_wait_for_the_database() -> None:
         asyncio.run(until_stored(broken, "x", first_wait=0.01))
 
 
+def test_a_slow_database_does_not_hold_the_event_loop_up() -> None:
+    """A save ran on the worker's event loop: while the database took its time (or a dead
+    connection its TCP timeout) no other agent, send, heartbeat or commit ran."""
+    import asyncio
+    import time
+
+    from streams.app import until_stored
+
+    def slow() -> str:
+        time.sleep(0.3)
+        return "stored"
+
+    async def go() -> tuple[str, int]:
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        task = asyncio.create_task(tick())
+        await asyncio.sleep(0)
+        try:
+            return await until_stored(slow, "x"), ticks
+        finally:
+            task.cancel()
+
+    stored, ticks = asyncio.run(go())
+    assert stored == "stored" and ticks >= 10, ticks  # 0 when the save held the loop
+
+
 def test_consumer_hands_a_message_over_at_once_and_races_the_flow_only_if_it_waits(
         tmp_path: object) -> None:
     """The worker consumer's ``wait_first`` (Faust calls it once per fetched message with
