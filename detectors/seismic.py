@@ -25,8 +25,10 @@ speed gives the same revisions.
   time is the mean of ``onset - travel time`` at each node; the horizontal uncertainty is
   the largest distance from the best node to a node whose misfit is within Δχ² = 2.3
   (68 % for two parameters) with the pick error taken as ``max(rms, pick_sigma_s)``. The
-  grid is centred on the first station and may cross the antimeridian (distances are
-  periodic in longitude); the reported longitude is in [-180, 180).
+  grid is square in the azimuthal equidistant frame of the first station (then of the
+  coarse solution), so it covers as many kilometres east-west as north-south at any
+  latitude and crosses the poles and the antimeridian; the reported longitude is in
+  [-180, 180).
 * **Magnitude**: a surface-wave style estimate per station from the picked wave's
   band-passed peak ``A`` (counts) and the station gain ``G`` (counts per metre of
   displacement in the pick band), at the band-centre period ``T``:
@@ -49,7 +51,7 @@ from typing import Any
 import numpy as np
 
 from detectors.base import Detection, FloatArray
-from detectors.geo import great_circle_km, wrap_lon
+from detectors.geo import around, great_circle_km, wrap_lon
 
 KM_PER_DEG = 111.19492664455873
 
@@ -233,10 +235,12 @@ def locate(picks: list[Detection], tt: TravelTimes | None = None,
     first = min(picks, key=lambda d: d.onset)
 
     def grid(lat0: float, lon0: float, half: float, step: float) -> tuple[FloatArray, FloatArray]:
+        # a box of lat/lon degrees shrank east-west with latitude (at 65 N, +-12 degrees of
+        # longitude are +-560 km) and stopped at the pole
         n = int(round(half / step))
         off = np.arange(-n, n + 1) * step
-        la, lo = np.meshgrid(np.clip(lat0 + off, -89.9, 89.9), lon0 + off, indexing="ij")
-        return la.ravel(), lo.ravel()
+        y, x = np.meshgrid(off, off, indexing="ij")
+        return around(lat0, lon0, x.ravel(), y.ravel())
 
     def search(la: FloatArray, lo: FloatArray, depths: Iterable[float]
                ) -> tuple[float, float, float, float, FloatArray, float]:

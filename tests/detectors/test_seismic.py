@@ -120,3 +120,25 @@ def test_source_near_the_antimeridian_locates_on_it() -> None:
         assert abs(o.lon - 179.6) < 0.2, o.lon
         assert abs(o.lat - q.lat) < 0.2 and abs(o.time - q.time) < 2.0
     assert associate_seismic(picks), "the five picks make an event"
+
+
+@pytest.mark.parametrize(("source", "sites"), [
+    # across the North Pole from the first station (the one nearest the source)
+    ((88.0, 180.0), [(85.0, 0.0), (80.0, 170.0), (78.0, -150.0), (82.0, 60.0),
+                     (79.0, -60.0), (76.0, 120.0)]),
+    # 757 km east of the first station, at 70 N: beyond +-12 degrees of longitude there
+    ((70.0, 40.0), [(70.0, 20.0), (66.0, 20.0), (74.0, 20.0), (62.0, 25.0), (78.0, 25.0)]),
+])
+def test_a_source_across_the_pole_or_far_east_at_high_latitude_is_found(
+        source: tuple[float, float], sites: list[tuple[float, float]]) -> None:
+    """The search grid was a box of latitude and longitude degrees around the first
+    station: clipped at 89.9 N (no source beyond the pole) and, at 70 N, 456 km wide each
+    way east-west where it is 1334 km north-south. It is now square in kilometres."""
+    q = Quake(lat=source[0], lon=source[1], depth_km=35.0, time=1_700_000_000.0,
+              magnitude=5.5)
+    picks = [pick(f"S{i}", p_arrival(q, la, lo)[0], lat=la, lon=lo)
+             for i, (la, lo) in enumerate(sites)]
+    assert min(picks, key=lambda d: d.onset).station_id == "S0"
+    o = locate(picks, fixed_depth_km=35.0)
+    assert float(great_circle_km(o.lat, o.lon, *source)) < 10.0, (o.lat, o.lon)
+    assert abs(o.time - q.time) < 1.0 and o.rms_s < 0.5 and -180.0 <= o.lon < 180.0
