@@ -12,15 +12,34 @@ const markers = new Map();
 let selected = null;
 let last = null;
 
-// longitudes drawn in [0, 360): the Pacific stays in one piece
-const wrap = (lon) => ((lon % 360) + 360) % 360;
+// every longitude is drawn within 180 degrees of the map's central meridian, chosen when
+// the stations first come so that the cut (center +- 180) falls in the widest stretch of
+// longitude without a station: a network around Greenwich is not torn in two as the Pacific
+// would be by [-180, 180), and the incidents and forecasts sit next to their stations
+let center = null;
+const wrap = (lon) => {
+  const c = center === null ? 180 : center;
+  return c - 180 + ((((lon - c + 180) % 360) + 360) % 360);
+};
+
+function chooseCenter(stations) {
+  if (center !== null || !stations.length) return;
+  const lons = stations.map((s) => ((s.lon % 360) + 360) % 360).sort((a, b) => a - b);
+  let cut = 0, widest = -1;
+  for (let i = 0; i < lons.length; i++) {
+    const next = i + 1 < lons.length ? lons[i + 1] : lons[0] + 360;
+    if (next - lons[i] > widest) { widest = next - lons[i]; cut = lons[i] + widest / 2; }
+  }
+  center = ((cut + 180) % 360 + 360) % 360;
+  map.setView([map.getCenter().lat, center], map.getZoom());
+}
 
 fetch("/static/vendor/world-atlas/land-50m.json")
   .then((r) => r.json())
   .then((topo) => {
     const land = topojson.feature(topo, topo.objects.land);
     const style = { color: "#7a8a78", weight: 0.6, fillColor: "#eef0e6", fillOpacity: 1 };
-    for (const shift of [0, 360]) {
+    for (const shift of [-360, 0, 360]) {
       L.geoJSON(land, { style, interactive: false,
         coordsToLatLng: (c) => L.latLng(c[1], c[0] + shift) }).addTo(map).bringToBack();
     }
@@ -231,6 +250,7 @@ async function drawSeries() {
 
 function render(state) {
   last = state;
+  chooseCenter(state.stations);
   drawStations(state.stations);
   drawIncidents(state);
   drawSeismic(state);
@@ -244,3 +264,4 @@ source.addEventListener("state", (e) => {
   drawSeries();
 });
 window.tocsinState = () => last;
+window.tocsinCenter = () => center;

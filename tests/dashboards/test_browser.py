@@ -152,24 +152,15 @@ def test_dashboard_shows_a_seismic_event(quake_demo: str, quake_pkg: Any) -> Non
     assert errors == [], errors
 
 
-def test_station_ids_are_shown_as_text_not_markup() -> None:
-    """A station id (from a feed or a package) with markup in it: its tooltip shows the
-    text; nothing of it runs (Leaflet puts a string tooltip into innerHTML)."""
+@contextlib.contextmanager
+def _serving(state: Any) -> Iterator[str]:
+    """A dashboard over ``state`` on a free port, in a thread: its address."""
     import threading
 
-    import numpy as np
     import uvicorn
 
     from dashboards.app import create_app
-    from dashboards.state import LiveState
-    from detectors.base import StationInfo
-    from streams.schemas import ObservationPacket
 
-    sid = '<img src=x onerror="document.body.dataset.pwned=1">'
-    state = LiveState()
-    state.add_station(StationInfo(sid, "barometer", -18.0, 178.0, 0.0, "hPa"))
-    state.on_packet(ObservationPacket(sid, "barometer", "BDO", 1642220085.0, 60.0,
-                                      np.full(10, 1010.0), "hPa", lat=-18.0, lon=178.0))
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(state), host="127.0.0.1", port=port,
                                            log_level="warning"))
@@ -180,8 +171,34 @@ def test_station_ids_are_shown_as_text_not_markup() -> None:
         while not server.started:
             assert time.monotonic() < deadline, "the dashboard did not start"
             time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def _fed(stations: list[tuple[str, float, float]]) -> Any:
+    import numpy as np
+
+    from dashboards.state import LiveState
+    from detectors.base import StationInfo
+    from streams.schemas import ObservationPacket
+
+    state = LiveState()
+    for sid, lat, lon in stations:
+        state.add_station(StationInfo(sid, "barometer", lat, lon, 0.0, "hPa"))
+        state.on_packet(ObservationPacket(sid, "barometer", "BDO", 1642220085.0, 60.0,
+                                          np.full(10, 1010.0), "hPa", lat=lat, lon=lon))
+    return state
+
+
+def test_station_ids_are_shown_as_text_not_markup() -> None:
+    """A station id (from a feed or a package) with markup in it: its tooltip shows the
+    text; nothing of it runs (Leaflet puts a string tooltip into innerHTML)."""
+    sid = '<img src=x onerror="document.body.dataset.pwned=1">'
+    with _serving(_fed([(sid, -18.0, 178.0)])) as url:
         errors: list[str] = []
-        with _page(f"http://127.0.0.1:{port}", errors) as page:
+        with _page(url, errors) as page:
             page.hover("#map path.leaflet-interactive[data-station]", force=True)
             page.wait_for_selector(".leaflet-tooltip", timeout=10_000)
             assert page.inner_text(".leaflet-tooltip") == sid
@@ -189,6 +206,30 @@ def test_station_ids_are_shown_as_text_not_markup() -> None:
             assert page.evaluate("document.body.dataset.pwned") is None
             assert page.query_selector(".leaflet-tooltip img") is None
         assert errors == []
-    finally:
-        server.should_exit = True
-        thread.join(10)
+
+
+@pytest.mark.parametrize(("stations", "center"), [
+    # a network around Greenwich: the map used to cut it at 0 degrees (lon in [0, 360))
+    ([("BREST", 48.4, -4.5), ("PARIS", 48.8, 2.3), ("MADRID", 40.4, -3.7),
+      ("ROMA", 41.9, 12.5), ("REYKJAVIK", 64.1, -21.9)], 355.3),
+    # the Pacific stays in one piece
+    ([("NUKU", -21.1, -175.2), ("SUVA", -18.1, 178.4), ("APIA", -13.8, -171.8)], 183.3),
+])
+def test_the_map_keeps_a_network_in_one_piece(stations: list[tuple[str, float, float]],
+                                              center: float) -> None:
+    """Longitudes were drawn in [0, 360) whatever the network: one around Greenwich was
+    torn in two, half at each edge of the map. The central meridian is now opposite the
+    widest stretch of longitude without a station (its middle)."""
+    with _serving(_fed(stations)) as url:
+        errors: list[str] = []
+        with _page(url, errors) as page:
+            page.wait_for_function(f"document.querySelectorAll('#map path[data-station]')"
+                                   f".length === {len(stations)}")
+            lon = page.evaluate("window.tocsinCenter()")
+            xs = [page.query_selector(f"#map path[data-station='{sid}']").bounding_box()["x"]
+                  for sid, _, _ in stations]
+        assert errors == []
+    assert lon == pytest.approx(center, abs=0.1)
+    # at zoom 2 (1024 px round the world) these markers are 35 degrees (100 px) apart at
+    # most, not a map width
+    assert max(xs) - min(xs) < 200, xs
