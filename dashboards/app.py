@@ -31,6 +31,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from fastapi.staticfiles import StaticFiles
 
 from dashboards.state import LiveState
+from responders.store import jsonable
 from streams.schemas import AlertMessage
 
 STATIC = Path(__file__).parent / "static"
@@ -49,14 +50,14 @@ def create_app(state: LiveState, *, push_interval: float = 0.5,
 
     @app.get("/api/state")
     def api_state() -> JSONResponse:
-        return JSONResponse(state.snapshot())
+        return JSONResponse(jsonable(state.snapshot()))
 
     @app.get("/api/stations/{station_id}/series")
     def api_series(station_id: str) -> JSONResponse:
         s = state.series(station_id)
         if s is None:
             raise HTTPException(404, f"no station {station_id!r}")
-        return JSONResponse(s)
+        return JSONResponse(jsonable(s))
 
     @app.get("/api/alerts")
     def api_alerts() -> JSONResponse:
@@ -109,7 +110,8 @@ class SnapshotText:
     def get(self) -> tuple[int, str]:
         v = self.state.version
         if v != self.version:
-            self.text, self.version = json.dumps(self.state.snapshot()), v
+            # NaN as null: JSON has no NaN (the browser's JSON.parse refused the event)
+            self.text, self.version = json.dumps(jsonable(self.state.snapshot())), v
         return v, self.text
 
 

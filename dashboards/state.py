@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from detectors.base import Detection, StationInfo
+from detectors.base import Detection, DetectorError, StationInfo
 from streams.schemas import AlertMessage, IncidentRevision, ObservationPacket, iso
 
 SERIES_BIN_S = 60.0
@@ -74,6 +74,8 @@ class LiveState:
         self.started = time.time()
         self.title = ""
         self.lag: dict[str, Any] | None = None
+        #: stations the view could not place: unknown, and their packets have no coordinates
+        self.unplaced: set[str] = set()
 
     def on_lag(self, lag: dict[str, Any]) -> None:
         """The workers' consumer lag (from :func:`streams.lag.monitor_lag`)."""
@@ -91,8 +93,13 @@ class LiveState:
         with self._lock:
             st = self._stations.get(pkt.station_id)
             if st is None:
-                st = self._stations[pkt.station_id] = _Station(StationInfo(
-                    pkt.station_id, pkt.kind, pkt.lat, pkt.lon, 0.0, pkt.units))
+                try:
+                    info = StationInfo(pkt.station_id, pkt.kind, pkt.lat, pkt.lon, 0.0,
+                                       pkt.units)
+                except DetectorError:  # no place on the map (a packet without coordinates)
+                    self.unplaced.add(pkt.station_id)
+                    return
+                st = self._stations[pkt.station_id] = _Station(info)
             vals = np.asarray(pkt.values, dtype=float)
             n = len(vals)
             if n == 0:
@@ -247,6 +254,7 @@ class LiveState:
                            "samples": sum(s["samples"] for s in stations),
                            "missing": sum(s["missing"] for s in stations),
                            "detections": len(self._detections),
+                           "unplaced_stations": sorted(self.unplaced),
                            "consumer_lag": self._lag_view()},
             }
 

@@ -143,7 +143,9 @@ function drawPanels(state) {
   document.getElementById("title").textContent = state.title || "";
   const h = state.health, parts = Object.entries(h.states).map(([k, v]) => `${v} ${k}`);
   document.getElementById("health").textContent =
-    `${h.stations} stations (${parts.join(", ")}), ${h.detections} detections`;
+    `${h.stations} stations (${parts.join(", ")}), ${h.detections} detections` +
+    (h.unplaced_stations && h.unplaced_stations.length
+      ? `; not on the map (no coordinates): ${h.unplaced_stations.join(", ")}` : "");
 
   const incs = document.getElementById("incidents");
   incs.replaceChildren();

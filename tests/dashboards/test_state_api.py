@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -216,3 +218,29 @@ def test_a_month_of_feed_keeps_a_week_of_it() -> None:
     assert snap["incidents"][-1]["alerts"]
     with pytest.raises(ValueError, match="keep_s"):
         LiveState(keep_s=60.0)
+
+
+def test_no_nan_reaches_the_browser_and_an_unplaced_station_is_named() -> None:
+    """The state's JSON could carry NaN (a 500 from /api/state, an event the browser's
+    JSON.parse refuses on /api/stream); a packet of a station the view does not know and
+    that has no coordinates raised in the listener (the replay's collector with it)."""
+    s = LiveState()
+    s.on_packet(ObservationPacket("NOWHERE", "barometer", "BDO", T, 60.0,
+                                  np.full(10, 1010.0), "hPa"))
+    s.add_station(StationInfo("A", "barometer", -18.0, 178.0, 0.0, "hPa"))
+    s.on_detection(Detection("A", "barometer", "lamb_pulse", "1", T, T + 60.0,
+                             float("nan"), "hPa", T + 600.0, -18.0, 178.0))
+    s.on_seismic({"event_id": "seismic-x", "revision": 1, "issued": T, "lat": -20.0,
+                  "lon": -174.5, "depth_km": 33.0, "origin_time": T - 200,
+                  "herr_km": float("nan"), "magnitude": float("nan"), "stations": ["A"],
+                  "arrivals": []})
+    client = TestClient(create_app(s, push_interval=0.01))
+    r = client.get("/api/state")
+    assert r.status_code == 200
+    snap = r.json()
+    assert snap["health"]["unplaced_stations"] == ["NOWHERE"]
+    assert snap["seismic_events"][0]["herr_km"] is None
+    assert client.get("/api/stations/A/series").json()["detections"][0]["amplitude"] is None
+    with client.stream("GET", "/api/stream") as stream:
+        data = next(line for line in stream.iter_lines() if line.startswith("data: "))
+    assert "NaN" not in data and json.loads(data[6:])["seismic_events"][0]["magnitude"] is None
