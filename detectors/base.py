@@ -99,10 +99,11 @@ class StreamDetector(Protocol):
     name: str
     version: str
     #: seconds of record before the newest sample that determine the state: a fresh
-    #: detector fed only the last ``horizon_s`` ends in the state of one fed from the start,
-    #: unless something it declared (or began) before that still holds it (a refractory
-    #: time, an event being measured). A stream worker that takes a station over rebuilds
-    #: its detectors from that much of the record (``streams.takeover``).
+    #: detector fed only the last ``horizon_s`` ends in the state of one fed from the start
+    #: and declares what it declares from then on, unless events closer together than
+    #: their refractory time chain back beyond it (each held the next one back). A stream
+    #: worker that takes a station over rebuilds its detectors from that much of the record
+    #: (``streams.takeover``).
     @property
     def horizon_s(self) -> float: ...
 

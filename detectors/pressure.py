@@ -78,9 +78,11 @@ class LambParams:
     def horizon_s(self) -> float:
         """How much record before its newest sample determines the detector's state (see
         ``detectors.base.StreamDetector``): a warm-up, the baseline window and the onset
-        look-back of a trigger, its declaration and the refractory time after it."""
+        look-back of a trigger, its declaration and the refractory time after it, twice
+        (a pulse within the refractory time of an earlier one is not declared: a detector
+        that missed the earlier one, in its warm-up, would declare it)."""
         return (self.warmup_s + self.baseline_s + self.guard_s + self.onset_lookback_s
-                + self.declare_after_s + self.refractory_s)
+                + self.declare_after_s + 2 * self.refractory_s)
 
     def floor(self, units: str) -> float:
         if self.min_amplitude is not None:
