@@ -25,7 +25,7 @@ import logging
 import math
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -65,6 +65,45 @@ log = logging.getLogger("tocsin.streams")
 FETCH_MAX_WAIT_MS = 50
 #: the most observation events handled together (the detect agent takes what has arrived)
 DETECT_BATCH = 500
+#: seconds read back before a detect rebuild's horizons, for a station's last record before
+#: the takeover being older than the record at it (by up to a packet and its latency)
+REBUILD_MARGIN_S = 3600.0
+
+
+def detect_horizons(bank: DetectorBank, registry: Sequence[StationInfo],
+                    ) -> tuple[dict[bytes, float], float]:
+    """Each registry station's detector horizon (ms, by the station id as the records'
+    key) and the longest: the registry's, or without one every kind's."""
+    per_key = {st.station_id.encode(): 1000.0 * bank.horizon_s(st) for st in registry}
+    longest = max(per_key.values(), default=max(
+        (1000.0 * bank.horizon_s(StationInfo("any", kind, 0.0, 0.0))
+         for kind in bank.detectors), default=0.0))
+    return per_key, longest
+
+
+def rebuild_window(per_key: Mapping[bytes, float], longest: float, upto_ms: float | None,
+                   ) -> tuple[int | None, dict[bytes, int]]:
+    """Where a detect rebuild reads from (a Kafka timestamp, ms) and where each station's
+    records start: its horizon (``detect_horizons``) before ``upto_ms``, the timestamp of
+    the record that called for the rebuild, less :data:`REBUILD_MARGIN_S`. The partitions
+    are read from the longest horizon: a packet naming a station the registry lacks gets
+    that much. None (the earliest) for a record with no timestamp or a detector with no
+    horizon."""
+    if upto_ms is None or not upto_ms >= 0 or not math.isfinite(longest):
+        return None, {}
+    anchor = upto_ms - 1000.0 * REBUILD_MARGIN_S
+    keys = {k: math.floor(anchor - h) for k, h in per_key.items() if math.isfinite(h)}
+    return max(0, math.floor(anchor - longest)), keys
+
+
+def _stamp_ms(events: Sequence[Any], at: Mapping[tuple[str, int], int]) -> float | None:
+    """The earliest Kafka timestamp (ms) of the events at the offsets ``at``; None if one
+    has none. (The batch's newest could be hours later: a backlog.)"""
+    stamps = [e.message.timestamp for e in events
+              if at.get((e.message.topic, e.message.partition)) == e.message.offset]
+    if not stamps or any(t is None or not t >= 0 for t in stamps):
+        return None
+    return 1000.0 * min(stamps)
 
 
 class StoreRefused(Exception):
@@ -534,35 +573,31 @@ def create_app(settings: Settings, topics: Topics, registry: list[StationInfo],
                     ", ".join(f"{t}[{p}]@{o}" for (t, p), o in sorted(upto.items())),
                     what, records, time.monotonic() - t0)
 
-    horizons_ms: dict[bytes, float] = {}  # station id (the key) -> its detectors' horizon
+    horizons: list[tuple[dict[bytes, float], float]] = []  # detect_horizons, once
+    placed: dict[str, tuple[str, int]] = {}  # station id -> the partition its packets came on
 
-    def rebuild_since(now_ms: int) -> tuple[int | None, dict[bytes, int]]:
-        """Where a detect rebuild starts (a Kafka timestamp, ms: the longest horizon of any
-        kind's detectors before ``now_ms``, as a packet may name a station the registry does
-        not have; None for the earliest if one has none), and where each registry station's
-        records start."""
-        if not horizons_ms:
-            horizons_ms.update({sid.encode(): 1000.0 * bank.horizon_s(st)
-                                for sid, st in by_id.items()})
-        longest = max(1000.0 * bank.horizon_s(StationInfo("any", kind, 0.0, 0.0))
-                      for kind in bank.detectors)
-        kept = topics.retention_ms
-        if kept is not None and longest > kept and math.isfinite(longest):
-            log.warning("detect: the observations topic keeps %.1f days of records; the "
-                        "detectors of %d stations need %.1f days to be rebuilt as they were "
-                        "(raise TOCSIN_OBSERVATIONS_RETENTION_S)", kept / 864e5,
-                        sum(h > kept for h in horizons_ms.values()), longest / 864e5)
-        per_key = {k: now_ms - math.ceil(h) for k, h in horizons_ms.items() if math.isfinite(h)}
-        return (None if not math.isfinite(longest) else now_ms - math.ceil(longest)), per_key
-
-    async def rebuild_detect(upto: dict[tuple[str, int], int], now_ms: int) -> None:
+    async def rebuild_detect(upto: dict[tuple[str, int], int], upto_ms: float | None) -> None:
         """The detectors of the partitions' stations as the records before ``upto`` left
         them; their detections are dropped (they went out when the records first came).
-        ``now_ms``: the Kafka timestamp of the record that called for it; each station's
-        records older than its detectors' horizon before it are skipped."""
+        Each station's records older than its detectors' horizon before ``upto_ms`` (the
+        earliest Kafka timestamp of the records at ``upto``) are skipped. The stations this
+        worker had from these partitions before start afresh too, even if none of their
+        records is read back (a station silent for longer than its horizon)."""
         t0, n = time.monotonic(), 0
         seen: set[str] = set()
-        since, key_since = rebuild_since(now_ms)
+        for sid in [sid for sid, tp in placed.items() if tp in upto]:
+            bank.forget(sid)
+            del placed[sid]
+        if not horizons:
+            horizons.append(detect_horizons(bank, registry))
+            per_key, longest = horizons[0]
+            kept = topics.retention_ms
+            if kept is not None and math.isfinite(longest) and longest > kept:
+                log.warning("detect: the observations topic keeps %.1f days of records; "
+                            "the detectors of %d stations need %.1f days to be rebuilt as "
+                            "they were (raise TOCSIN_OBSERVATIONS_RETENTION_S)", kept / 864e5,
+                            sum(h > kept for h in per_key.values()), longest / 864e5)
+        since, key_since = rebuild_window(*horizons[0], upto_ms)
         # a station's records older than its detectors need are not even decoded
         async with contextlib.aclosing(read_back(settings.bootstrap, upto, since_ms=since,
                                                  key_since_ms=key_since)) as batches:
@@ -599,8 +634,7 @@ def create_app(settings: Settings, topics: Topics, registry: list[StationInfo],
         async for events in stream.take_available(DETECT_BATCH):
             behind = taken["detect"].behind(events)
             if behind:
-                await rebuild_detect(behind, max(round(e.message.timestamp * 1000)
-                                                 for e in events))
+                await rebuild_detect(behind, _stamp_ms(events, behind))
             batch: list[tuple[Any, StationInfo, ObservationPacket]] = []
             for event in events:
                 raw = event.value
@@ -621,6 +655,7 @@ def create_app(settings: Settings, topics: Topics, registry: list[StationInfo],
                     continue
                 try:
                     pkt = observation(raw)
+                    placed[pkt.station_id] = (event.message.topic, event.message.partition)
                     if isinstance(pkt, ObservationPacket):
                         batch.append((event, station_for(pkt, by_id), pkt))
                         continue
@@ -782,7 +817,7 @@ def create_app(settings: Settings, topics: Topics, registry: list[StationInfo],
         # before the first input: the first detection, incident and alert go out as fast
         # as the later ones (see responders.delivery.warm_up and _Producer)
         try:
-            warm_up(store, outbox)
+            await asyncio.to_thread(warm_up, store, outbox)
         except SQLAlchemyError as exc:  # the agents wait for the database themselves
             log.warning("database warm-up failed: %s", str(exc).splitlines()[0])
         producer = await app.maybe_start_producer()

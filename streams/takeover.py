@@ -14,11 +14,13 @@ stage's state expects. A record further on means that the records in between wen
 through another worker. :func:`read_back` reads the records before it.
 
 The detect stage reads no further back than its detectors need: the longest
-``horizon_s`` of its stations' detectors (the tide detector's harmonic history: 32 days)
-before the record that triggered the rebuild, by the records' Kafka timestamps, and it
-skips each station's records older than its own detectors' horizon (a barometer needs
-hours) without decoding them. The observations topic is created with a retention that
-covers the tide detector's (``TOCSIN_OBSERVATIONS_RETENTION_S``). A read that makes no
+``horizon_s`` of the registry's stations' detectors (the tide detector's harmonic history:
+32 days) and an hour more before the record that triggered the rebuild, by the records'
+Kafka timestamps, and it skips each station's records older than its own detectors'
+horizon (a barometer needs hours) without decoding them (``streams.app.rebuild_window``).
+The stations it had from those partitions before start afresh. The observations topic is
+created with a retention that covers the tide detector's
+(``TOCSIN_OBSERVATIONS_RETENTION_S``; an existing topic with less is raised to it). A read that makes no
 progress (the broker gone) logs so every ``STALL_S`` and goes on: the stage holds its
 input meanwhile, as it does while the database is away.
 """

@@ -378,6 +378,44 @@ def test_read_back_starts_at_a_time_and_leaves_out_a_key_s_older_records() -> No
     assert len(asyncio.run(read())) == 235  # from the earliest
 
 
+def test_a_detect_rebuild_reads_each_station_s_horizon_before_the_takeover() -> None:
+    """Where a detect rebuild reads from. It took the newest record of the whole batch as
+    "now" (in a backlog, hours after the takeover: the stations got less than their
+    horizon) and every kind's longest horizon even with a registry of barometers only
+    (32 days fetched where 9.75 h do); a record without a timestamp crashed it."""
+    from types import SimpleNamespace
+
+    from detectors.base import StationInfo
+    from detectors.pipeline import DetectorBank
+    from streams.app import REBUILD_MARGIN_S, _stamp_ms, detect_horizons, rebuild_window
+
+    def ev(p: int, o: int, ts: float | None) -> Any:
+        return SimpleNamespace(message=SimpleNamespace(topic="obs", partition=p, offset=o,
+                                                       timestamp=ts))
+
+    events = [ev(0, 40, 1000.0), ev(1, 7, 900.0), ev(0, 41, 9000.0), ev(1, 8, 12000.0)]
+    assert _stamp_ms(events, {("obs", 0): 40, ("obs", 1): 7}) == 900_000.0
+    assert _stamp_ms(events, {("obs", 0): 41}) == 9_000_000.0
+    assert _stamp_ms([ev(0, 40, None)], {("obs", 0): 40}) is None
+
+    bank = DetectorBank()
+    baro = StationInfo("B1", "barometer", 0.0, 0.0)
+    tide = StationInfo("T1", "tide_gauge", 0.0, 0.0)
+    per_key, longest = detect_horizons(bank, [baro])
+    assert per_key == {b"B1": 9.75 * 3600e3} and longest == 9.75 * 3600e3
+    assert detect_horizons(bank, [baro, tide])[1] == 32 * 86400e3
+    assert detect_horizons(bank, [])[1] == 32 * 86400e3  # no registry: any kind
+    now = 1.7e12
+    since, keys = rebuild_window(*detect_horizons(bank, [baro, tide]), now)
+    margin = 1000 * REBUILD_MARGIN_S
+    assert since == now - margin - 32 * 86400e3
+    assert keys == {b"B1": now - margin - 9.75 * 3600e3, b"T1": since}
+    assert rebuild_window(per_key, longest, None) == (None, {})
+    assert rebuild_window(per_key, longest, -1.0) == (None, {})
+    assert rebuild_window({b"X": float("inf")}, float("inf"), now) == (None, {})
+    assert rebuild_window(per_key, longest, 1000.0)[0] == 0  # not before the epoch
+
+
 def test_read_back_says_so_when_it_gets_no_record(monkeypatch: pytest.MonkeyPatch,
                                                     caplog: pytest.LogCaptureFixture) -> None:
     """A read back whose broker went away waited without a word (the stage holds its
