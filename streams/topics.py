@@ -9,6 +9,7 @@ association needs the global view and alert chains must stay in order.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -16,10 +17,13 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError, for_code
 from aiokafka.structs import TopicPartition
 
 from tocsin.settings import Settings
+
+log = logging.getLogger("tocsin.streams")
 
 CONTROL_SCHEMA = "tocsin.control/1"
 
@@ -135,8 +139,8 @@ async def create_topics(bootstrap: str, topics: Topics, timeout: float = 30.0) -
 
     A topic the broker refuses raises :class:`TopicError` at once, naming the topic and the
     broker's error; so does a topic that exists with another partition count than asked.
-    The observations topic gets ``topics.retention_ms`` (a topic that exists keeps its
-    own)."""
+    The observations topic gets ``topics.retention_ms``; one that exists with less is
+    raised to it (its other topic settings kept), never lowered."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
     await admin.start()
     try:
@@ -151,6 +155,8 @@ async def create_topics(bootstrap: str, topics: Topics, timeout: float = 30.0) -
         if failed:
             raise TopicError("the broker did not create "
                              + "; ".join(f"topic {name!r}: {err}" for name, err in failed))
+        if topics.retention_ms is not None and topics.observations in existed:
+            await _ensure_retention(admin, topics.observations, topics.retention_ms)
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
             described = {t.get("topic"): t
@@ -187,6 +193,34 @@ async def create_topics(bootstrap: str, topics: Topics, timeout: float = 30.0) -
                            f"them after {timeout} s") from None
     finally:
         await consumer.stop()
+
+
+async def _ensure_retention(admin: AIOKafkaAdminClient, topic: str, retention_ms: int) -> None:
+    """An existing topic kept the retention it was made with (the broker's 7 days for a
+    topic older than the setting): a takeover then rebuilt tide gauges from less than
+    their 32 days. Raise it to ``retention_ms`` (AlterConfigs sets a topic's whole dynamic
+    configuration: the others it has are sent along)."""
+    (resp,) = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+    code, message, _type, _name, entries = resp.resources[0][:5]
+    if code:
+        raise TopicError(f"topic {topic!r}: cannot read its configuration: "
+                         f"{for_code(code).__name__}: {message}")
+    # (name, value, read_only, is_default | config_source, ...): source 1 is the topic's own
+    own = {e[0]: e[1] for e in entries if not e[2] and (
+        e[3] is False if resp.API_VERSION == 0 else e[3] == 1)}
+    have = next((int(e[1]) for e in entries if e[0] == "retention.ms"), -1)
+    if have < 0 or have >= retention_ms:  # -1: kept for ever
+        return
+    own["retention.ms"] = str(retention_ms)
+    (alter,) = await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic,
+                                                         configs=own)])
+    code, message = alter.resources[0][:2]
+    if code:
+        raise TopicError(f"topic {topic!r} keeps {have} ms of records, {retention_ms} asked, "
+                         f"and the broker refused the change: {for_code(code).__name__}: "
+                         f"{message}")
+    log.warning("topic %s kept %.1f days of records: raised to %.1f days "
+                "(TOCSIN_OBSERVATIONS_RETENTION_S)", topic, have / 864e5, retention_ms / 864e5)
 
 
 def _created(topic_errors: list[tuple[Any, ...]]) -> tuple[set[str], list[tuple[str, str]]]:

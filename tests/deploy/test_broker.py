@@ -467,3 +467,44 @@ def test_the_observations_topic_keeps_what_a_takeover_reads_back_from_a_time(
     assert entries["detections"] == str(7 * 86400 * 1000)  # the broker's default
     # from 7 h back; B (a station needing less) from 3 h back
     assert [v for _, v in got] == [b"A2", b"A3", b"A4", b"B4", b"A5", b"B5"], got
+
+
+def test_an_existing_observations_topic_gets_the_retention_raised_never_lowered(
+        kafka_settings: Settings) -> None:
+    """A topic made before the setting (or by hand) kept its 7 days, silently: a takeover
+    then rebuilt tide gauges from less than their 32 days."""
+    import dataclasses
+
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    topics = Topics.for_run(kafka_settings, "retention-existing", 1)
+    week = str(7 * 86400 * 1000)
+
+    async def configs(admin: AIOKafkaAdminClient) -> dict[str, str]:
+        (resp,) = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, topics.observations)])
+        return {e[0]: e[1] for e in resp.resources[0][4]}
+
+    async def go() -> list[dict[str, str]]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_settings.bootstrap)
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(
+                topics.observations, 1, 1,
+                topic_configs={"retention.ms": week, "max.message.bytes": "2000000"})])
+            seen = [await configs(admin)]
+            await create_topics(kafka_settings.bootstrap, topics)
+            seen.append(await configs(admin))
+            await create_topics(kafka_settings.bootstrap,
+                                dataclasses.replace(topics, retention_ms=3_600_000))
+            seen.append(await configs(admin))
+            return seen
+        finally:
+            await admin.close()
+
+    before, raised, again = asyncio.run(go())
+    assert before["retention.ms"] == week
+    assert raised["retention.ms"] == str(35 * 86400 * 1000)
+    assert raised["max.message.bytes"] == "2000000"  # its other settings kept
+    assert again["retention.ms"] == raised["retention.ms"]  # never lowered
