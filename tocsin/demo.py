@@ -215,7 +215,7 @@ async def _serve_dashboard(settings: Settings, state: Any) -> tuple[Any, asyncio
 
     outbox = Outbox.from_settings(Store(settings.db_url), settings)
     app = create_app(state, routers=[subscription_router(outbox, settings.api_tokens)],
-                     base_url=settings.dashboard_url)
+                     base_url=settings.public_url)
     config = uvicorn.Config(app, host=settings.http_host, port=settings.http_port,
                             log_level="warning", lifespan="off")
     server = _Server(config)

@@ -84,8 +84,8 @@ class Settings(BaseSettings):
                            description="TOCSIN_HTTP_PORT: dashboard port")
     public_url: str = Field(
         default="", description="TOCSIN_PUBLIC_URL: the dashboard's address as its users "
-        "reach it (behind a proxy), for the links of the Atom feed; empty: "
-        "http://HTTP_HOST:HTTP_PORT")
+        "reach it (behind a proxy), for the links of the Atom feed; empty: links relative "
+        "to the feed (the bind address, 0.0.0.0 or ::, is nobody's address)")
     packet_seconds: float = Field(
         default=600.0,
         gt=0,
@@ -193,11 +193,6 @@ class Settings(BaseSettings):
     @property
     def bootstrap(self) -> str:
         return self.kafka_bootstrap or f"127.0.0.1:{self.broker_port}"
-
-    @property
-    def dashboard_url(self) -> str:
-        """The dashboard's address, without a trailing slash."""
-        return self.public_url or f"http://{self.http_host}:{self.http_port}"
 
     @property
     def db_url(self) -> str:

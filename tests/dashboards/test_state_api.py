@@ -93,9 +93,8 @@ def test_the_atom_feed_links_never_come_from_the_host_header() -> None:
     absolute = links(create_app(s, base_url="https://tocsin.example.org/"))
     assert absolute[0] == "https://tocsin.example.org/feed.atom"
     assert all(h.startswith("https://tocsin.example.org/") for h in absolute), absolute
-    assert Settings(public_url="https://ops.example/tocsin/").dashboard_url == (
+    assert Settings(public_url="https://ops.example/tocsin/").public_url == (
         "https://ops.example/tocsin")
-    assert Settings(http_port=8123).dashboard_url == "http://127.0.0.1:8123"
 
 
 def test_sse_stream_sends_the_state() -> None:
