@@ -20,9 +20,9 @@ Kafka timestamps, and it skips each station's records older than its own detecto
 horizon (a barometer needs hours) without decoding them (``streams.app.rebuild_window``).
 The stations it had from those partitions before start afresh. The observations topic is
 created with a retention that covers the tide detector's
-(``TOCSIN_OBSERVATIONS_RETENTION_S``; an existing topic with less is raised to it). A read that makes no
-progress (the broker gone) logs so every ``STALL_S`` and goes on: the stage holds its
-input meanwhile, as it does while the database is away.
+(``TOCSIN_OBSERVATIONS_RETENTION_S``; an existing topic with less is raised to it). A read
+that makes no progress (the broker gone) logs so every ``STALL_S`` and goes on: the stage
+holds its input meanwhile, as it does while the database is away.
 """
 
 from __future__ import annotations
