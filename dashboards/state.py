@@ -126,6 +126,14 @@ class LiveState:
         with self._lock:
             self._detections[det.key] = det
             st = self._stations.get(det.station_id)
+            if st is None:
+                # before the station's first packet (a dashboard reads the topics side by
+                # side): placed from the detection
+                try:
+                    st = self._stations[det.station_id] = _Station(StationInfo(
+                        det.station_id, det.kind, det.lat, det.lon, 0.0, det.units))
+                except DetectorError:
+                    self.unplaced.add(det.station_id)
             if st is not None:
                 st.detections = [d for d in st.detections if d.key != det.key] + [det]
             self._advance(det.declared)

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -118,6 +119,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--figure", type=Path, default=None, help="record section PNG")
     e.add_argument("--out", type=Path, default=None, help="metrics JSON")
 
+    db = sub.add_parser("dashboard", help="serve the duty dashboard of a live run (its topics "
+                        "in Kafka) at TOCSIN_HTTP_HOST:TOCSIN_HTTP_PORT")
+    db.add_argument("--run-id", default="live", help="the workers' run (topic names)")
+    db.add_argument("--registry", type=Path, default=None,
+                    help="station registry CSV: stations shown before their first packet")
+    db.add_argument("--history-hours", type=_hours, default=12.0,
+                    help="observations read back at start, for the series (default 12)")
+
     run = sub.add_parser("run", help="the demo: broker, workers, dashboard, Tonga 2022 replay")
     run.add_argument("--package", default="tonga2022")
     run.add_argument("--duration", type=float, default=120.0,
@@ -126,6 +135,16 @@ def build_parser() -> argparse.ArgumentParser:
                      help="exit when the replay is finished instead of serving the dashboard")
     run.add_argument("--report", type=Path, default=None)
     return p
+
+
+def _hours(text: str) -> float:
+    try:
+        h = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of hours") from None
+    if not 0 < h < 24 * 366:
+        raise argparse.ArgumentTypeError(f"{text!r}: hours between 0 and a year")
+    return h
 
 
 class CliError(Exception):
@@ -231,6 +250,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     if args.command == "worker":
         return _worker(args, settings)
+    if args.command == "dashboard":
+        return _dashboard(args, settings)
     if args.command == "seedlink":
         return _seedlink(args, settings)
     if args.command == "seedlink-serve":
@@ -380,6 +401,54 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     app = create_app(settings, topics, registry, gains)
     sys.argv = ["tocsin-worker", "worker", "--without-web", "--loglevel", args.loglevel]
     app.main()
+    return 0
+
+
+def _dashboard(args: argparse.Namespace, settings: Settings) -> int:
+    from dashboards.live import follow
+    from dashboards.state import LiveState
+    from replay.registry import read_registry
+    from responders.store import migrate
+    from streams.topics import Topics, create_topics
+    from tocsin.demo import _port_taken, _serve_dashboard
+
+    taken = _port_taken(settings.http_host, settings.http_port)
+    if taken:
+        raise CliError(f"the dashboard's address {settings.http_host}:{settings.http_port} "
+                       f"is taken ({taken}); set TOCSIN_HTTP_PORT")
+    path = registry_file(args, settings)
+    state = LiveState()
+    state.title = f"live: {args.run_id}"
+    for info in read_registry(path) if path else []:
+        state.add_station(info)
+    topics = Topics.for_run(settings, args.run_id)
+    migrate(settings.db_url)  # the subscriptions and the delivery log live there
+
+    async def main() -> None:
+        me = asyncio.current_task()
+        assert me is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, me.cancel)
+        await create_topics(settings.bootstrap, topics)  # it may start before the workers
+        server, task = await _serve_dashboard(settings, state)
+        from streams.lag import monitor_lag
+
+        print(f"dashboard of run {args.run_id!r}: http://{settings.http_host}:"
+              f"{settings.http_port}/ - Ctrl-C to stop", flush=True)
+        lag = asyncio.create_task(monitor_lag(
+            settings.bootstrap, topics.app_id,
+            [topics.observations, topics.detections, topics.incidents], state.on_lag))
+        try:
+            await follow(settings.bootstrap, topics, state, args.history_hours * 3600.0)
+        except asyncio.CancelledError:
+            pass  # SIGTERM or Ctrl-C: stop serving
+        finally:
+            lag.cancel()
+            server.should_exit = True
+            with contextlib.suppress(BaseException):
+                await task
+
+    with _broker(settings), contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(main())
     return 0
 
 

@@ -23,7 +23,6 @@ from streams.schemas import (
     AlertMessage,
     IncidentRevision,
     Message,
-    ObservationPacket,
     SeismicEventMessage,
     iso,
 )
@@ -156,23 +155,12 @@ def _sinks(settings: Settings, pkg: Any, listeners: list[Any]) -> dict[str, Any]
     except ImportError:  # the dashboard package is optional for the console demo
         pass
     else:
+        from dashboards.live import feeder
+
         state = LiveState()
         for info in pkg.station_infos():
             state.add_station(info)
-
-        def feed(msg: Message) -> None:
-            if isinstance(msg, ObservationPacket):
-                state.on_packet(msg)
-            elif isinstance(msg, Detection):
-                state.on_detection(msg)
-            elif isinstance(msg, IncidentRevision):
-                state.on_revision(msg)
-            elif isinstance(msg, AlertMessage):
-                state.on_alert(msg)
-            elif isinstance(msg, SeismicEventMessage):
-                state.on_seismic(msg.body)
-
-        listeners.append(feed)
+        listeners.append(feeder(state))
         sinks["state"] = state
     return sinks
 
