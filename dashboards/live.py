@@ -5,7 +5,8 @@ run's topics in Kafka (``tocsin dashboard``).
 events) from the earliest record the broker holds, so a dashboard started (or restarted)
 in the middle of an event shows what has happened, and the observations from
 ``history_s`` back (the stations' recent series and feed health; the topic holds weeks),
-then goes on reading as they come. A record it cannot decode is skipped (the workers
+then goes on reading as they come. It creates nothing: it waits for the run's topics and
+follows their partitions as they are. A record it cannot decode is skipped (the workers
 dead-letter it); control messages (watermarks, end markers) are not shown. The reading
 never ends: a live run has no end. :func:`feeder` is the one mapping of messages onto
 the state, used by the replay demo too.
@@ -18,8 +19,11 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.structs import ConsumerRecord
 
 from dashboards.state import LiveState
 from detectors.base import Detection
@@ -57,49 +61,91 @@ def feeder(state: LiveState) -> Callable[[Message], None]:
 
 
 async def follow(bootstrap: str, topics: Topics, state: LiveState,
-                 history_s: float = 12 * 3600.0,
-                 now: Callable[[], float] = time.time) -> None:
+                 history_s: float = 12 * 3600.0, now: Callable[[], float] = time.time,
+                 refresh_s: float = 30.0) -> None:
     """Feed ``state`` from the run's topics until cancelled (see the module docstring).
-    Observations stamped more than ``history_s`` before ``now()`` are not read."""
+    Observations stamped more than ``history_s`` before ``now()`` are not read. The
+    topics' partitions are looked up every ``refresh_s`` (every second until the run's
+    topics exist: a dashboard may start before the workers): partitions added later are
+    read from their beginning."""
     feed = feeder(state)
     outputs = [topics.detections, topics.incidents, topics.alerts, topics.seismic]
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
                                 enable_auto_commit=False, auto_offset_reset="earliest",
                                 fetch_max_wait_ms=200, max_partition_fetch_bytes=8 << 20)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
     await consumer.start()
+    await admin.start()
+
+    def take(records: list[ConsumerRecord[Any, Any]]) -> None:
+        for rec in records:
+            raw = rec.value
+            if not isinstance(raw, bytes) or _is_control(raw) is not None:
+                continue
+            try:
+                msg = decode(raw)
+            except SchemaError:
+                continue  # the workers dead-letter it; a viewer skips it
+            try:
+                feed(msg)
+            except Exception:  # one odd message must not blank the room's screen
+                log.exception("dashboard: %s[%s]@%s not shown", rec.topic, rec.partition,
+                              rec.offset)
+
     try:
-        await consumer.topics()  # the metadata: the observations' partitions as they are
-        tps = [TopicPartition(t, 0) for t in outputs]
-        parts = consumer.partitions_for_topic(topics.observations) or range(topics.partitions)
-        obs = [TopicPartition(topics.observations, p) for p in sorted(parts)]
-        consumer.assign(tps + obs)
-        await consumer.seek_to_beginning(*tps)
-        since = int(1000 * (now() - history_s))
-        found = await consumer.offsets_for_times({tp: since for tp in obs})
-        ends = await consumer.end_offsets(obs)
-        for tp in obs:
-            at = found.get(tp)
-            consumer.seek(tp, ends[tp] if at is None else at.offset)
-        log.info("following %s: outputs from the earliest, observations from %.1f h back",
-                 topics.app_id, history_s / 3600.0)
+        loop = asyncio.get_running_loop()
+        assigned: set[TopicPartition] = set()
+        first_obs = True
+        look_at = 0.0
         while True:
+            if loop.time() >= look_at:
+                new = await _partitions(admin, [*outputs, topics.observations]) - assigned
+                look_at = loop.time() + (refresh_s if assigned or new else 1.0)
+                if new:
+                    await _assign(consumer, assigned, new)
+                    obs = [tp for tp in new if tp.topic == topics.observations]
+                    if obs and first_obs:  # the first: the history; later ones whole
+                        first_obs = False
+                        ends = await consumer.end_offsets(obs)
+                        found = await consumer.offsets_for_times(
+                            {tp: int(1000 * (now() - history_s)) for tp in obs})
+                        for tp in obs:
+                            at = found.get(tp)
+                            consumer.seek(tp, ends[tp] if at is None else at.offset)
+                    log.info("following %s: %s", topics.app_id,
+                             ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(new)))
+            if not assigned:
+                await asyncio.sleep(1.0)
+                continue
             batch = await consumer.getmany(timeout_ms=1000, max_records=2000)
             for records in batch.values():
-                for rec in records:
-                    raw = rec.value
-                    if not isinstance(raw, bytes) or _is_control(raw) is not None:
-                        continue
-                    try:
-                        msg = decode(raw)
-                    except SchemaError:
-                        continue  # the workers dead-letter it; a viewer skips it
-                    try:
-                        feed(msg)
-                    except Exception:  # one odd message must not blank the room's screen
-                        log.exception("dashboard: %s[%s]@%s not shown", rec.topic,
-                                      rec.partition, rec.offset)
-                # a long history in one go: let the web server answer in between
-                await asyncio.sleep(0)
+                # decoded in a thread (the state has a lock): the read back of a long
+                # history must not hold up the web server on this loop
+                await asyncio.to_thread(take, records)
     finally:
         with contextlib.suppress(Exception):
             await consumer.stop()
+        with contextlib.suppress(Exception):
+            await admin.close()
+
+
+async def _partitions(admin: AIOKafkaAdminClient, names: list[str]) -> set[TopicPartition]:
+    """The partitions the topics have now (none of a topic that does not exist yet)."""
+    out: set[TopicPartition] = set()
+    for t in await admin.describe_topics(names):
+        if t.get("error_code", 0) == 0:
+            out.update(TopicPartition(t["topic"], p["partition"])
+                       for p in t.get("partitions") or [])
+    return out
+
+
+async def _assign(consumer: AIOKafkaConsumer, assigned: set[TopicPartition],
+                  new: set[TopicPartition]) -> None:
+    """Add ``new`` to the consumer's partitions (``assign`` replaces them: the others keep
+    their positions), from their beginning."""
+    kept = {tp: await consumer.position(tp) for tp in assigned}
+    assigned |= new
+    consumer.assign(sorted(assigned))
+    for tp, offset in kept.items():
+        consumer.seek(tp, offset)
+    await consumer.seek_to_beginning(*sorted(new))

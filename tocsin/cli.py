@@ -405,11 +405,13 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _dashboard(args: argparse.Namespace, settings: Settings) -> int:
+    import time as clock
+
     from dashboards.live import follow
     from dashboards.state import LiveState
     from replay.registry import read_registry
     from responders.store import migrate
-    from streams.topics import Topics, create_topics
+    from streams.topics import Topics
     from tocsin.demo import _port_taken, _serve_dashboard
 
     taken = _port_taken(settings.http_host, settings.http_port)
@@ -417,21 +419,17 @@ def _dashboard(args: argparse.Namespace, settings: Settings) -> int:
         raise CliError(f"the dashboard's address {settings.http_host}:{settings.http_port} "
                        f"is taken ({taken}); set TOCSIN_HTTP_PORT")
     path = registry_file(args, settings)
-    state = LiveState()
+    state = LiveState(clock=clock.time)  # live: a station is late by the wall clock
     state.title = f"live: {args.run_id}"
     for info in read_registry(path) if path else []:
         state.add_station(info)
     topics = Topics.for_run(settings, args.run_id)
     migrate(settings.db_url)  # the subscriptions and the delivery log live there
 
-    async def main() -> None:
-        me = asyncio.current_task()
-        assert me is not None
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, me.cancel)
-        await create_topics(settings.bootstrap, topics)  # it may start before the workers
-        server, task = await _serve_dashboard(settings, state)
+    async def serve() -> None:
         from streams.lag import monitor_lag
 
+        server, task = await _serve_dashboard(settings, state)
         print(f"dashboard of run {args.run_id!r}: http://{settings.http_host}:"
               f"{settings.http_port}/ - Ctrl-C to stop", flush=True)
         lag = asyncio.create_task(monitor_lag(
@@ -439,13 +437,18 @@ def _dashboard(args: argparse.Namespace, settings: Settings) -> int:
             [topics.observations, topics.detections, topics.incidents], state.on_lag))
         try:
             await follow(settings.bootstrap, topics, state, args.history_hours * 3600.0)
-        except asyncio.CancelledError:
-            pass  # SIGTERM or Ctrl-C: stop serving
         finally:
             lag.cancel()
             server.should_exit = True
             with contextlib.suppress(BaseException):
-                await task
+                await asyncio.wait_for(task, 10)
+
+    async def main() -> None:
+        me = asyncio.current_task()
+        assert me is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, me.cancel)
+        with contextlib.suppress(asyncio.CancelledError):  # SIGTERM or Ctrl-C: stop
+            await serve()
 
     with _broker(settings), contextlib.suppress(KeyboardInterrupt):
         asyncio.run(main())

@@ -204,8 +204,10 @@ async def _serve_dashboard(settings: Settings, state: Any) -> tuple[Any, asyncio
     outbox = Outbox.from_settings(Store(settings.db_url), settings)
     app = create_app(state, routers=[subscription_router(outbox, settings.api_tokens)],
                      base_url=settings.public_url)
+    # the page's event stream never ends by itself: without a bound, uvicorn waited on it
+    # for ever when asked to stop while a browser was open
     config = uvicorn.Config(app, host=settings.http_host, port=settings.http_port,
-                            log_level="warning", lifespan="off")
+                            log_level="warning", lifespan="off", timeout_graceful_shutdown=3)
     server = _Server(config)
     task = asyncio.create_task(server.serve())
     for _ in range(100):

@@ -105,6 +105,57 @@ def test_the_live_state_follows_the_run_from_its_history(kafka_settings: Setting
     assert snap["health"]["detections"] == 1
 
 
+def test_the_live_state_waits_for_the_topics_and_follows_new_partitions(
+        kafka_settings: Settings) -> None:
+    """A dashboard may start before the workers (no topics yet), and it creates none (it
+    refused to start on a topic with another partition count than its setting); a
+    partition added later is read too."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewPartitions
+
+    topics = Topics.for_run(kafka_settings, "dash-wait", 1)
+    state = LiveState()
+
+    async def send(station: str, partition: int) -> None:
+        pkt = ObservationPacket(station, "barometer", "BDO", time.time() - 600.0, 60.0,
+                                np.full(10, 1010.0), "hPa", lat=-21.1, lon=-175.2)
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_settings.bootstrap)
+        await producer.start()
+        try:
+            await producer.send_and_wait(topics.observations, encode(pkt),
+                                         key=station.encode(), partition=partition)
+        finally:
+            await producer.stop()
+
+    async def until(station: str) -> None:
+        deadline = time.monotonic() + 30
+        while station not in {s["station_id"] for s in state.snapshot()["stations"]}:
+            assert time.monotonic() < deadline, state.snapshot()
+            await asyncio.sleep(0.1)
+
+    async def go() -> None:
+        task = asyncio.create_task(follow(kafka_settings.bootstrap, topics, state,
+                                          refresh_s=0.5))
+        try:
+            await asyncio.sleep(1.5)  # no topics yet: it waits
+            assert not task.done()
+            await create_topics(kafka_settings.bootstrap, topics)
+            await send("BARO.P0", 0)
+            await until("BARO.P0")
+            admin = AIOKafkaAdminClient(bootstrap_servers=kafka_settings.bootstrap)
+            await admin.start()
+            try:
+                await admin.create_partitions({topics.observations: NewPartitions(2)})
+            finally:
+                await admin.close()
+            await send("BARO.P1", 1)
+            await until("BARO.P1")
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(go())
+
+
 def test_tocsin_dashboard_serves_a_live_run_and_stops_on_sigterm(
         kafka_settings: Settings, tmp_path: Path) -> None:
     """The command a duty room runs beside the workers: before this, the dashboard only
@@ -116,7 +167,7 @@ def test_tocsin_dashboard_serves_a_live_run_and_stops_on_sigterm(
                         "BARO.Z,barometer,-13.8,-171.8,2.0,hPa\n")
     env = {**os.environ, "TOCSIN_HOME": str(tmp_path / "home"),
            "TOCSIN_KAFKA_BOOTSTRAP": kafka_settings.bootstrap, "TOCSIN_HTTP_PORT": str(port),
-           "TOCSIN_PARTITIONS": "2"}
+           "TOCSIN_PARTITIONS": "3"}  # not the topic's 2: a viewer takes it as it is
     log = (tmp_path / "dashboard.log").open("wb")
     proc = subprocess.Popen([sys.executable, "-m", "tocsin", "dashboard", "--run-id",
                              "dash-cli", "--registry", str(registry)], env=env, stdout=log,
@@ -133,6 +184,7 @@ def test_tocsin_dashboard_serves_a_live_run_and_stops_on_sigterm(
                 pass
             assert time.monotonic() < deadline, (tmp_path / "dashboard.log").read_text()
             time.sleep(0.2)
+        asyncio.run(create_topics(kafka_settings.bootstrap, topics))  # the workers' job
         asyncio.run(_publish(kafka_settings, topics, time.time()))
         while True:
             snap = httpx.get(f"{url}/api/state", timeout=5).json()
@@ -143,8 +195,11 @@ def test_tocsin_dashboard_serves_a_live_run_and_stops_on_sigterm(
         assert snap["title"] == "live: dash-cli"
         assert {s["station_id"] for s in snap["stations"]} == {"BARO.A", "BARO.Z"}
         assert [i["id"] for i in snap["incidents"]] == ["eruption-live"]
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(20) == 0, (tmp_path / "dashboard.log").read_text()
+        # a browser keeps the event stream open: the server waited on it for ever
+        with httpx.stream("GET", f"{url}/api/stream", timeout=10) as stream:
+            assert next(line for line in stream.iter_lines() if line.startswith("data: "))
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(20) == 0, (tmp_path / "dashboard.log").read_text()
     finally:
         if proc.poll() is None:
             proc.kill()
