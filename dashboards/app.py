@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -81,11 +82,12 @@ def create_app(state: LiveState, *, push_interval: float = 0.5,
     @app.get("/api/stream")
     async def stream(request: Request) -> StreamingResponse:
         async def events() -> AsyncIterator[str]:
-            last = -1
+            last: tuple[int, float] | None = None
             yield "retry: 2000\n\n"
             while not await request.is_disconnected():
-                if state.version != last:
-                    last, text = pushed.get()
+                made, text = pushed.get()
+                if made != last:
+                    last = made
                     yield f"event: state\ndata: {text}\n\n"
                 else:
                     yield ": keep-alive\n\n"
@@ -100,19 +102,22 @@ def create_app(state: LiveState, *, push_interval: float = 0.5,
 class SnapshotText:
     """The state's snapshot as JSON, made once per state version for all the stream's
     clients (each made its own every half second, on the event loop the replay uses:
-    100 clients slowed a demo's replay from 39 to 53 s)."""
+    100 clients slowed a demo's replay from 39 to 53 s), and again after ``max_age_s``
+    with no change: a live feed that stops must show as late, and the lag's age grow."""
 
-    def __init__(self, state: LiveState) -> None:
+    def __init__(self, state: LiveState, max_age_s: float = 5.0) -> None:
         self.state = state
-        self.version: int | None = None
+        self.max_age_s = max_age_s
+        self.made: tuple[int, float] | None = None  # (version, monotonic time)
         self.text = ""
 
-    def get(self) -> tuple[int, str]:
-        v = self.state.version
-        if v != self.version:
+    def get(self) -> tuple[tuple[int, float], str]:
+        """(when it was made: version and time, the JSON)."""
+        v, t = self.state.version, time.monotonic()
+        if self.made is None or v != self.made[0] or t - self.made[1] >= self.max_age_s:
             # NaN as null: JSON has no NaN (the browser's JSON.parse refused the event)
-            self.text, self.version = json.dumps(jsonable(self.state.snapshot())), v
-        return v, self.text
+            self.text, self.made = json.dumps(jsonable(self.state.snapshot())), (v, t)
+        return self.made, self.text
 
 
 def atom_feed(alerts: list[AlertMessage], base_url: str) -> str:

@@ -26,6 +26,7 @@ import math
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,12 +58,16 @@ class LiveState:
     """Thread-safe live view of one run (see the module docstring)."""
 
     def __init__(self, *, detecting_s: float = 3 * 3600.0, late_factor: float = 3.0,
-                 keep_s: float = 7 * 86400.0) -> None:
+                 keep_s: float = 7 * 86400.0, clock: Callable[[], float] | None = None,
+                 ) -> None:
         if not keep_s > detecting_s:
             raise ValueError(f"keep_s={keep_s} must exceed detecting_s={detecting_s}")
         self.detecting_s = detecting_s
         self.late_factor = late_factor
         self.keep_s = keep_s
+        #: live: the wall clock, so that a feed that stops shows as late (in a replay the
+        #: time is the event time reached)
+        self.clock = clock
         self._pruned = -math.inf  # event time of the last pruning
         self._lock = threading.Lock()
         self._stations: dict[str, _Station] = {}
@@ -88,6 +93,7 @@ class LiveState:
     def add_station(self, info: StationInfo) -> None:
         with self._lock:
             self._stations.setdefault(info.station_id, _Station(info))
+            self.unplaced.discard(info.station_id)
             self.version += 1
 
     def on_packet(self, pkt: ObservationPacket) -> None:
@@ -101,6 +107,7 @@ class LiveState:
                     self.unplaced.add(pkt.station_id)
                     return
                 st = self._stations[pkt.station_id] = _Station(info)
+                self.unplaced.discard(pkt.station_id)
             vals = np.asarray(pkt.values, dtype=float)
             n = len(vals)
             if n == 0:
@@ -132,6 +139,7 @@ class LiveState:
                 try:
                     st = self._stations[det.station_id] = _Station(StationInfo(
                         det.station_id, det.kind, det.lat, det.lon, 0.0, det.units))
+                    self.unplaced.discard(det.station_id)
                 except DetectorError:
                     self.unplaced.add(det.station_id)
             if st is not None:
@@ -185,27 +193,31 @@ class LiveState:
         self._seismic = {k: b for k, b in self._seismic.items() if float(b["issued"]) >= cut}
 
     # ------------------------------------------------------------------ output
-    def station_state(self, st: _Station) -> str:
-        if any(self.event_time - d.onset <= self.detecting_s and d.onset <= self.event_time
-               for d in st.detections):
+    def now(self) -> float:
+        """The time the view is at: the event time reached, or live the wall clock."""
+        return self.event_time if self.clock is None else max(self.event_time, self.clock())
+
+    def station_state(self, st: _Station, now: float | None = None) -> str:
+        now = self.now() if now is None else now
+        if any(now - d.onset <= self.detecting_s and d.onset <= now for d in st.detections):
             return "detecting"
         if st.packets == 0:
             return "waiting"
         if st.gap_at_end:
             return "gap"
-        if self.event_time - st.last_end > self.late_factor * max(st.last_packet_len, 60.0):
+        if now - st.last_end > self.late_factor * max(st.last_packet_len, 60.0):
             return "late"
         return "ok"
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
-            now = self.event_time
+            now = self.now()
             stations: list[dict[str, Any]] = []
             for st in sorted(self._stations.values(), key=lambda s: s.info.station_id):
                 i = st.info
                 stations.append({
                     "station_id": i.station_id, "kind": i.kind, "lat": i.lat, "lon": i.lon,
-                    "units": i.units, "state": self.station_state(st),
+                    "units": i.units, "state": self.station_state(st, now),
                     "last_sample": iso(st.last_end) if math.isfinite(st.last_end) else None,
                     "behind_s": (now - st.last_end) if math.isfinite(st.last_end) else None,
                     "packets": st.packets, "samples": st.samples, "missing": st.missing,

@@ -182,8 +182,10 @@ def test_the_stream_makes_one_snapshot_per_state_version_for_all_clients() -> No
     first = [pushed.get() for _ in range(100)]  # a hundred clients, one version
     assert len(calls) == 1 and len(set(first)) == 1
     state.add_station(StationInfo("S1", "barometer", -18.0, 178.0, 0.0, "hPa"))
-    v, text = pushed.get()
+    (v, _), text = pushed.get()
     assert len(calls) == 2 and v == state.version and '"S1"' in text
+    pushed.max_age_s = 0.0  # and again once it is old, with no change: the lag's age grows
+    assert pushed.get()[0] != pushed.get()[0] and len(calls) == 4
 
 
 def test_a_month_of_feed_keeps_a_week_of_it() -> None:
@@ -243,3 +245,20 @@ def test_no_nan_reaches_the_browser_and_an_unplaced_station_is_named() -> None:
     with client.stream("GET", "/api/stream") as stream:
         data = next(line for line in stream.iter_lines() if line.startswith("data: "))
     assert "NaN" not in data and json.loads(data[6:])["seismic_events"][0]["magnitude"] is None
+
+
+def test_live_stations_go_late_by_the_wall_clock_and_leave_the_unplaced_list() -> None:
+    """Live, the view's time only moved with the data: a feed that stopped stayed "ok"
+    for ever. With a clock it goes late. A station named unplaced (no coordinates in its
+    first packet) leaves that list once it is placed."""
+    clock = {"t": T + 600.0}
+    s = LiveState(clock=lambda: clock["t"])
+    s.on_packet(packet("A", T, [1010.0] * 10))
+    assert s.snapshot()["stations"][0]["state"] == "ok"
+    clock["t"] = T + 4 * 3600.0  # hours without a packet
+    assert s.snapshot()["stations"][0]["state"] == "late"
+    assert LiveState().snapshot()["event_time"] is None  # a replay's view: event time only
+    s.on_packet(ObservationPacket("X", "barometer", "BDO", T, 60.0, np.full(3, 1.0), "hPa"))
+    assert s.snapshot()["health"]["unplaced_stations"] == ["X"]
+    s.on_packet(packet("X", T + 600.0, [1010.0] * 10))
+    assert s.snapshot()["health"]["unplaced_stations"] == []
