@@ -22,15 +22,26 @@ const wrap = (lon) => {
   return c - 180 + ((((lon - c + 180) % 360) + 360) % 360);
 };
 
+let centerFrom = 0;  // how many stations the meridian was chosen from
+
 function chooseCenter(stations) {
-  if (center !== null || !stations.length) return;
+  // again whenever stations come that it has not seen (a live feed, read back station by
+  // station): a meridian chosen from the first few could tear the rest apart
+  if (!stations.length || stations.length === centerFrom) return;
+  centerFrom = stations.length;
   const lons = stations.map((s) => ((s.lon % 360) + 360) % 360).sort((a, b) => a - b);
   let cut = 0, widest = -1;
   for (let i = 0; i < lons.length; i++) {
     const next = i + 1 < lons.length ? lons[i + 1] : lons[0] + 360;
     if (next - lons[i] > widest) { widest = next - lons[i]; cut = lons[i] + widest / 2; }
   }
-  center = ((cut + 180) % 360 + 360) % 360;
+  const chosen = ((cut + 180) % 360 + 360) % 360;
+  if (center !== null && Math.abs(((chosen - center + 540) % 360) - 180) < 1) return;
+  center = chosen;
+  for (const s of stations) {  // markers already drawn move to the new meridian
+    const m = markers.get(s.station_id);
+    if (m) m.setLatLng([s.lat, wrap(s.lon)]);
+  }
   map.setView([map.getCenter().lat, center], map.getZoom());
 }
 

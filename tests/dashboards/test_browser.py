@@ -233,3 +233,31 @@ def test_the_map_keeps_a_network_in_one_piece(stations: list[tuple[str, float, f
     # at zoom 2 (1024 px round the world) these markers are 35 degrees (100 px) apart at
     # most, not a map width
     assert max(xs) - min(xs) < 200, xs
+
+
+def test_the_map_chooses_its_meridian_again_as_stations_come() -> None:
+    """Live, stations come one by one: the meridian chosen from the first (here at 179 E)
+    tore a network around Greenwich that came after it apart."""
+    import numpy as np
+
+    from detectors.base import StationInfo
+    from streams.schemas import ObservationPacket
+
+    state = _fed([("FIRST", -18.0, 179.0)])
+    with _serving(state) as url:
+        errors: list[str] = []
+        with _page(url, errors) as page:
+            later = [("BREST", 48.4, -4.5), ("PARIS", 48.8, 2.3), ("ROMA", 41.9, 12.5),
+                     ("REYKJAVIK", 64.1, -21.9), ("MADRID", 40.4, -3.7)]
+            for sid, lat, lon in later:
+                state.add_station(StationInfo(sid, "barometer", lat, lon, 0.0, "hPa"))
+                state.on_packet(ObservationPacket(sid, "barometer", "BDO", 1642220685.0, 60.0,
+                                                  np.full(10, 1010.0), "hPa", lat=lat,
+                                                  lon=lon))
+            page.wait_for_function("document.querySelectorAll('#map path[data-station]')"
+                                   ".length === 6", timeout=30_000)
+            page.wait_for_timeout(300)
+            xs = [page.query_selector(f"#map path[data-station='{sid}']").bounding_box()["x"]
+                  for sid, _, _ in later]
+        assert errors == []
+    assert max(xs) - min(xs) < 200, xs
