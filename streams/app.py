@@ -613,6 +613,7 @@ def create_app(settings: Settings, topics: Topics, registry: list[StationInfo],
                     except (SchemaError, DetectorError):
                         continue  # dead-lettered when it first came
                     n += 1
+                    placed[station.station_id] = (rec.topic, rec.partition)
                     if station.station_id not in seen:  # its first record: start it afresh
                         seen.add(station.station_id)
                         bank.forget(station.station_id)

@@ -140,7 +140,8 @@ async def create_topics(bootstrap: str, topics: Topics, timeout: float = 30.0) -
     A topic the broker refuses raises :class:`TopicError` at once, naming the topic and the
     broker's error; so does a topic that exists with another partition count than asked.
     The observations topic gets ``topics.retention_ms``; one that exists with less is
-    raised to it (its other topic settings kept), never lowered."""
+    raised to it (its other topic settings kept), never lowered (a broker that refuses
+    the change is logged, not fatal)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
     await admin.start()
     try:
@@ -203,8 +204,9 @@ async def _ensure_retention(admin: AIOKafkaAdminClient, topic: str, retention_ms
     (resp,) = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
     code, message, _type, _name, entries = resp.resources[0][:5]
     if code:
-        raise TopicError(f"topic {topic!r}: cannot read its configuration: "
-                         f"{for_code(code).__name__}: {message}")
+        log.warning("topic %s: its retention cannot be read (%s: %s); left as it is", topic,
+                    for_code(code).__name__, message)
+        return
     # (name, value, read_only, is_default | config_source, ...): source 1 is the topic's own
     own = {e[0]: e[1] for e in entries if not e[2] and (
         e[3] is False if resp.API_VERSION == 0 else e[3] == 1)}
@@ -215,10 +217,12 @@ async def _ensure_retention(admin: AIOKafkaAdminClient, topic: str, retention_ms
     (alter,) = await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic,
                                                          configs=own)])
     code, message = alter.resources[0][:2]
-    if code:
-        raise TopicError(f"topic {topic!r} keeps {have} ms of records, {retention_ms} asked, "
-                         f"and the broker refused the change: {for_code(code).__name__}: "
-                         f"{message}")
+    if code:  # no right to alter it (ACLs, a managed cluster): run with what it keeps
+        log.warning("topic %s keeps %.1f days of records where %.1f are asked, and the "
+                    "broker refused the change (%s: %s): takeovers rebuild tide gauges from "
+                    "less than their harmonic history", topic, have / 864e5,
+                    retention_ms / 864e5, for_code(code).__name__, message)
+        return
     log.warning("topic %s kept %.1f days of records: raised to %.1f days "
                 "(TOCSIN_OBSERVATIONS_RETENTION_S)", topic, have / 864e5, retention_ms / 864e5)
 

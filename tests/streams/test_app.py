@@ -416,6 +416,34 @@ def test_a_detect_rebuild_reads_each_station_s_horizon_before_the_takeover() -> 
     assert rebuild_window(per_key, longest, 1000.0)[0] == 0  # not before the epoch
 
 
+def test_a_broker_that_refuses_the_retention_change_is_logged_not_fatal(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Without the right to alter a topic (ACLs, a managed cluster) the refusal stopped
+    every command that creates topics; they now run with what the topic keeps."""
+    from types import SimpleNamespace
+
+    from streams.topics import _ensure_retention
+
+    sent: list[Any] = []
+
+    class Admin:
+        async def describe_configs(self, resources: list[Any]) -> list[Any]:
+            entries = [("retention.ms", str(7 * 86400_000), False, 1),
+                       ("max.message.bytes", "2000000", False, 1),
+                       ("segment.bytes", "1073741824", False, 5)]  # the broker's, not sent
+            return [SimpleNamespace(API_VERSION=2, resources=[(0, None, 2, "t", entries)])]
+
+        async def alter_configs(self, resources: list[Any]) -> list[Any]:
+            sent.extend(resources)
+            return [SimpleNamespace(resources=[(29, "not authorized", 2, "t")])]
+
+    with caplog.at_level("WARNING", logger="tocsin.streams"):
+        asyncio.run(_ensure_retention(Admin(), "t", 35 * 86400_000))  # type: ignore[arg-type]
+    (res,) = sent
+    assert res.configs == {"retention.ms": str(35 * 86400_000), "max.message.bytes": "2000000"}
+    assert "refused the change" in caplog.text and "TopicAuthorizationFailed" in caplog.text
+
+
 def test_read_back_says_so_when_it_gets_no_record(monkeypatch: pytest.MonkeyPatch,
                                                     caplog: pytest.LogCaptureFixture) -> None:
     """A read back whose broker went away waited without a word (the stage holds its
