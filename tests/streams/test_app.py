@@ -444,6 +444,65 @@ def test_a_broker_that_refuses_the_retention_change_is_logged_not_fatal(
     assert "refused the change" in caplog.text and "TopicAuthorizationFailed" in caplog.text
 
 
+def test_a_takeover_forgets_the_stations_it_had_from_the_partition(
+        tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The detect agent driven with fake events and a fake read back (found by review):
+    a station rebuilt in one takeover of a partition that then fell silent kept its old
+    pipeline through the next takeover of that partition, which read nothing of it
+    back (it is older than its horizon): it must start afresh, as a new worker's would."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    import streams.app as app_module
+    from detectors.base import StationInfo
+    from streams.schemas import ObservationPacket, encode
+    from streams.topics import Topics
+    from tocsin.settings import Settings
+
+    settings = Settings(home=Path(str(tmp_path)), kafka_bootstrap="127.0.0.1:9")
+    topics = Topics.for_run(settings, "placed", 2)
+    reg = [StationInfo("B1", "barometer", 10, 20, 0, "Pa"),
+           StationInfo("B2", "barometer", 11, 21, 0, "Pa")]
+    t0 = 1.7e9
+
+    def packet(sid: str, i: int) -> bytes:
+        return encode(ObservationPacket(sid, "barometer", "P", t0 + 600 * i, 1.0,
+                                        np.full(600, 1e5), "Pa"))
+
+    def event(offset: int, sid: str, i: int) -> Any:
+        return SimpleNamespace(value=packet(sid, i), key=sid.encode(), message=SimpleNamespace(
+            topic=topics.observations, partition=0, offset=offset, timestamp=t0 + 600 * i))
+
+    def record(sid: str, i: int) -> Any:
+        return SimpleNamespace(value=packet(sid, i), key=sid.encode(), offset=i,
+                               topic=topics.observations, partition=0,
+                               timestamp=int(1000 * (t0 + 600 * i)))
+
+    # what each read back yields: the first, B1's ten records; the second, nothing
+    script = [[[record("B1", i) for i in range(10)]], [[]]]
+
+    async def read_back(*_: Any, **__: Any) -> Any:
+        for records in script.pop(0):
+            yield records
+
+    monkeypatch.setattr(app_module, "read_back", read_back)
+    app = app_module.create_app(settings, topics, reg)
+    bank, detect = app.tocsin["bank"], app.tocsin["agents"][0]  # type: ignore[attr-defined]
+    seen: list[list[str]] = []
+
+    class Stream:
+        async def take_available(self, n: int) -> Any:
+            for batch in ([event(10, "B2", 10)], [event(500, "B2", 400)]):
+                yield batch
+                seen.append(sorted(bank.pipelines))
+
+    asyncio.run(detect.fun(Stream()))
+    assert not script  # both takeovers rebuilt
+    assert seen == [["B1", "B2"], ["B2"]], seen
+
+
 def test_read_back_says_so_when_it_gets_no_record(monkeypatch: pytest.MonkeyPatch,
                                                     caplog: pytest.LogCaptureFixture) -> None:
     """A read back whose broker went away waited without a word (the stage holds its
