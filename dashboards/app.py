@@ -32,14 +32,17 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from fastapi.staticfiles import StaticFiles
 
 from dashboards.state import LiveState
-from responders.store import jsonable
+from responders.store import Store, jsonable
 from streams.schemas import AlertMessage
 
 STATIC = Path(__file__).parent / "static"
 
 
 def create_app(state: LiveState, *, push_interval: float = 0.5,
-               routers: Iterable[APIRouter] = (), base_url: str = "") -> FastAPI:
+               routers: Iterable[APIRouter] = (), base_url: str = "",
+               store: Store | None = None) -> FastAPI:
+    """The app over ``state``; ``store``: where a CAP message the state no longer holds (it
+    keeps a week) is found, so the Atom feed's and agencies' links keep working."""
     app = FastAPI(title="tocsin dashboard", docs_url="/api/docs", redoc_url=None)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     for r in routers:
@@ -68,9 +71,12 @@ def create_app(state: LiveState, *, push_interval: float = 0.5,
     @app.get("/api/alerts/{identifier}.xml")
     def api_alert_xml(identifier: str) -> Response:
         msg = state.alert(identifier)
-        if msg is None:
+        if msg is not None:
+            return Response(msg.cap_xml, media_type="application/cap+xml")
+        row = store.alert(identifier) if store is not None else None
+        if row is None:
             raise HTTPException(404, f"no alert {identifier!r}")
-        return Response(msg.cap_xml, media_type="application/cap+xml")
+        return Response(row["cap_xml"], media_type="application/cap+xml")
 
     @app.get("/feed.atom")
     def feed() -> Response:

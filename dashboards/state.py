@@ -17,7 +17,7 @@ Station states:
 The view runs as long as its feed does (months, live): it keeps ``keep_s`` of event time
 (7 days by default). Detections declared longer ago, incidents whose latest revision is
 older, their alerts and old seismic events leave it, checked once an hour of event time
-(the store and the CAP files keep them; ``/api/alerts/{id}.xml`` then answers 404).
+(the store and the CAP files keep them; ``/api/alerts/{id}.xml`` then reads the store).
 """
 
 from __future__ import annotations

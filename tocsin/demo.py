@@ -203,7 +203,7 @@ async def _serve_dashboard(settings: Settings, state: Any) -> tuple[Any, asyncio
 
     outbox = Outbox.from_settings(Store(settings.db_url), settings)
     app = create_app(state, routers=[subscription_router(outbox, settings.api_tokens)],
-                     base_url=settings.public_url)
+                     base_url=settings.public_url, store=outbox.store)
     # the page's event stream never ends by itself: without a bound, uvicorn waited on it
     # for ever when asked to stop while a browser was open
     config = uvicorn.Config(app, host=settings.http_host, port=settings.http_port,

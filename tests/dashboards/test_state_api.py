@@ -262,3 +262,23 @@ def test_live_stations_go_late_by_the_wall_clock_and_leave_the_unplaced_list() -
     assert s.snapshot()["health"]["unplaced_stations"] == ["X"]
     s.on_packet(packet("X", T + 600.0, [1010.0] * 10))
     assert s.snapshot()["health"]["unplaced_stations"] == []
+
+
+def test_a_cap_message_the_state_has_pruned_comes_from_the_store(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The state keeps a week; the Atom feed's links and those agencies were sent must go
+    on working after it (they answered 404)."""
+    from responders.store import Store
+
+    s, _ = fed_state()
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    old = AlertPolicy().on_revision(IncidentRevision(
+        "eruption-old", "volcanic_eruption", 1, T - 30 * 86400.0, "watch", T - 30 * 86400.0,
+        -20.5, -175.4, 314.0, ("x",), ("A",)))[0]
+    store.save_alert(old)
+    client = TestClient(create_app(s, store=store))
+    r = client.get(f"/api/alerts/{old.identifier}.xml")
+    assert r.status_code == 200 and r.text == old.cap_xml
+    assert r.headers["content-type"].startswith("application/cap+xml")
+    assert client.get("/api/alerts/nope.xml").status_code == 404
+    assert TestClient(create_app(s)).get(f"/api/alerts/{old.identifier}.xml").status_code == 404
+    store.close()
