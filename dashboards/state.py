@@ -98,16 +98,10 @@ class LiveState:
 
     def on_packet(self, pkt: ObservationPacket) -> None:
         with self._lock:
-            st = self._stations.get(pkt.station_id)
+            st = self._stations.get(pkt.station_id) or self._place(
+                pkt.station_id, pkt.kind, pkt.lat, pkt.lon, pkt.units)
             if st is None:
-                try:
-                    info = StationInfo(pkt.station_id, pkt.kind, pkt.lat, pkt.lon, 0.0,
-                                       pkt.units)
-                except DetectorError:  # no place on the map (a packet without coordinates)
-                    self.unplaced.add(pkt.station_id)
-                    return
-                st = self._stations[pkt.station_id] = _Station(info)
-                self.unplaced.discard(pkt.station_id)
+                return
             vals = np.asarray(pkt.values, dtype=float)
             n = len(vals)
             if n == 0:
@@ -132,16 +126,10 @@ class LiveState:
     def on_detection(self, det: Detection) -> None:
         with self._lock:
             self._detections[det.key] = det
-            st = self._stations.get(det.station_id)
-            if st is None:
-                # before the station's first packet (a dashboard reads the topics side by
-                # side): placed from the detection
-                try:
-                    st = self._stations[det.station_id] = _Station(StationInfo(
-                        det.station_id, det.kind, det.lat, det.lon, 0.0, det.units))
-                    self.unplaced.discard(det.station_id)
-                except DetectorError:
-                    self.unplaced.add(det.station_id)
+            # before the station's first packet (a dashboard reads the topics side by
+            # side): placed from the detection
+            st = self._stations.get(det.station_id) or self._place(
+                det.station_id, det.kind, det.lat, det.lon, det.units)
             if st is not None:
                 st.detections = [d for d in st.detections if d.key != det.key] + [det]
             self._advance(det.declared)
@@ -169,6 +157,19 @@ class LiveState:
         with self._lock:
             self._alerts[msg.identifier] = msg
             self.version += 1
+
+    def _place(self, station_id: str, kind: str, lat: float, lon: float, units: str,
+               ) -> _Station | None:
+        """A station the view did not know, placed where a packet or a detection says (under
+        the lock); None, and named unplaced, without coordinates."""
+        try:
+            info = StationInfo(station_id, kind, lat, lon, 0.0, units)
+        except DetectorError:
+            self.unplaced.add(station_id)
+            return None
+        self.unplaced.discard(station_id)
+        st = self._stations[station_id] = _Station(info)
+        return st
 
     def _advance(self, t: float) -> None:
         """Event time reached ``t`` (under the lock): a new version, and once an hour of

@@ -504,6 +504,15 @@ def create_app(settings: Settings, topics: Topics, registry: list[StationInfo],
     outbox = Outbox.from_settings(store, settings, dead_letter=dead_deliveries.append)
     bank = DetectorBank()
     bank.preload(s.kind for s in registry)
+    # how far back a takeover rebuilds the detectors (see rebuild_window)
+    horizons = detect_horizons(bank, registry)
+    if topics.retention_ms is not None and math.isfinite(horizons[1]) and (
+            horizons[1] > topics.retention_ms):
+        log.warning("detect: the observations topic keeps %.1f days of records; the "
+                    "detectors of %d stations need %.1f days to be rebuilt as they were "
+                    "(raise TOCSIN_OBSERVATIONS_RETENTION_S)", topics.retention_ms / 864e5,
+                    sum(h > topics.retention_ms for h in horizons[0].values()),
+                    horizons[1] / 864e5)
 
     def new_associator() -> Associator:
         # a worker runs for months: it keeps no revisions the checkpoint has passed
@@ -573,7 +582,6 @@ def create_app(settings: Settings, topics: Topics, registry: list[StationInfo],
                     ", ".join(f"{t}[{p}]@{o}" for (t, p), o in sorted(upto.items())),
                     what, records, time.monotonic() - t0)
 
-    horizons: list[tuple[dict[bytes, float], float]] = []  # detect_horizons, once
     placed: dict[str, tuple[str, int]] = {}  # station id -> the partition its packets came on
 
     async def rebuild_detect(upto: dict[tuple[str, int], int], upto_ms: float | None) -> None:
@@ -588,16 +596,7 @@ def create_app(settings: Settings, topics: Topics, registry: list[StationInfo],
         for sid in [sid for sid, tp in placed.items() if tp in upto]:
             bank.forget(sid)
             del placed[sid]
-        if not horizons:
-            horizons.append(detect_horizons(bank, registry))
-            per_key, longest = horizons[0]
-            kept = topics.retention_ms
-            if kept is not None and math.isfinite(longest) and longest > kept:
-                log.warning("detect: the observations topic keeps %.1f days of records; "
-                            "the detectors of %d stations need %.1f days to be rebuilt as "
-                            "they were (raise TOCSIN_OBSERVATIONS_RETENTION_S)", kept / 864e5,
-                            sum(h > kept for h in per_key.values()), longest / 864e5)
-        since, key_since = rebuild_window(*horizons[0], upto_ms)
+        since, key_since = rebuild_window(*horizons, upto_ms)
         # a station's records older than its detectors need are not even decoded
         async with contextlib.aclosing(read_back(settings.bootstrap, upto, since_ms=since,
                                                  key_since_ms=key_since)) as batches:
@@ -637,6 +636,7 @@ def create_app(settings: Settings, topics: Topics, registry: list[StationInfo],
             if behind:
                 await rebuild_detect(behind, _stamp_ms(events, behind))
             batch: list[tuple[Any, StationInfo, ObservationPacket]] = []
+            now = time.time()  # the clock a packet may not be far ahead of: once a batch
             for event in events:
                 raw = event.value
                 ctl = _is_control(raw) if isinstance(raw, bytes) else None
@@ -655,7 +655,7 @@ def create_app(settings: Settings, topics: Topics, registry: list[StationInfo],
                             run=ctl.get("run")))
                     continue
                 try:
-                    pkt = observation(raw)
+                    pkt = observation(raw, now)
                     placed[pkt.station_id] = (event.message.topic, event.message.partition)
                     if isinstance(pkt, ObservationPacket):
                         batch.append((event, station_for(pkt, by_id), pkt))

@@ -405,8 +405,6 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _dashboard(args: argparse.Namespace, settings: Settings) -> int:
-    import time as clock
-
     from dashboards.live import follow
     from dashboards.state import LiveState
     from replay.registry import read_registry
@@ -419,7 +417,7 @@ def _dashboard(args: argparse.Namespace, settings: Settings) -> int:
         raise CliError(f"the dashboard's address {settings.http_host}:{settings.http_port} "
                        f"is taken ({taken}); set TOCSIN_HTTP_PORT")
     path = registry_file(args, settings)
-    state = LiveState(clock=clock.time)  # live: a station is late by the wall clock
+    state = LiveState(clock=time.time)  # live: a station is late by the wall clock
     state.title = f"live: {args.run_id}"
     for info in read_registry(path) if path else []:
         state.add_station(info)
