@@ -33,6 +33,7 @@ import faust
 import faust.transport.drivers.aiokafka as faust_aiokafka
 import orjson
 from aiokafka.errors import KafkaError
+from mode import BaseSignalT
 from mode.services import WaitResults
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
@@ -583,6 +584,29 @@ def create_app(settings: Settings, topics: Topics, registry: list[StationInfo],
                     what, records, time.monotonic() - t0)
 
     placed: dict[str, tuple[str, int]] = {}  # station id -> the partition its packets came on
+    # the observation partitions of the latest assignment, until the detect agent has let
+    # go of the stations of the others (Faust's signal hands over the whole assignment)
+    assignment: list[set[tuple[str, int]]] = []
+
+    @app.on_partitions_assigned.connect
+    def _note_assignment(_app: Any, /, *args: Any, signal: BaseSignalT[Any],
+                         **_: Any) -> None:
+        assignment[:] = [{(tp.topic, tp.partition) for tp in args[0]
+                          if tp.topic == topics.observations}]
+
+    def let_go() -> None:
+        """Forget the stations of the partitions this worker no longer holds, and where
+        those partitions' records had brought its state: a worker running for months
+        through rebalances kept every station it had ever had. If a partition comes back,
+        its first record is then behind and the stations are rebuilt, as on a new worker
+        (a rebalance that keeps a partition here keeps its stations)."""
+        held = assignment.pop()
+        for sid in [sid for sid, tp in placed.items() if tp not in held]:
+            bank.forget(sid)
+            del placed[sid]
+        nxt = taken["detect"].next
+        for tp in [tp for tp in nxt if tp not in held]:
+            del nxt[tp]
 
     async def rebuild_detect(upto: dict[tuple[str, int], int], upto_ms: float | None) -> None:
         """The detectors of the partitions' stations as the records before ``upto`` left
@@ -632,6 +656,8 @@ def create_app(settings: Settings, topics: Topics, registry: list[StationInfo],
         # advance their quiet stations together); a batch's offsets are committed after it
         # has been processed, its outputs stored
         async for events in stream.take_available(DETECT_BATCH):
+            if assignment:
+                let_go()
             behind = taken["detect"].behind(events)
             if behind:
                 await rebuild_detect(behind, _stamp_ms(events, behind))

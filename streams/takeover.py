@@ -18,7 +18,9 @@ The detect stage reads no further back than its detectors need: the longest
 32 days) and an hour more before the record that triggered the rebuild, by the records'
 Kafka timestamps, and it skips each station's records older than its own detectors'
 horizon (a barometer needs hours) without decoding them (``streams.app.rebuild_window``).
-The stations it had from those partitions before start afresh. The observations topic is
+The stations it had from those partitions before start afresh, and it forgets the stations
+of the partitions a rebalance takes away from it (``let_go`` in ``streams.app``). The
+observations topic is
 created with a retention that covers the tide detector's
 (``TOCSIN_OBSERVATIONS_RETENTION_S``; an existing topic with less is raised to it). A read
 that makes no progress (the broker gone) logs so every ``STALL_S`` and goes on: the stage

@@ -503,6 +503,68 @@ def test_a_takeover_forgets_the_stations_it_had_from_the_partition(
     assert seen == [["B1", "B2"], ["B2"]], seen
 
 
+def test_a_worker_lets_go_of_the_stations_of_partitions_it_no_longer_holds(
+        tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The detect agent driven with fake events and Faust's assignment signal: a worker
+    kept the pipelines of every station it had ever had, through any number of
+    rebalances. A partition that goes elsewhere takes its stations' pipelines with it; one
+    the rebalance leaves here keeps them; one that comes back is rebuilt."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    import numpy as np
+    from faust.types import TP
+
+    import streams.app as app_module
+    from detectors.base import StationInfo
+    from streams.schemas import ObservationPacket, encode
+    from streams.topics import Topics
+    from tocsin.settings import Settings
+
+    settings = Settings(home=Path(str(tmp_path)), kafka_bootstrap="127.0.0.1:9")
+    topics = Topics.for_run(settings, "letgo", 2)
+    reg = [StationInfo("B1", "barometer", 10, 20, 0, "Pa"),
+           StationInfo("B2", "barometer", 11, 21, 0, "Pa")]
+    t0 = 1.7e9
+    where = {"B1": 0, "B2": 1}
+
+    def event(offset: int, sid: str) -> Any:
+        raw = encode(ObservationPacket(sid, "barometer", "P", t0 + 600 * offset, 1.0,
+                                       np.full(600, 1e5), "Pa"))
+        return SimpleNamespace(value=raw, key=sid.encode(), message=SimpleNamespace(
+            topic=topics.observations, partition=where[sid], offset=offset,
+            timestamp=t0 + 600 * offset))
+
+    rebuilt: list[dict[tuple[str, int], int]] = []
+
+    async def read_back(_bootstrap: str, upto: Any, **__: Any) -> Any:
+        rebuilt.append(dict(upto))
+        yield []
+
+    monkeypatch.setattr(app_module, "read_back", read_back)
+    app = app_module.create_app(settings, topics, reg)
+    bank, detect = app.tocsin["bank"], app.tocsin["agents"][0]  # type: ignore[attr-defined]
+    seen: list[list[str]] = []
+
+    class Stream:
+        async def take_available(self, n: int) -> Any:
+            # each batch, then the assignment of the rebalance after it
+            steps = [([event(0, "B1"), event(0, "B2")], (1,)),  # B1's partition goes
+                     ([event(1, "B2")], (0, 1)),  # B1's comes back, B2's stays here
+                     ([event(1, "B1"), event(2, "B2")], None)]
+            for batch, then in steps:
+                yield batch
+                seen.append(sorted(bank.pipelines))
+                if then is not None:
+                    await app.on_partitions_assigned.send(
+                        {TP(topics.observations, p) for p in then} | {TP(topics.detections, 0)})
+
+    asyncio.run(detect.fun(Stream()))
+    assert seen == [["B1", "B2"], ["B2"], ["B1", "B2"]], seen
+    # B1's partition came back, even with no record taken elsewhere: rebuilt; B2's not
+    assert rebuilt == [{(topics.observations, 0): 1}], rebuilt
+
+
 def test_read_back_says_so_when_it_gets_no_record(monkeypatch: pytest.MonkeyPatch,
                                                     caplog: pytest.LogCaptureFixture) -> None:
     """A read back whose broker went away waited without a word (the stage holds its
