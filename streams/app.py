@@ -604,9 +604,7 @@ def create_app(settings: Settings, topics: Topics, registry: list[StationInfo],
         for sid in [sid for sid, tp in placed.items() if tp not in held]:
             bank.forget(sid)
             del placed[sid]
-        nxt = taken["detect"].next
-        for tp in [tp for tp in nxt if tp not in held]:
-            del nxt[tp]
+        taken["detect"].keep(held)
 
     async def rebuild_detect(upto: dict[tuple[str, int], int], upto_ms: float | None) -> None:
         """The detectors of the partitions' stations as the records before ``upto`` left

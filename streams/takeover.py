@@ -49,6 +49,11 @@ class Taken:
     def __init__(self) -> None:
         self.next: dict[tuple[str, int], int] = {}
 
+    def keep(self, held: Iterable[tuple[str, int]]) -> None:
+        """Forget the partitions not in ``held``: their next record is behind again."""
+        held = set(held)
+        self.next = {tp: o for tp, o in self.next.items() if tp in held}
+
     def behind(self, events: Iterable[Any]) -> dict[tuple[str, int], int]:
         """The partitions (topic, partition) whose first record among these Faust events
         comes after records the state has not taken in, each with that record's offset;

@@ -444,52 +444,63 @@ def test_a_broker_that_refuses_the_retention_change_is_logged_not_fatal(
     assert "refused the change" in caplog.text and "TopicAuthorizationFailed" in caplog.text
 
 
+T0 = 1.7e9  # the fake packets' first second
+
+
+def _barometer_packet(sid: str, start: float) -> bytes:
+    """Ten minutes of a flat barometer at 1 Hz, encoded."""
+    import numpy as np
+
+    from streams.schemas import ObservationPacket, encode
+
+    return encode(ObservationPacket(sid, "barometer", "P", start, 1.0, np.full(600, 1e5), "Pa"))
+
+
+def _detect_stage(tmp_path: object, monkeypatch: pytest.MonkeyPatch, run: str,
+                  read_back: Any) -> tuple[Any, Any, Any, Any]:
+    """An app on two registered barometers, B1 and B2, whose takeovers read back through
+    ``read_back``: (app, its topics, its detector bank, its detect agent)."""
+    from pathlib import Path
+
+    import streams.app as app_module
+    from detectors.base import StationInfo
+    from streams.topics import Topics
+    from tocsin.settings import Settings
+
+    settings = Settings(home=Path(str(tmp_path)), kafka_bootstrap="127.0.0.1:9")
+    topics = Topics.for_run(settings, run, 2)
+    reg = [StationInfo("B1", "barometer", 10, 20, 0, "Pa"),
+           StationInfo("B2", "barometer", 11, 21, 0, "Pa")]
+    monkeypatch.setattr(app_module, "read_back", read_back)
+    app = app_module.create_app(settings, topics, reg)
+    return app, topics, app.tocsin["bank"], app.tocsin["agents"][0]  # type: ignore[attr-defined]
+
+
 def test_a_takeover_forgets_the_stations_it_had_from_the_partition(
         tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
     """The detect agent driven with fake events and a fake read back (found by review):
     a station rebuilt in one takeover of a partition that then fell silent kept its old
     pipeline through the next takeover of that partition, which read nothing of it
     back (it is older than its horizon): it must start afresh, as a new worker's would."""
-    from pathlib import Path
     from types import SimpleNamespace
 
-    import numpy as np
-
-    import streams.app as app_module
-    from detectors.base import StationInfo
-    from streams.schemas import ObservationPacket, encode
-    from streams.topics import Topics
-    from tocsin.settings import Settings
-
-    settings = Settings(home=Path(str(tmp_path)), kafka_bootstrap="127.0.0.1:9")
-    topics = Topics.for_run(settings, "placed", 2)
-    reg = [StationInfo("B1", "barometer", 10, 20, 0, "Pa"),
-           StationInfo("B2", "barometer", 11, 21, 0, "Pa")]
-    t0 = 1.7e9
-
-    def packet(sid: str, i: int) -> bytes:
-        return encode(ObservationPacket(sid, "barometer", "P", t0 + 600 * i, 1.0,
-                                        np.full(600, 1e5), "Pa"))
-
     def event(offset: int, sid: str, i: int) -> Any:
-        return SimpleNamespace(value=packet(sid, i), key=sid.encode(), message=SimpleNamespace(
-            topic=topics.observations, partition=0, offset=offset, timestamp=t0 + 600 * i))
+        return SimpleNamespace(value=_barometer_packet(sid, T0 + 600 * i), key=sid.encode(),
+                               message=SimpleNamespace(topic=topics.observations, partition=0,
+                                                       offset=offset, timestamp=T0 + 600 * i))
 
     def record(sid: str, i: int) -> Any:
-        return SimpleNamespace(value=packet(sid, i), key=sid.encode(), offset=i,
-                               topic=topics.observations, partition=0,
-                               timestamp=int(1000 * (t0 + 600 * i)))
-
-    # what each read back yields: the first, B1's ten records; the second, nothing
-    script = [[[record("B1", i) for i in range(10)]], [[]]]
+        return SimpleNamespace(value=_barometer_packet(sid, T0 + 600 * i), key=sid.encode(),
+                               offset=i, topic=topics.observations, partition=0,
+                               timestamp=int(1000 * (T0 + 600 * i)))
 
     async def read_back(*_: Any, **__: Any) -> Any:
         for records in script.pop(0):
             yield records
 
-    monkeypatch.setattr(app_module, "read_back", read_back)
-    app = app_module.create_app(settings, topics, reg)
-    bank, detect = app.tocsin["bank"], app.tocsin["agents"][0]  # type: ignore[attr-defined]
+    app, topics, bank, detect = _detect_stage(tmp_path, monkeypatch, "placed", read_back)
+    # what each read back yields: the first, B1's ten records; the second, nothing
+    script = [[[record("B1", i) for i in range(10)]], [[]]]
     seen: list[list[str]] = []
 
     class Stream:
@@ -509,31 +520,17 @@ def test_a_worker_lets_go_of_the_stations_of_partitions_it_no_longer_holds(
     kept the pipelines of every station it had ever had, through any number of
     rebalances. A partition that goes elsewhere takes its stations' pipelines with it; one
     the rebalance leaves here keeps them; one that comes back is rebuilt."""
-    from pathlib import Path
     from types import SimpleNamespace
 
-    import numpy as np
     from faust.types import TP
 
-    import streams.app as app_module
-    from detectors.base import StationInfo
-    from streams.schemas import ObservationPacket, encode
-    from streams.topics import Topics
-    from tocsin.settings import Settings
-
-    settings = Settings(home=Path(str(tmp_path)), kafka_bootstrap="127.0.0.1:9")
-    topics = Topics.for_run(settings, "letgo", 2)
-    reg = [StationInfo("B1", "barometer", 10, 20, 0, "Pa"),
-           StationInfo("B2", "barometer", 11, 21, 0, "Pa")]
-    t0 = 1.7e9
     where = {"B1": 0, "B2": 1}
 
     def event(offset: int, sid: str) -> Any:
-        raw = encode(ObservationPacket(sid, "barometer", "P", t0 + 600 * offset, 1.0,
-                                       np.full(600, 1e5), "Pa"))
-        return SimpleNamespace(value=raw, key=sid.encode(), message=SimpleNamespace(
-            topic=topics.observations, partition=where[sid], offset=offset,
-            timestamp=t0 + 600 * offset))
+        return SimpleNamespace(
+            value=_barometer_packet(sid, T0 + 600 * offset), key=sid.encode(),
+            message=SimpleNamespace(topic=topics.observations, partition=where[sid],
+                                    offset=offset, timestamp=T0 + 600 * offset))
 
     rebuilt: list[dict[tuple[str, int], int]] = []
 
@@ -541,9 +538,7 @@ def test_a_worker_lets_go_of_the_stations_of_partitions_it_no_longer_holds(
         rebuilt.append(dict(upto))
         yield []
 
-    monkeypatch.setattr(app_module, "read_back", read_back)
-    app = app_module.create_app(settings, topics, reg)
-    bank, detect = app.tocsin["bank"], app.tocsin["agents"][0]  # type: ignore[attr-defined]
+    app, topics, bank, detect = _detect_stage(tmp_path, monkeypatch, "letgo", read_back)
     seen: list[list[str]] = []
 
     class Stream:
