@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -109,7 +110,12 @@ def test_sea_level_detector_against_the_dart_baseline(tohoku_pkg, shared_data: P
         # no more false alarms on the quiet days, and no more triggers that are not the wave
         assert ours.false_alarms == 0 and ours.false_alarms <= base.false_alarms, sid
         assert ours.early <= base.early, sid
-        # the wave itself: detected no later than the baseline (which a seismic trigger
-        # often blinds for its 4-h event mode)
-        if ours.early == 0:
-            assert not ours.first_trigger > base.first_trigger, sid  # NaN: baseline missed
+    # the wave itself, 20 min before its reference arrival or later: at 21401 our one
+    # trigger came earlier than that (counted early above), at the others it is the wave
+    caught = {sid for sid in stations if math.isfinite(rows[(sid, "tsunami")].first_trigger)}
+    assert caught == {"21413", "21418", "21419", "nkfa"}
+    for sid in caught:
+        # no later than the baseline, where it has the wave at all (a seismic trigger often
+        # blinds it for its 4-h event mode)
+        ours, base = rows[(sid, "tsunami")], rows[(sid, "mofjeld")]
+        assert math.isnan(base.first_trigger) or ours.first_trigger <= base.first_trigger, sid

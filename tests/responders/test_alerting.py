@@ -123,7 +123,11 @@ def test_exercise_and_test_messages_say_so(status: str) -> None:
     doc = validate_cap(msg.cap_xml)
     ns = {"c": "urn:oasis:names:tc:emergency:cap:1.2"}
     assert doc.findtext("c:status", namespaces=ns) == status
-    assert "not a current warning" in doc.findtext("c:note", namespaces=ns) or status == "Test"
+    # each says what it is in the note, so a recipient's system never takes it for real
+    assert doc.findtext("c:note", namespaces=ns) == {
+        "Exercise": "Exercise: a replay of recorded data through tocsin, not a current warning.",
+        "Test": "Test message of the tocsin system: disregard.",
+    }[status]
     with pytest.raises(ValueError, match="'Draft'"):
         AlertPolicy(status="Draft")
 
