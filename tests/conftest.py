@@ -37,9 +37,12 @@ def travel_times() -> None:
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
+    """The real recordings (../shared/data, or ``TOCSIN_SHARED_DATA``): both events' folders
+    must be there (a file missing inside one fails the test that reads it)."""
     root = Path(os.environ.get("TOCSIN_SHARED_DATA", REPO.parent / "shared" / "data"))
-    if not (root / "tonga2022").is_dir():
-        missing(f"real data folder {root} not found")
+    absent = [name for name in ("tonga2022", "tohoku2011") if not (root / name).is_dir()]
+    if absent:
+        missing(f"real data folder(s) {', '.join(absent)} not found in {root}")
     return root
 
 

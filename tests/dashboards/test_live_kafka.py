@@ -126,9 +126,10 @@ def test_the_live_state_waits_for_the_topics_and_follows_new_partitions(
         finally:
             await producer.stop()
 
-    async def until(station: str) -> None:
+    async def until(station: str, task: asyncio.Task[None]) -> None:
         deadline = time.monotonic() + 30
         while station not in {s["station_id"] for s in state.snapshot()["stations"]}:
+            assert not task.done(), task  # following stopped
             assert time.monotonic() < deadline, state.snapshot()
             await asyncio.sleep(0.1)
 
@@ -136,11 +137,17 @@ def test_the_live_state_waits_for_the_topics_and_follows_new_partitions(
         task = asyncio.create_task(follow(kafka_settings.bootstrap, topics, state,
                                           refresh_s=0.5))
         try:
-            await asyncio.sleep(1.5)  # no topics yet: it waits
+            await asyncio.sleep(1.5)  # no topics yet: it waits (three of its refreshes)
             assert not task.done()
+            admin = AIOKafkaAdminClient(bootstrap_servers=kafka_settings.bootstrap)
+            await admin.start()
+            try:  # and has created none of them
+                assert not set(topics.layout()) & set(await admin.list_topics())
+            finally:
+                await admin.close()
             await create_topics(kafka_settings.bootstrap, topics)
             await send("BARO.P0", 0)
-            await until("BARO.P0")
+            await until("BARO.P0", task)
             admin = AIOKafkaAdminClient(bootstrap_servers=kafka_settings.bootstrap)
             await admin.start()
             try:
@@ -148,7 +155,7 @@ def test_the_live_state_waits_for_the_topics_and_follows_new_partitions(
             finally:
                 await admin.close()
             await send("BARO.P1", 1)
-            await until("BARO.P1")
+            await until("BARO.P1", task)
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)

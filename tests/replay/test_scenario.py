@@ -285,9 +285,13 @@ def test_two_first_builds_at_once_build_once(tmp_path: Path,
     monkeypatch.setitem(scenario._BUILDERS, "tonga2022", slow_build)
     (tmp_path / ".tonga2022.building-999999").mkdir()  # a crashed build's
     got: list[Path] = []
-    threads = [threading.Thread(target=lambda: got.append(ensure_builtin("tonga2022",
-                                                                         tmp_path)))
-               for _ in range(2)]
+    both = threading.Barrier(2)  # the two ask at the same moment; the build takes 0.3 s
+
+    def first_use() -> None:
+        both.wait(10)
+        got.append(ensure_builtin("tonga2022", tmp_path))
+
+    threads = [threading.Thread(target=first_use) for _ in range(2)]
     for t in threads:
         t.start()
     for t in threads:

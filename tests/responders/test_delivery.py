@@ -413,9 +413,10 @@ def test_two_transactions_enqueue_the_same_alert(store: Store) -> None:
         {"type": "webhook", "url": "http://example.org/x", "secret": "k"}]))
     (msg,) = AlertPolicy().on_revision(revision(1))
     errors: list[BaseException] = []
-    second_done = threading.Event()
+    second_started, second_done = threading.Event(), threading.Event()
 
     def second() -> None:
+        second_started.set()
         try:
             with store.begin() as c:
                 box.enqueue(msg, c)
@@ -428,7 +429,8 @@ def test_two_transactions_enqueue_the_same_alert(store: Store) -> None:
         box.enqueue(msg, c)
         t = threading.Thread(target=second)
         t.start()
-        assert not second_done.wait(0.5)  # it waits for this transaction's row
+        assert second_started.wait(30)  # its transaction begins while this one is open
+        assert not second_done.wait(0.5)  # and waits for this transaction's row
     t.join(30)
     assert errors == [] and len(box.deliveries()) == 1
 

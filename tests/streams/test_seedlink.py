@@ -526,8 +526,23 @@ def test_a_silent_feed_moves_the_watermarks_on_by_the_clock(records: list[bytes]
     first, backlog = records[:5], records[5:8]
     newest = max(record_to_packet(r, i, {}, "test").end for i, r in enumerate(first))
     now = [newest + 30.0]  # the records came 30 s after their last sample
+    looked = [0]  # how often the ingest has read the clock (each idle tick reads it)
+
+    def clock() -> float:
+        looked[0] += 1
+        return now[0]
+
     producer = _Producer()
-    ingest = Ingest(Client(first + backlog), clock=lambda: now[0])  # type: ignore[arg-type]
+    ingest = Ingest(Client(first + backlog), clock=clock)  # type: ignore[arg-type]
+
+    async def ticks(n: int) -> None:
+        """Until the ingest has looked at the clock ``n`` more times."""
+        start = looked[0]
+        for _ in range(2000):
+            if looked[0] >= start + n:
+                return
+            await asyncio.sleep(0.005)
+        raise AssertionError(f"the clock was read {looked[0] - start} times, not {n}")
 
     def marks() -> list[float]:
         out = []
@@ -548,15 +563,15 @@ def test_a_silent_feed_moves_the_watermarks_on_by_the_clock(records: list[bytes]
         by_records = marks()
         assert by_records and by_records[-1] == newest - 600.0
         now[0] = newest + 30.0 + 599.0  # silent for less than the lag: nothing new
-        await asyncio.sleep(0.1)
+        await ticks(3)
         assert marks() == by_records
         now[0] = newest + 30.0 + 700.0  # silent for longer: a mark at the clock less the lag
-        await asyncio.sleep(0.1)
+        await ticks(3)
         idle = marks()[len(by_records):]
         assert idle == [newest + 130.0] * 3, idle  # one to each partition
         assert [p for _, p, _ in producer.sent[-3:]] == [0, 1, 2]
         now[0] += 50.0  # and on with the clock
-        await asyncio.sleep(0.1)
+        await ticks(3)
         assert marks()[-1] == newest + 180.0
         # the feed resumes with the server's backlog, older than the marks: they stay
         mark_count = len(marks())
@@ -564,11 +579,12 @@ def test_a_silent_feed_moves_the_watermarks_on_by_the_clock(records: list[bytes]
         assert await run == 8
         assert marks()[mark_count:] == [] or min(marks()[mark_count:]) > newest + 180.0
         assert sorted(marks()) == marks()  # never backwards
-        # the clock's marks end with the run
-        done = len(producer.sent)
+        # the clock's marks end with the run: no tick reads the clock any more (in the time
+        # that took ten of them above)
+        done, read = len(producer.sent), looked[0]
         now[0] += 5000.0
-        await asyncio.sleep(0.05)
-        assert len(producer.sent) == done
+        await asyncio.sleep(0.1)
+        assert len(producer.sent) == done and looked[0] == read
 
     asyncio.run(main())
 
