@@ -278,7 +278,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
             store = Store(settings.db_url)
         try:
             report = detect_package(pkg, packet_seconds=settings.packet_seconds,
-                                    registry_file=settings.station_registry, store=store)
+                                    registry_file=settings.station_registry, store=store,
+                                    cap_sender=settings.cap_sender)
         finally:
             if store is not None:
                 store.close()

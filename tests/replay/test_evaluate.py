@@ -39,10 +39,15 @@ def test_tonga_scenario_meets_the_thresholds(tonga: ReplayPackage) -> None:
     assert sorted(abs(d["onset_minus_predicted_s"]) for d in lamb)[len(lamb) // 2] <= 60.0
 
 
-def test_evaluate_command_writes_metrics_and_record_section(tonga: ReplayPackage,
-                                                            tmp_path: Path) -> None:
+def test_evaluate_command_writes_metrics_and_record_section(
+        tonga: ReplayPackage, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     report = tmp_path / "report.json"
+    # the sender setting reaches detect's alerts as it does a replay's (it did not: their
+    # references named tocsin@localhost, and the two reports differed)
+    monkeypatch.setenv("TOCSIN_CAP_SENDER", "warnings@example.org")
     assert main(["detect", str(tonga.root), "--report", str(report)]) == 0
+    refs = [r for a in json.loads(report.read_text())["alerts"] for r in a["references"]]
+    assert refs and all(r.startswith("warnings@example.org,") for r in refs)
     out = OUTPUT / "evaluate"
     png, metrics = out / "tonga2022-record-section.png", out / "tonga2022-metrics.json"
     assert main(["evaluate", str(report), "--truth", str(tonga.root), "--figure", str(png),
