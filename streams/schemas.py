@@ -180,9 +180,12 @@ def _issued(d: dict[str, Any], name: str, schema: str) -> float:
     return parse_time(_require(d, name, str, schema), name)
 
 
-def _opt_time(d: dict[str, Any], name: str, schema: str) -> float:
-    value = d.get(name)
-    return float("nan") if value is None else epoch(value, name, schema)
+def _opt_issued(d: dict[str, Any], name: str, schema: str) -> float:
+    """:func:`_issued` for a time that may be unknown: NaN when neither ``<name>_s`` nor
+    ``<name>`` is given (or both are null)."""
+    if d.get(f"{name}_s") is None and d.get(name) is None:
+        return float("nan")
+    return _issued(d, name, schema)
 
 
 def _check_schema(d: Any, expected: str) -> dict[str, Any]:
@@ -584,7 +587,7 @@ class IncidentRevision:
             revision=_revision(d, cls.SCHEMA),
             issued=_issued(d, "issued", cls.SCHEMA),
             status=_require(d, "status", str, cls.SCHEMA),
-            origin_time=_opt_time(d, "origin_time_s", cls.SCHEMA),
+            origin_time=_opt_issued(d, "origin_time", cls.SCHEMA),
             lat=_opt_number(d, "lat", cls.SCHEMA),
             lon=_opt_number(d, "lon", cls.SCHEMA),
             speed_m_s=_opt_number(d, "speed_m_s", cls.SCHEMA),

@@ -172,6 +172,12 @@ def test_a_revision_with_issued_s_null_decodes_from_issued() -> None:
             "revision": 1, "issued_s": None, "issued": "2022-01-15T04:39:45Z",
             "status": "watch"}
     assert decode(orjson.dumps(base)).issued == 1642221585.0  # type: ignore[union-attr]
+    # so does the origin time (a producer that writes the ISO fields only got no origin)
+    rev = decode(orjson.dumps({**base, "origin_time": "2022-01-15T04:14:45Z"}))
+    assert rev.origin_time == 1642220085.0  # type: ignore[union-attr]
+    assert math.isnan(decode(orjson.dumps(base)).origin_time)  # type: ignore[union-attr]
+    with pytest.raises(SchemaError, match="origin_time"):
+        decode(orjson.dumps({**base, "origin_time": "yesterday"}))
 
 
 @pytest.mark.parametrize(("change", "reason"), [
