@@ -53,6 +53,7 @@ from streams.schemas import (
     encode,
     epoch,
     iso,
+    short,
 )
 from streams.takeover import Taken, read_back
 from streams.topics import CONTROL_SCHEMA, Topics, control
@@ -339,9 +340,27 @@ class _App(faust.App):
         return _Transport(self.conf.broker_consumer, self)
 
 
-def check_control(ctl: dict[str, Any]) -> None:
-    """SchemaError naming the field unless the control message's fields are usable: a
-    ``time`` in seconds, ``partitions`` and ``partition`` counts."""
+#: the control messages a stage acts on
+CONTROL_TYPES = ("watermark", "end")
+#: the longest run id a control message may carry (it is sent on through every stage)
+RUN_ID_MAX = 200
+
+
+def check_control(ctl: dict[str, Any], partitions: int | None = None) -> None:
+    """SchemaError naming the field unless the control message is usable: a known
+    ``type``, a ``time`` in seconds, ``partitions`` and ``partition`` counts (with
+    ``partitions``, the observation partitions there are: a mark may not claim more, nor
+    come from a partition beyond them; one claiming 100,000 held every detection after it
+    for good), a ``run`` id that is a short string (it is sent on: a nested one could not
+    be written again)."""
+    kind = ctl.get("type")
+    if kind not in CONTROL_TYPES:
+        raise SchemaError(f"{CONTROL_SCHEMA}: type {short(kind)} is not one of "
+                          f"{list(CONTROL_TYPES)}")
+    run = ctl.get("run")
+    if run is not None and not (isinstance(run, str) and len(run) <= RUN_ID_MAX):
+        raise SchemaError(f"{CONTROL_SCHEMA}: run = {short(run)} is not a run id (a string "
+                          f"of at most {RUN_ID_MAX} characters)")
     t = ctl.get("time")
     if t is not None:
         epoch(t, "time", CONTROL_SCHEMA)
@@ -349,8 +368,18 @@ def check_control(ctl: dict[str, Any]) -> None:
         n = ctl.get(name)
         if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < least
                               or n > 100_000):
-            raise SchemaError(f"{CONTROL_SCHEMA}: {name} = {n!r} is not a count of "
+            raise SchemaError(f"{CONTROL_SCHEMA}: {name} = {short(n)} is not a count of "
                               f"partitions (an integer >= {least})")
+    claimed, p = ctl.get("partitions"), ctl.get("partition")
+    if claimed is not None and p is not None and p >= claimed:
+        raise SchemaError(f"{CONTROL_SCHEMA}: partition {p} of {claimed} partitions")
+    if partitions is not None:
+        if claimed is not None and claimed > partitions:
+            raise SchemaError(f"{CONTROL_SCHEMA}: partitions = {claimed}, but the "
+                              f"observations topic has {partitions}")
+        if p is not None and p >= partitions:
+            raise SchemaError(f"{CONTROL_SCHEMA}: partition = {p}, but the observations "
+                              f"topic has {partitions} partitions")
 
 
 #: the longest control message looked for whole; observation packets are longer, and only
@@ -430,9 +459,11 @@ class WatermarkGate:
     is held once.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, partitions: int | None = None) -> None:
+        #: the observation partitions there are (None: as many as the marks say)
+        self.known = partitions
         self.marks: dict[int, float] = {}
-        self.partitions = 0
+        self.partitions = partitions or 0
         self.buffer: list[tuple[float, str]] = []  # a heap of (declared, key)
         self.held: dict[str, Detection] = {}
         self.ended = False
@@ -444,10 +475,8 @@ class WatermarkGate:
         heapq.heappush(self.buffer, (det.declared, det.key))
 
     def control(self, ctl: dict[str, Any]) -> list[Detection]:
-        kind = ctl.get("type")
-        if kind not in ("watermark", "end"):
-            return []
-        check_control(ctl)
+        check_control(ctl, self.known)
+        kind = ctl["type"]
         self.partitions = max(self.partitions, int(ctl.get("partitions") or 1))
         p = int(ctl.get("partition") or 0)
         t = math.inf if kind == "end" else float(ctl.get("time") or -math.inf)
@@ -522,7 +551,7 @@ def create_app(settings: Settings, topics: Topics, registry: list[StationInfo],
                           onset_lag_s=settings.association_onset_lag_s, history=False)
 
     associator = new_associator()
-    gate = WatermarkGate()
+    gate = WatermarkGate(topics.partitions)
     alert_stage = AlertStage(settings.cap_sender, settings.cap_status)
     # the offsets each stage's state has reached (see streams.takeover)
     taken = {"detect": Taken(), "associate": Taken(), "alert": Taken()}
@@ -667,16 +696,15 @@ def create_app(settings: Settings, topics: Topics, registry: list[StationInfo],
                 if ctl is not None:
                     await feed_batch(batch)
                     try:
-                        check_control(ctl)
+                        check_control(ctl, topics.partitions)
                     except SchemaError as exc:
                         await dead_letter(event, f"SchemaError: {exc}")
                         continue
-                    if ctl.get("type") in ("end", "watermark"):
-                        # after every packet before it on this partition: pass it on
-                        await det_topic.send(key=b"control", value=control(
-                            ctl["type"], partition=event.message.partition,
-                            partitions=ctl.get("partitions"), time=ctl.get("time"),
-                            run=ctl.get("run")))
+                    # after every packet before it on this partition: pass it on
+                    await det_topic.send(key=b"control", value=control(
+                        ctl["type"], partition=event.message.partition,
+                        partitions=ctl.get("partitions"), time=ctl.get("time"),
+                        run=ctl.get("run")))
                     continue
                 try:
                     pkt = observation(raw, now)
@@ -700,7 +728,7 @@ def create_app(settings: Settings, topics: Topics, registry: list[StationInfo],
         the revisions and seismic events they make are dropped (they went out then)."""
         nonlocal associator, gate
         t0, n = time.monotonic(), 0
-        associator, gate = new_associator(), WatermarkGate()
+        associator, gate = new_associator(), WatermarkGate(topics.partitions)
         async with contextlib.aclosing(read_back(settings.bootstrap, upto)) as batches:
             async for records in batches:
                 for rec in records:
@@ -809,7 +837,12 @@ def create_app(settings: Settings, topics: Topics, registry: list[StationInfo],
             raw = event.value
             ctl = _is_control(raw) if isinstance(raw, bytes) else None
             if ctl is not None:
-                if ctl.get("type") == "end":
+                try:
+                    check_control(ctl)
+                except SchemaError as exc:
+                    await dead_letter(event, f"SchemaError: {exc}")
+                    continue
+                if ctl["type"] == "end":
                     await alert_topic.send(key=b"control", value=control("end",
                                                                          run=ctl.get("run")))
                 continue

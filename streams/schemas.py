@@ -37,7 +37,10 @@ def iso(t: float) -> str:
     """POSIX seconds -> ISO 8601 UTC with millisecond precision and a Z."""
     if not math.isfinite(t):
         raise SchemaError(f"time {t!r} is not a finite number of seconds")
-    text = datetime.fromtimestamp(round(t, 3), tz=UTC).isoformat(timespec="milliseconds")
+    try:
+        text = datetime.fromtimestamp(round(t, 3), tz=UTC).isoformat(timespec="milliseconds")
+    except (ValueError, OverflowError, OSError) as exc:  # beyond years 1-9999
+        raise SchemaError(f"time {t!r} is not within the years 1-9999 ({exc})") from None
     return text[:-6] + "Z"  # "+00:00" -> "Z"
 
 
@@ -141,13 +144,36 @@ def _strings(d: dict[str, Any], name: str, schema: str) -> tuple[str, ...]:
     return tuple(value)
 
 
+def short(value: Any, width: int = 80) -> str:
+    """``repr(value)``, cut to ``width`` characters for an error message."""
+    text = repr(value)
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+#: how deep the objects of a message (a detection's params and extra, a revision's extra)
+#: may nest. orjson reads 1024 levels but writes 254: a message nested deeper decoded and
+#: then could not be sent on or dead-lettered (TypeError in the agent: a crash)
+MAX_DEPTH = 32
+
+
+def _depth_ok(value: Any, left: int) -> bool:
+    if isinstance(value, dict):
+        return left > 0 and all(_depth_ok(v, left - 1) for v in value.values())
+    if isinstance(value, list):
+        return left > 0 and all(_depth_ok(v, left - 1) for v in value)
+    return True
+
+
 def _object(d: dict[str, Any], name: str, schema: str) -> dict[str, Any]:
-    """A JSON object (empty when null or absent); SchemaError naming the field otherwise."""
+    """A JSON object (empty when null or absent) nested at most :data:`MAX_DEPTH` levels;
+    SchemaError naming the field otherwise."""
     value = d.get(name)
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise SchemaError(f"{schema}: field {name!r} = {value!r} is not an object")
+        raise SchemaError(f"{schema}: field {name!r} = {short(value)} is not an object")
+    if not _depth_ok(value, MAX_DEPTH):
+        raise SchemaError(f"{schema}: field {name!r} nests deeper than {MAX_DEPTH} levels")
     return dict(value)
 
 
@@ -244,6 +270,12 @@ class ObservationPacket:
             raise SchemaError(
                 f"observation {self.station_id}: values must be a 1-D float64 array, "
                 f"got {self.values.dtype} with shape {self.values.shape}"
+            )
+        if not EPOCH_MIN <= self.start <= self.end <= EPOCH_MAX:
+            raise SchemaError(
+                f"observation {self.station_id}: {len(self.values)} samples every "
+                f"{self.sample_interval!r} s from {self.start!r} do not end within 1900-2200 "
+                "(sample_interval_s or start is wrong)"
             )
 
     @property
@@ -736,9 +768,12 @@ def decode(raw: bytes | str, expected: str | None = None) -> Message:
     if not isinstance(d, dict):
         raise SchemaError(f"expected a JSON object, got {type(d).__name__}")
     schema = d.get("schema")
+    if not isinstance(schema, str):
+        raise SchemaError(f"schema {short(schema)} is not a string naming a message type; "
+                          f"known: {sorted(_DECODERS)}")
     if expected is not None and schema != expected:
         raise SchemaError(f"schema {schema!r} is not {expected!r}")
-    decoder = _DECODERS.get(schema)  # type: ignore[arg-type]
+    decoder = _DECODERS.get(schema)
     if decoder is None:
         raise SchemaError(f"unknown schema {schema!r}; known: {sorted(_DECODERS)}")
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 import orjson
@@ -686,3 +687,38 @@ def test_a_packet_ending_days_after_the_clock_is_refused_by_name() -> None:
     with pytest.raises(SchemaError, match=r"observation S1: ends at 2198-.* days after the "
                        r"worker's clock .* a timing fault"):
         observation(bad, now=now)
+
+
+def test_control_messages_a_stage_cannot_act_on_are_refused_by_name() -> None:
+    """Each of these was taken: a mark claiming 100,000 partitions held every detection
+    after it for good (no incident, no alert, no dead letter); an unknown type was dropped
+    without a word; a nested run id could not be sent on (orjson writes 254 levels), and
+    the agent crashed on it."""
+    from streams.app import WatermarkGate, check_control
+    from streams.schemas import SchemaError
+
+    base = {"schema": "tocsin.control/1", "type": "watermark", "time": 1.642e9}
+    check_control(base)
+    check_control({**base, "partitions": 4, "partition": 3, "run": "r-1"}, 4)
+    nested: object = "r"
+    for _ in range(300):
+        nested = [nested]
+    for change, partitions, needle in [
+            ({"type": "flush"}, None, "type 'flush' is not one of ['watermark', 'end']"),
+            ({"type": None}, None, "type None"),
+            ({"run": nested}, None, "run = [[[[[[["),
+            ({"run": "x" * 201}, None, "at most 200 characters"),
+            ({"partitions": 2, "partition": 2}, None, "partition 2 of 2 partitions"),
+            ({"partitions": 100_000, "partition": 0}, 4,
+             "partitions = 100000, but the observations topic has 4"),
+            ({"partition": 7}, 4, "partition = 7, but the observations topic has 4")]:
+        with pytest.raises(SchemaError, match=re.escape(needle)):
+            check_control({**base, **change}, partitions)
+
+    gate = WatermarkGate(2)  # two observation partitions
+    with pytest.raises(SchemaError, match="partitions = 100000"):
+        gate.control({**base, "partitions": 100_000, "partition": 0})
+    assert gate.partitions == 2 and not gate.marks  # the bad mark changed nothing
+    gate.control({"schema": "tocsin.control/1", "type": "end", "partition": 0})
+    gate.control({"schema": "tocsin.control/1", "type": "end", "partition": 1})
+    assert gate.ended  # the two ends end it, as before

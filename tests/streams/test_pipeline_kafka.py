@@ -116,8 +116,19 @@ def test_bad_messages_go_to_dead_letter_and_worker_keeps_running(
             (b"S2", b"[1, 2]"),
             # a watermark whose time is not a number (it would have crashed the associator)
             (b"control", orjson.dumps({"schema": "tocsin.control/1", "type": "watermark",
-                                       "time": "soon", "partitions": 1}))]
-    bad = [0, 1, 2, 4, 5, 6]  # the offsets that must come back as dead letters, in order
+                                       "time": "soon", "partitions": 1})),
+            # each of these crashed the detect agent or stalled the association for good:
+            # a packet ending past year 9999, a schema that is not a string, a run id
+            # nested deeper than orjson writes, an unknown control type (dropped without a
+            # word), a mark claiming 100,000 partitions (every detection held after it)
+            (b"S2", orjson.dumps({**orjson.loads(encode(good)), "sample_interval_s": 1e12})),
+            (b"S2", b'{"schema": []}'),
+            (b"control", b'{"schema": "tocsin.control/1", "type": "end", "run": '
+             + b"[" * 300 + b"]" * 300 + b"}"),
+            (b"control", orjson.dumps({"schema": "tocsin.control/1", "type": "flush"})),
+            (b"control", orjson.dumps({"schema": "tocsin.control/1", "type": "watermark",
+                                       "time": 1.7e9, "partitions": 100_000}))]
+    bad = [0, 1, 2, 4, 5, 6, 7, 8, 9, 10, 11]  # the offsets that come back as dead letters
     # on the incidents topic: revisions that decoded but then crashed the alert agent (its
     # supervisor restarted it past them: lost), and kept the stage failing on every later one
     revision = {"schema": "tocsin.incident/1", "incident_id": "bad-1", "type": "eruption",
@@ -135,7 +146,10 @@ def test_bad_messages_go_to_dead_letter_and_worker_keeps_running(
     late_dets = [encode(pick(t + 10 * 3600)), encode(pick(t + 12 * 3600)),
                  control("watermark", time=t + 13 * 3600, partition=0, partitions=1),
                  encode(pick(t)),
-                 control("watermark", time=t + 14 * 3600, partition=0, partitions=1)]
+                 control("watermark", time=t + 14 * 3600, partition=0, partitions=1),
+                 # params nested deeper than its dead letter could be written (a crash)
+                 encode(pick(t + 15 * 3600))[:-1] + b',"params":' + b'{"a":' * 300 + b"1"
+                 + b"}" * 300 + b"}"]
     settings = kafka_settings.model_copy(update={"association_lateness_s": 3600.0})
 
     async def go() -> tuple[list[dict], Collected]:  # type: ignore[type-arg]
@@ -168,7 +182,7 @@ def test_bad_messages_go_to_dead_letter_and_worker_keeps_running(
             await consumer.start()
             letters: list[dict] = []  # type: ignore[type-arg]
             try:
-                while len(letters) < len(bad) + len(bad_revisions) + 1:
+                while len(letters) < len(bad) + len(bad_revisions) + 2:
                     batch = await consumer.getmany(timeout_ms=10000)
                     assert batch, f"only {len(letters)} dead letters"
                     for recs in batch.values():
@@ -180,18 +194,21 @@ def test_bad_messages_go_to_dead_letter_and_worker_keeps_running(
             await _stop(out, task, procs, 10)
 
     letters, _ = asyncio.run(go())
-    assert [d["schema"] for d in letters] == ["tocsin.deadletter/1"] * (len(bad) + 3)
+    assert [d["schema"] for d in letters] == ["tocsin.deadletter/1"] * (len(bad) + 4)
     # what a replay's report keeps of them (its topics are deleted)
     kept = asyncio.run(read_dead_letters(kafka_settings.bootstrap, topics))
     assert kept == [{"source": d["source"], "reason": d["reason"], "key": d["key"]}
                     for d in letters]
     of_revisions = [d for d in letters if d["source"].startswith(topics.incidents)]
-    (of_late,) = [d for d in letters if d["source"].startswith(topics.detections)]
+    of_late, of_deep = [d for d in letters if d["source"].startswith(topics.detections)]
     assert of_late["source"] == f"{topics.detections}[0]@4"  # the watermark released it
+    assert of_deep["source"] == f"{topics.detections}[0]@5"
+    assert "field 'params' nests deeper than 32 levels" in of_deep["reason"]
     assert of_late["reason"].startswith("LateDetection: detection sta_lta:X1:1642204750.000")
     assert "checkpoint" in of_late["reason"] and "3600 s" in of_late["reason"]
     assert orjson.loads(of_late["value"])["onset"] == "2022-01-14T23:59:10.000Z"
-    letters = [d for d in letters if d not in of_revisions and d is not of_late]
+    letters = [d for d in letters if d not in of_revisions and d is not of_late
+               and d is not of_deep]
     assert [d["source"] for d in of_revisions] == [f"{topics.incidents}[0]@{i}" for i in (0, 1)]
     assert "is not an object" in of_revisions[0]["reason"]
     assert "issued_s = 1e+20" in of_revisions[1]["reason"]
@@ -204,6 +221,11 @@ def test_bad_messages_go_to_dead_letter_and_worker_keeps_running(
     assert letters[2]["value"].startswith("{")
     assert "PacketError" in letters[3]["reason"] and "tide_gauge" in letters[3]["reason"]
     assert "expected a JSON object" in letters[4]["reason"]
+    assert "do not end within 1900-2200 (sample_interval_s" in letters[6]["reason"]
+    assert "schema [] is not a string" in letters[7]["reason"]
+    assert "run = [[[[" in letters[8]["reason"]
+    assert "type 'flush' is not one of" in letters[9]["reason"]
+    assert "partitions = 100000, but the observations topic has 1" in letters[10]["reason"]
 
 
 def test_replaying_twice_stores_each_output_once(kafka_settings: Settings, tonga: ReplayPackage,

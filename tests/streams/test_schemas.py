@@ -271,3 +271,33 @@ def test_same_as_is_equality_of_the_wire_form() -> None:
     # and the test has both answers in it
     assert base.same_as(variants["a copy"]) and not base.same_as(variants["eta"])
     assert base.same_as(variants["issued later"], issue=False)
+
+
+def test_messages_that_could_not_be_handled_on_are_schema_errors() -> None:
+    """Each of these decoded (or failed) with an error the agents do not catch, and the
+    agent crashed on it (a crash loop: the record is fetched again)."""
+    from streams.schemas import iso
+
+    # a packet whose end is past year 9999: the "too far ahead" message could not be written
+    good = orjson.loads(encode(ObservationPacket("S1", "tide_gauge", "X", 1.6e9, 60.0,
+                                                 np.zeros(2), "m")))
+    for interval in (1e12, 1e300):
+        with pytest.raises(SchemaError, match=r"observation S1: 2 samples every .* do not "
+                           r"end within 1900-2200 \(sample_interval_s or start is wrong\)"):
+            decode(orjson.dumps({**good, "sample_interval_s": interval}))
+    with pytest.raises(SchemaError, match="not within the years 1-9999"):
+        iso(1e12)
+    # a schema that is not a string (unhashable: TypeError in the decoder lookup)
+    for schema in ([], {}, ["tocsin.observation/2"]):
+        with pytest.raises(SchemaError, match=r"is not a string naming a message type"):
+            decode(orjson.dumps({"schema": schema}))
+    # params nested deeper than a message can be written again (orjson: 254 levels)
+    det = orjson.loads(encode(Detection("X1", "seismic", "sta_lta", "1", 1.6e9, 1.6e9 + 5,
+                                        1e4, "counts", 1.6e9 + 50)))
+    nested = b'{"a":' * 300 + b"1" + b"}" * 300  # (orjson would not even write it)
+    with pytest.raises(SchemaError, match="field 'params' nests deeper than 32 levels"):
+        decode(orjson.dumps({**det, "params": None})[:-1] + b',"params":' + nested + b"}")
+    shallow: object = 1
+    for _ in range(31):
+        shallow = [shallow]
+    assert decode(orjson.dumps({**det, "extra": {"a": shallow}})).extra  # type: ignore[union-attr]
