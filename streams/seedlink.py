@@ -198,6 +198,11 @@ def record_stream_id(rec: bytes) -> str:
                     for a, b in ((18, 20), (8, 13), (13, 15), (15, 18)))
 
 
+#: the highest sampling rate a record may claim: seismometers and infrasound sensors
+#: record at up to a few hundred Hz; a corrupt rate factor claimed a GHz
+MAX_SAMPLING_RATE_HZ = 10_000.0
+
+
 def record_to_packet(rec: bytes, seq: int, stations: dict[str, StationInfo],
                      source: str) -> ObservationPacket:
     """One 512-byte miniSEED record as an observation packet (raises ValueError)."""
@@ -210,6 +215,11 @@ def record_to_packet(rec: bytes, seq: int, stations: dict[str, StationInfo],
     if len(st) != 1:
         raise ValueError(f"record #{seq}: {len(st)} traces in one record")
     tr = st[0]
+    if tr.stats.npts == 0:  # a header that says samples and a data offset of 0, say
+        raise ValueError(f"record #{seq} ({tr.id}): no samples could be read from it")
+    if not 0 < tr.stats.sampling_rate <= MAX_SAMPLING_RATE_HZ:
+        raise ValueError(f"record #{seq} ({tr.id}): sampling rate {tr.stats.sampling_rate!r} "
+                         f"Hz is not that of a sensor (0 < rate <= {MAX_SAMPLING_RATE_HZ:g})")
     info = stations.get(tr.id)
     return ObservationPacket(
         station_id=tr.id, kind="seismic", channel=tr.stats.channel,

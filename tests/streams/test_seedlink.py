@@ -205,8 +205,25 @@ def test_picks_from_seedlink_packets_equal_picks_from_the_file(records: list[byt
 
 
 def test_a_bad_record_is_a_clear_error(records: list[bytes]) -> None:
+    import struct
+
     with pytest.raises(ValueError, match="record #7: not miniSEED"):
         record_to_packet(b"\x00" * 512, 7, {}, "test")
+    assert len(record_to_packet(records[0], 7, {}, "test").values) > 0
+
+    def patched(offset: int, data: bytes) -> bytes:
+        rec = bytearray(records[0])
+        rec[offset:offset + len(data)] = data
+        return bytes(rec)
+
+    # each of these was taken: a packet of no samples (the record's samples lost without a
+    # dead letter), a packet at a GHz
+    with pytest.raises(ValueError, match=r"record #7 \(II\.MSVF\..*\): no samples could be "
+                                         r"read from it"):
+        record_to_packet(patched(44, struct.pack(">H", 0)), 7, {}, "test")  # data offset
+    with pytest.raises(ValueError, match=r"sampling rate 1073676289.0 Hz is not that of a "
+                                         r"sensor \(0 < rate <= 10000\)"):
+        record_to_packet(patched(32, struct.pack(">hh", 32767, 32767)), 7, {}, "test")
 
 
 @pytest.mark.kafka
