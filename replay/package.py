@@ -191,6 +191,20 @@ def load_package(path: str | Path) -> ReplayPackage:
 _EVENT_ID = re.compile(r"[A-Za-z0-9._-]{1,100}")
 
 
+def _csv_rows(fh: io.StringIO, path: Path) -> Iterator[list[str]]:
+    """``csv.reader(fh)``, with what csv cannot read (a field longer than its 128-KiB limit,
+    a NUL) a PackageError naming the file and line."""
+    reader = csv.reader(fh)
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise PackageError(f"{path}:{reader.line_num}: not readable as CSV ({exc})") from None
+        yield row
+
+
 def _text(path: Path) -> str:
     """The file's text (UTF-8); PackageError naming it if it is not."""
     try:
@@ -269,7 +283,7 @@ def _load_stations(path: Path, root: Path,
     if not path.is_file():
         raise PackageError(f"{path}: missing (every package has a stations.csv)")
     with io.StringIO(_text(path), newline="") as fh:
-        reader = csv.reader(fh)
+        reader = _csv_rows(fh, path)
         header = next(reader, None)
         if header != STATIONS_HEADER:
             raise PackageError(f"{path}:1: header {header} is not {STATIONS_HEADER}")
@@ -336,6 +350,8 @@ def _station_row(path: Path, lineno: int, row: list[str], root: Path,
 def _inside(root: Path, name: str, where: str) -> Path:
     """``root / name``, which must stay inside the package: a package is data from
     elsewhere, and ``../`` or an absolute path let it read any file of the user's."""
+    if "\0" in name:
+        raise PackageError(f"{where} {name!r} has a NUL character (no file is named so)")
     path = (root / name).resolve()
     if Path(name).is_absolute() or not path.is_relative_to(root.resolve()):
         raise PackageError(f"{where} {name!r} is outside the package {root} (files are "
@@ -363,7 +379,7 @@ def read_csv_series(path: Path) -> Series:
     times: list[float] = []
     values: list[float] = []
     with io.StringIO(_text(path), newline="") as fh:
-        reader = csv.reader(fh)
+        reader = _csv_rows(fh, path)
         header = next(reader, None)
         if header is None or [h.strip() for h in header] != ["time", "value"]:
             raise PackageError(f"{path}:1: header {header} is not ['time', 'value']")
@@ -434,7 +450,7 @@ def read_ndbc_series(path: Path) -> Series:
     1-min or 15-min one is kept.
     """
     rows: list[tuple[float, int, int, float]] = []
-    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+    for lineno, line in enumerate(_text(path).splitlines(), start=1):
         if not line.strip() or line.startswith("#"):
             continue
         parts = line.split()

@@ -8,11 +8,44 @@ displacement at the picker's band centre), which the workers need for magnitudes
 from __future__ import annotations
 
 import csv
+import io
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 from detectors.base import StationInfo
 from replay.package import STATIONS_HEADER, PackageError, ReplayPackage
+
+
+def _rows(path: Path) -> tuple[list[str], Iterator[tuple[int, dict[str, str]]]]:
+    """The registry's header and its rows (line number, column -> text); PackageError
+    naming the file and line for one that is not UTF-8, not CSV, or has another number of
+    columns than the header (a short row's missing values were None: a TypeError)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise PackageError(f"{path}: not UTF-8 text ({exc})") from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+
+    def line() -> list[str] | None:
+        try:
+            return next(reader, None)
+        except csv.Error as exc:
+            raise PackageError(f"{path}:{reader.line_num}: not readable as CSV ({exc})"
+                               ) from None
+
+    header = [h.strip() for h in line() or []]
+
+    def rows() -> Iterator[tuple[int, dict[str, str]]]:
+        while (row := line()) is not None:
+            if not row or all(not c.strip() for c in row):
+                continue
+            if len(row) != len(header):
+                raise PackageError(f"{path}:{reader.line_num}: {len(row)} columns, the header "
+                                   f"has {len(header)} ({','.join(header)})")
+            yield reader.line_num, dict(zip(header, row, strict=True))
+
+    return header, rows()
 
 
 def read_registry(path: Path) -> list[StationInfo]:
@@ -20,40 +53,38 @@ def read_registry(path: Path) -> list[StationInfo]:
     out = []
     if not path.is_file():
         raise PackageError(f"{path}: no such station registry")
-    with path.open(newline="") as fh:
-        reader = csv.DictReader(fh)
-        missing = {"station_id", "kind", "lat", "lon"} - set(reader.fieldnames or [])
-        if missing:
-            raise PackageError(f"{path}:1: registry header lacks {sorted(missing)}")
-        for lineno, row in enumerate(reader, start=2):
-            try:
-                out.append(StationInfo(row["station_id"], row["kind"], float(row["lat"]),
-                                       float(row["lon"]), float(row.get("elevation_m") or 0),
-                                       row.get("units") or ""))
-            except ValueError as exc:
-                raise PackageError(f"{path}:{lineno}: {exc}") from None
+    header, rows = _rows(path)
+    missing = {"station_id", "kind", "lat", "lon"} - set(header)
+    if missing:
+        raise PackageError(f"{path}:1: registry header lacks {sorted(missing)}")
+    for lineno, row in rows:
+        try:
+            out.append(StationInfo(row["station_id"], row["kind"], float(row["lat"]),
+                                   float(row["lon"]), float(row.get("elevation_m") or 0),
+                                   row.get("units") or ""))
+        except ValueError as exc:
+            raise PackageError(f"{path}:{lineno}: {exc}") from None
     return out
 
 
 def read_gains(path: Path) -> dict[str, float]:
     """The registry's ``gain`` column (rows that have one), station id -> counts per m."""
     out: dict[str, float] = {}
-    with path.open(newline="") as fh:
-        reader = csv.DictReader(fh)
-        if "gain" not in (reader.fieldnames or []):
-            return out
-        for lineno, row in enumerate(reader, start=2):
-            text = (row.get("gain") or "").strip()
-            if not text:
-                continue
-            try:
-                g = float(text)
-            except ValueError:
-                g = math.nan
-            if not (g > 0 and math.isfinite(g)):
-                raise PackageError(f"{path}:{lineno}: gain {text!r} of {row['station_id']} is "
-                                   "not a positive number (counts per metre)")
-            out[row["station_id"]] = g
+    header, rows = _rows(path)
+    if "gain" not in header:
+        return out
+    for lineno, row in rows:
+        text = (row.get("gain") or "").strip()
+        if not text:
+            continue
+        try:
+            g = float(text)
+        except ValueError:
+            g = math.nan
+        if not (g > 0 and math.isfinite(g)):
+            raise PackageError(f"{path}:{lineno}: gain {text!r} of {row['station_id']} is "
+                               "not a positive number (counts per metre)")
+        out[row["station_id"]] = g
     return out
 
 

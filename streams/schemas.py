@@ -54,7 +54,10 @@ def parse_time(value: Any, field_name: str = "time") -> float:
         raise SchemaError(f"{field_name}: {value!r} is not an ISO 8601 time") from exc
     if dt.tzinfo is None:
         raise SchemaError(f"{field_name}: {value!r} has no time zone; times must be UTC")
-    return dt.timestamp()
+    t = dt.timestamp()
+    if not EPOCH_MIN <= t <= EPOCH_MAX:  # ("0001-01-01T00:00+01:00" is in year 0 UTC)
+        raise SchemaError(f"{field_name}: {value!r} is not a time within 1900-2200")
+    return t
 
 
 # the event times a message may carry: 1900-01-01 to 2200-01-01 UTC (a time outside makes

@@ -380,3 +380,45 @@ def test_ndbc_two_rows_of_one_type_at_one_instant_keep_the_first(tmp_path: Path)
                  "2011 03 11 05 46 00 1 5812.300\n2011 03 11 05 45 00 1 5812.338\n")
     s = read_ndbc_series(f)
     assert s.values.tolist() == [5812.338, 5812.4]
+
+
+def test_what_the_loaders_could_not_read_is_a_package_error_naming_it(tmp_path: Path) -> None:
+    """Each of these was a traceback (exit 1) instead of one line naming the file, line
+    and value: a time in year 0 UTC (the error message itself failed), a field longer than
+    csv's limit, a NUL in a file name, a DART file that is not UTF-8, a registry row with
+    fewer columns than its header."""
+    from replay.registry import read_gains, read_registry
+
+    rows = "A,barometer,-21,-175,0,hPa,a.csv,csv\n"
+    root = make_package(tmp_path / "p", rows)
+    (root / "a.csv").write_text("time,value\n0001-01-01T00:00:00+01:00,1\n")
+    with pytest.raises(PackageError, match=r"a\.csv:2: time: '0001-01-01T00:00:00\+01:00' is "
+                                           r"not a time within 1900-2200"):
+        load_package(root).series(load_package(root).stations[0])
+    (root / "a.csv").write_text("time,value\n2022-01-15T00:00:00Z," + "1" * 200_000 + "\n")
+    with pytest.raises(PackageError, match=r"a\.csv:2: not readable as CSV \(field larger"):
+        load_package(root).series(load_package(root).stations[0])
+    (root / "stations.csv").write_text(HEADER + 'A,barometer,-21,-175,0,hPa,a.csv,"'
+                                       + "x" * 200_000 + '"\n')
+    with pytest.raises(PackageError, match=r"stations\.csv:2: not readable as CSV"):
+        load_package(root)
+    (root / "stations.csv").write_text(HEADER + "A,barometer,-21,-175,0,hPa,a\0.csv,csv\n")
+    with pytest.raises(PackageError, match=r"stations\.csv:2: file 'a\\x00\.csv' has a NUL"):
+        load_package(root)
+    event = ('[event]\nid = "t"\ntitle = "x"\nstart = "2022-01-15T00:00:00Z"\n'
+             'end = "9999-12-31T23:30:00-01:00"\n')
+    with pytest.raises(PackageError, match=r"\[event\] end: .* is not a time within 1900-2200"):
+        load_package(make_package(tmp_path / "q", rows, event))
+    dart = make_package(tmp_path / "d", "D,bottom_pressure,-21,-175,0,m,d.txt,ndbc_dart\n")
+    (dart / "d.txt").write_bytes(b"2022 01 15 01 00 00 1 5000.0\xff\n")
+    with pytest.raises(PackageError, match=r"d\.txt: not UTF-8 text"):
+        load_package(dart).series(load_package(dart).stations[0])
+
+    registry = tmp_path / "registry.csv"
+    registry.write_text("station_id,kind,lat,lon,gain\nS1,seismic\n")
+    for read in (read_registry, read_gains):
+        with pytest.raises(PackageError, match=r"registry\.csv:2: 2 columns, the header has 5"):
+            read(registry)
+    registry.write_bytes(b"station_id,kind,lat,lon\n\xff,seismic,1,2\n")
+    with pytest.raises(PackageError, match=r"registry\.csv: not UTF-8 text"):
+        read_registry(registry)
