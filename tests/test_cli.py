@@ -217,3 +217,52 @@ def test_evaluate_refuses_what_it_cannot_read_in_one_line(
     assert "[truth] lat = 95 is not a number in [-90, 90]" in err_of(
         "evaluate", str(report), "--truth", str(far))
     assert "is a folder" in err_of("detect", str(pkg), "--report", str(tmp_path))
+
+
+def test_bad_command_lines_are_one_line_errors_before_anything_starts(
+        home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Each of these was a traceback (exit 1), or taken: --speed nan replayed at max speed,
+    --workers 0 and --partitions 0 went on to start the broker."""
+    import json
+
+    def usage_error(*argv: str) -> str:
+        with pytest.raises(SystemExit) as info:
+            main(list(argv))
+        assert info.value.code == 2
+        return capsys.readouterr().err
+
+    report = str(tmp_path / "r.json")
+    assert "speed 'nan' must be a finite number > 0" in usage_error(
+        "replay", "tonga2022", "--speed", "nan", "--report", report)
+    assert "speed 'inf' must be a finite number > 0" in usage_error(
+        "replay", "tonga2022", "--speed", "inf", "--report", report)
+    assert "'0' must be at least 1" in usage_error(
+        "replay", "tonga2022", "--workers", "0", "--report", report)
+    assert "'-2' must be at least 1" in usage_error(
+        "replay", "tonga2022", "--partitions", "-2", "--report", report)
+    assert "port '70000' is not in 0-65535" in usage_error(
+        "seedlink-serve", "x.mseed", "--port", "70000")
+
+    def err_of(*argv: str) -> str:
+        assert main(list(argv)) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        return err
+
+    assert "stream 'BAD'" in err_of("seedlink", "127.0.0.1:1", "BAD")
+    garbage = tmp_path / "garbage.xml"
+    garbage.write_text("garbage")
+    assert f"--inventory {garbage}: not readable as StationXML" in err_of(
+        "seedlink", "127.0.0.1:1", LHZ, "--inventory", str(garbage))
+    assert "--inventory nowhere.xml: no such file" in err_of(
+        "seedlink", "127.0.0.1:1", LHZ, "--inventory", "nowhere.xml")
+    assert "seedlink-serve: missing.mseed: no such file" in err_of(
+        "seedlink-serve", "missing.mseed")
+    assert "not readable as miniSEED" in err_of("seedlink-serve", str(garbage))
+
+    odd = tmp_path / "odd.json"
+    odd.write_text(json.dumps({"schema": "tocsin.report/1",
+                               "seismic_events": [{"revision": 1}]}))
+    assert "cannot be written as QuakeML (KeyError: 'event_id')" in err_of(
+        "quakeml", str(odd), "--out", str(tmp_path / "q"))
+    assert "exists and is not a folder" in err_of("quakeml", str(odd), "--out", str(garbage))

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import signal
 import sys
@@ -29,8 +30,29 @@ def _speed(text: str) -> float | None:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"speed {text!r} is not a number or 'max'") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"speed {text!r} must be > 0")
+    if not (value > 0 and math.isfinite(value)):  # nan ran the replay at max speed
+        raise argparse.ArgumentTypeError(f"speed {text!r} must be a finite number > 0")
+    return value
+
+
+def _count(text: str) -> int:
+    """A count of workers or partitions: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"port {text!r} is not a whole number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port {text!r} is not in 0-65535")
     return value
 
 
@@ -58,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     w = sub.add_parser("worker", help="run a stream worker (Faust) for one run's topics")
     w.add_argument("--run-id", default="live")
-    w.add_argument("--partitions", type=int, default=None)
+    w.add_argument("--partitions", type=_count, default=None)
     w.add_argument("--registry", type=Path, default=None,
                    help="station registry CSV (station_id,kind,lat,lon[,...,gain])")
     w.add_argument("--inventory", type=Path, default=None,
@@ -85,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="serve miniSEED files as a SeedLink 3.1 server (drills, tests)")
     ss.add_argument("files", nargs="+", type=Path)
     ss.add_argument("--host", default="127.0.0.1")
-    ss.add_argument("--port", type=int, default=18000)
+    ss.add_argument("--port", type=_port, default=18000)
 
     d = sub.add_parser("detect", help="run the detectors in-process on a package (no broker)")
     d.add_argument("package")
@@ -106,8 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("package")
     r.add_argument("--speed", type=_speed, default=None, help="N times real time, or 'max'")
     r.add_argument("--report", type=Path, required=True)
-    r.add_argument("--partitions", type=int, default=None)
-    r.add_argument("--workers", type=int, default=1)
+    r.add_argument("--partitions", type=_count, default=None)
+    r.add_argument("--workers", type=_count, default=1)
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.add_argument("--keep-topics", action="store_true",
                    help="keep the run's Kafka topics (deleted once the replay has finished)")
@@ -257,8 +279,17 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "seedlink-serve":
         from replay.seedlink_server import SeedLinkServer, records_512
 
+        for f in args.files:
+            if not f.is_file():
+                raise CliError(f"seedlink-serve: {f}: no such file")
+        try:
+            records = records_512(args.files)
+        except Exception as exc:  # noqa: BLE001 - obspy raises many types for a bad file
+            raise CliError(f"seedlink-serve: {' '.join(map(str, args.files))}: not readable "
+                           f"as miniSEED ({type(exc).__name__}: {exc})") from None
+
         async def serve() -> None:
-            async with SeedLinkServer(records_512(args.files), args.host, args.port) as srv:
+            async with SeedLinkServer(records, args.host, args.port) as srv:
                 print(f"SeedLink 3.1 on {args.host}:{srv.port}: "
                       f"{sum(len(r) for r in srv.by_station.values())} records", flush=True)
                 await asyncio.Event().wait()
@@ -320,7 +351,14 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "quakeml":
         from responders.quakeml import write_quakeml
 
-        written = write_quakeml(_read_report(args.report), args.out)
+        report = _read_report(args.report)
+        if args.out.exists() and not args.out.is_dir():
+            raise CliError(f"quakeml --out {args.out}: exists and is not a folder")
+        try:
+            written = write_quakeml(report, args.out)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise CliError(f"{args.report}: a seismic event it holds cannot be written as "
+                           f"QuakeML ({type(exc).__name__}: {exc})") from None
         for path in written:
             print(path)
         if not written:
@@ -385,7 +423,13 @@ def seedlink_stations(args: argparse.Namespace, settings: Settings
     path = registry_file(args, settings)
     stations = {s.station_id: s for s in read_registry(path)} if path else {}
     if args.inventory:
-        stations.update(stations_from_inventory(str(args.inventory)))
+        if not args.inventory.is_file():
+            raise CliError(f"--inventory {args.inventory}: no such file")
+        try:
+            stations.update(stations_from_inventory(str(args.inventory)))
+        except Exception as exc:  # noqa: BLE001 - obspy raises many types for a bad file
+            raise CliError(f"--inventory {args.inventory}: not readable as StationXML "
+                           f"({type(exc).__name__}: {exc})") from None
     return stations
 
 
@@ -463,7 +507,10 @@ def _seedlink(args: argparse.Namespace, settings: Settings) -> int:
         print(f"tocsin seedlink: server {args.server!r} is not HOST:PORT", file=sys.stderr)
         return 2
     stations = seedlink_stations(args, settings)
-    client = SeedLinkClient(host, int(port), args.streams)
+    try:
+        client = SeedLinkClient(host, int(port), args.streams)
+    except ValueError as exc:  # a stream that is not NET.STA.LOC.CHA
+        raise CliError(f"seedlink: {exc}") from None
     topics = Topics.for_run(settings, args.run_id)
 
     async def main() -> None:
