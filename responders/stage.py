@@ -137,7 +137,10 @@ def correction(msg: AlertMessage, previous: AlertMessage, sender: str, *,
                also: AlertMessage | None = None, sent: float | None = None) -> AlertMessage:
     """``msg``, whose identifier went out before as ``previous`` (with other content, or
     before ``also``, a message withdrawn since), as an ``Update`` of its own:
-    ``<identifier>.c<n>``, referencing ``previous`` (and ``also``) too."""
+    ``<identifier>.c<n>``, referencing ``previous`` (and ``also``) too. It is sent no
+    earlier than the messages it references: an incident back after its Cancel went out
+    with the ``sent`` of its first Alert, before the Cancel, and an agency that orders
+    messages by ``sent`` kept it cancelled."""
     n = 1 if previous.identifier == msg.identifier else int(
         previous.identifier.rpartition(".c")[2]) + 1
     identifier = f"{msg.identifier}.c{n}"
@@ -145,8 +148,9 @@ def correction(msg: AlertMessage, previous: AlertMessage, sender: str, *,
     refs = tuple(dict.fromkeys((*msg.references, *(
         f"{sender},{m.identifier},{cap_time(m.sent)}" for m in (previous, also)
         if m is not None))))
+    floor = max(m.sent for m in (previous, also) if m is not None)
     return _rewritten(msg, identifier=identifier, msg_type=msg_type, references=refs,
-                      sent=msg.sent if sent is None else float(sent))
+                      sent=max(msg.sent if sent is None else float(sent), floor))
 
 
 def with_references(msg: AlertMessage, refs: tuple[str, ...]) -> AlertMessage:

@@ -286,3 +286,36 @@ def test_a_revision_replays_the_policy_over_its_own_incident_alone(
     policy_all = stage_mod.alerts_for_revisions(
         [replace(revision(1), incident_id=f"eruption-{i:03d}") for i in range(50)] + [later])
     assert {m.identifier: m for m in policy_all} == {m.identifier: m for m in every + [update]}
+
+
+def test_every_message_is_sent_no_earlier_than_the_messages_it_references() -> None:
+    """An incident withdrawn (its Cancel out) and then back went out as an Update with the
+    ``sent`` of its first Alert, before the Cancel it references: an agency that orders
+    messages by ``sent`` kept the incident cancelled."""
+    from responders.alerting import cap_time
+
+    stage = AlertStage()
+    r1 = revision(1, issued=T + 600.0)
+    r2 = revision(2, issued=T + 900.0)
+    sent: dict[str, str] = {}  # identifier -> its CAP sent, as agencies got them
+    out = []
+    for rev in (r1, r2, replace(r1, lat=-20.0), replace(r2, status="retracted"),
+                replace(r1, status="retracted"), r1,
+                revision(3, issued=T + 1500.0, status="confirmed")):
+        for msg in stage.add(rev):
+            validate_cap(msg.cap_xml)
+            for ref in msg.references:
+                _, ident, when = ref.split(",")
+                assert sent[ident] == when, ref  # the message as it went out
+                assert msg.sent >= parse_cap_time(when), (msg.identifier, ref)
+            sent[msg.identifier] = cap_time(msg.sent)
+            out.append(msg)
+    back = next(m for m in out if any(".cancel," in r for r in m.references))
+    cancel = next(m for m in out if m.msg_type == "Cancel")
+    assert back.msg_type == "Update" and back.sent >= cancel.sent > r1.issued
+
+
+def parse_cap_time(text: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(text).timestamp()
