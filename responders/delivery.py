@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import logging
 import math
 import smtplib
 import socket
@@ -56,6 +57,8 @@ from detectors.geo import wrap_lon
 from responders.alerting import CAP_NS, AlertPolicy, cap_status, severity_at_least
 from responders.store import AlertRow, AttemptRow, DeliveryRow, Store, SubscriptionRow
 from streams.schemas import AlertMessage, Forecast, IncidentRevision
+
+log = logging.getLogger("tocsin.delivery")
 
 CHANNELS = ("webhook", "email")
 #: how long a claimed delivery stays with the worker that claimed it (more than a send's
@@ -381,24 +384,32 @@ class Outbox:
                 .order_by(DeliveryRow.next_attempt, DeliveryRow.key).limit(limit)).scalars())
         done = 0
         for key in keys:
-            if self._claim(key):
-                self._attempt(key)
+            lease = self._claim(key)
+            if lease is not None:
+                self._attempt(key, lease)
                 done += 1
         return done
 
-    def _claim(self, key: str) -> bool:
+    def _claim(self, key: str) -> float | None:
         """The delivery is ours for ``LEASE_S`` from now (not from the round's start: after
         a few slow sends, a lease from then had run out before the send, and another
-        worker's round took the delivery and sent it again)."""
+        worker's round took the delivery and sent it again); the lease's end, or None if
+        another worker has it."""
         now = self.clock()
         lease = now + LEASE_S  # another worker will not pick it up meanwhile
         with self.store.begin() as c:
             r = c.execute(update(DeliveryRow).where(and_(
                 DeliveryRow.key == key, DeliveryRow.status == "pending",
                 DeliveryRow.next_attempt <= now)).values(next_attempt=lease))
-            return r.rowcount == 1
+            return lease if r.rowcount == 1 else None
 
-    def _attempt(self, key: str) -> None:
+    def _attempt(self, key: str, lease: float) -> None:
+        """One send of the delivery, whose lease ends at ``lease``. A send slower than the
+        lease (a receiver trickling its answer: httpx's timeouts are per read) may find
+        that another worker has taken the delivery since: a success still counts (the
+        alert got there; the receiver knows a repeat by its idempotency key), a failure
+        leaves the row to the worker that holds it now (it marked a delivered alert dead,
+        and dead-lettered it)."""
         with self.store.engine.connect() as c:
             d = c.execute(select(DeliveryRow).where(DeliveryRow.key == key)).one()
             sub = c.execute(select(SubscriptionRow).where(
@@ -428,9 +439,15 @@ class Outbox:
                 return
             dead = attempt >= self.max_attempts
             delay = min(self.backoff_s * 2 ** (attempt - 1), self.backoff_max_s)
-            c.execute(update(DeliveryRow).where(DeliveryRow.key == key).values(
+            held = c.execute(update(DeliveryRow).where(and_(
+                DeliveryRow.key == key, DeliveryRow.status == "pending",
+                DeliveryRow.next_attempt == lease)).values(
                 status="dead" if dead else "pending", attempts=attempt,
-                next_attempt=now + delay, last_error=result.error))
+                next_attempt=now + delay, last_error=result.error)).rowcount == 1
+        if not held:
+            log.warning("delivery %s: attempt %d failed after its lease ran out (%s); the "
+                        "worker that took it over decides", key, attempt, result.error)
+            return
         if dead and self.dead_letter is not None:
             self.dead_letter({"key": key, "alert": d.alert_identifier,
                               "subscription": d.subscription_id, "channel": d.channel,

@@ -401,6 +401,43 @@ def test_a_delivery_claimed_late_in_a_slow_round_is_not_sent_twice(store: Store)
     assert box_b._claim(key)
 
 
+def test_a_send_that_outlasts_its_lease_leaves_the_delivery_to_the_worker_that_took_it(
+        store: Store) -> None:
+    """A send slower than its lease (a receiver trickling its answer: httpx's timeouts are
+    per read) ended with an unconditional update: after the other worker had taken the
+    delivery over and delivered it, the slow one's failure marked it dead and
+    dead-lettered it (or, with attempts left, put it back to be sent again)."""
+    from responders.delivery import SendResult
+
+    clock = Clock()
+    dead_a: list[dict] = []  # type: ignore[type-arg]
+    box_a = outbox(store, clock, dead_a, max_attempts=1)
+    box_b = outbox(store, clock, max_attempts=1)
+    box_a.add_subscription(Subscription.create("JMA", JAPAN, "Minor", [
+        {"type": "webhook", "url": "http://example.org/x", "secret": "k"}]))
+    publish(store, box_a, revision(1), AlertPolicy())
+    sends: list[str] = []
+
+    def slow(ch, alert, key, attempt):  # type: ignore[no-untyped-def]
+        sends.append("A")
+        clock.t += 70.0  # beyond the 60-s lease: B's round takes it meanwhile
+        box_b.dispatch_due()
+        return SendResult(False, error="ReadTimeout")
+
+    def quick(ch, alert, key, attempt):  # type: ignore[no-untyped-def]
+        sends.append("B")
+        return SendResult(True, 200)
+
+    box_a._send = slow  # type: ignore[method-assign]
+    box_b._send = quick  # type: ignore[method-assign]
+    assert box_a.dispatch_due() == 1
+    assert sends == ["A", "B"]
+    (d,) = box_a.deliveries()
+    assert d["status"] == "delivered" and d["attempts"] == 1
+    assert sorted(a["ok"] for a in d["attempt_log"]) == [0, 1]  # both attempts are on record
+    assert dead_a == []  # nothing dead-lettered: it got there
+
+
 def test_two_transactions_enqueue_the_same_alert(store: Store) -> None:
     """Two workers' transactions enqueue the same alert (a rebalance overlaps them): the
     second waits for the first and adds nothing. With a check then an insert, PostgreSQL
