@@ -216,7 +216,9 @@ def make_url_checker(allowed_hosts: str = "", allow_link_local: bool = False,
     allow = {h.strip().lower() for h in allowed_hosts.split(",") if h.strip()}
 
     def _resolve(host: str) -> list[str]:
-        return sorted({str(ai[4][0]) for ai in socket.getaddrinfo(host, None)})
+        # in getaddrinfo's order (RFC 6724's preference: it puts an IPv6 address first only
+        # where the host can reach IPv6); sorted as strings, IPv6 came first everywhere
+        return list(dict.fromkeys(str(ai[4][0]) for ai in socket.getaddrinfo(host, None)))
 
     res = resolve or _resolve
 
@@ -459,13 +461,25 @@ class Outbox:
         body = alert["cap_xml"].encode()
         if ch["type"] == "webhook":
             try:
-                url, host, sni = pinned(ch["url"], self.check_url(ch["url"]))
-                r = self.http.post(url, content=body, extensions=sni, headers={
-                    "Host": host,
-                    "Content-Type": "application/cap+xml",
-                    "X-Tocsin-Signature": sign(ch["secret"], body),
-                    "X-Tocsin-Idempotency-Key": key,
-                    "X-Tocsin-Attempt": str(attempt)})
+                addrs = self.check_url(ch["url"])
+                if not addrs:
+                    raise UnsafeTarget(f"webhook URL {ch['url']!r}: its host resolved to no "
+                                       "address")
+                for i, addr in enumerate(addrs):
+                    # each vetted address in turn until one takes the connection (a host
+                    # with IPv4 and IPv6 ones, seen from a network without IPv6)
+                    url, host, sni = pinned(ch["url"], [addr])
+                    try:
+                        r = self.http.post(url, content=body, extensions=sni, headers={
+                            "Host": host,
+                            "Content-Type": "application/cap+xml",
+                            "X-Tocsin-Signature": sign(ch["secret"], body),
+                            "X-Tocsin-Idempotency-Key": key,
+                            "X-Tocsin-Attempt": str(attempt)})
+                        break
+                    except (httpx.ConnectError, httpx.ConnectTimeout):
+                        if i == len(addrs) - 1:
+                            raise
             except UnsafeTarget as exc:
                 return SendResult(False, error=str(exc))
             except (httpx.HTTPError, httpx.InvalidURL) as exc:

@@ -160,6 +160,38 @@ def test_a_webhook_goes_to_the_address_that_was_checked(store: Store) -> None:
     rx.close()
 
 
+def test_a_webhook_tries_each_checked_address_in_the_resolver_s_order(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The addresses were sorted as strings and only the first was tried: a host with IPv4
+    and IPv6 addresses got its IPv6 one first, and from a network without IPv6 every
+    attempt failed until the delivery was dead. Now getaddrinfo's order (its preference)
+    is kept, and an address that refuses the connection hands over to the next."""
+    import socket
+
+    from responders import delivery
+
+    answers = [(socket.AF_INET, 0, 0, "", ("93.184.216.34", 0)),
+               (socket.AF_INET6, 0, 0, "", ("2606:2800:220:1::1", 0, 0, 0))]
+    with monkeypatch.context() as m:  # (the socket module's: restored before the send)
+        m.setattr(delivery.socket, "getaddrinfo", lambda host, port: answers)
+        assert make_url_checker()("https://agency.example/cap") == ["93.184.216.34",
+                                                                     "2606:2800:220:1::1"]
+
+    clock = Clock()
+    rx = WebhookReceiver("k")  # on 127.0.0.1 only: 127.0.0.2 refuses the connection
+    port = rx.url.split(":")[2].split("/")[0]
+    box = Outbox(store, clock=clock, check_url=make_url_checker(
+        resolve=lambda host: ["127.0.0.2", "127.0.0.1"]))
+    box.add_subscription(Subscription.create("JMA", JAPAN, "Moderate", [
+        {"type": "webhook", "url": f"http://hooks.agency.example:{port}/cap", "secret": "k"}],
+        check_url=box.check_url))
+    publish(store, box, revision(1), AlertPolicy())
+    box.dispatch_due()
+    assert [(d["status"], d["last_error"]) for d in box.deliveries()] == [("delivered", None)]
+    assert len(rx.received) == 1 and rx.received[0].signature_ok
+    rx.close()
+
+
 def test_a_send_that_raises_is_a_failed_attempt_and_the_round_goes_on(store: Store) -> None:
     """A channel the checks did not foresee (stored by an older version, say) fails its own
     delivery, with the reason, and backs off to a dead letter; the round does not crash and
