@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import hmac
 from typing import Any
-from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query
 from pydantic import BaseModel
 
-from responders.delivery import Outbox, Subscription, SubscriptionError
+from responders.delivery import Outbox, Subscription, SubscriptionError, shown_target
 from responders.store import token_hash
 
 
@@ -66,9 +65,7 @@ def subscription_router(outbox: Outbox, tokens: str) -> APIRouter:
         1.2 MB and 0.9 s); the next page is ``after=<the last one's key>``."""
         rows = outbox.deliveries(alert, limit=limit, after=after)
         for r in rows:  # read-only view: where, not the full URL (it may carry a secret)
-            t = urlsplit(r["target"])
-            r["target"] = f"{t.scheme}://{t.hostname}" if t.scheme else r["target"].split(
-                "@")[-1]
+            r["target"] = shown_target(r["target"])
         return rows
 
     return router

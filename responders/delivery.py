@@ -155,11 +155,22 @@ class Subscription:
                    exercises)
 
     def public(self) -> dict[str, Any]:
-        """The subscription without its secrets (for the API)."""
+        """The subscription without its secrets (for the API): no signing secret, and a
+        webhook's URL as its scheme and host (its path or query may carry a token)."""
         return {"id": self.id, "name": self.name, "area": self.area,
                 "min_severity": self.min_severity, "exercises": self.exercises,
-                "channels": [{k: v for k, v in ch.items() if k != "secret"}
+                "channels": [{k: shown_target(v) if k == "url" else v
+                              for k, v in ch.items() if k != "secret"}
                              for ch in self.channels]}
+
+
+def shown_target(target: str) -> str:
+    """Where a delivery goes, to be shown or logged: a URL's scheme and host (its
+    userinfo, path or query may carry a secret), an e-mail address's domain."""
+    t = urlsplit(target)
+    if t.scheme and t.hostname:
+        return f"{t.scheme}://{t.hostname}"
+    return target.split("@")[-1]
 
 
 # ---------------------------------------------------------------------- geometry
@@ -275,7 +286,10 @@ def sign(secret: str, body: bytes) -> str:
 
 
 def verify(secret: str, body: bytes, signature: str) -> bool:
-    return hmac.compare_digest(sign(secret, body), signature)
+    """Whether ``signature`` (the ``X-Tocsin-Signature`` header) signs ``body`` with
+    ``secret``; False for any other text (compare_digest raised TypeError on non-ASCII)."""
+    return hmac.compare_digest(sign(secret, body).encode(),
+                               signature.encode("utf-8", "surrogateescape"))
 
 
 # ---------------------------------------------------------------------- the outbox
@@ -287,7 +301,7 @@ class SendResult:
 
 
 class Outbox:
-    def __init__(self, store: Store, *, max_attempts: int = 8, backoff_s: float = 1.0,
+    def __init__(self, store: Store, *, max_attempts: int = 20, backoff_s: float = 1.0,
                  backoff_max_s: float = 300.0, smtp: tuple[str, int] = ("127.0.0.1", 25),
                  smtp_from: str = "tocsin@localhost",
                  check_url: Callable[[str], list[str]] | None = None,
@@ -453,7 +467,7 @@ class Outbox:
         if dead and self.dead_letter is not None:
             self.dead_letter({"key": key, "alert": d.alert_identifier,
                               "subscription": d.subscription_id, "channel": d.channel,
-                              "target": d.target, "attempts": attempt,
+                              "target": shown_target(d.target), "attempts": attempt,
                               "reason": result.error})
 
     def _send(self, ch: dict[str, Any], alert: dict[str, Any], key: str,

@@ -161,6 +161,8 @@ def test_a_refused_alert_or_seedlink_handshake_is_a_one_line_error(
     ("TOCSIN_PUBLIC_URL", "https://x.org/?a=1", "is not an http(s) URL with no query"),
     ("TOCSIN_CONTROLLER_PORT", "19092", "TOCSIN_BROKER_PORT and TOCSIN_CONTROLLER_PORT are "
      "both 19092"),
+    # every Update and Cancel failed on it (a comma splits CAP's references)
+    ("TOCSIN_CAP_SENDER", "NZ Tsunami Centre, Wellington", "is not a CAP sender: no spaces"),
 ])
 def test_a_bad_setting_is_a_one_line_error_naming_it(
         var: str, value: str, needle: str, home: Path, capsys: pytest.CaptureFixture[str],

@@ -21,6 +21,9 @@ def _default_home() -> Path:
 _PATTERNS = {
     "broker_heap": (r"[1-9][0-9]*[kKmMgG]?", "a JVM heap size such as 768m or 2g"),
     "topic_prefix": (r"[A-Za-z0-9._-]{1,100}", "1-100 of [A-Za-z0-9._-] (Kafka's topic names)"),
+    # CAP 1.2: the sender "MUST NOT include spaces, commas or restricted characters (< and
+    # &)"; references are sender,identifier,sent triples, and one with a comma broke them
+    "cap_sender": (r"[^\s,<&]{1,200}", "a CAP sender: no spaces, commas, < or &"),
 }
 
 
@@ -125,7 +128,8 @@ class Settings(BaseSettings):
         "webhook targets (169.254.0.0/16, fe80::/10)",
     )
     delivery_max_attempts: int = Field(
-        default=8, ge=1, description="TOCSIN_DELIVERY_MAX_ATTEMPTS: then dead-lettered"
+        default=20, ge=1, description="TOCSIN_DELIVERY_MAX_ATTEMPTS: then dead-lettered (with "
+        "the default backoff, 20 attempts retry for about an hour: 8 gave up after 2 min)"
     )
     delivery_backoff_s: float = Field(
         default=1.0, gt=0, description="TOCSIN_DELIVERY_BACKOFF_S: first retry delay, doubled "
@@ -165,7 +169,7 @@ class Settings(BaseSettings):
             raise ValueError(f"{v!r} is not an http(s) URL with no query or fragment")
         return v.rstrip("/")
 
-    @field_validator("broker_heap", "topic_prefix")
+    @field_validator("broker_heap", "topic_prefix", "cap_sender")
     @classmethod
     def _pattern(cls, v: str, info: ValidationInfo) -> str:
         # checked here, not when the first topic is named or by the JVM after the Maven

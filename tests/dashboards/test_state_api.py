@@ -122,18 +122,22 @@ def test_subscriptions_need_a_token_and_deliveries_are_visible(tmp_path) -> None
     body = {"name": "NDMO Tonga", "min_severity": "Moderate",
             "area": {"type": "Polygon", "coordinates": [[[-176, -22], [-174, -22], [-174, -20],
                                                          [-176, -20], [-176, -22]]]},
-            "channels": [{"type": "webhook", "url": "http://127.0.0.1:9/x", "secret": "zz"}]}
+            "channels": [{"type": "webhook", "url": "http://127.0.0.1:9/x?token=t0p",
+                          "secret": "zz"}]}
     assert client.post("/api/subscriptions", json=body).status_code == 401
     assert client.post("/api/subscriptions", json=body,
                        headers={"Authorization": "Bearer wrong"}).status_code == 401
     r = client.post("/api/subscriptions", json=body, headers={"Authorization": "Bearer tok-2"})
-    assert r.status_code == 201 and "secret" not in r.json()["channels"][0]
+    # neither the signing secret nor the URL's token comes back (every token holder reads it)
+    assert r.status_code == 201 and r.json()["channels"][0] == {"type": "webhook",
+                                                                 "url": "http://127.0.0.1"}
     bad = {**body, "channels": [{"type": "webhook", "url": "http://169.254.169.254/",
                                  "secret": "x"}]}
     r2 = client.post("/api/subscriptions", json=bad, headers={"Authorization": "Bearer tok-1"})
     assert r2.status_code == 422 and "link-local" in r2.json()["detail"]
     subs = client.get("/api/subscriptions", headers={"Authorization": "Bearer tok-1"}).json()
     assert [x["name"] for x in subs] == ["NDMO Tonga"]
+    assert "t0p" not in str(subs)
     for msg in s.alerts():
         with store.begin() as c:
             store.save_alert(msg, c)

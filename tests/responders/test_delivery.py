@@ -296,7 +296,7 @@ def test_dead_letter_after_max_attempts(store: Store) -> None:
     rx = WebhookReceiver("k", up=False)
     box = outbox(store, clock, dead, max_attempts=3)
     box.add_subscription(Subscription.create("X", JAPAN, "Minor", [
-        {"type": "webhook", "url": rx.url, "secret": "k"}]))
+        {"type": "webhook", "url": rx.url + "?token=t0p", "secret": "k"}]))
     publish(store, box, revision(1), AlertPolicy())
     delays = []
     for _ in range(10):
@@ -307,7 +307,20 @@ def test_dead_letter_after_max_attempts(store: Store) -> None:
     assert d["status"] == "dead" and d["attempts"] == 3
     assert delays[:2] == [1.0, 2.0]  # exponential backoff
     assert len(dead) == 1 and dead[0]["reason"] == "HTTP 503"
+    # the letter goes on a Kafka topic: where, not the URL's token
+    assert dead[0]["target"] == "http://127.0.0.1" and "t0p" not in str(dead[0])
     rx.close()
+
+
+def test_verify_says_no_to_any_other_text() -> None:
+    """A signature header with non-ASCII text raised TypeError in compare_digest (a
+    receiver using verify() answered 500 instead of refusing it)."""
+    from responders.delivery import sign, verify
+
+    body = b"<alert/>"
+    assert verify("k", body, sign("k", body))
+    for other in (sign("j", body), "", "sha256=\u00e9\u00e9", "sha256=\udcff", sign("k", b"x")):
+        assert not verify("k", body, other)
 
 
 def test_cancel_follows_the_alert_to_its_subscribers(store: Store) -> None:
