@@ -152,6 +152,7 @@ class AlertPolicy:
         xml = build_cap_xml(rev, cls, identifier=identifier, sender=self.sender,
                             msg_type=msg_type, references=refs, headline=headline,
                             status=self.status)
+        validate_cap(xml)  # never one that does not validate out to an agency (0.1 ms)
         return AlertMessage(
             identifier=identifier, msg_type=msg_type, sent=float(math.floor(rev.issued)),
             incident_id=rev.incident_id, revision=rev.revision, event=cls.event,

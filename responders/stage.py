@@ -18,7 +18,7 @@ from dataclasses import replace
 
 from lxml import etree
 
-from responders.alerting import CAP_NS, AlertPolicy, cap_time
+from responders.alerting import CAP_NS, AlertPolicy, cap_time, validate_cap
 from streams.schemas import AlertMessage, IncidentRevision
 
 
@@ -177,5 +177,6 @@ def _rewritten(msg: AlertMessage, *, identifier: str, msg_type: str,
         el("incidents").addprevious(refs_el)
     refs_el.text = " ".join(references)
     xml = etree.tostring(doc, xml_declaration=True, encoding="UTF-8").decode()
+    validate_cap(xml)  # a rewritten message validates like the policy's own
     return replace(msg, identifier=identifier, msg_type=msg_type, references=references,
                    sent=sent, cap_xml=xml)

@@ -319,3 +319,27 @@ def parse_cap_time(text: str) -> float:
     from datetime import datetime
 
     return datetime.fromisoformat(text).timestamp()
+
+
+def test_a_message_that_does_not_validate_never_leaves_the_policy(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CAP schema was checked in the tests alone: a message the XSD refuses (a field
+    the policy wrote wrong) would have gone out to the agencies. It is an error now, which
+    the alert agent dead-letters with the reason, the stage left as it was."""
+    import responders.alerting as alerting
+    from responders.alerting import CapValidationError
+
+    real = alerting.build_cap_xml
+
+    def wrong(*args, **kwargs):  # type: ignore[no-untyped-def]
+        return real(*args, **kwargs).replace("<status>", "<status>Draft-").replace(
+            "</status>", "</status>", 1)
+
+    stage, fresh = AlertStage(), AlertStage()
+    monkeypatch.setattr(alerting, "build_cap_xml", wrong)
+    with pytest.raises(CapValidationError, match="status"):
+        AlertPolicy().on_revision(revision(1))
+    with pytest.raises(CapValidationError):
+        stage.add(revision(1))
+    monkeypatch.undo()
+    assert stage.add(revision(1)) == fresh.add(revision(1)) != []
