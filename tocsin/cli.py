@@ -11,7 +11,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,25 +35,26 @@ def _speed(text: str) -> float | None:
     return value
 
 
-def _count(text: str) -> int:
-    """A count of workers or partitions: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
-    return value
+def _whole(low: int, high: int | None = None, what: str = "") -> Callable[[str], int]:
+    """An argparse type: a whole number in ``low``..``high`` (``what`` names it)."""
+    name = f"{what} " if what else ""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name}{text!r} is not a whole number") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{name}{text!r} must be at least {low}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"{name}{text!r} is not in {low}-{high}")
+        return value
+
+    return parse
 
 
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"port {text!r} is not a whole number") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"port {text!r} is not in 0-65535")
-    return value
+#: a count of workers or partitions; a TCP port
+_count, _port = _whole(1), _whole(0, 65535, "port")
 
 
 def resolve_package(name: str, settings: Settings):  # type: ignore[no-untyped-def]
