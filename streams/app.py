@@ -231,6 +231,13 @@ class _Producer(faust_aiokafka.Producer):
         for topic in topics:
             await producer.partitions_for(topic)
 
+    async def partition_count(self, topic: str) -> int:
+        """The topic's partitions as the broker has them now (metadata fetched afresh: a
+        topic may have gained partitions since the cached answer)."""
+        client = self._ensure_producer().client
+        await client.force_metadata_update()
+        return len(client.cluster.partitions_for_topic(topic) or ())
+
 
 class _Transport(faust_aiokafka.Transport):
     Consumer = _Consumer
@@ -552,6 +559,25 @@ def create_app(settings: Settings, topics: Topics, registry: list[StationInfo],
 
     associator = new_associator()
     gate = WatermarkGate(topics.partitions)
+    # the observation partitions there are: the worker's setting, or more once a control
+    # message claims more and the broker confirms it (partitions added to scale out)
+    known = [topics.partitions]
+
+    async def observation_partitions(ctl: dict[str, Any]) -> int:
+        """The observation partitions a control message is checked against: asked of the
+        broker when ``ctl`` claims more than are known (a mark claiming 100,000 held every
+        later detection for good; one after partitions were added is right)."""
+        claimed = ctl.get("partitions")
+        if isinstance(claimed, int) and not isinstance(claimed, bool) and claimed > known[0]:
+            producer = await app.maybe_start_producer()
+            if isinstance(producer, _Producer):
+                try:
+                    known[0] = max(known[0], await producer.partition_count(
+                        topics.observations))
+                except KafkaError as exc:  # checked against what is known, then
+                    log.warning("observation partitions not looked up: %r", exc)
+            gate.known = known[0]
+        return known[0]
     alert_stage = AlertStage(settings.cap_sender, settings.cap_status)
     # the offsets each stage's state has reached (see streams.takeover)
     taken = {"detect": Taken(), "associate": Taken(), "alert": Taken()}
@@ -696,7 +722,7 @@ def create_app(settings: Settings, topics: Topics, registry: list[StationInfo],
                 if ctl is not None:
                     await feed_batch(batch)
                     try:
-                        check_control(ctl, topics.partitions)
+                        check_control(ctl, await observation_partitions(ctl))
                     except SchemaError as exc:
                         await dead_letter(event, f"SchemaError: {exc}")
                         continue
@@ -728,7 +754,7 @@ def create_app(settings: Settings, topics: Topics, registry: list[StationInfo],
         the revisions and seismic events they make are dropped (they went out then)."""
         nonlocal associator, gate
         t0, n = time.monotonic(), 0
-        associator, gate = new_associator(), WatermarkGate(topics.partitions)
+        associator, gate = new_associator(), WatermarkGate(known[0])
         async with contextlib.aclosing(read_back(settings.bootstrap, upto)) as batches:
             async for records in batches:
                 for rec in records:
@@ -738,6 +764,7 @@ def create_app(settings: Settings, topics: Topics, registry: list[StationInfo],
                         continue
                     ctl = _is_control(raw)
                     if ctl is not None:
+                        await observation_partitions(ctl)
                         try:
                             ready = gate.control(ctl)
                         except SchemaError:
@@ -766,6 +793,7 @@ def create_app(settings: Settings, topics: Topics, registry: list[StationInfo],
             raw = event.value
             ctl = _is_control(raw) if isinstance(raw, bytes) else None
             if ctl is not None:
+                await observation_partitions(ctl)
                 try:
                     ready = gate.control(ctl)
                 except SchemaError as exc:

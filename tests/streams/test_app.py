@@ -722,3 +722,58 @@ def test_control_messages_a_stage_cannot_act_on_are_refused_by_name() -> None:
     gate.control({"schema": "tocsin.control/1", "type": "end", "partition": 0})
     gate.control({"schema": "tocsin.control/1", "type": "end", "partition": 1})
     assert gate.ended  # the two ends end it, as before
+
+
+def test_a_mark_claiming_more_partitions_is_taken_once_the_broker_has_them(
+        tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Partitions added to scale out: the marks then claim more partitions than the
+    worker was started with, and the broker, asked afresh, confirms it; a claim the broker
+    does not confirm (100,000) is a dead letter, as before."""
+    from types import SimpleNamespace
+
+    import faust
+
+    import streams.app as app_module
+
+    app, topics, _, detect = _detect_stage(tmp_path, monkeypatch, "grown", None)
+    asked: list[str] = []
+
+    class Producer(app_module._Producer):
+        def __init__(self) -> None:  # no broker: only the partition count is asked
+            pass
+
+        async def partition_count(self, topic: str) -> int:
+            asked.append(topic)
+            return 3  # the two the worker was started with, and one added since
+
+    producer = Producer()
+
+    async def started() -> Any:
+        return producer
+
+    monkeypatch.setattr(app, "maybe_start_producer", started)
+    sent: list[tuple[str, dict[str, Any]]] = []
+
+    async def send(self: Any, *, key: Any = None, value: Any = None, **_: Any) -> None:
+        sent.append((self.get_topic_name(), orjson.loads(value)))
+
+    monkeypatch.setattr(faust.topics.Topic, "send", send)
+
+    def mark(offset: int, partition: int, claimed: int) -> Any:
+        value = orjson.dumps({"schema": "tocsin.control/1", "type": "watermark",
+                              "time": T0, "partitions": claimed})
+        return SimpleNamespace(value=value, key=b"control", message=SimpleNamespace(
+            topic=topics.observations, partition=partition, offset=offset, timestamp=T0))
+
+    class Stream:
+        async def take_available(self, n: int) -> Any:
+            yield [mark(0, 2, 3), mark(0, 0, 100_000)]  # (offsets 0: no takeover)
+
+    asyncio.run(detect.fun(Stream()))
+    assert asked == [topics.observations] * 2  # each claim beyond what was known
+    (forwarded, letter) = sent
+    assert forwarded == (topics.detections, {"schema": "tocsin.control/1",
+                                             "type": "watermark", "partition": 2,
+                                             "partitions": 3, "time": T0, "run": None})
+    assert letter[0] == topics.deadletter
+    assert "partitions = 100000, but the observations topic has 3" in letter[1]["reason"]
