@@ -8,7 +8,9 @@ matching subscription and channel, keyed by the idempotency key
 ``<identifier>|<subscription>|<channel index>``. A crash before the commit replays the
 message and the upsert finds the same keys: nothing is lost, nothing doubled.
 
-:meth:`Outbox.dispatch_due` sends the due deliveries: it claims each row atomically (two
+:meth:`Outbox.dispatch_due` sends the due deliveries, up to ``threads`` at once (an
+endpoint that does not answer holds up its own deliveries, not every other agency's): it
+claims each row atomically (two
 workers never send the same row at once), posts or mails it, records the attempt, and on
 failure schedules a retry with exponential backoff; after ``max_attempts`` the delivery is
 marked ``dead`` and handed to the dead-letter callback. Nothing is dropped silently: every
@@ -39,6 +41,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from typing import Any
@@ -306,8 +309,12 @@ class Outbox:
                  smtp_from: str = "tocsin@localhost",
                  check_url: Callable[[str], list[str]] | None = None,
                  dead_letter: Callable[[dict[str, Any]], None] | None = None,
-                 clock: Callable[[], float] = time.time, http_timeout: float = 5.0) -> None:
+                 clock: Callable[[], float] = time.time, http_timeout: float = 5.0,
+                 threads: int = 8) -> None:
+        if threads < 1:
+            raise ValueError(f"threads {threads!r}: at least one")
         self.store = store
+        self.threads = threads
         self.max_attempts = max_attempts
         self.backoff_s = backoff_s
         self.backoff_max_s = backoff_max_s
@@ -398,13 +405,21 @@ class Outbox:
                 select(DeliveryRow.key).where(and_(DeliveryRow.status == "pending",
                                                    DeliveryRow.next_attempt <= now))
                 .order_by(DeliveryRow.next_attempt, DeliveryRow.key).limit(limit)).scalars())
-        done = 0
-        for key in keys:
-            lease = self._claim(key)
-            if lease is not None:
-                self._attempt(key, lease)
-                done += 1
-        return done
+
+        def one(key: str) -> int:
+            lease = self._claim(key)  # when its send starts: the lease runs from then
+            if lease is None:
+                return 0
+            self._attempt(key, lease)
+            return 1
+
+        if self.threads == 1 or len(keys) <= 1:
+            return sum(one(key) for key in keys)
+        # one at a time, a black-holed endpoint held every delivery behind it for its
+        # connect timeout (5 s each): a new alert's other agencies waited for it
+        with ThreadPoolExecutor(min(self.threads, len(keys)),
+                                thread_name_prefix="tocsin-delivery") as pool:
+            return sum(pool.map(one, keys))
 
     def _claim(self, key: str) -> float | None:
         """The delivery is ours for ``LEASE_S`` from now (not from the round's start: after

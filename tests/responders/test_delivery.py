@@ -416,7 +416,9 @@ def test_a_delivery_claimed_late_in_a_slow_round_is_not_sent_twice(store: Store)
     from responders.delivery import SendResult
 
     clock = Clock()
-    box_a, box_b = outbox(store, clock), outbox(store, clock)
+    # one send at a time (as when a round has more deliveries than threads: a queued one
+    # claims when its send starts, as here)
+    box_a, box_b = outbox(store, clock, threads=1), outbox(store, clock, threads=1)
     for i in range(3):
         box_a.add_subscription(Subscription.create(f"s{i}", JAPAN, "Minor", [
             {"type": "webhook", "url": "http://example.org/x", "secret": "k"}], id=f"s{i}"))
@@ -481,6 +483,45 @@ def test_a_send_that_outlasts_its_lease_leaves_the_delivery_to_the_worker_that_t
     assert d["status"] == "delivered" and d["attempts"] == 1
     assert sorted(a["ok"] for a in d["attempt_log"]) == [0, 1]  # both attempts are on record
     assert dead_a == []  # nothing dead-lettered: it got there
+
+
+def test_an_endpoint_that_does_not_answer_holds_up_only_its_own_delivery(
+        store: Store) -> None:
+    """Deliveries went one at a time: a black-holed endpoint held every delivery behind it
+    in the round for its connect timeout (5 s each), a new alert's other agencies with
+    them. Now the round's sends run side by side: here the stuck one is let go only once
+    the others have been delivered, which a round of one send at a time never reaches."""
+    import threading
+
+    from responders.delivery import SendResult
+
+    clock = Clock()
+    box = outbox(store, clock, threads=4)
+    for name in ("0-stuck", "a", "b", "c"):  # (keys in this order: the stuck one first)
+        box.add_subscription(Subscription.create(name, JAPAN, "Minor", [
+            {"type": "webhook", "url": f"http://{name}.example/x", "secret": "k"}], id=name))
+    publish(store, box, revision(1), AlertPolicy())
+    others_done = threading.Event()
+    delivered: list[str] = []
+
+    def send(ch, alert, key, attempt):  # type: ignore[no-untyped-def]
+        if "stuck" in ch["url"]:
+            if not others_done.wait(20):  # released by the last of the others
+                return SendResult(False, error="the others never came: one at a time")
+            return SendResult(False, error="ConnectTimeout")
+        delivered.append(ch["url"])
+        if len(delivered) == 3:
+            others_done.set()
+        return SendResult(True, 200)
+
+    box._send = send  # type: ignore[method-assign]
+    assert box.dispatch_due() == 4
+    by_sub = {d["subscription_id"]: d for d in box.deliveries()}
+    assert {k: d["status"] for k, d in by_sub.items()} == {
+        "0-stuck": "pending", "a": "delivered", "b": "delivered", "c": "delivered"}
+    assert by_sub["0-stuck"]["last_error"] == "ConnectTimeout"
+    with pytest.raises(ValueError, match="threads 0"):
+        outbox(store, clock, threads=0)
 
 
 def test_two_transactions_enqueue_the_same_alert(store: Store) -> None:
