@@ -151,7 +151,7 @@ def load_package(path: str | Path) -> ReplayPackage:
     if not event_file.is_file():
         raise PackageError(f"{event_file}: missing (every package has an event.toml)")
     try:
-        doc = tomllib.loads(_text(event_file))
+        doc = tomllib.loads(utf8_text(event_file))
     except tomllib.TOMLDecodeError as exc:
         raise PackageError(f"{event_file}: not valid TOML: {exc}") from exc
     event = doc.get("event")
@@ -191,10 +191,10 @@ def load_package(path: str | Path) -> ReplayPackage:
 _EVENT_ID = re.compile(r"[A-Za-z0-9._-]{1,100}")
 
 
-def _csv_rows(fh: io.StringIO, path: Path) -> Iterator[list[str]]:
-    """``csv.reader(fh)``, with what csv cannot read (a field longer than its 128-KiB limit,
-    a NUL) a PackageError naming the file and line."""
-    reader = csv.reader(fh)
+def csv_rows(path: Path) -> Iterator[list[str]]:
+    """The rows of the CSV file ``path`` (UTF-8), with what csv cannot read (a field longer
+    than its 128-KiB limit, a NUL) a PackageError naming the file and line."""
+    reader = csv.reader(io.StringIO(utf8_text(path), newline=""))
     while True:
         try:
             row = next(reader)
@@ -205,7 +205,7 @@ def _csv_rows(fh: io.StringIO, path: Path) -> Iterator[list[str]]:
         yield row
 
 
-def _text(path: Path) -> str:
+def utf8_text(path: Path) -> str:
     """The file's text (UTF-8); PackageError naming it if it is not."""
     try:
         return path.read_text(encoding="utf-8")
@@ -282,17 +282,16 @@ def _load_stations(path: Path, root: Path,
                    inventory: dict[str, Channel] | None = None) -> list[StationEntry]:
     if not path.is_file():
         raise PackageError(f"{path}: missing (every package has a stations.csv)")
-    with io.StringIO(_text(path), newline="") as fh:
-        reader = _csv_rows(fh, path)
-        header = next(reader, None)
-        if header != STATIONS_HEADER:
-            raise PackageError(f"{path}:1: header {header} is not {STATIONS_HEADER}")
-        entries: list[StationEntry] = []
-        seen: set[str] = set()
-        for lineno, row in enumerate(reader, start=2):
-            if not row or all(not c.strip() for c in row):
-                continue
-            entries.append(_station_row(path, lineno, row, root, seen, inventory or {}))
+    reader = csv_rows(path)
+    header = next(reader, None)
+    if header != STATIONS_HEADER:
+        raise PackageError(f"{path}:1: header {header} is not {STATIONS_HEADER}")
+    entries: list[StationEntry] = []
+    seen: set[str] = set()
+    for lineno, row in enumerate(reader, start=2):
+        if not row or all(not c.strip() for c in row):
+            continue
+        entries.append(_station_row(path, lineno, row, root, seen, inventory or {}))
     if not entries:
         raise PackageError(f"{path}: no stations")
     return entries
@@ -378,31 +377,30 @@ def read_csv_series(path: Path) -> Series:
     missing; an infinite value (``inf``, or ``1e400``, beyond float64) is an error."""
     times: list[float] = []
     values: list[float] = []
-    with io.StringIO(_text(path), newline="") as fh:
-        reader = _csv_rows(fh, path)
-        header = next(reader, None)
-        if header is None or [h.strip() for h in header] != ["time", "value"]:
-            raise PackageError(f"{path}:1: header {header} is not ['time', 'value']")
-        for lineno, row in enumerate(reader, start=2):
-            if not row:
-                continue
-            if len(row) != 2:
-                raise PackageError(f"{path}:{lineno}: {len(row)} columns, expected 2 "
-                                   f"(time,value): {row}")
-            try:
-                t = parse_time(row[0].strip(), "time")
-            except SchemaError as exc:
-                raise PackageError(f"{path}:{lineno}: {exc}") from None
-            text = row[1].strip()
-            try:
-                v = float(text) if text else math.nan
-            except ValueError:
-                raise PackageError(f"{path}:{lineno}: value {text!r} is not a number") from None
-            if math.isinf(v):
-                raise PackageError(f"{path}:{lineno}: value {text!r} is not finite (a "
-                                   "missing sample is an empty value)")
-            times.append(t)
-            values.append(v)
+    reader = csv_rows(path)
+    header = next(reader, None)
+    if header is None or [h.strip() for h in header] != ["time", "value"]:
+        raise PackageError(f"{path}:1: header {header} is not ['time', 'value']")
+    for lineno, row in enumerate(reader, start=2):
+        if not row:
+            continue
+        if len(row) != 2:
+            raise PackageError(f"{path}:{lineno}: {len(row)} columns, expected 2 "
+                               f"(time,value): {row}")
+        try:
+            t = parse_time(row[0].strip(), "time")
+        except SchemaError as exc:
+            raise PackageError(f"{path}:{lineno}: {exc}") from None
+        text = row[1].strip()
+        try:
+            v = float(text) if text else math.nan
+        except ValueError:
+            raise PackageError(f"{path}:{lineno}: value {text!r} is not a number") from None
+        if math.isinf(v):
+            raise PackageError(f"{path}:{lineno}: value {text!r} is not finite (a "
+                               "missing sample is an empty value)")
+        times.append(t)
+        values.append(v)
     return _finish(np.array(times), np.array(values))
 
 
@@ -450,7 +448,7 @@ def read_ndbc_series(path: Path) -> Series:
     1-min or 15-min one is kept.
     """
     rows: list[tuple[float, int, int, float]] = []
-    for lineno, line in enumerate(_text(path).splitlines(), start=1):
+    for lineno, line in enumerate(utf8_text(path).splitlines(), start=1):
         if not line.strip() or line.startswith("#"):
             continue
         parts = line.split()

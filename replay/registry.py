@@ -8,42 +8,30 @@ displacement at the picker's band centre), which the workers need for magnitudes
 from __future__ import annotations
 
 import csv
-import io
 import math
 from collections.abc import Iterator
 from pathlib import Path
 
 from detectors.base import StationInfo
-from replay.package import STATIONS_HEADER, PackageError, ReplayPackage
+from replay.package import STATIONS_HEADER, PackageError, ReplayPackage, csv_rows
 
 
 def _rows(path: Path) -> tuple[list[str], Iterator[tuple[int, dict[str, str]]]]:
     """The registry's header and its rows (line number, column -> text); PackageError
-    naming the file and line for one that is not UTF-8, not CSV, or has another number of
-    columns than the header (a short row's missing values were None: a TypeError)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise PackageError(f"{path}: not UTF-8 text ({exc})") from None
-    reader = csv.reader(io.StringIO(text, newline=""))
-
-    def line() -> list[str] | None:
-        try:
-            return next(reader, None)
-        except csv.Error as exc:
-            raise PackageError(f"{path}:{reader.line_num}: not readable as CSV ({exc})"
-                               ) from None
-
-    header = [h.strip() for h in line() or []]
+    naming the file and line for one that is not UTF-8, not CSV (:func:`csv_rows`), or has
+    another number of columns than the header (a short row's missing values were None: a
+    TypeError)."""
+    reader = csv_rows(path)
+    header = [h.strip() for h in next(reader, None) or []]
 
     def rows() -> Iterator[tuple[int, dict[str, str]]]:
-        while (row := line()) is not None:
+        for lineno, row in enumerate(reader, start=2):
             if not row or all(not c.strip() for c in row):
                 continue
             if len(row) != len(header):
-                raise PackageError(f"{path}:{reader.line_num}: {len(row)} columns, the header "
-                                   f"has {len(header)} ({','.join(header)})")
-            yield reader.line_num, dict(zip(header, row, strict=True))
+                raise PackageError(f"{path}:{lineno}: {len(row)} columns, the header has "
+                                   f"{len(header)} ({','.join(header)})")
+            yield lineno, dict(zip(header, row, strict=True))
 
     return header, rows()
 

@@ -558,26 +558,25 @@ def create_app(settings: Settings, topics: Topics, registry: list[StationInfo],
                           onset_lag_s=settings.association_onset_lag_s, history=False)
 
     associator = new_associator()
+    # the gate knows the observation partitions there are: the worker's setting, or more
+    # once a control message claims more and the broker confirms it (added to scale out)
     gate = WatermarkGate(topics.partitions)
-    # the observation partitions there are: the worker's setting, or more once a control
-    # message claims more and the broker confirms it (partitions added to scale out)
-    known = [topics.partitions]
 
     async def observation_partitions(ctl: dict[str, Any]) -> int:
         """The observation partitions a control message is checked against: asked of the
         broker when ``ctl`` claims more than are known (a mark claiming 100,000 held every
         later detection for good; one after partitions were added is right)."""
+        known = gate.known or topics.partitions
         claimed = ctl.get("partitions")
-        if isinstance(claimed, int) and not isinstance(claimed, bool) and claimed > known[0]:
+        if isinstance(claimed, int) and not isinstance(claimed, bool) and claimed > known:
             producer = await app.maybe_start_producer()
             if isinstance(producer, _Producer):
                 try:
-                    known[0] = max(known[0], await producer.partition_count(
-                        topics.observations))
+                    known = max(known, await producer.partition_count(topics.observations))
                 except KafkaError as exc:  # checked against what is known, then
                     log.warning("observation partitions not looked up: %r", exc)
-            gate.known = known[0]
-        return known[0]
+            gate.known = known
+        return known
     alert_stage = AlertStage(settings.cap_sender, settings.cap_status)
     # the offsets each stage's state has reached (see streams.takeover)
     taken = {"detect": Taken(), "associate": Taken(), "alert": Taken()}
@@ -754,7 +753,7 @@ def create_app(settings: Settings, topics: Topics, registry: list[StationInfo],
         the revisions and seismic events they make are dropped (they went out then)."""
         nonlocal associator, gate
         t0, n = time.monotonic(), 0
-        associator, gate = new_associator(), WatermarkGate(known[0])
+        associator, gate = new_associator(), WatermarkGate(gate.known)
         async with contextlib.aclosing(read_back(settings.bootstrap, upto)) as batches:
             async for records in batches:
                 for rec in records:

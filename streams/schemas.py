@@ -274,7 +274,8 @@ class ObservationPacket:
                 f"observation {self.station_id}: values must be a 1-D float64 array, "
                 f"got {self.values.dtype} with shape {self.values.shape}"
             )
-        if not EPOCH_MIN <= self.start <= self.end <= EPOCH_MAX:
+        # (with no samples the end is before the start)
+        if not (self.start >= EPOCH_MIN and self.end <= EPOCH_MAX):
             raise SchemaError(
                 f"observation {self.station_id}: {len(self.values)} samples every "
                 f"{self.sample_interval!r} s from {self.start!r} do not end within 1900-2200 "
