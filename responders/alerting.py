@@ -105,6 +105,12 @@ def _alerting_content(rev: IncidentRevision) -> tuple[object, ...]:
             rev.confirmed, rev.evidence)
 
 
+#: the most messages a message references: an incident's Alert and its latest Updates (a
+#: reference is about 75 bytes; an incident revised for months would otherwise outgrow
+#: the largest Kafka message)
+REFERENCES_MAX = 200
+
+
 class AlertPolicy:
     """Revisions (in order of issue) in, CAP messages out; one chain per incident."""
 
@@ -147,7 +153,14 @@ class AlertPolicy:
         identifier = alert_identifier(rev.incident_id, rev.revision, msg_type)
         refs: tuple[str, ...] = ()
         if previous is not None:
-            refs = (f"{self.sender},{previous.identifier},{cap_time(previous.sent)}",)
+            # the whole chain, oldest first: an agency that missed an Update (its delivery
+            # given up) still holds the Alert, and a Cancel naming only the last Update
+            # left that Alert standing there
+            refs = tuple(dict.fromkeys((
+                *previous.references,
+                f"{self.sender},{previous.identifier},{cap_time(previous.sent)}")))
+            if len(refs) > REFERENCES_MAX:  # the chain's first message and its latest
+                refs = (refs[0], *refs[len(refs) - REFERENCES_MAX + 1:])
         headline = _headline(rev, cls, msg_type)
         xml = build_cap_xml(rev, cls, identifier=identifier, sender=self.sender,
                             msg_type=msg_type, references=refs, headline=headline,

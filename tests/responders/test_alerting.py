@@ -48,7 +48,9 @@ def test_alert_update_cancel_chain_validates() -> None:
         assert doc.findtext("cap:identifier", namespaces=NS) == msg.identifier
         assert doc.findtext("cap:sent", namespaces=NS).endswith("-00:00")  # UTC, as CAP says
     assert update.references == (f"tocsin@localhost,{alert.identifier},2022-01-15T04:39:45-00:00",)
-    assert cancel.references[0].split(",")[1] == update.identifier
+    # the Cancel names the whole chain: an agency that missed the Update holds the Alert
+    assert [r.split(",")[1] for r in cancel.references] == [alert.identifier,
+                                                            update.identifier]
     assert (alert.urgency, alert.certainty) == ("Expected", "Likely")
     assert (update.urgency, update.certainty) == ("Immediate", "Observed")
     doc = etree.fromstring(alert.cap_xml.encode())
@@ -196,6 +198,26 @@ def test_a_tsunami_alert_covers_every_station_that_observed_it() -> None:
                      ("sea-level station hilo (observed)", "19.7300,-155.0600 20")]
 
 
+def test_references_name_the_chain_up_to_its_bound() -> None:
+    """Each Update references the chain before it, oldest first; past REFERENCES_MAX the
+    Alert and the latest messages (an incident revised for months would outgrow a Kafka
+    message)."""
+    from responders.alerting import REFERENCES_MAX
+
+    policy = AlertPolicy()
+    msgs = [m for n in range(1, REFERENCES_MAX + 52) for m in policy.on_revision(replace(
+        revision(n, issued=T + 1500.0 + 60.0 * n), lat=-20.0 + 0.1 * n))]
+    assert len(msgs) == REFERENCES_MAX + 51 and msgs[0].msg_type == "Alert"
+    ids = [m.identifier for m in msgs]
+    for i, msg in enumerate(msgs[1:], start=1):
+        named = [r.split(",")[1] for r in msg.references]
+        assert named == (ids[:i] if i <= REFERENCES_MAX else
+                         [ids[0], *ids[i - REFERENCES_MAX + 1:i]]), msg.identifier
+    assert len(msgs[-1].references) == REFERENCES_MAX
+    assert validate_cap(msgs[-1].cap_xml).findtext("cap:references", namespaces=NS) == \
+        " ".join(msgs[-1].references)
+
+
 def test_cap_circles_are_in_wgs84_longitudes() -> None:
     """A registry gauge at lon 189.31 (0..360) went out as a circle at 189.31, outside the
     range CAP expects, and matched no subscription area."""
@@ -239,7 +261,10 @@ def test_an_incident_withdrawn_back_and_withdrawn_again_ends_cancelled() -> None
     assert [r.split(",")[1] for r in back.references] == [got[0][0].identifier,
                                                           got[1][0].identifier]
     last = got[-1][0]
-    assert last.references[0].split(",")[1] == got[4][0].identifier  # the latest Update
+    # the chain since the return, the latest Update among it, and the first Cancel
+    assert [r.split(",")[1] for r in last.references] == [
+        got[2][0].identifier, got[3][0].identifier, got[4][0].identifier,
+        got[1][0].identifier]
     assert stage.add(replace(r1, status="retracted")) == []
 
 
