@@ -221,6 +221,38 @@ def test_evaluate_refuses_what_it_cannot_read_in_one_line(
     assert "is a folder" in err_of("detect", str(pkg), "--report", str(tmp_path))
 
 
+def test_a_worker_holds_a_lease_on_the_broker_while_it_runs(
+        home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A dashboard that had started the broker stopped it, on exit, under the workers:
+    they held no lease on it."""
+    import contextlib
+
+    import streams.app
+    import tocsin.cli as cli
+
+    held: list[bool] = []
+    inside = False
+
+    @contextlib.contextmanager
+    def lease(settings: Settings) -> Iterator[None]:
+        nonlocal inside
+        inside = True
+        try:
+            yield
+        finally:
+            inside = False
+
+    class App:
+        def main(self) -> None:
+            held.append(inside)
+
+    monkeypatch.setattr(cli, "_broker", lease)
+    monkeypatch.setattr(streams.app, "create_app", lambda *a, **k: App())
+    monkeypatch.setattr("sys.argv", ["tocsin"])
+    assert main(["worker", "--no-migrate"]) == 0
+    assert held == [True]
+
+
 def test_bad_command_lines_are_one_line_errors_before_anything_starts(
         home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Each of these was a traceback (exit 1), or taken: --speed nan replayed at max speed,
@@ -244,6 +276,9 @@ def test_bad_command_lines_are_one_line_errors_before_anything_starts(
         "replay", "tonga2022", "--partitions", "-2", "--report", report)
     assert "port '70000' is not in 0-65535" in usage_error(
         "seedlink-serve", "x.mseed", "--port", "70000")
+    for bad in ("inf", "nan", "0"):  # inf divided by zero, nan ran at max speed
+        assert f"'{bad}' must be a finite number of seconds > 0" in usage_error(
+            "run", "--duration", bad, "--exit-when-done")
 
     def err_of(*argv: str) -> str:
         assert main(list(argv)) == 2
@@ -252,6 +287,7 @@ def test_bad_command_lines_are_one_line_errors_before_anything_starts(
         return err
 
     assert "stream 'BAD'" in err_of("seedlink", "127.0.0.1:1", "BAD")
+    assert "'127.0.0.1:99999' is not HOST:PORT" in err_of("seedlink", "127.0.0.1:99999", LHZ)
     garbage = tmp_path / "garbage.xml"
     garbage.write_text("garbage")
     assert f"--inventory {garbage}: not readable as StationXML" in err_of(

@@ -35,6 +35,18 @@ def _speed(text: str) -> float | None:
     return value
 
 
+def _seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds > 0 (``--duration inf`` divided by
+    zero; ``nan`` replayed at max speed)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number of seconds > 0")
+    return value
+
+
 def _whole(low: int, high: int | None = None, what: str = "") -> Callable[[str], int]:
     """An argparse type: a whole number in ``low``..``high`` (``what`` names it)."""
     name = f"{what} " if what else ""
@@ -152,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="the demo: broker, workers, dashboard, Tonga 2022 replay")
     run.add_argument("--package", default="tonga2022")
-    run.add_argument("--duration", type=float, default=120.0,
+    run.add_argument("--duration", type=_seconds, default=120.0,
                      help="wall-clock seconds the replay should take (default 120)")
     run.add_argument("--exit-when-done", action="store_true",
                      help="exit when the replay is finished instead of serving the dashboard")
@@ -446,7 +458,10 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     topics = Topics.for_run(settings, args.run_id, args.partitions)
     app = create_app(settings, topics, registry, gains)
     sys.argv = ["tocsin-worker", "worker", "--without-web", "--loglevel", args.loglevel]
-    app.main()
+    # a lease on the local broker while the worker runs: without one, the dashboard that
+    # had started the broker stopped it under the worker when it exited
+    with _broker(settings):
+        app.main()
     return 0
 
 
@@ -504,8 +519,9 @@ def _seedlink(args: argparse.Namespace, settings: Settings) -> int:
     from streams.topics import Topics, create_topics
 
     host, _, port = args.server.rpartition(":")
-    if not host or not port.isdigit():
-        print(f"tocsin seedlink: server {args.server!r} is not HOST:PORT", file=sys.stderr)
+    if not host or not port.isdigit() or int(port) > 65535:
+        print(f"tocsin seedlink: server {args.server!r} is not HOST:PORT (a port in "
+              "0-65535)", file=sys.stderr)
         return 2
     stations = seedlink_stations(args, settings)
     try:
