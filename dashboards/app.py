@@ -43,8 +43,12 @@ def create_app(state: LiveState, *, push_interval: float = 0.5,
                store: Store | None = None) -> FastAPI:
     """The app over ``state``; ``store``: where a CAP message the state no longer holds (it
     keeps a week) is found, so the Atom feed's and agencies' links keep working."""
-    app = FastAPI(title="tocsin dashboard", docs_url="/api/docs", redoc_url=None)
+    # no docs page: FastAPI's loads Swagger UI from a CDN (blank in an ops room with no
+    # internet, and a request to the outside from every browser that opens it); the API's
+    # description stays at /openapi.json
+    app = FastAPI(title="tocsin dashboard", docs_url=None, redoc_url=None)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
     for r in routers:
         app.include_router(r)
 
@@ -56,7 +60,8 @@ def create_app(state: LiveState, *, push_interval: float = 0.5,
     def api_state() -> JSONResponse:
         return JSONResponse(jsonable(state.snapshot()))
 
-    @app.get("/api/stations/{station_id}/series")
+    # a station id may hold "/" (only "," is refused): the rest of the path is the id
+    @app.get("/api/stations/{station_id:path}/series")
     def api_series(station_id: str) -> JSONResponse:
         s = state.series(station_id)
         if s is None:

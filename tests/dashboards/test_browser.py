@@ -208,6 +208,19 @@ def test_station_ids_are_shown_as_text_not_markup() -> None:
         assert errors == []
 
 
+def test_a_station_id_with_a_slash_opens_its_series() -> None:
+    """The schema allows "/" in a station id; its series route took only one path segment,
+    and clicking such a station did nothing (a 404 the page dropped)."""
+    with _serving(_fed([("NZ/CHIT", -43.9, -176.5)])) as url:
+        errors: list[str] = []
+        with _page(url, errors) as page:
+            page.dispatch_event("#map path[data-station='NZ/CHIT']", "click")
+            page.wait_for_selector("#series[data-station='NZ/CHIT'] polyline", state="attached",
+                                   timeout=10_000)  # a flat line: not 'visible'
+            assert page.inner_text("#series-title") == "NZ/CHIT (barometer, hPa)"
+        assert errors == []
+
+
 @pytest.mark.parametrize(("stations", "center"), [
     # a network around Greenwich: the map used to cut it at 0 degrees (lon in [0, 360))
     ([("BREST", 48.4, -4.5), ("PARIS", 48.8, 2.3), ("MADRID", 40.4, -3.7),

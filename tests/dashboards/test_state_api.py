@@ -65,6 +65,9 @@ def test_api_serves_state_series_cap_and_atom() -> None:
     assert client.get("/api/state").json()["incidents"][0]["id"] == "eruption-1"
     assert client.get("/api/stations/A/series").json()["station_id"] == "A"
     assert client.get("/api/stations/nope/series").status_code == 404
+    # no docs page (FastAPI's loads Swagger UI from a CDN); the API's description stays
+    assert client.get("/api/docs").status_code == 404
+    assert client.get("/openapi.json").json()["info"]["title"] == "tocsin dashboard"
     alerts = client.get("/api/alerts").json()
     xml = client.get(alerts[0]["cap_url"])
     assert xml.headers["content-type"].startswith("application/cap+xml")
