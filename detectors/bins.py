@@ -21,6 +21,33 @@ def median(a: FloatArray) -> float:
     return float((part[k - 1] + part[k]) / 2.0)
 
 
+#: sample times this close below a bin's start belong to that bin. A packet's start,
+#: computed as ``t0 + i * dt`` by whoever cut the record, lands an ulp or so either side of
+#: the time the whole record gives its sample (at 1.6e9 s an ulp is 0.24 us), and the
+#: sample moved to the other bin: results depended on where the packets were cut (seen at
+#: 10 Hz starting at .1 s). A tenth of a millisecond is far above such errors and the
+#: microseconds of an ISO time, and far below any sample interval the binned detectors get
+TIME_TOL = 1e-4
+
+
+def bin_of(t: float, width: float) -> int:
+    """The index of the bin of ``width`` seconds that holds time ``t`` (see TIME_TOL)."""
+    return math.floor((t + TIME_TOL) / width)
+
+
+def bins_of(t: np.ndarray, width: float) -> np.ndarray:
+    """:func:`bin_of` of each time in ``t``."""
+    return np.floor((t + TIME_TOL) / width).astype(np.int64)
+
+
+def sample_time(t: float) -> float:
+    """``t`` to the millisecond: the time of a sample as every cut of its record gives it.
+    One computed from a packet's start differs from the whole record's by an ulp (0.24 us
+    at 1.6e9 s), which rounding to the microsecond still showed (a 1/3-s sample 0.17 us
+    from a half-microsecond); a sample within an ulp of a half-millisecond is far rarer."""
+    return round(t, 3)
+
+
 def check_packet(station_id: str, t0: float, dt: float, values: FloatArray,
                  last_t: float) -> float:
     """Check a packet against the stream it continues; return its last sample's time
@@ -30,6 +57,8 @@ def check_packet(station_id: str, t0: float, dt: float, values: FloatArray,
                           f"{values.shape}")
     if not (dt > 0 and math.isfinite(dt)):
         raise PacketError(f"{station_id}: sample interval {dt!r} must be > 0")
+    if not math.isfinite(t0):  # nan passed the order check below and turned it off
+        raise PacketError(f"{station_id}: packet start {t0!r} is not finite")
     if t0 <= last_t + 1e-6:
         raise PacketError(f"{station_id}: packet starts at {t0}, not after the last sample "
                           f"of the previous one ({last_t})")
@@ -55,14 +84,14 @@ class Binner:
         if n == 0:
             return []
         if (self.index is not None
-                and math.floor(t0 / self.width + 1e-9) == self.index
-                and math.floor((t0 + dt * (n - 1)) / self.width + 1e-9) == self.index):
+                and bin_of(t0, self.width) == self.index
+                and bin_of(t0 + dt * (n - 1), self.width) == self.index):
             # the whole packet falls in the open bin (the common case for short packets);
             # NaN samples are dropped when the bin closes
             self.pending.append(values.copy())
             return []
         t = t0 + dt * np.arange(len(values))
-        idx = np.floor(t / self.width + 1e-9).astype(np.int64)
+        idx = bins_of(t, self.width)
         uniq, start = np.unique(idx, return_index=True)
         ends = [*start[1:].tolist(), len(values)]
         out: list[tuple[int, float, float]] = []
@@ -72,7 +101,7 @@ class Binner:
                 self.pending.append(seg)
                 continue
             if self.index is not None:
-                out.append((self.index, self._mean(), float(t[a])))
+                out.append((self.index, self._mean(), sample_time(float(t[a]))))
             self.index, self.pending = b, [seg]
         return out
 
@@ -107,10 +136,11 @@ def whole_record_bins(times: FloatArray, values: FloatArray,
     members: dict[int, list[float]] = {}
     first_t: dict[int, float] = {}
     for t, v in zip(times.tolist(), values.tolist(), strict=True):
-        b = math.floor(t / bin_s + 1e-9)
+        b = bin_of(t, bin_s)
         members.setdefault(b, [])
         first_t.setdefault(b, t)
         if math.isfinite(v):
             members[b].append(v)
     order = sorted(members)
-    return [(b, members[b], first_t[nxt]) for b, nxt in zip(order, order[1:], strict=False)]
+    return [(b, members[b], sample_time(first_t[nxt]))
+            for b, nxt in zip(order, order[1:], strict=False)]

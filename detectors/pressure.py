@@ -44,7 +44,15 @@ from typing import Any
 import numpy as np
 
 from detectors.base import Detection, DetectorError, FloatArray, StationInfo, feed_guarded
-from detectors.bins import Binner, check_packet, median, run_onset, whole_record_bins
+from detectors.bins import (
+    Binner,
+    bin_of,
+    bins_of,
+    check_packet,
+    median,
+    run_onset,
+    whole_record_bins,
+)
 
 
 def line_fit(x: FloatArray, y: FloatArray) -> tuple[float, float]:
@@ -542,9 +550,8 @@ class LambRows:
         p = self.p
         w = p.bin_s
         last = t0 + dt * (n - 1)
-        b_first = math.floor(t0 / w + 1e-9)
-        if self.bidx is not None and b_first == self.bidx and math.floor(
-                last / w + 1e-9) == self.bidx:
+        b_first = bin_of(t0, w)
+        if self.bidx is not None and b_first == self.bidx and bin_of(last, w) == self.bidx:
             # the frame falls in the open bin: the common case for short packets
             if self.pc + n > self.pend.shape[1]:
                 self._widen_pending(self.pc + n)
@@ -554,7 +561,7 @@ class LambRows:
             return []
         # bins closed by this frame, on working copies (committed if the rows stay)
         t = t0 + dt * np.arange(n)
-        bins = np.floor(t / w + 1e-9).astype(np.int64)
+        bins = bins_of(t, w)
         uniq, start = np.unique(bins, return_index=True)
         ends = [*start[1:].tolist(), n]
         pend = self.pend[idx, :self.pc]

@@ -49,7 +49,15 @@ from typing import Any
 import numpy as np
 
 from detectors.base import Detection, FloatArray, StationInfo
-from detectors.bins import Binner, check_packet, median, run_onset, whole_record_bins
+from detectors.bins import (
+    Binner,
+    bin_of,
+    bins_of,
+    check_packet,
+    median,
+    run_onset,
+    whole_record_bins,
+)
 
 
 @dataclass(frozen=True)
@@ -254,7 +262,7 @@ class TsunamiDetector:
         # evens out instead of bending the extrapolated cubic, and one bad sample (a spike,
         # a 99) is left out; with block means it bent the cubic, and the residuals after it
         # declared a tsunami
-        blk = np.floor(tt / p.fit_block_s)  # in order: each block is a run
+        blk = bins_of(tt, p.fit_block_s)  # in order: each block is a run
         first = np.empty(len(blk), dtype=bool)
         first[0] = True
         np.not_equal(blk[1:], blk[:-1], out=first[1:])
@@ -409,7 +417,7 @@ def fit_tide(tt: FloatArray, vv: FloatArray, lat: float) -> Any:
 
     # fit on 10-min medians: the tide is smooth, the fit 10x cheaper, and one bad sample
     # (with means, a single 99 bent a month of tide predictions) is left out
-    idx = np.floor(tt / 600.0)
+    idx = bins_of(tt, 600.0)
     uniq, start, counts = np.unique(idx, return_index=True, return_counts=True)
     means = run_medians(idx, vv, start, counts)
     # utide's nodal corrections divide by sin(lat): a gauge on the equator fits at 0.01 deg
@@ -548,7 +556,7 @@ def tsunami_reference(times: FloatArray, values: FloatArray, station: StationInf
             degree = p.degree if tide is None else p.degree_detided
             blocks: dict[float, list[tuple[float, float]]] = {}
             for x in pts:
-                blocks.setdefault(math.floor(x[0] / p.fit_block_s), []).append(x)
+                blocks.setdefault(bin_of(x[0], p.fit_block_s), []).append(x)
             bt = np.array([sum(x[0] for x in g) / len(g) for g in blocks.values()])
             bv = np.array([statistics.median(x[1] for x in g) for g in blocks.values()])
             if len(bt) > degree + 2:
