@@ -252,6 +252,8 @@ class StaLtaPicker:
                               f"{values.dtype} {values.shape}")
         if not (dt > 0 and math.isfinite(dt)):
             raise PacketError(f"{self.station.station_id}: sample interval {dt!r} must be > 0")
+        if not math.isfinite(t0):  # nan passed the order check below and turned it off
+            raise PacketError(f"{self.station.station_id}: packet start {t0!r} is not finite")
         if len(values) == 0:
             self.cf = np.empty(0)
             return []

@@ -120,13 +120,13 @@ class StationPipeline:
         n = len(values)
         if n == 0:
             return None
+        if not math.isfinite(t0):  # an inf start was taken, and the next packet overflowed
+            raise PacketError(f"{self.station.station_id}: packet start {t0!r} is not finite")
         if t0 > self.last_end + _TOL:
             return t0, values
         # reaches back to what was fed: a re-send, unless a sample lies where none was fed
         if not (dt > 0 and math.isfinite(dt)):
             raise PacketError(f"{self.station.station_id}: sample interval {dt!r} must be > 0")
-        if not math.isfinite(t0):
-            raise PacketError(f"{self.station.station_id}: packet start {t0!r} is not finite")
         end = t0 + (n - 1) * dt
         self.check_seen(t0, dt, n, end)
         if end <= self.last_end + _TOL:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -173,6 +175,30 @@ def test_a_first_packet_at_an_infinite_time_does_not_sink_the_others() -> None:
     got = [r if isinstance(r, list | tuple) else f"{type(r).__name__}: {r}"
            for r in DetectorBank().feed_many(packets)]
     assert [list(r) if isinstance(r, tuple) else r for r in got] == expected
+
+
+@pytest.mark.parametrize("start", [math.inf, math.nan])
+def test_a_packet_at_a_non_finite_time_is_refused_naming_it(start: float) -> None:
+    """An infinite start was taken; the station's next good packet then overflowed in the
+    re-send check (an OverflowError, not a DetectorError) and failed the whole call, the
+    other station's packet with it. A nan start passed the detectors' order checks and
+    turned them off."""
+    from detectors.base import PacketError
+    from detectors.picker import StaLtaPicker
+    from detectors.pressure import LambPulseDetector
+
+    a = StationInfo("XX.A", "barometer", 0.0, 0.0, units="hPa")
+    b = StationInfo("XX.B", "barometer", 1.0, 1.0, units="hPa")
+    values = np.full(600, 1010.0)
+    bank = DetectorBank()
+    first = bank.feed_many([(a, start, 1.0, values)])
+    assert isinstance(first[0], PacketError) and f"packet start {start!r}" in str(first[0])
+    out = bank.feed_many([(a, T0, 1.0, values), (b, T0, 1.0, values)])
+    assert [list(r) for r in out] == [[], []]
+    assert bank.pipelines["XX.A"].packets == 1
+    for det in (LambPulseDetector(a), StaLtaPicker(StationInfo("XX.C..BHZ", "seismic", 0, 0))):
+        with pytest.raises(PacketError, match=f"packet start {start!r} is not finite"):
+            det.feed(start, 1.0, values)
 
 
 def test_forget_restarts_a_station_and_leaves_the_others_alone() -> None:
