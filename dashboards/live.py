@@ -8,7 +8,8 @@ in the middle of an event shows what has happened, and the observations from
 then goes on reading as they come. It creates nothing: it waits for the run's topics and
 follows their partitions as they are. A record it cannot decode is skipped (the workers
 dead-letter it); control messages (watermarks, end markers) are not shown. The reading
-never ends: a live run has no end. :func:`feeder` is the one mapping of messages onto
+never ends: a live run has no end, and a broker that goes away is waited for (the view
+says so meanwhile). :func:`feeder` is the one mapping of messages onto
 the state, used by the replay demo too.
 """
 
@@ -23,6 +24,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 
 from dashboards.state import LiveState
@@ -62,20 +64,17 @@ def feeder(state: LiveState) -> Callable[[Message], None]:
 
 async def follow(bootstrap: str, topics: Topics, state: LiveState,
                  history_s: float = 12 * 3600.0, now: Callable[[], float] = time.time,
-                 refresh_s: float = 30.0) -> None:
+                 refresh_s: float = 10.0, retry_max_s: float = 10.0) -> None:
     """Feed ``state`` from the run's topics until cancelled (see the module docstring).
     Observations stamped more than ``history_s`` before ``now()`` are not read. The
     topics' partitions are looked up every ``refresh_s`` (every second until the run's
     topics exist: a dashboard may start before the workers): partitions added later are
-    read from their beginning."""
+    read from their beginning. The look-up also tells whether Kafka answers: when it does
+    not, the state says so (``LiveState.on_source``) and the reading goes on trying, every
+    second at first, at most ``retry_max_s`` apart, from where it was. (It ended, and the
+    dashboard exited with status 0 and the page frozen as if live.)"""
     feed = feeder(state)
     outputs = [topics.detections, topics.incidents, topics.alerts, topics.seismic]
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
-                                enable_auto_commit=False, auto_offset_reset="earliest",
-                                fetch_max_wait_ms=200, max_partition_fetch_bytes=8 << 20)
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
-    await consumer.start()
-    await admin.start()
 
     def take(records: list[ConsumerRecord[Any, Any]]) -> None:
         for rec in records:
@@ -92,41 +91,79 @@ async def follow(bootstrap: str, topics: Topics, state: LiveState,
                 log.exception("dashboard: %s[%s]@%s not shown", rec.topic, rec.partition,
                               rec.offset)
 
+    loop = asyncio.get_running_loop()
+    consumer: AIOKafkaConsumer | None = None
+    admin: AIOKafkaAdminClient | None = None
+    assigned: set[TopicPartition] = set()
+    first_obs = True
+    look_at = 0.0
+    wait = 1.0
     try:
-        loop = asyncio.get_running_loop()
-        assigned: set[TopicPartition] = set()
-        first_obs = True
-        look_at = 0.0
         while True:
-            if loop.time() >= look_at:
-                new = await _partitions(admin, [*outputs, topics.observations]) - assigned
-                look_at = loop.time() + (refresh_s if assigned or new else 1.0)
-                if new:
-                    await _assign(consumer, assigned, new)
-                    obs = [tp for tp in new if tp.topic == topics.observations]
-                    if obs and first_obs:  # the first: the history; later ones whole
-                        first_obs = False
-                        ends = await consumer.end_offsets(obs)
-                        found = await consumer.offsets_for_times(
-                            {tp: int(1000 * (now() - history_s)) for tp in obs})
-                        for tp in obs:
-                            at = found.get(tp)
-                            consumer.seek(tp, ends[tp] if at is None else at.offset)
-                    log.info("following %s: %s", topics.app_id,
-                             ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(new)))
-            if not assigned:
-                await asyncio.sleep(1.0)
-                continue
-            batch = await consumer.getmany(timeout_ms=1000, max_records=2000)
-            for records in batch.values():
-                # decoded in a thread (the state has a lock): the read back of a long
-                # history must not hold up the web server on this loop
-                await asyncio.to_thread(take, records)
+            try:
+                if consumer is None or admin is None:
+                    consumer, admin = await _connect(bootstrap)
+                if loop.time() >= look_at:
+                    new = await _partitions(admin, [*outputs, topics.observations]) - assigned
+                    state.on_source(True, f"Kafka at {bootstrap}")
+                    wait = 1.0
+                    look_at = loop.time() + (refresh_s if assigned or new else 1.0)
+                    if new:
+                        await _assign(consumer, assigned, new)
+                        obs = [tp for tp in new if tp.topic == topics.observations]
+                        if obs and first_obs:  # the first: the history; later ones whole
+                            first_obs = False
+                            ends = await consumer.end_offsets(obs)
+                            found = await consumer.offsets_for_times(
+                                {tp: int(1000 * (now() - history_s)) for tp in obs})
+                            for tp in obs:
+                                at = found.get(tp)
+                                consumer.seek(tp, ends[tp] if at is None else at.offset)
+                        log.info("following %s: %s", topics.app_id,
+                                 ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(new)))
+                if not assigned:
+                    await asyncio.sleep(1.0)
+                    continue
+                batch = await consumer.getmany(timeout_ms=1000, max_records=2000)
+                for records in batch.values():
+                    # decoded in a thread (the state has a lock): the read back of a long
+                    # history must not hold up the web server on this loop
+                    await asyncio.to_thread(take, records)
+            except (KafkaError, OSError) as exc:  # OSError: refused, reset, timed out
+                if state.source is None or state.source["ok"]:
+                    log.warning("dashboard: Kafka at %s does not answer (%s: %s); trying "
+                                "again", bootstrap, type(exc).__name__, exc)
+                state.on_source(False, f"Kafka at {bootstrap} does not answer "
+                                       f"({type(exc).__name__})")
+                await asyncio.sleep(wait)
+                wait = min(2.0 * wait, retry_max_s)
+                look_at = 0.0  # ask again at once
     finally:
+        if consumer is not None:
+            with contextlib.suppress(Exception):
+                await consumer.stop()
+        if admin is not None:
+            with contextlib.suppress(Exception):
+                await admin.close()
+
+
+async def _connect(bootstrap: str) -> tuple[AIOKafkaConsumer, AIOKafkaAdminClient]:
+    """A started consumer (no group, no commits) and admin client; neither is left open if
+    the other does not start."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+                                enable_auto_commit=False, auto_offset_reset="earliest",
+                                fetch_max_wait_ms=200, max_partition_fetch_bytes=8 << 20)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+    try:
+        await consumer.start()
+        await admin.start()
+    except BaseException:
         with contextlib.suppress(Exception):
             await consumer.stop()
         with contextlib.suppress(Exception):
             await admin.close()
+        raise
+    return consumer, admin
 
 
 async def _partitions(admin: AIOKafkaAdminClient, names: list[str]) -> set[TopicPartition]:

@@ -39,6 +39,8 @@ SERIES_BIN_S = 60.0
 SERIES_KEEP_S = 12 * 3600.0
 #: event-time seconds between two prunings of what is older than ``keep_s``
 PRUNE_EVERY_S = 3600.0
+#: live: how far past the wall clock the view's event time may go
+AHEAD_S = 600.0
 
 
 @dataclass
@@ -82,6 +84,17 @@ class LiveState:
         self.lag: dict[str, Any] | None = None
         #: stations the view could not place: unknown, and their packets have no coordinates
         self.unplaced: set[str] = set()
+        #: whether the view's source (Kafka) answers: {"ok", "detail", "since"}, or None
+        self.source: dict[str, Any] | None = None
+
+    def on_source(self, ok: bool, detail: str) -> None:
+        """The source of the view answers (``ok``) or not, since now if that changed: a view
+        whose source went away must not look live."""
+        with self._lock:
+            if self.source is not None and self.source["ok"] == ok:
+                return
+            self.source = {"ok": ok, "detail": detail, "since": time.time()}
+            self.version += 1
 
     def on_lag(self, lag: dict[str, Any]) -> None:
         """The workers' consumer lag (from :func:`streams.lag.monitor_lag`)."""
@@ -173,7 +186,11 @@ class LiveState:
 
     def _advance(self, t: float) -> None:
         """Event time reached ``t`` (under the lock): a new version, and once an hour of
-        event time what is older than ``keep_s`` goes."""
+        event time what is older than ``keep_s`` goes. Live, no further than
+        ``AHEAD_S`` past the clock: one packet stamped in 2150 (a station's clock) made
+        every station late and pruned everything."""
+        if self.clock is not None:
+            t = min(t, self.clock() + AHEAD_S)
         self.event_time = max(self.event_time, t)
         self.version += 1
         if self.event_time - self._pruned >= PRUNE_EVERY_S:
@@ -277,7 +294,9 @@ class LiveState:
                            "missing": sum(s["missing"] for s in stations),
                            "detections": len(self._detections),
                            "unplaced_stations": sorted(self.unplaced),
-                           "consumer_lag": self._lag_view()},
+                           "consumer_lag": self._lag_view(),
+                           "source": None if self.source is None else {
+                               **self.source, "since": iso(self.source["since"])}},
             }
 
     def _lag_view(self) -> dict[str, Any] | None:

@@ -261,6 +261,31 @@ async function drawSeries() {
   }
 }
 
+// What the page shows may be old: the dashboard server stopped sending (it sends the
+// state at least every 5 s), or its source, Kafka, does not answer. Said over the map,
+// looked at every second: a frozen page looked live.
+const STALE_S = 15;
+let heard = Date.now();
+
+function staleness() {
+  const quiet = (Date.now() - heard) / 1000;
+  const src = last && last.health && last.health.source;
+  let text = "", reason = "";
+  if (quiet > STALE_S) {
+    text = `no update from the dashboard server for ${Math.round(quiet)} s: ` +
+      "what you see may be out of date";
+    reason = "server";
+  } else if (src && !src.ok) {
+    text = `${src.detail} since ${src.since.replace("T", " ").slice(0, 19)} UTC: ` +
+      "what you see stopped then";
+    reason = "source";
+  }
+  const p = document.getElementById("stale");
+  p.textContent = text;
+  p.hidden = !text;
+  p.dataset.reason = reason;
+}
+
 function render(state) {
   last = state;
   chooseCenter(state.stations);
@@ -268,13 +293,16 @@ function render(state) {
   drawIncidents(state);
   drawSeismic(state);
   drawPanels(state);
+  staleness();
 }
 
 fetch("/api/state").then((r) => r.json()).then(render);
 const source = new EventSource("/api/stream");
 source.addEventListener("state", (e) => {
+  heard = Date.now();
   render(JSON.parse(e.data));
   drawSeries();
 });
+setInterval(staleness, 1000);
 window.tocsinState = () => last;
 window.tocsinCenter = () => center;

@@ -153,8 +153,9 @@ def test_dashboard_shows_a_seismic_event(quake_demo: str, quake_pkg: Any) -> Non
 
 
 @contextlib.contextmanager
-def _serving(state: Any) -> Iterator[str]:
-    """A dashboard over ``state`` on a free port, in a thread: its address."""
+def _serving(state: Any, servers: list[Any] | None = None) -> Iterator[str]:
+    """A dashboard over ``state`` on a free port, in a thread: its address (its uvicorn
+    server appended to ``servers``, for a test that stops it)."""
     import threading
 
     import uvicorn
@@ -166,6 +167,8 @@ def _serving(state: Any) -> Iterator[str]:
                                            log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
+    if servers is not None:
+        servers.append(server)
     try:
         deadline = time.monotonic() + 30
         while not server.started:
@@ -219,6 +222,31 @@ def test_a_station_id_with_a_slash_opens_its_series() -> None:
                                    timeout=10_000)  # a flat line: not 'visible'
             assert page.inner_text("#series-title") == "NZ/CHIT (barometer, hPa)"
         assert errors == []
+
+
+def test_the_page_says_when_what_it_shows_is_stale() -> None:
+    """The page went on looking live when the dashboard's source (Kafka) or the dashboard
+    server itself had gone: it now says which, over the map, and clears it when the
+    source answers again."""
+    state = _fed([("NUKU", -21.1, -175.2)])
+    state.on_source(False, "Kafka at 127.0.0.1:1 does not answer (KafkaConnectionError)")
+    servers: list[Any] = []
+    with _serving(state, servers) as url:
+        errors: list[str] = []
+        with _page(url, errors) as page:
+            page.wait_for_selector("#stale[data-reason='source']", timeout=10_000)
+            text = page.inner_text("#stale")
+            assert text.startswith("Kafka at 127.0.0.1:1 does not answer "
+                                   "(KafkaConnectionError) since "), text
+            assert text.endswith("UTC: what you see stopped then"), text
+            state.on_source(True, "Kafka at 127.0.0.1:1")
+            page.wait_for_selector("#stale", state="hidden", timeout=15_000)
+            assert page.get_attribute("#stale", "data-reason") == ""
+            assert errors == []
+            servers[0].should_exit = servers[0].force_exit = True  # the server goes away
+            page.wait_for_selector("#stale[data-reason='server']", timeout=40_000)
+            assert page.inner_text("#stale").startswith("no update from the dashboard "
+                                                        "server for ")
 
 
 @pytest.mark.parametrize(("stations", "center"), [

@@ -212,3 +212,73 @@ def test_tocsin_dashboard_serves_a_live_run_and_stops_on_sigterm(
             proc.kill()
             proc.wait()
         log.close()
+
+
+def test_the_live_state_says_when_kafka_goes_away_and_follows_it_back(
+        kafka_settings: Settings, tmp_path: Path) -> None:
+    """The dashboard's reading ended when the broker went away: the command exited with
+    status 0 and the page stayed as it was, looking live. Now the state says Kafka does
+    not answer (the page shows it), the reading goes on trying, and what comes once the
+    broker is back comes through. A broker of the test's own, stopped and started."""
+    from deploy.broker import Broker
+    from tests.conftest import missing
+
+    if kafka_settings.kafka_bootstrap:
+        missing("external cluster (TOCSIN_TEST_KAFKA_BOOTSTRAP): no local broker to stop")
+    own = Settings(home=tmp_path, broker_port=free_port(), controller_port=free_port(),
+                   cache_dir=kafka_settings.cache_dir)
+    broker = Broker(own)
+    topics = Topics.for_run(own, "dash-outage", 1)
+    state = LiveState(clock=time.time)
+
+    def names() -> set[str]:
+        return {s["station_id"] for s in state.snapshot()["stations"]}
+
+    def answers() -> bool | None:
+        src = state.snapshot()["health"]["source"]
+        return None if src is None else src["ok"]
+
+    async def until(what: str, cond: Any, task: asyncio.Task[None]) -> None:
+        deadline = time.monotonic() + 60
+        while not cond():
+            assert not task.done(), f"following stopped ({what}): {task}"
+            assert time.monotonic() < deadline, (what, state.snapshot()["health"])
+            await asyncio.sleep(0.1)
+
+    async def send(station: str) -> None:
+        pkt = ObservationPacket(station, "barometer", "BDO", time.time() - 600.0, 60.0,
+                                np.full(10, 1010.0), "hPa", lat=-21.1, lon=-175.2)
+        producer = AIOKafkaProducer(bootstrap_servers=own.bootstrap, acks="all")
+        await producer.start()
+        try:
+            await producer.send_and_wait(topics.observations, encode(pkt),
+                                         key=station.encode())
+        finally:
+            await producer.stop()
+
+    async def go() -> None:
+        task = asyncio.create_task(follow(own.bootstrap, topics, state, refresh_s=0.5,
+                                          retry_max_s=1.0))
+        try:
+            await until("nothing listens yet", lambda: answers() is False, task)
+            await asyncio.to_thread(broker.start, 120)
+            await create_topics(own.bootstrap, topics)
+            await send("BARO.A")
+            await until("the broker is up", lambda: "BARO.A" in names() and answers(), task)
+            await asyncio.to_thread(broker.stop)
+            await until("the broker is gone", lambda: answers() is False, task)
+            detail = state.snapshot()["health"]["source"]["detail"]
+            assert f"Kafka at {own.bootstrap} does not answer" in detail, detail
+            await asyncio.to_thread(broker.start, 120)
+            await send("BARO.B")
+            await until("the broker is back", lambda: "BARO.B" in names() and answers(),
+                        task)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    try:
+        asyncio.run(go())
+    finally:
+        broker.stop()
+    assert names() == {"BARO.A", "BARO.B"}

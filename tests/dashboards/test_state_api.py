@@ -289,3 +289,36 @@ def test_a_cap_message_the_state_has_pruned_comes_from_the_store(tmp_path) -> No
     assert client.get("/api/alerts/nope.xml").status_code == 404
     assert TestClient(create_app(s)).get(f"/api/alerts/{old.identifier}.xml").status_code == 404
     store.close()
+
+
+def test_live_one_packet_from_the_future_does_not_wipe_the_view() -> None:
+    """A packet stamped in 2150 (a station's clock) moved the event time there: every
+    station went late and the week kept was pruned, for good. Live, the event time goes
+    no further than AHEAD_S past the clock."""
+    from dashboards.state import AHEAD_S
+
+    now = T + 86400.0
+    s = LiveState(clock=lambda: now)
+    s.on_packet(packet("A", now - 600.0, [1010.0] * 10))
+    s.on_detection(Detection("A", "barometer", "lamb_pulse", "1", now - 900.0, now - 800.0,
+                             2.0, "hPa", now - 700.0, -18.0, 178.0))
+    s.on_packet(packet("B", 5_680_000_000.0, [1010.0] * 10))  # 2150
+    snap = s.snapshot()
+    assert snap["event_time_s"] == now + AHEAD_S
+    assert {st["station_id"]: st["state"] for st in snap["stations"]}["A"] == "detecting"
+    assert snap["health"]["detections"] == 1
+    s.on_packet(packet("A", now, [1010.0] * 10))
+    assert snap["event_time_s"] == s.snapshot()["event_time_s"]
+
+
+def test_the_source_state_is_in_the_snapshot_from_when_it_changed() -> None:
+    s = LiveState()
+    assert s.snapshot()["health"]["source"] is None
+    s.on_source(False, "Kafka at x:1 does not answer (KafkaConnectionError)")
+    first = s.snapshot()["health"]["source"]
+    version = s.version
+    s.on_source(False, "Kafka at x:1 does not answer (NodeNotReadyError)")  # still down
+    assert s.snapshot()["health"]["source"] == first and s.version == version
+    assert first["ok"] is False and first["since"].endswith("Z")
+    s.on_source(True, "Kafka at x:1")
+    assert s.snapshot()["health"]["source"]["ok"] is True and s.version == version + 1
