@@ -193,6 +193,11 @@ class Associator:
         associator as it was."""
         if det.key in self._keys:
             return []  # a redelivered detection changes nothing
+        for name in ("declared", "onset"):
+            if not math.isfinite(getattr(det, name)):
+                # a nan declared sorted first and the checkpoint never moved again
+                raise ValueError(f"detection {det.key}: {name} = {getattr(det, name)!r} is "
+                                 "not a time")
         at = (det.declared, det.key)
         if at < self._mark:
             raise LateDetection(

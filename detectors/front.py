@@ -194,6 +194,23 @@ def _global_search(la: FloatArray, lo: FloatArray, yy: FloatArray, smin: float, 
 SPEED_BOUNDS = (250.0, 380.0)
 
 
+#: stations closer than this (km) are one site for ``min_stations``: a pick is good to a
+#: minute (about 20 km of a 315-m/s front), so sensors at one site or a few km apart (an
+#: array's elements) add no independent constraint on the source
+SITE_KM = 20.0
+
+
+def distinct_sites(lat: FloatArray, lon: FloatArray, site_km: float = SITE_KM) -> int:
+    """How many sites the stations at ``lat``, ``lon`` are at: each station farther than
+    ``site_km`` from the first station of every site before it starts a site."""
+    heads: list[int] = []
+    for i in range(len(lat)):
+        if not heads or bool(np.all(great_circle_km(
+                lat[i], lon[i], lat[heads], lon[heads]) > site_km)):
+            heads.append(i)
+    return len(heads)
+
+
 def locate_front(picks: Iterable[Pick], *, min_stations: int = 4,
                  speed_bounds: tuple[float, float] = SPEED_BOUNDS,
                  speed_prior: float = 315.0, speed_prior_sigma: float = 20.0,
@@ -201,7 +218,9 @@ def locate_front(picks: Iterable[Pick], *, min_stations: int = 4,
                  cutoff_s: float = 300.0, min_cutoff_s: float = 120.0,
                  source_prior: tuple[float, float, float] | None = None,
                  ) -> FrontSolution | None:
-    """The source of a front from its picks, or None with fewer than ``min_stations``.
+    """The source of a front from its picks, or None with fewer than ``min_stations``
+    sites among them (stations within ``SITE_KM`` of one another count once: four ids at
+    two sites gave a confident solution 10,000 km from the source).
 
     The Lamb wave's speed is known to a few per cent (310-340 m/s), so the speed carries a
     Gaussian prior (``speed_prior`` +- ``speed_prior_sigma``) against picks of
@@ -222,6 +241,8 @@ def locate_front(picks: Iterable[Pick], *, min_stations: int = 4,
         return None
     lat_s = np.array([first[i].lat for i in ids])
     lon_s = np.array([first[i].lon for i in ids])
+    if distinct_sites(lat_s, lon_s) < min_stations:
+        return None
     ref = min(first[i].onset for i in ids)
     y = np.array([first[i].onset - ref for i in ids])
     smin, smax = 1.0 / speed_bounds[1], 1.0 / speed_bounds[0]
@@ -243,7 +264,8 @@ def locate_front(picks: Iterable[Pick], *, min_stations: int = 4,
         mad = 1.4826 * float(np.median(np.abs(r_in - np.median(r_in))))
         limit = max(3.0 * mad, min_cutoff_s)
         new_keep = np.abs(r_all) <= limit
-        if new_keep.sum() < min_stations:
+        if new_keep.sum() < min_stations or distinct_sites(
+                lat_s[new_keep], lon_s[new_keep]) < min_stations:
             return None
         if np.array_equal(new_keep, keep):
             break

@@ -544,3 +544,37 @@ def test_a_detection_sent_again_under_its_key_is_associated_once_in_both() -> No
         r.to_dict() for r in associate([*pressure_dets(), prov], reg)]
     holding = {r.incident_id for r in reference if prov.key in r.detections}
     assert len(holding) == 1, holding
+
+
+def test_barometers_at_two_sites_open_no_eruption_incident() -> None:
+    """Two channels at each of two sites passed min_stations = 4 and opened an eruption
+    incident 9,400 km from the source, with watches and CAP alerts to follow."""
+    from detectors.association import associate
+
+    dets = [pulse(sid, lat, lon, jitter=j) for (sid, lat, lon), j in zip(
+        [("NUKU.00", -21.14, -175.18), ("NUKU.10", -21.14, -175.18),
+         ("MSVF.00", -17.745, 178.053), ("MSVF.10", -17.745, 178.053)],
+        (15.0, -12.0, 20.0, -18.0), strict=True)]
+    assert associate(dets, GAUGES) == []
+    # two more sites: the front is there, and located
+    dets += [pulse("pago", -14.28, -170.69, jitter=10.0), pulse("raro", -21.2, -159.8)]
+    (rev, *_) = associate(dets, GAUGES)
+    assert rev.type == "volcanic_eruption"
+    assert float(great_circle_km(rev.lat, rev.lon, *SRC)) < 100
+
+
+def test_a_detection_at_no_time_is_refused_naming_it() -> None:
+    """A nan declared time sorted first in the associator's tail, and its checkpoint never
+    moved again (the bounded state grew without end)."""
+    import dataclasses
+    import math
+
+    from detectors.association import Associator
+
+    good = pulse("NUKU", -21.14, -175.18)
+    for name in ("declared", "onset"):
+        bad = dataclasses.replace(good, **{name: math.nan})
+        a = Associator(GAUGES)
+        with pytest.raises(ValueError, match=f"{name} = nan is not a time"):
+            a.add(bad)
+        assert a.add(good) == [] and good.key in a._keys

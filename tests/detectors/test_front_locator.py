@@ -56,6 +56,34 @@ def test_too_few_picks() -> None:
     assert locate_front(picks(TONGA, ORIGIN, 315.0, 0.0)[:3]) is None
 
 
+@pytest.mark.parametrize("layout", [
+    # four ids at two sites (two channels each), at one site and another, at three sites
+    {"NUKU.00": "NUKU", "NUKU.10": "NUKU", "MSVF.00": "MSVF", "MSVF.10": "MSVF"},
+    {"NUKU.00": "NUKU", "NUKU.10": "NUKU", "NUKU.20": "NUKU", "NUKU.30": "NUKU",
+     "MSVF": "MSVF"},
+    {"NUKU.00": "NUKU", "NUKU.10": "NUKU", "MSVF": "MSVF", "pago": "pago"},
+])
+def test_sensors_at_one_site_count_once(layout: dict[str, str]) -> None:
+    """Co-located sensors made up the four stations a front needs: the geometry fixes
+    nothing, and the solution came out 9,000-15,000 km from the source with a small rms
+    (an eruption incident and its alerts). Stations within SITE_KM count once; a fifth
+    site 12 km away (an array element) does not make up the count either."""
+    from detectors.front import SITE_KM, distinct_sites
+
+    sites = {sid: SITES[at] for sid, at in layout.items()}
+    assert locate_front(picks(TONGA, ORIGIN, 315.0, 20.0, sites=sites)) is None
+    near = {**sites, "NUKU.ARRAY": (SITES["NUKU"][0] + 0.11, SITES["NUKU"][1])}
+    assert float(great_circle_km(*SITES["NUKU"], *near["NUKU.ARRAY"])) < SITE_KM
+    assert locate_front(picks(TONGA, ORIGIN, 315.0, 20.0, sites=near)) is None
+    lat = np.array([v[0] for v in near.values()])
+    lon = np.array([v[1] for v in near.values()])
+    assert distinct_sites(lat, lon) == len(set(layout.values()))
+    # one more site, and the front is found
+    more = {**sites, **{k: SITES[k] for k in ("raro", "levu", "AUCK")}}
+    sol = locate_front(picks(TONGA, ORIGIN, 315.0, 20.0, sites=more))
+    assert sol is not None and float(great_circle_km(sol.lat, sol.lon, *TONGA)) < 50
+
+
 @pytest.mark.parametrize("src", [(-6.10, 105.42), (46.2, -122.18), (64.6, -17.5)])
 def test_other_volcanoes(src: tuple[float, float]) -> None:
     # Krakatau, St Helens, Iceland: a global network sees the front
