@@ -329,16 +329,34 @@ def standalone_html(m: folium.Map) -> str:
     return _REMOTE.sub(inline, page)
 
 
+def shown_url(db_url: str) -> str:
+    """``db_url`` with its password, if any, as ``***`` (it goes into error messages)."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(db_url).render_as_string(hide_password=True)
+
+
 def write_incident_map(db_url: str, incident_id: str, out: Path) -> Path:
     """Read the incident from the store and write its standalone map to ``out``."""
+    from sqlalchemy.exc import OperationalError, ProgrammingError
+
     from responders.store import Store
 
     store = Store(db_url, migrate_schema=False)
     try:
-        revisions = store.revisions(incident_id)
+        try:
+            revisions = store.revisions(incident_id)
+        except (OperationalError, ProgrammingError) as exc:
+            text = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+            if "no such table" in text or "does not exist" in text:
+                # no tables yet (a fresh home), or a database that is not tocsin's
+                raise MapError(f"{shown_url(db_url)} holds no tocsin incidents (nothing "
+                               "stored there yet?)") from None
+            raise MapError(f"{shown_url(db_url)} cannot be read: {text}") from None
         if not revisions:
             known = [i["incident_id"] for i in store.incidents()]
-            raise MapError(f"no incident {incident_id!r} in {db_url} (known: {known or 'none'})")
+            raise MapError(f"no incident {incident_id!r} in {shown_url(db_url)} (known: "
+                           f"{known or 'none'})")
         detections = store.detections()
         alerts = [a for a in store.alerts(limit=10_000) if a["incident_id"] == incident_id]
     finally:

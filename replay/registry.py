@@ -8,12 +8,36 @@ displacement at the picker's band centre), which the workers need for magnitudes
 from __future__ import annotations
 
 import csv
+import functools
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 from detectors.base import StationInfo
 from replay.package import STATIONS_HEADER, PackageError, ReplayPackage, csv_rows
+
+T = TypeVar("T")
+
+
+class RegistryError(PackageError):
+    """A station registry that cannot be read (a PackageError: the same checks and
+    messages, but it is not a package that is bad)."""
+
+
+def _registry_errors(read: Callable[[Path], T]) -> Callable[[Path], T]:
+    """``read`` raising :class:`RegistryError` for the PackageError of a bad file."""
+
+    @functools.wraps(read)
+    def wrapped(path: Path) -> T:
+        try:
+            return read(path)
+        except RegistryError:
+            raise
+        except PackageError as exc:
+            raise RegistryError(str(exc)) from None
+
+    return wrapped
 
 
 def _rows(path: Path) -> tuple[list[str], Iterator[tuple[int, dict[str, str]]]]:
@@ -36,6 +60,7 @@ def _rows(path: Path) -> tuple[list[str], Iterator[tuple[int, dict[str, str]]]]:
     return header, rows()
 
 
+@_registry_errors
 def read_registry(path: Path) -> list[StationInfo]:
     """A CSV with at least ``station_id,kind,lat,lon`` (the stations.csv header works)."""
     out = []
@@ -55,6 +80,7 @@ def read_registry(path: Path) -> list[StationInfo]:
     return out
 
 
+@_registry_errors
 def read_gains(path: Path) -> dict[str, float]:
     """The registry's ``gain`` column (rows that have one), station id -> counts per m."""
     out: dict[str, float] = {}

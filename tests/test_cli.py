@@ -85,7 +85,40 @@ def test_a_missing_station_registry_is_a_one_line_error(tmp_path: Path,
 
     missing_csv = tmp_path / "nope.csv"
     assert main(["worker", "--run-id", "t", "--registry", str(missing_csv)]) == 2
-    assert f"{missing_csv}: no such station registry" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    # a registry, not a package (it said "bad package")
+    assert err == f"tocsin: bad station registry: {missing_csv}: no such station registry\n"
+
+
+def test_a_store_or_kafka_that_is_not_there_is_a_one_line_error(
+        home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Tracebacks before: the incident map of a fresh home (no tables), a database URL
+    that is not one, a Kafka cluster that does not answer."""
+    from tests.conftest import free_port
+
+    monkeypatch.delenv("TOCSIN_DATABASE_URL", raising=False)  # the home's SQLite file
+
+    def err_of(*argv: str) -> str:
+        assert main(list(argv)) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        return err
+
+    err = err_of("map", "nosuch", "--out", str(tmp_path / "m.html"))
+    assert "holds no tocsin incidents (nothing stored there yet?)" in err, err
+    monkeypatch.setenv("TOCSIN_DATABASE_URL", "postgresql+psycopg://u:secret@127.0.0.1:1/x")
+    err = err_of("map", "nosuch", "--out", str(tmp_path / "m.html"))
+    assert "u:***@127.0.0.1:1/x cannot be read: " in err, err
+    assert "secret" not in err  # the password stays out of logs
+    monkeypatch.setenv("TOCSIN_DATABASE_URL", "bogus")
+    err = err_of("map", "nosuch", "--out", str(tmp_path / "m.html"))
+    assert "'bogus' is not a database URL" in err and "TOCSIN_DATABASE_URL" in err, err
+    monkeypatch.delenv("TOCSIN_DATABASE_URL")
+    down = f"127.0.0.1:{free_port()}"
+    monkeypatch.setenv("TOCSIN_KAFKA_BOOTSTRAP", down)
+    err = err_of("seedlink", "127.0.0.1:1", LHZ)
+    assert f"tocsin: Kafka at {down} does not answer" in err, err
 
 
 @pytest.fixture()

@@ -249,16 +249,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _dispatch(args, settings)
     except PackageError as exc:
-        print(f"tocsin: bad package: {exc}", file=sys.stderr)
+        from replay.registry import RegistryError
+
+        what = "bad station registry" if isinstance(exc, RegistryError) else "bad package"
+        print(f"tocsin: {what}: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:
         # an operator's error in one line (imported here: aiokafka is slow to import)
+        from aiokafka.errors import KafkaConnectionError
+
         from deploy.broker import BrokerError
         from replay.streaming import ReplayError
         from responders.store import StoreConflict
         from streams.seedlink import SeedLinkError
         from streams.topics import TopicError
 
+        if isinstance(exc, KafkaConnectionError):  # TOCSIN_KAFKA_BOOTSTRAP not answering
+            print(f"tocsin: Kafka at {settings.bootstrap} does not answer ({exc})",
+                  file=sys.stderr)
+            return 2
         if not isinstance(exc, TopicError | BrokerError | ReplayError | StoreConflict
                           | SeedLinkError | CliError):
             raise

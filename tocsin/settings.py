@@ -169,6 +169,21 @@ class Settings(BaseSettings):
             raise ValueError(f"{v!r} is not an http(s) URL with no query or fragment")
         return v.rstrip("/")
 
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, v: str | None) -> str | None:
+        # checked here: "bogus" went on to a traceback from the first command that stored
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        if v is not None:
+            try:
+                make_url(v)
+            except ArgumentError:
+                raise ValueError(f"{v!r} is not a database URL (e.g. postgresql+psycopg://"
+                                 "user@host/db or sqlite:///path)") from None
+        return v
+
     @field_validator("broker_heap", "topic_prefix", "cap_sender")
     @classmethod
     def _pattern(cls, v: str, info: ValidationInfo) -> str:
