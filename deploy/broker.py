@@ -228,10 +228,25 @@ class Broker:
         directory's server.properties): after a SIGKILL or a reboot the file may name a
         process that has nothing to do with it, which ``stop`` would have killed."""
         try:
-            pid = int(self.pid_file.read_text().strip())
+            pid: int | None = int(self.pid_file.read_text().strip())
         except (OSError, ValueError):
-            return None
-        return pid if _pid_alive(pid) and self._is_ours(pid) else None
+            pid = None
+        if pid is not None and _pid_alive(pid) and self._is_ours(pid):
+            return pid
+        # the file lost or stale, the broker perhaps still running: found by its command
+        # line (status said stopped, start found the port taken, stop left it running)
+        found = self._find()
+        if found is not None:
+            self.pid_file.write_text(f"{found}\n")
+        return found
+
+    def _find(self) -> int | None:
+        """A live process that is this broker, from /proc."""
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit() and self._is_ours(int(entry.name)) and _pid_alive(
+                    int(entry.name)):
+                return int(entry.name)
+        return None
 
     def _is_ours(self, pid: int) -> bool:
         try:
@@ -313,6 +328,12 @@ class Broker:
             raise BrokerError(
                 f"port {self.settings.broker_port} on {self.host} is taken by another process; "
                 "set TOCSIN_BROKER_PORT or TOCSIN_KAFKA_BOOTSTRAP"
+            )
+        if _port_open(self.host, self.settings.controller_port):
+            # the JVM would exit after 4 s with "exited with code 1; see log"
+            raise BrokerError(
+                f"port {self.settings.controller_port} on {self.host} (the KRaft controller's) "
+                "is taken by another process; set TOCSIN_CONTROLLER_PORT"
             )
         self.fetch()
         self.dir.mkdir(parents=True, exist_ok=True)

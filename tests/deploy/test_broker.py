@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 
 import pytest
@@ -91,6 +93,16 @@ def test_port_taken_is_a_clear_error(kafka_settings: Settings, tmp_path) -> None
                      controller_port=kafka_settings.controller_port + 1)
     with pytest.raises(BrokerError, match=str(kafka_settings.broker_port)):
         Broker(other).start(timeout=5)
+    # the controller's port too, before anything is launched (it failed after 4 s with
+    # "exited with code 1; see log")
+    from tests.conftest import free_port
+
+    other = Settings(home=tmp_path, broker_port=free_port(),
+                     controller_port=kafka_settings.broker_port)
+    with pytest.raises(BrokerError, match=f"port {kafka_settings.broker_port} on 127.0.0.1 "
+                                          r"\(the KRaft controller's\) is taken"):
+        Broker(other).start(timeout=5)
+    assert not (tmp_path / "broker" / "broker.pid").exists()
 
 
 def test_heap_sizes_and_the_g1_region_size() -> None:
@@ -220,6 +232,32 @@ def test_a_stale_pid_file_never_signals_another_process(tmp_path, monkeypatch) -
         finally:
             other.kill()
             other.wait()
+
+
+def test_a_broker_whose_pid_file_is_gone_is_still_found(kafka_settings: Settings,
+                                                        tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """With its pid file removed, a running broker was 'stopped' to status, start found
+    its port taken, and stop left it running: an orphan JVM."""
+    from tests.conftest import free_port
+
+    if kafka_settings.kafka_bootstrap:
+        missing("external cluster (TOCSIN_TEST_KAFKA_BOOTSTRAP): no local broker")
+    broker = Broker(Settings(home=tmp_path, broker_port=free_port(),
+                             controller_port=free_port(), cache_dir=kafka_settings.cache_dir))
+    try:
+        pid = broker.start(timeout=90).pid
+        broker.pid_file.unlink()
+        st = broker.status()
+        assert st.running and st.pid == pid
+        assert broker.pid_file.read_text().strip() == str(pid)  # written again
+        broker.pid_file.unlink()
+        broker.stop()
+        assert _ours(broker) == []
+        assert not broker.status().running
+    finally:
+        broker.stop()
+        for left in _ours(broker):
+            os.kill(left, signal.SIGKILL)
 
 
 def test_two_starts_at_once_make_one_broker(kafka_settings: Settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
