@@ -41,6 +41,8 @@ SERIES_KEEP_S = 12 * 3600.0
 PRUNE_EVERY_S = 3600.0
 #: live: how far past the wall clock the view's event time may go
 AHEAD_S = 600.0
+#: stations without coordinates: how many the view remembers, and names in a snapshot
+UNPLACED_MAX, UNPLACED_SHOWN = 10_000, 20
 
 
 @dataclass
@@ -178,7 +180,8 @@ class LiveState:
         try:
             info = StationInfo(station_id, kind, lat, lon, 0.0, units)
         except DetectorError:
-            self.unplaced.add(station_id)
+            if len(self.unplaced) < UNPLACED_MAX:
+                self.unplaced.add(station_id)
             return None
         self.unplaced.discard(station_id)
         st = self._stations[station_id] = _Station(info)
@@ -293,7 +296,10 @@ class LiveState:
                            "samples": sum(s["samples"] for s in stations),
                            "missing": sum(s["missing"] for s in stations),
                            "detections": len(self._detections),
-                           "unplaced_stations": sorted(self.unplaced),
+                           # the first few by name, and how many: the whole list (200,000
+                           # ids, 2.4 MB) went out with every push
+                           "unplaced_stations": sorted(self.unplaced)[:UNPLACED_SHOWN],
+                           "unplaced_count": len(self.unplaced),
                            "consumer_lag": self._lag_view(),
                            "source": None if self.source is None else {
                                **self.source, "since": iso(self.source["since"])}},

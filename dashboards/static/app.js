@@ -156,7 +156,10 @@ function drawPanels(state) {
   document.getElementById("health").textContent =
     `${h.stations} stations (${parts.join(", ")}), ${h.detections} detections` +
     (h.unplaced_stations && h.unplaced_stations.length
-      ? `; not on the map (no coordinates): ${h.unplaced_stations.join(", ")}` : "");
+      ? `; not on the map (no coordinates): ${h.unplaced_stations.join(", ")}` +
+        (h.unplaced_count > h.unplaced_stations.length
+          ? ` and ${h.unplaced_count - h.unplaced_stations.length} more` : "")
+      : "");
 
   const incs = document.getElementById("incidents");
   incs.replaceChildren();

@@ -224,6 +224,26 @@ def test_a_station_id_with_a_slash_opens_its_series() -> None:
         assert errors == []
 
 
+def test_the_header_names_a_few_unplaced_stations_and_counts_the_rest() -> None:
+    import numpy as np
+
+    from streams.schemas import ObservationPacket
+
+    state = _fed([("NUKU", -21.1, -175.2)])
+    for i in range(25):  # no coordinates: not on the map
+        state.on_packet(ObservationPacket(f"X{i:02d}", "barometer", "BDO", 1642220085.0,
+                                          60.0, np.full(3, 1010.0), "hPa"))
+    with _serving(state) as url:
+        errors: list[str] = []
+        with _page(url, errors) as page:
+            page.wait_for_function("document.getElementById('health').textContent"
+                                   ".includes('more')", timeout=10_000)
+            text = page.inner_text("#health")
+        assert errors == []
+    names = ", ".join(f"X{i:02d}" for i in range(20))
+    assert text.endswith(f"not on the map (no coordinates): {names} and 5 more"), text
+
+
 def test_the_page_says_when_what_it_shows_is_stale() -> None:
     """The page went on looking live when the dashboard's source (Kafka) or the dashboard
     server itself had gone: it now says which, over the map, and clears it when the

@@ -322,3 +322,18 @@ def test_the_source_state_is_in_the_snapshot_from_when_it_changed() -> None:
     assert first["ok"] is False and first["since"].endswith("Z")
     s.on_source(True, "Kafka at x:1")
     assert s.snapshot()["health"]["source"]["ok"] is True and s.version == version + 1
+
+
+def test_the_unplaced_list_is_bounded_and_so_is_what_each_push_carries() -> None:
+    """200,000 packets with no coordinates and new ids: the list grew without end and went
+    out whole with every push (2.4 MB each)."""
+    from dashboards.state import UNPLACED_MAX, UNPLACED_SHOWN
+
+    s = LiveState()
+    for i in range(UNPLACED_MAX + 500):
+        s.on_packet(ObservationPacket(f"X{i:06d}", "barometer", "BDO", T, 60.0,
+                                      np.full(1, 1.0), "hPa"))
+    health = s.snapshot()["health"]
+    assert len(s.unplaced) == UNPLACED_MAX and health["unplaced_count"] == UNPLACED_MAX
+    assert health["unplaced_stations"] == [f"X{i:06d}" for i in range(UNPLACED_SHOWN)]
+    assert len(json.dumps(health)) < 2000
