@@ -57,12 +57,19 @@ class PlumeDetector:
 
     def feed_frame(self, t: float, lat: FloatArray, lon: FloatArray,
                    height_m: FloatArray) -> list[Detection]:
+        if not math.isfinite(t):  # nan passed the order check and made a nan detection
+            raise PacketError(f"plume frame time {t!r} is not finite")
         if t <= self._last_t:
             raise PacketError(f"plume frame at {t} is not after the previous frame at "
                               f"{self._last_t}")
         if not (lat.shape == lon.shape == height_m.shape):
             raise PacketError(f"plume frame at {t}: lat {lat.shape}, lon {lon.shape} and "
                               f"height {height_m.shape} differ in shape")
+        off = (np.abs(lat) > 90.0) | (np.abs(lon) > 360.0)
+        if off.any():  # a detection at lat 95 was made from them
+            i = int(np.flatnonzero(off)[0])
+            raise PacketError(f"plume frame at {t}: pixel {i} at lat {float(lat[i])!r}, lon "
+                              f"{float(lon[i])!r} is not on the globe")
         self._last_t = t
         ok = np.isfinite(height_m) & np.isfinite(lat) & np.isfinite(lon)
         h_km = height_m[ok] / 1000.0

@@ -71,3 +71,20 @@ def test_location_of_a_plume_straddling_the_antimeridian() -> None:
     # within 0.03 deg of the pixels' centre (179.98-180.02), not on the 0 meridian
     assert abs((d.lon - 179.98 + 180.0) % 360.0 - 180.0) < 0.03, d.lon
     assert d.lat == pytest.approx(51.93)
+
+
+def test_a_frame_at_no_time_or_off_the_globe_is_refused_naming_it() -> None:
+    """A nan frame time passed the order check and made a detection at a nan onset; pixels
+    at lat 95, lon 400 made a plume at lat 95."""
+    rng = np.random.default_rng(5)
+    det = PlumeDetector(SAT)
+    with pytest.raises(PacketError, match="plume frame time nan is not finite"):
+        det.feed_frame(float("nan"), *frame(rng, 30))
+    lat, lon, h = frame(rng, 30)
+    lat[7] = 95.0
+    with pytest.raises(PacketError, match=r"pixel 7 at lat 95\.0, lon .* is not on the globe"):
+        det.feed_frame(T0, lat, lon, h)
+    # neither left a mark: the same frame with its pixel on the globe flags
+    lat[7] = -20.5
+    (d,) = det.feed_frame(T0, lat, lon, h)
+    assert d.onset == T0 and abs(d.lat + 20.5) < 0.2
