@@ -21,31 +21,31 @@ def median(a: FloatArray) -> float:
     return float((part[k - 1] + part[k]) / 2.0)
 
 
-#: sample times this close below a bin's start belong to that bin. A packet's start,
+#: sample times are taken on this grid (s) before they are binned. A packet's start,
 #: computed as ``t0 + i * dt`` by whoever cut the record, lands an ulp or so either side of
-#: the time the whole record gives its sample (at 1.6e9 s an ulp is 0.24 us), and the
-#: sample moved to the other bin: results depended on where the packets were cut (seen at
-#: 10 Hz starting at .1 s). A tenth of a millisecond is far above such errors and the
-#: microseconds of an ISO time, and far below any sample interval the binned detectors get
-TIME_TOL = 1e-4
+#: the time the whole record gives its sample (at 1.6e9 s an ulp is 0.24 us), and a sample
+#: at a bin's start moved to the bin before: results depended on where the packets were
+#: cut (seen at 10 Hz starting at .1 s). On the grid both are the same time. It is
+#: miniSEED's time resolution, so real sample times are on it or (a rate like 1/3 s) far
+#: from its half-steps, where an ulp could still tip the rounding; a tolerance added
+#: instead only moved the edge (a start .1 ms before a sample slot flipped again)
+TIME_GRID = 1e-4
+_STEPS_PER_S = 1e4  # 1 / TIME_GRID, exact: t * it and n / it round once each
+
+
+def sample_time(t: float) -> float:
+    """``t`` on the TIME_GRID: the time of a sample as every cut of its record gives it."""
+    return float(np.rint(t * _STEPS_PER_S)) / _STEPS_PER_S
 
 
 def bin_of(t: float, width: float) -> int:
-    """The index of the bin of ``width`` seconds that holds time ``t`` (see TIME_TOL)."""
-    return math.floor((t + TIME_TOL) / width)
+    """The index of the bin of ``width`` seconds that holds time ``t`` (on TIME_GRID)."""
+    return math.floor(sample_time(t) / width)
 
 
 def bins_of(t: np.ndarray, width: float) -> np.ndarray:
     """:func:`bin_of` of each time in ``t``."""
-    return np.floor((t + TIME_TOL) / width).astype(np.int64)
-
-
-def sample_time(t: float) -> float:
-    """``t`` to the millisecond: the time of a sample as every cut of its record gives it.
-    One computed from a packet's start differs from the whole record's by an ulp (0.24 us
-    at 1.6e9 s), which rounding to the microsecond still showed (a 1/3-s sample 0.17 us
-    from a half-microsecond); a sample within an ulp of a half-millisecond is far rarer."""
-    return round(t, 3)
+    return np.floor(np.rint(t * _STEPS_PER_S) / _STEPS_PER_S / width).astype(np.int64)
 
 
 def check_packet(station_id: str, t0: float, dt: float, values: FloatArray,
