@@ -111,6 +111,13 @@ def _alerting_content(rev: IncidentRevision) -> tuple[object, ...]:
 REFERENCES_MAX = 200
 
 
+def bounded_references(refs: tuple[str, ...]) -> tuple[str, ...]:
+    """At most REFERENCES_MAX of ``refs`` (oldest first): the first, and the latest."""
+    if len(refs) <= REFERENCES_MAX:
+        return refs
+    return (refs[0], *refs[len(refs) - REFERENCES_MAX + 1:])
+
+
 class AlertPolicy:
     """Revisions (in order of issue) in, CAP messages out; one chain per incident."""
 
@@ -159,8 +166,7 @@ class AlertPolicy:
             refs = tuple(dict.fromkeys((
                 *previous.references,
                 f"{self.sender},{previous.identifier},{cap_time(previous.sent)}")))
-            if len(refs) > REFERENCES_MAX:  # the chain's first message and its latest
-                refs = (refs[0], *refs[len(refs) - REFERENCES_MAX + 1:])
+            refs = bounded_references(refs)
         headline = _headline(rev, cls, msg_type)
         xml = build_cap_xml(rev, cls, identifier=identifier, sender=self.sender,
                             msg_type=msg_type, references=refs, headline=headline,

@@ -13,12 +13,19 @@ correction changes a message already sent, the stage sends the new content as an
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from dataclasses import replace
 
 from lxml import etree
 
-from responders.alerting import CAP_NS, AlertPolicy, cap_time, validate_cap
+from responders.alerting import (
+    CAP_NS,
+    AlertPolicy,
+    bounded_references,
+    cap_time,
+    validate_cap,
+)
 from streams.schemas import AlertMessage, IncidentRevision
 
 
@@ -46,6 +53,11 @@ class AlertStage:
         self._revisions: dict[str, dict[str, IncidentRevision]] = {}
         self._sent: dict[str, dict[str, AlertMessage]] = {}
         self._out: dict[str, dict[str, AlertMessage]] = {}
+        # per incident and policy identifier: every version of it that went out (its sent
+        # and CAP reference, oldest first), so a reference names the original and its
+        # corrections, and the incident's Cancel all that agencies may hold
+        self._went: dict[str, dict[str, list[tuple[float, int, str]]]] = {}
+        self._seq = itertools.count()  # the order messages went out in
         self._cancelled: dict[str, AlertMessage] = {}
 
     def add(self, rev: IncidentRevision) -> list[AlertMessage]:
@@ -62,29 +74,41 @@ class AlertStage:
             revisions[rev.key] = rev
         sent, out = dict(self._sent.get(inc, {})), dict(self._out.get(inc, {}))
         cancelled = self._cancelled.get(inc)
-        changed = []
+        went = {k: list(v) for k, v in self._went.get(inc, {}).items()}
+        changed: list[AlertMessage] = []
+
+        def goes_out(msg: AlertMessage) -> None:
+            changed.append(msg)
+            went.setdefault(sent_id(msg), []).append((msg.sent, next(self._seq),
+                                                      self._ref(msg)))
+
         for alert in alerts_for_revisions(revisions.values(), self.sender, self.status):
             if sent.get(alert.identifier) != alert:
                 previous = out.get(alert.identifier)
                 sent[alert.identifier] = alert
-                alert = self._referencing_what_went_out(alert, out)
+                alert = self._referencing_what_went_out(alert, went)
                 if previous is not None:  # sent before with other content, or cancelled
                     alert = correction(alert, previous, self.sender, also=cancelled)
                 cancelled = None  # the incident is back: agencies hold more than its Cancel
                 out[sent_id(alert)] = alert
-                changed.append(alert)
+                goes_out(alert)
         if rev.status == "retracted" and not revisions:
             # the incident is gone: agencies that got its alerts must get a Cancel
             if sent:
                 last = out[max(sent.values(), key=lambda a: (a.revision, a.sent)).identifier]
-                # sent no earlier than the message it cancels
+                # every message of the incident that went out, in the order sent: an
+                # agency may hold any of them (one whose later copies were given up on);
+                # sent no earlier than any of them
+                every = sorted(v for versions in went.values() for v in versions)
                 cancel = AlertPolicy(self.sender, self.status).cancel(
-                    replace(rev, issued=max(rev.issued, last.sent)), last)
+                    replace(rev, issued=max(rev.issued, every[-1][0])), last)
+                cancel = with_references(cancel, tuple(dict.fromkeys(
+                    (*(ref for _, _, ref in every), *cancel.references))))
                 earlier = out.get(cancel.identifier)
                 if earlier is not None:  # withdrawn before, back since: a Cancel of its own
                     cancel = correction(cancel, earlier, self.sender)
                 out[sent_id(cancel)] = cancel
-                changed.append(cancel)
+                goes_out(cancel)
                 # what agencies hold now is the Cancel: if the incident comes back, its
                 # messages go out again (as corrections of the ones sent before)
                 sent, cancelled = {}, cancel
@@ -103,28 +127,34 @@ class AlertStage:
                     again = correction(stands, out[stands.identifier], self.sender,
                                        also=withdrawn, sent=max(withdrawn.sent, stands.sent))
                     out[stands.identifier] = again
-                    changed.append(again)
+                    goes_out(again)
         self._revisions[inc], self._sent[inc], self._out[inc] = revisions, sent, out
+        self._went[inc] = went
         if cancelled is None:
             self._cancelled.pop(inc, None)
         else:
             self._cancelled[inc] = cancelled
         return changed
 
+    def _ref(self, msg: AlertMessage) -> str:
+        return f"{self.sender},{msg.identifier},{cap_time(msg.sent)}"
+
     def _referencing_what_went_out(self, msg: AlertMessage,
-                                   out: dict[str, AlertMessage]) -> AlertMessage:
-        """``msg`` with each reference to a message of the policy made a reference to what
-        went out for it: the policy's Update referenced its own version of the message
-        before, which agencies never got when a correction went out instead."""
-        refs = []
+                                   went: dict[str, list[tuple[float, int, str]]]
+                                   ) -> AlertMessage:
+        """``msg`` with each reference to a message of the policy made references to every
+        version of it that went out: the policy's Update referenced its own version of the
+        message, which agencies never got when a correction went out instead, and an agency
+        that missed the correction holds the original."""
+        refs: list[str] = []
         for ref in msg.references:
             sender, ident, _ = ref.split(",")
-            went = out.get(ident)
-            refs.append(ref if went is None or sender != self.sender else
-                        f"{sender},{went.identifier},{cap_time(went.sent)}")
-        if tuple(refs) == msg.references:
+            versions = went.get(ident) if sender == self.sender else None
+            refs.extend([r for _, _, r in versions] if versions else [ref])
+        out = tuple(dict.fromkeys(refs))
+        if out == msg.references:
             return msg
-        return with_references(msg, tuple(refs))
+        return with_references(msg, out)
 
 
 def sent_id(msg: AlertMessage) -> str:
@@ -145,7 +175,8 @@ def correction(msg: AlertMessage, previous: AlertMessage, sender: str, *,
         previous.identifier.rpartition(".c")[2]) + 1
     identifier = f"{msg.identifier}.c{n}"
     msg_type = "Cancel" if msg.msg_type == "Cancel" else "Update"
-    refs = tuple(dict.fromkeys((*msg.references, *(
+    # what ``previous`` referenced too: an agency that missed it holds what it superseded
+    refs = tuple(dict.fromkeys((*previous.references, *msg.references, *(
         f"{sender},{m.identifier},{cap_time(m.sent)}" for m in (previous, also)
         if m is not None))))
     floor = max(m.sent for m in (previous, also) if m is not None)
@@ -175,6 +206,7 @@ def _rewritten(msg: AlertMessage, *, identifier: str, msg_type: str,
     if refs_el is None:  # it goes right before <incidents>
         refs_el = etree.Element(f"{{{CAP_NS}}}references")
         el("incidents").addprevious(refs_el)
+    references = bounded_references(references)
     refs_el.text = " ".join(references)
     xml = etree.tostring(doc, xml_declaration=True, encoding="UTF-8").decode()
     validate_cap(xml)  # a rewritten message validates like the policy's own

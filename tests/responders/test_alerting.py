@@ -218,6 +218,34 @@ def test_references_name_the_chain_up_to_its_bound() -> None:
         " ".join(msgs[-1].references)
 
 
+def test_a_cancel_names_every_version_that_went_out_and_corrections_keep_the_bound() -> None:
+    """An agency whose copy of a correction the outbox gave up on holds the original: the
+    Cancel named the correction only. And a correction of the 220th Update carried 201
+    references (its own added after the bound)."""
+    from responders.alerting import REFERENCES_MAX
+
+    stage = AlertStage()
+    (alert,) = stage.add(revision(1))
+    (fix,) = stage.add(revision(1, issued=T + 1507.0))
+    (update,) = stage.add(revision(2, status="confirmed", issued=T + 2000.0,
+                                   confirmed=("nkfa",)))
+    stage.add(replace(revision(2), status="retracted"))
+    (*_, cancel) = stage.add(replace(revision(1), status="retracted"))
+    named = [r.split(",")[1] for r in cancel.references]
+    assert cancel.msg_type == "Cancel" and alert.identifier in named
+    assert {fix.identifier, update.identifier} <= set(named)
+
+    stage = AlertStage()
+    n = REFERENCES_MAX + 20
+    for k in range(1, n + 1):
+        stage.add(replace(revision(k, issued=T + 1500.0 + 60.0 * k), lat=-20.0 + 0.1 * k))
+    (fixed,) = stage.add(replace(revision(n, issued=T + 1507.0 + 60.0 * n),
+                                 lat=-20.0 + 0.1 * n))
+    assert fixed.identifier.endswith(".c1") and len(fixed.references) == REFERENCES_MAX
+    assert validate_cap(fixed.cap_xml).findtext("cap:references", namespaces=NS) == \
+        " ".join(fixed.references)
+
+
 def test_cap_circles_are_in_wgs84_longitudes() -> None:
     """A registry gauge at lon 189.31 (0..360) went out as a circle at 189.31, outside the
     range CAP expects, and matched no subscription area."""
@@ -261,10 +289,9 @@ def test_an_incident_withdrawn_back_and_withdrawn_again_ends_cancelled() -> None
     assert [r.split(",")[1] for r in back.references] == [got[0][0].identifier,
                                                           got[1][0].identifier]
     last = got[-1][0]
-    # the chain since the return, the latest Update among it, and the first Cancel
-    assert [r.split(",")[1] for r in last.references] == [
-        got[2][0].identifier, got[3][0].identifier, got[4][0].identifier,
-        got[1][0].identifier]
+    # every message of the incident that went out, in the order sent: an agency may hold
+    # any of them (the latest Update among them)
+    assert [r.split(",")[1] for r in last.references] == [m.identifier for m in sent[:-1]]
     assert stage.add(replace(r1, status="retracted")) == []
 
 
@@ -278,7 +305,10 @@ def test_an_update_references_the_message_that_went_out_not_its_recomputed_versi
     assert fix.identifier == alert.identifier + ".c1"
     (update,) = stage.add(revision(2, status="confirmed", issued=T + 2000.0,
                                    confirmed=("nkfa",)))
-    assert update.references == (f"tocsin@localhost,{fix.identifier},{cap_time(fix.sent)}",)
+    # both versions that went out (an agency that missed the correction holds the
+    # original), never r1.alert at the corrected time
+    assert update.references == (f"tocsin@localhost,{alert.identifier},{cap_time(alert.sent)}",
+                                 f"tocsin@localhost,{fix.identifier},{cap_time(fix.sent)}")
     _refs_went_out([alert, fix, update])
 
 
