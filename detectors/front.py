@@ -194,10 +194,11 @@ def _global_search(la: FloatArray, lo: FloatArray, yy: FloatArray, smin: float, 
 SPEED_BOUNDS = (250.0, 380.0)
 
 
-#: stations closer than this (km) are one site for ``min_stations``: a pick is good to a
-#: minute (about 20 km of a 315-m/s front), so sensors at one site or a few km apart (an
-#: array's elements) add no independent constraint on the source
-SITE_KM = 20.0
+#: stations closer than this (km) are one site for ``min_stations``: sensors at one site
+#: (channels, heights, co-located instruments) add no constraint on the source. Small:
+#: a volcano observatory's network a few km around the vent must still count (at 20 km a
+#: network of 12 barometers within 12 km never located a front)
+SITE_KM = 1.0
 
 
 def distinct_sites(lat: FloatArray, lon: FloatArray, site_km: float = SITE_KM) -> int:

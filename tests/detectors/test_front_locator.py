@@ -67,13 +67,13 @@ def test_sensors_at_one_site_count_once(layout: dict[str, str]) -> None:
     """Co-located sensors made up the four stations a front needs: the geometry fixes
     nothing, and the solution came out 9,000-15,000 km from the source with a small rms
     (an eruption incident and its alerts). Stations within SITE_KM count once; a fifth
-    site 12 km away (an array element) does not make up the count either."""
+    sensor 500 m away does not make up the count either."""
     from detectors.front import SITE_KM, distinct_sites
 
     sites = {sid: SITES[at] for sid, at in layout.items()}
     assert locate_front(picks(TONGA, ORIGIN, 315.0, 20.0, sites=sites)) is None
-    near = {**sites, "NUKU.ARRAY": (SITES["NUKU"][0] + 0.11, SITES["NUKU"][1])}
-    assert float(great_circle_km(*SITES["NUKU"], *near["NUKU.ARRAY"])) < SITE_KM
+    near = {**sites, "NUKU.NEAR": (SITES["NUKU"][0] + 0.0045, SITES["NUKU"][1])}
+    assert float(great_circle_km(*SITES["NUKU"], *near["NUKU.NEAR"])) < SITE_KM
     assert locate_front(picks(TONGA, ORIGIN, 315.0, 20.0, sites=near)) is None
     lat = np.array([v[0] for v in near.values()])
     lon = np.array([v[1] for v in near.values()])
