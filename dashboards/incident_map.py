@@ -338,18 +338,25 @@ def shown_url(db_url: str) -> str:
 
 def write_incident_map(db_url: str, incident_id: str, out: Path) -> Path:
     """Read the incident from the store and write its standalone map to ``out``."""
+    from sqlalchemy.engine import make_url
     from sqlalchemy.exc import OperationalError, ProgrammingError
 
     from responders.store import Store
 
+    url = make_url(db_url)
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:") \
+            and not Path(url.database).is_file():
+        # the store would make the file (and its folders) to say it holds nothing
+        raise MapError(f"{shown_url(db_url)}: no such database file (nothing stored yet?)")
     store = Store(db_url, migrate_schema=False)
     try:
         try:
             revisions = store.revisions(incident_id)
         except (OperationalError, ProgrammingError) as exc:
             text = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-            if "no such table" in text or "does not exist" in text:
-                # no tables yet (a fresh home), or a database that is not tocsin's
+            # no tables yet: SQLite's, and PostgreSQL's undefined table (not its "database
+            # does not exist" or "role does not exist", which are no empty store)
+            if "no such table" in text or type(exc.orig).__name__ == "UndefinedTable":
                 raise MapError(f"{shown_url(db_url)} holds no tocsin incidents (nothing "
                                "stored there yet?)") from None
             raise MapError(f"{shown_url(db_url)} cannot be read: {text}") from None

@@ -24,7 +24,13 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+    NodeNotReadyError,
+    RequestTimedOutError,
+)
 from aiokafka.structs import ConsumerRecord
 
 from dashboards.state import LiveState
@@ -96,6 +102,7 @@ async def follow(bootstrap: str, topics: Topics, state: LiveState,
     admin: AIOKafkaAdminClient | None = None
     assigned: set[TopicPartition] = set()
     first_obs = True
+    history: list[TopicPartition] = []  # observation partitions to read back from history_s
     look_at = 0.0
     wait = 1.0
     try:
@@ -112,15 +119,19 @@ async def follow(bootstrap: str, topics: Topics, state: LiveState,
                         await _assign(consumer, assigned, new)
                         obs = [tp for tp in new if tp.topic == topics.observations]
                         if obs and first_obs:  # the first: the history; later ones whole
-                            first_obs = False
-                            ends = await consumer.end_offsets(obs)
-                            found = await consumer.offsets_for_times(
-                                {tp: int(1000 * (now() - history_s)) for tp in obs})
-                            for tp in obs:
-                                at = found.get(tp)
-                                consumer.seek(tp, ends[tp] if at is None else at.offset)
+                            first_obs, history = False, obs
                         log.info("following %s: %s", topics.app_id,
                                  ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(new)))
+                if history:
+                    # until it is done, even across a retry: a failure here left the
+                    # observations read from their beginning (weeks of them)
+                    ends = await consumer.end_offsets(history)
+                    found = await consumer.offsets_for_times(
+                        {tp: int(1000 * (now() - history_s)) for tp in history})
+                    for tp in history:
+                        at = found.get(tp)
+                        consumer.seek(tp, ends[tp] if at is None else at.offset)
+                    history = []
                 if not assigned:
                     await asyncio.sleep(1.0)
                     continue
@@ -130,11 +141,16 @@ async def follow(bootstrap: str, topics: Topics, state: LiveState,
                     # history must not hold up the web server on this loop
                     await asyncio.to_thread(take, records)
             except (KafkaError, OSError) as exc:  # OSError: refused, reset, timed out
+                # one that is not about reaching the broker (an authorisation, a version)
+                # is said as it is: waiting for it to "answer" would mislead the room
+                gone = isinstance(exc, (OSError, *_UNREACHABLE)) or getattr(
+                    exc, "retriable", False)
+                what = (f"Kafka at {bootstrap} does not answer ({type(exc).__name__})" if gone
+                        else f"Kafka at {bootstrap} refuses the dashboard "
+                             f"({type(exc).__name__}: {exc})")
                 if state.source is None or state.source["ok"]:
-                    log.warning("dashboard: Kafka at %s does not answer (%s: %s); trying "
-                                "again", bootstrap, type(exc).__name__, exc)
-                state.on_source(False, f"Kafka at {bootstrap} does not answer "
-                                       f"({type(exc).__name__})")
+                    log.warning("dashboard: %s; trying again", what)
+                state.on_source(False, what)
                 await asyncio.sleep(wait)
                 wait = min(2.0 * wait, retry_max_s)
                 look_at = 0.0  # ask again at once
@@ -145,6 +161,11 @@ async def follow(bootstrap: str, topics: Topics, state: LiveState,
         if admin is not None:
             with contextlib.suppress(Exception):
                 await admin.close()
+
+
+#: errors of a broker out of reach (and any aiokafka marks ``retriable``)
+_UNREACHABLE = (KafkaConnectionError, KafkaTimeoutError, NodeNotReadyError,
+                RequestTimedOutError)
 
 
 async def _connect(bootstrap: str) -> tuple[AIOKafkaConsumer, AIOKafkaAdminClient]:

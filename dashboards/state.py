@@ -300,6 +300,8 @@ class LiveState:
                            # ids, 2.4 MB) went out with every push
                            "unplaced_stations": sorted(self.unplaced)[:UNPLACED_SHOWN],
                            "unplaced_count": len(self.unplaced),
+                           # more were seen than the view remembers: the count is a floor
+                           "unplaced_capped": len(self.unplaced) >= UNPLACED_MAX,
                            "consumer_lag": self._lag_view(),
                            "source": None if self.source is None else {
                                **self.source, "since": iso(self.source["since"])}},

@@ -106,6 +106,11 @@ def test_a_store_or_kafka_that_is_not_there_is_a_one_line_error(
         return err
 
     err = err_of("map", "nosuch", "--out", str(tmp_path / "m.html"))
+    assert f"{home / 'tocsin.db'}: no such database file (nothing stored yet?)" in err, err
+    assert not home.exists()  # nothing made to say it holds nothing
+    home.mkdir()
+    (home / "tocsin.db").touch()  # a database without tocsin's tables
+    err = err_of("map", "nosuch", "--out", str(tmp_path / "m.html"))
     assert "holds no tocsin incidents (nothing stored there yet?)" in err, err
     monkeypatch.setenv("TOCSIN_DATABASE_URL", "postgresql+psycopg://u:secret@127.0.0.1:1/x")
     err = err_of("map", "nosuch", "--out", str(tmp_path / "m.html"))
@@ -113,7 +118,9 @@ def test_a_store_or_kafka_that_is_not_there_is_a_one_line_error(
     assert "secret" not in err  # the password stays out of logs
     monkeypatch.setenv("TOCSIN_DATABASE_URL", "bogus")
     err = err_of("map", "nosuch", "--out", str(tmp_path / "m.html"))
-    assert "'bogus' is not a database URL" in err and "TOCSIN_DATABASE_URL" in err, err
+    assert "TOCSIN_DATABASE_URL: Value error, not a database URL" in err, err
+    monkeypatch.setenv("TOCSIN_DATABASE_URL", "admin:S3cretPw@db")
+    assert "S3cretPw" not in err_of("map", "nosuch", "--out", str(tmp_path / "m.html"))
     monkeypatch.delenv("TOCSIN_DATABASE_URL")
     down = f"127.0.0.1:{free_port()}"
     monkeypatch.setenv("TOCSIN_KAFKA_BOOTSTRAP", down)

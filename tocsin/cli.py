@@ -186,6 +186,10 @@ class CliError(Exception):
     """An operator's error the command can name before it starts (printed in one line)."""
 
 
+#: settings whose values stay out of error messages
+_SECRET_SETTINGS = ("DATABASE_URL", "API_TOKENS")
+
+
 def _settings() -> Settings:
     """The settings from the environment; CliError naming each bad variable and value."""
     from pydantic import ValidationError
@@ -193,9 +197,13 @@ def _settings() -> Settings:
     try:
         return Settings()
     except ValidationError as exc:
-        bad = "; ".join(
-            f"TOCSIN_{'_'.join(map(str, e['loc'])).upper()} = {e['input']!r}: {e['msg']}"
-            if e["loc"] else e["msg"] for e in exc.errors())
+        def shown(e: Any) -> str:
+            name = "_".join(map(str, e["loc"])).upper()
+            # a database URL may hold a password: the value is not repeated
+            value = "" if name in _SECRET_SETTINGS else f" = {e['input']!r}"
+            return f"TOCSIN_{name}{value}: {e['msg']}"
+
+        bad = "; ".join(shown(e) if e["loc"] else e["msg"] for e in exc.errors())
         raise CliError(f"bad setting: {bad}") from None
 
 

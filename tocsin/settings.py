@@ -180,8 +180,9 @@ class Settings(BaseSettings):
             try:
                 make_url(v)
             except ArgumentError:
-                raise ValueError(f"{v!r} is not a database URL (e.g. postgresql+psycopg://"
-                                 "user@host/db or sqlite:///path)") from None
+                # the value is not repeated: it may hold a password
+                raise ValueError("not a database URL (e.g. postgresql+psycopg://user@host/db "
+                                 "or sqlite:///path)") from None
         return v
 
     @field_validator("broker_heap", "topic_prefix", "cap_sender")

@@ -158,7 +158,8 @@ function drawPanels(state) {
     (h.unplaced_stations && h.unplaced_stations.length
       ? `; not on the map (no coordinates): ${h.unplaced_stations.join(", ")}` +
         (h.unplaced_count > h.unplaced_stations.length
-          ? ` and ${h.unplaced_count - h.unplaced_stations.length} more` : "")
+          ? ` and ${h.unplaced_capped ? "at least " : ""}` +
+            `${h.unplaced_count - h.unplaced_stations.length} more` : "")
       : "");
 
   const incs = document.getElementById("incidents");

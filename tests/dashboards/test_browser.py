@@ -224,11 +224,16 @@ def test_a_station_id_with_a_slash_opens_its_series() -> None:
         assert errors == []
 
 
-def test_the_header_names_a_few_unplaced_stations_and_counts_the_rest() -> None:
+@pytest.mark.parametrize(("remembered", "tail"), [(10_000, "and 5 more"),
+                                                  (22, "and at least 2 more")])
+def test_the_header_names_a_few_unplaced_stations_and_counts_the_rest(
+        remembered: int, tail: str, monkeypatch: pytest.MonkeyPatch) -> None:
     import numpy as np
 
+    import dashboards.state
     from streams.schemas import ObservationPacket
 
+    monkeypatch.setattr(dashboards.state, "UNPLACED_MAX", remembered)
     state = _fed([("NUKU", -21.1, -175.2)])
     for i in range(25):  # no coordinates: not on the map
         state.on_packet(ObservationPacket(f"X{i:02d}", "barometer", "BDO", 1642220085.0,
@@ -241,7 +246,7 @@ def test_the_header_names_a_few_unplaced_stations_and_counts_the_rest() -> None:
             text = page.inner_text("#health")
         assert errors == []
     names = ", ".join(f"X{i:02d}" for i in range(20))
-    assert text.endswith(f"not on the map (no coordinates): {names} and 5 more"), text
+    assert text.endswith(f"not on the map (no coordinates): {names} {tail}"), text
 
 
 def test_the_page_says_when_what_it_shows_is_stale() -> None:

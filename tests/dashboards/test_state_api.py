@@ -335,5 +335,6 @@ def test_the_unplaced_list_is_bounded_and_so_is_what_each_push_carries() -> None
                                       np.full(1, 1.0), "hPa"))
     health = s.snapshot()["health"]
     assert len(s.unplaced) == UNPLACED_MAX and health["unplaced_count"] == UNPLACED_MAX
+    assert health["unplaced_capped"] is True  # the page says "at least"
     assert health["unplaced_stations"] == [f"X{i:06d}" for i in range(UNPLACED_SHOWN)]
     assert len(json.dumps(health)) < 2000
