@@ -8,13 +8,14 @@ per station and creates them on first sight.
 What was fed is the stretch from the first sample to ``last_end`` less the gaps the station
 skipped (a packet starting more than a sample interval after ``last_end``), of which the
 last :data:`MAX_GAPS` are kept. A packet that reaches back to or before ``last_end`` is a
-re-send when every one of its samples lies where samples were fed: it is skipped (its new
-tail, if any, is fed). A packet with a sample where nothing was fed (in a remembered gap,
-before the first sample fed, or before the oldest gap remembered, where it cannot be told)
-came after later samples: the detectors have moved on and cannot take it, so it raises
-:class:`PacketError` (the stream worker dead-letters it) rather than being dropped. Grid
-frames likewise: a frame at or before the last one is a re-send if it is at the instant of
-one of the last :data:`MAX_GAPS` frames fed, else it raises.
+re-send when every one of its samples lies where samples were fed, at the interval they were
+fed at: it is skipped (its new tail, if any, is fed). A packet with a sample where nothing
+was fed (in a remembered gap, at another sample interval, before the first sample fed, or
+before the oldest gap remembered, where it cannot be told) came after later samples: the
+detectors have moved on and cannot take it, so it raises :class:`PacketError` (the stream
+worker dead-letters it) rather than being dropped. Grid frames likewise: a frame at or
+before the last one is a re-send if it is at the instant of one of the last
+:data:`MAX_GAPS` frames fed, else it raises.
 """
 
 from __future__ import annotations
@@ -91,6 +92,10 @@ class StationPipeline:
                                  repr=False)
     #: gaps forgotten (the oldest, once MAX_GAPS were kept)
     forgotten: int = 0
+    #: the stretches fed at one sample interval, oldest first, at most MAX_GAPS: [first
+    #: sample, last sample, interval] (a packet reaching back at another interval is no
+    #: re-send: its samples were never fed)
+    rates: deque[list[float]] = field(default_factory=deque, repr=False)
     _batchable: list[tuple[StreamDetector, Any]] | None = field(default=None, repr=False)
     #: (detector, its class's ``feed_many``) when that is the station's only detector: the
     #: fast path of ``DetectorBank.feed_many`` (set by ``batchable``)
@@ -129,6 +134,7 @@ class StationPipeline:
             raise PacketError(f"{self.station.station_id}: sample interval {dt!r} must be > 0")
         end = t0 + (n - 1) * dt
         self.check_seen(t0, dt, n, end)
+        self.check_rate(t0, dt, end)
         if end <= self.last_end + _TOL:
             # wholly seen already: a redelivery
             self.duplicates += 1
@@ -166,6 +172,22 @@ class StationPipeline:
                 "samples and the detectors cannot take it"
             )
 
+    def check_rate(self, t0: float, dt: float, end: float) -> None:
+        """Raise :class:`PacketError` if the packet reaches back over a stretch fed at
+        another sample interval: 1-min DART data after the 15-min data of the same hours,
+        or a 0.5-s re-send of a 1-s stretch, was counted as a re-send and dropped, though
+        none of its samples had been fed."""
+        for first, last, fed_dt in reversed(self.rates):
+            if last < t0 - _TOL:
+                break
+            if first > min(end, self.last_end) + _TOL or abs(dt - fed_dt) <= 1e-9 * fed_dt:
+                continue
+            raise PacketError(
+                f"{self.station.station_id}: packet {_iso(t0)}..{_iso(end)} at a sample "
+                f"interval of {dt:g} s reaches back over {_iso(first)}..{_iso(last)}, fed at "
+                f"{fed_dt:g} s: its samples were never fed, and the station has reached "
+                f"{_iso(self.last_end)}: the detectors cannot take it")
+
     def batchable(self) -> list[tuple[StreamDetector, Any]]:
         """Each detector with its class's ``feed_many`` (None when it has none)."""
         if self._batchable is None:
@@ -179,9 +201,18 @@ class StationPipeline:
         after = t0 - self.last_end
         # more than a sample interval (the smaller of the two) after the last sample: the
         # first packet, or a stretch skipped (a NaN last_dt compares false)
-        if after > dt + _TOL or after > self.last_dt + _TOL:
+        skipped = after > dt + _TOL or after > self.last_dt + _TOL
+        if skipped:
             self._skipped(t0)
-        self.last_end = t0 + (n - 1) * dt
+        end = t0 + (n - 1) * dt
+        rates = self.rates
+        if skipped or not rates or abs(dt - rates[-1][2]) > 1e-9 * dt:
+            rates.append([t0, end, dt])
+            if len(rates) > MAX_GAPS:
+                rates.popleft()
+        else:
+            rates[-1][1] = end
+        self.last_end = end
         self.last_dt = dt
         self.packets += 1
         self.samples += n

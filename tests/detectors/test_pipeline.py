@@ -486,3 +486,31 @@ def test_an_onset_is_never_after_the_last_bin_of_its_history() -> None:
     assert run_onset(hist, 2.5, 60.0, 240.0) == 240.0
     # the usual case is unchanged: between the last quiet bin and the first loud one
     assert run_onset([(0.0, 1.0), (60.0, 5.0), (120.0, 6.0)], 3.0, 60.0, 120.0) == 30.0
+
+
+def test_a_packet_at_another_rate_over_what_was_fed_is_refused_not_dropped() -> None:
+    """1-min DART data arriving after the 15-min data of the same hours, or a 0.5-s packet
+    inside a 1-s stretch, was counted as a re-send and dropped without a word, though none
+    of its samples had been fed. A re-send at the rate fed is still skipped."""
+    from detectors.base import PacketError
+
+    dart = StationInfo("DART.21413", "bottom_pressure", 30.5, 152.1, 0.0, "m")
+    bank = DetectorBank()
+    bank.feed(dart, T0, 900.0, np.full(48, 5825.0))
+    with pytest.raises(PacketError, match=r"at a sample interval of 60 s reaches back over "
+                                          r".* fed at 900 s: its samples were never fed"):
+        bank.feed(dart, T0 + 5 * 3600 + 60, 60.0, np.full(119, 5825.5))
+    baro = StationInfo("XX.B", "barometer", 0.0, 0.0, units="hPa")
+    bank.feed(baro, T0, 1.0, np.full(600, 1010.0))
+    with pytest.raises(PacketError, match="at a sample interval of 0.5 s"):
+        bank.feed(baro, T0 + 100.5, 0.5, np.full(200, 1020.0))
+    assert bank.pipelines["XX.B"].duplicates == 0
+    # the same stretch again at the rate fed: a re-send, skipped
+    assert bank.feed(baro, T0 + 100.0, 1.0, np.full(100, 1010.0)) == []
+    assert bank.pipelines["XX.B"].duplicates == 1
+    # a new rate after the last sample is a stretch of its own, and a re-send of it too
+    bank.feed(baro, T0 + 600.0, 0.5, np.full(100, 1010.0))
+    assert bank.feed(baro, T0 + 610.0, 0.5, np.full(20, 1010.0)) == []
+    with pytest.raises(PacketError, match="fed at 0.5 s"):
+        bank.feed(baro, T0 + 610.0, 1.0, np.full(20, 1010.0))
+    assert bank.pipelines["XX.B"].duplicates == 2
