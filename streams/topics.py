@@ -196,13 +196,28 @@ async def create_topics(bootstrap: str, topics: Topics, timeout: float = 30.0) -
         await consumer.stop()
 
 
+async def _describe(admin: AIOKafkaAdminClient, topic: str,
+                    patience_s: float = 10.0) -> tuple[Any, int, str, list[Any]]:
+    """A topic's DescribeConfigs answer. Just after a topic is made the broker may not
+    describe it yet (UNKNOWN_TOPIC_OR_PARTITION, retriable): asked again until
+    ``patience_s`` has passed, then the last answer is given as it is."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + patience_s
+    while True:
+        (resp,) = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC,
+                                                               topic)])
+        code, message, _type, _name, entries = resp.resources[0][:5]
+        if not code or not for_code(code).retriable or loop.time() > deadline:
+            return resp, code, message, entries
+        await asyncio.sleep(0.2)
+
+
 async def _ensure_retention(admin: AIOKafkaAdminClient, topic: str, retention_ms: int) -> None:
     """An existing topic kept the retention it was made with (the broker's 7 days for a
     topic older than the setting): a takeover then rebuilt tide gauges from less than
     their 32 days. Raise it to ``retention_ms`` (AlterConfigs sets a topic's whole dynamic
     configuration: the others it has are sent along)."""
-    (resp,) = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
-    code, message, _type, _name, entries = resp.resources[0][:5]
+    resp, code, message, entries = await _describe(admin, topic)
     if code:
         log.warning("topic %s: its retention cannot be read (%s: %s); left as it is", topic,
                     for_code(code).__name__, message)

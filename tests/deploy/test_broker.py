@@ -522,9 +522,16 @@ def test_an_existing_observations_topic_gets_the_retention_raised_never_lowered(
     week = str(7 * 86400 * 1000)
 
     async def configs(admin: AIOKafkaAdminClient) -> dict[str, str]:
-        (resp,) = await admin.describe_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, topics.observations)])
-        return {e[0]: e[1] for e in resp.resources[0][4]}
+        # a topic just made may not be described yet (UNKNOWN_TOPIC_OR_PARTITION): CI
+        # once read an empty answer here
+        for _ in range(50):
+            (resp,) = await admin.describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, topics.observations)])
+            code, message = resp.resources[0][:2]
+            if not code:
+                return {e[0]: e[1] for e in resp.resources[0][4]}
+            await asyncio.sleep(0.2)
+        raise AssertionError(f"{topics.observations} not described: error {code} {message}")
 
     async def go() -> list[dict[str, str]]:
         admin = AIOKafkaAdminClient(bootstrap_servers=kafka_settings.bootstrap)
@@ -548,3 +555,36 @@ def test_an_existing_observations_topic_gets_the_retention_raised_never_lowered(
     assert raised["retention.ms"] == str(35 * 86400 * 1000)
     assert raised["max.message.bytes"] == "2000000"  # its other settings kept
     assert again["retention.ms"] == raised["retention.ms"]  # never lowered
+
+
+def test_a_topic_not_yet_described_is_asked_again_before_its_retention_is_left() -> None:
+    """Just after a topic is made the broker may answer DescribeConfigs with
+    UNKNOWN_TOPIC_OR_PARTITION (CI saw it): the retention check asks again instead of
+    leaving the retention as it is; a non-retriable error is given back at once."""
+    from types import SimpleNamespace
+
+    from streams.topics import _describe
+
+    class Admin:
+        def __init__(self, codes: list[int]) -> None:
+            self.codes, self.asked = codes, 0
+
+        async def describe_configs(self, _resources: object) -> list[SimpleNamespace]:
+            code = self.codes[min(self.asked, len(self.codes) - 1)]
+            self.asked += 1
+            entries = [] if code else [("retention.ms", "604800000", False, 1)]
+            return [SimpleNamespace(resources=[(code, "", 2, "t", entries)], API_VERSION=1)]
+
+    late = Admin([3, 3, 0])
+    _resp, code, _message, entries = asyncio.run(_describe(late, "t"))  # type: ignore[arg-type]
+    assert (code, late.asked) == (0, 3)
+    assert entries[0][:2] == ("retention.ms", "604800000")
+
+    refused = Admin([29])  # TOPIC_AUTHORIZATION_FAILED: not retriable
+    _resp, code, _message, _entries = asyncio.run(_describe(refused, "t"))  # type: ignore[arg-type]
+    assert (code, refused.asked) == (29, 1)
+
+    never = Admin([3])
+    _resp, code, _message, _entries = asyncio.run(
+        _describe(never, "t", patience_s=0.5))  # type: ignore[arg-type]
+    assert code == 3 and 2 <= never.asked <= 5
