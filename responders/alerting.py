@@ -91,6 +91,11 @@ def cap_time(t: float) -> str:
     return datetime.fromtimestamp(math.floor(t), tz=UTC).strftime("%Y-%m-%dT%H:%M:%S-00:00")
 
 
+def cap_reference(sender: str, msg: AlertMessage) -> str:
+    """CAP's reference to ``msg``: ``sender,identifier,sent``."""
+    return f"{sender},{msg.identifier},{cap_time(msg.sent)}"
+
+
 def alert_identifier(incident_id: str, revision: int, msg_type: str) -> str:
     return f"tocsin.{incident_id}.r{revision}.{msg_type.lower()}"
 
@@ -165,7 +170,7 @@ class AlertPolicy:
             # left that Alert standing there
             refs = tuple(dict.fromkeys((
                 *previous.references,
-                f"{self.sender},{previous.identifier},{cap_time(previous.sent)}")))
+                cap_reference(self.sender, previous))))
             refs = bounded_references(refs)
         headline = _headline(rev, cls, msg_type)
         xml = build_cap_xml(rev, cls, identifier=identifier, sender=self.sender,

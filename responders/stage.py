@@ -23,6 +23,7 @@ from responders.alerting import (
     CAP_NS,
     AlertPolicy,
     bounded_references,
+    cap_reference,
     cap_time,
     validate_cap,
 )
@@ -137,7 +138,7 @@ class AlertStage:
         return changed
 
     def _ref(self, msg: AlertMessage) -> str:
-        return f"{self.sender},{msg.identifier},{cap_time(msg.sent)}"
+        return cap_reference(self.sender, msg)
 
     def _referencing_what_went_out(self, msg: AlertMessage,
                                    went: dict[str, list[tuple[float, int, str]]]
@@ -177,7 +178,7 @@ def correction(msg: AlertMessage, previous: AlertMessage, sender: str, *,
     msg_type = "Cancel" if msg.msg_type == "Cancel" else "Update"
     # what ``previous`` referenced too: an agency that missed it holds what it superseded
     refs = tuple(dict.fromkeys((*previous.references, *msg.references, *(
-        f"{sender},{m.identifier},{cap_time(m.sent)}" for m in (previous, also)
+        cap_reference(sender, m) for m in (previous, also)
         if m is not None))))
     floor = max(m.sent for m in (previous, also) if m is not None)
     return _rewritten(msg, identifier=identifier, msg_type=msg_type, references=refs,
