@@ -24,6 +24,10 @@ that window. The picker re-arms when the function falls below ``off``.
 
 A gap (a packet starting more than half a sample late) or a change of sample rate restarts
 the segment: filter and STA/LTA warm up again, so the edge of a gap is never picked. A
+packet that follows on takes its time from its own start, not from the segment's first
+sample counted on at the nominal rate: a digitiser whose clock runs off its nominal rate
+has headers that drift from that count, by up to half a sample per packet, and the count
+started a new segment (and warmed up again) each time the drift reached half a sample. A
 flat stretch (``flat_s`` of identical samples: a dead channel) holds the picker with
 ``status["flat"]`` set, and a trigger followed only by identical samples (the step of a
 channel going dead) is not declared; a pick whose window reaches the clip level
@@ -103,6 +107,12 @@ def _sosfilt_state(sos: np.ndarray, x: FloatArray, zi: np.ndarray
     """``sosfilt(sos, x, zi=zi)`` for a 1-D float64 ``x`` (same arithmetic, same result)."""
     y, z = _sosfilt_rows(sos, x[None, :], zi.reshape(1, len(sos), 2))
     return y[0], z[0]
+
+
+# a packet that follows on and starts more than this fraction of a sample from where its
+# segment's count puts it re-anchors the segment's times at its start (less is rounding:
+# a record cut into packets re-anchors nowhere, and picks the same as fed whole)
+ANCHOR_TOL = 0.01
 
 
 @dataclass(frozen=True)
@@ -279,6 +289,8 @@ class StaLtaPicker:
             if (seg is None or abs(dt - seg.dt) > 1e-9 * dt
                     or t - (seg.t0 + (seg.n - 1) * seg.dt) > 1.5 * seg.dt):
                 self._new_segment(t, dt)
+            elif abs(t - (seg.t0 + seg.n * dt)) > ANCHOR_TOL * dt:
+                seg.t0 = t - seg.n * dt  # the record's header is the time (see ANCHOR_TOL)
             out.extend(self._run(values if whole else values[a:b]))
             if whole:
                 cf = self._cf
@@ -589,7 +601,7 @@ class PickerRows:
         seg.sta, seg.lta = float(self.sta[r]), float(self.lta[r])
         seg.n, seg.flat_run = int(self.n[r]), int(self.flat_run[r])
         seg.last_raw = float(self.last_raw[r])
-        pk.last_t = float(self.last_t[r])
+        pk.last_t, seg.t0 = float(self.last_t[r]), float(self.seg_t0[r])
         valid = min(seg.n, self.keep)
         h = int(self.head[r])
         seg.buf_f = np.concatenate([self.hist_f[r, h:], self.hist_f[r, :h]])[self.keep - valid:]
@@ -644,6 +656,10 @@ class PickerRows:
         self.n[r] += k
         self.flat_run[r], self.last_raw[r] = run[sel], raw[sel, -1]
         self.last_t[r] = t0[sel] + (k - 1) * dt
+        # the header is the time (ANCHOR_TOL): the one-channel path's rule, row by row
+        t_sel, n_sel, a_sel = t0[sel], n0[sel], self.seg_t0[r]
+        self.seg_t0[r] = np.where(np.abs(t_sel - (a_sel + n_sel * dt)) > ANCHOR_TOL * dt,
+                                  t_sel - n_sel * dt, a_sel)
         if k > self.cf.shape[1]:
             wider = np.zeros((len(self.pickers), k))
             wider[:, :self.cf.shape[1]] = self.cf

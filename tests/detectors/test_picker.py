@@ -113,6 +113,28 @@ def test_synthetic_onset_amplitude_and_snr() -> None:
     assert d.params["sta_s"] == 2.0 and d.params["freqmin"] == 0.7  # SeisComP defaults
 
 
+@pytest.mark.parametrize("ahead", [0.3, -0.3, 0.004])
+def test_headers_off_the_nominal_rate_are_the_time(ahead: float) -> None:
+    """A digitiser's clock off its nominal rate: each 1-s packet's header starts
+    ``ahead`` of a sample later (or earlier) than the count of samples says. The picks
+    take the headers' times, and the channel stays one segment: counting on from the
+    first sample, the drift reached half a sample after two packets and every packet
+    then started a new segment, warming up again, so nothing was ever picked."""
+    dt, x = synthetic()
+    picker = StaLtaPicker(BHZ)
+    dets = []
+    n = 20
+    for p, i in enumerate(range(0, len(x), n)):
+        dets.extend(picker.feed(T0 + i * dt + p * ahead * dt, dt, x[i:i + n]))
+    assert picker.status["segments"] == 1
+    assert len(dets) == 1
+    k = int(400.0 / dt)  # the onset's sample, and its header time
+    onset = T0 + k * dt + (k // n) * ahead * dt
+    assert abs(dets[0].onset - onset) <= 0.25
+    if abs(ahead) > 0.1:
+        assert abs(ahead) * (k // n) * dt > 1.0  # the count alone would be off by more
+
+
 def test_gap_rewarms_without_a_pick_at_its_edge() -> None:
     dt, x = synthetic(onset_s=None)
     picker = StaLtaPicker(BHZ)
@@ -248,6 +270,8 @@ def test_feed_many_equals_feeding_each_channel_alone() -> None:
                     step = dt / 2  # the channel changes its sample rate
                 if c == 19 and rng.random() < 0.02:
                     t0 -= 10.0  # a packet out of order: an error, then on as before
+                if c in (21, 22):  # clocks off the nominal rate: headers drift
+                    t0 += (0.3 if c == 21 else -0.002) * dt * int(pos[c] // 20)
                 values = data[c, k:k + size]
                 try:
                     got_alone.append(alone[c].feed(t0, step, values))
