@@ -74,6 +74,25 @@ def _grid(lat_c: float, lon_c: float, half: float, step: float) -> tuple[FloatAr
     return la.ravel(), lo.ravel()
 
 
+def _patch(lat_c: float, lon_c: float, half: float, step: float
+           ) -> tuple[FloatArray, FloatArray]:
+    """Nodes every ``step`` degrees of arc north-south and east-west of (``lat_c``,
+    ``lon_c``), out to ``half`` degrees each way: the same span in km at any latitude,
+    over a pole too. A patch in degrees of longitude narrowed with the latitude (3 degrees
+    at 87 N are 17 km) and stopped at the pole: sources above about 85 degrees came out
+    tens of km off."""
+    lat1 = math.radians(min(max(lat_c, -89.9999), 89.9999))  # the azimuths need a north
+    k = np.radians(np.arange(-half, half + step / 2, step))
+    north, east = np.meshgrid(k, k, indexing="ij")
+    d, az = np.hypot(north, east).ravel(), np.arctan2(east, north).ravel()
+    sin_lat2 = np.clip(math.sin(lat1) * np.cos(d) + math.cos(lat1) * np.sin(d) * np.cos(az),
+                       -1.0, 1.0)
+    dlon = np.arctan2(np.sin(az) * np.sin(d) * math.cos(lat1),
+                      np.cos(d) - math.sin(lat1) * sin_lat2)
+    lon = (lon_c + np.degrees(dlon) + 180.0) % 360.0 - 180.0
+    return np.degrees(np.arcsin(sin_lat2)), lon
+
+
 @dataclass(frozen=True)
 class _Prior:
     """Gaussian priors in the units of the pick-time misfit: on slowness, and optionally on
@@ -161,9 +180,9 @@ def _global_search(la: FloatArray, lo: FloatArray, yy: FloatArray, smin: float, 
     best few basins refined coarse-to-fine; the best refined node wins."""
     g = _coarse_grid()
     first = int(np.argmin(yy))
-    patches = [_grid(float(la[first]), float(lo[first]), 6.0, 0.25)]
+    patches = [_patch(float(la[first]), float(lo[first]), 6.0, 0.25)]
     if prior.loc_weight > 0.0:
-        patches.append(_grid(prior.lat, prior.lon, 2.0, 0.1))
+        patches.append(_patch(prior.lat, prior.lon, 2.0, 0.1))
     nodes = (np.concatenate([g[0], *(q[0] for q in patches)]),
              np.concatenate([g[1], *(q[1] for q in patches)]))
     _, _, _, cost = _search(la, lo, yy, nodes, smin, smax, cutoff, prior, coarse=True)
@@ -181,7 +200,7 @@ def _global_search(la: FloatArray, lo: FloatArray, yy: FloatArray, smin: float, 
     best: tuple[float, float, float, float, float] | None = None
     for lat_b, lon_b in starts:
         for half, step in ((3.0, 0.2), (0.3, 0.02), (0.03, 0.002)):
-            sub = _grid(lat_b, lon_b, half, step)
+            sub = _patch(lat_b, lon_b, half, step)
             i, t0s, ss, c = _search(la, lo, yy, sub, smin, smax, cutoff, prior)
             lat_b, lon_b = float(sub[0][i]), float(sub[1][i])
         if best is None or float(c[i]) < best[0]:

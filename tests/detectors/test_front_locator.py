@@ -106,3 +106,29 @@ def test_across_the_antimeridian_and_forecast() -> None:
     assert [sid for sid, _ in etas] == ["near", "abur"]
     assert etas[1][1] - ORIGIN == pytest.approx(
         float(great_circle_km(-18.0, 179.8, 31.58, 131.41)) * 1000 / 310, abs=120)
+
+
+ARCTIC = {  # real Arctic sites (lat, lon): Ny-Alesund, Utqiagvik, Fairbanks, Tromso,
+    # Pituffik, Alert, Dikson, Tiksi, Kangerlussuaq, Reykjavik
+    "NYAL": (78.93, 11.93), "UTQI": (71.29, -156.79), "FAIR": (64.84, -147.72),
+    "TROM": (69.65, 18.96), "PITU": (76.53, -68.70), "ALRT": (82.50, -62.35),
+    "DIKS": (73.51, 80.55), "TIKS": (71.64, 128.87), "KANG": (67.01, -50.72),
+    "REYK": (64.13, -21.90),
+}
+
+
+@pytest.mark.parametrize("src", [(87.0, 40.0), (89.9, -60.0), (88.5, -100.0), (86.0, 120.0)])
+def test_a_source_near_a_pole(src: tuple[float, float]) -> None:
+    """The refinement patches span the same km at any latitude and cross the pole: in
+    degrees of longitude they narrowed to 17 km at 87 N and stopped at the pole, and a
+    source there came out 27-33 km off with exact picks."""
+    exact = locate_front(picks(src, ORIGIN, 315.0, 0.0, sites=ARCTIC))
+    assert exact is not None
+    assert float(great_circle_km(exact.lat, exact.lon, *src)) < 1.0
+    assert abs(exact.origin_time - ORIGIN) < 2.0
+    south = {k: (-la, lo) for k, (la, lo) in ARCTIC.items()}  # the same, mirrored
+    mirrored = locate_front(picks((-src[0], src[1]), ORIGIN, 315.0, 0.0, sites=south))
+    assert mirrored is not None
+    assert float(great_circle_km(mirrored.lat, mirrored.lon, -src[0], src[1])) < 1.0
+    noisy = locate_front(picks(src, ORIGIN, 315.0, 20.0, seed=3, sites=ARCTIC))
+    assert noisy is not None and float(great_circle_km(noisy.lat, noisy.lon, *src)) < 50
