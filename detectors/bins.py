@@ -52,6 +52,9 @@ def check_packet(station_id: str, t0: float, dt: float, values: FloatArray,
                  last_t: float) -> float:
     """Check a packet against the stream it continues; return its last sample's time
     (``last_t`` for an empty packet). Raises :class:`PacketError` naming the bad value."""
+    if not isinstance(values, np.ndarray):
+        raise PacketError(f"{station_id}: values must be a 1-D float64 array, got "
+                          f"{type(values).__name__}")
     if values.dtype != np.float64 or values.ndim != 1:
         raise PacketError(f"{station_id}: values must be 1-D float64, got {values.dtype} "
                           f"{values.shape}")

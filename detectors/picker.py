@@ -174,7 +174,19 @@ def design_filter(p: PickerParams, dt: float) -> np.ndarray:
 def unit_filter_state(p: PickerParams, dt: float) -> np.ndarray:
     """``sosfilt_zi`` of :func:`design_filter`'s filter: the state of a step of height 1
     (shared, do not modify; a channel starts at its first sample times this)."""
-    return np.asarray(sosfilt_zi(design_filter(p, dt)))
+    sos = design_filter(p, dt)
+    try:
+        zi = np.asarray(sosfilt_zi(sos))
+    except np.linalg.LinAlgError:
+        zi = np.full((len(sos), 2), np.nan)
+    # a band-pass lets no step through: a band too narrow for the rate (0.7 Hz at a 1e-9-s
+    # interval) is numerically singular, and its state lets the step through or is none
+    step = sosfilt(sos, np.ones(64), zi=zi)[0] if np.isfinite(zi).all() else zi
+    if not np.isfinite(step).all() or np.abs(step).max() > 1e-6:
+        raise PacketError(f"picker band {p.freqmin}-{p.freqmax} Hz cannot be filtered at a "
+                          f"{dt:g}-s sample interval: the band-pass is numerically singular "
+                          "there (the interval is wrong, or the picker needs another band)")
+    return zi
 
 
 def aic_onset(x: FloatArray) -> int:
@@ -257,6 +269,9 @@ class StaLtaPicker:
     def feed(self, t0: float, dt: float, values: FloatArray) -> list[Detection]:
         if self._rows is not None:
             self._rows.release(self)
+        if not isinstance(values, np.ndarray):
+            raise PacketError(f"{self.station.station_id}: values must be a 1-D float64 "
+                              f"array, got {type(values).__name__}")
         if values.dtype != np.float64 or values.ndim != 1:
             raise PacketError(f"{self.station.station_id}: values must be 1-D float64, got "
                               f"{values.dtype} {values.shape}")
@@ -264,6 +279,12 @@ class StaLtaPicker:
             raise PacketError(f"{self.station.station_id}: sample interval {dt!r} must be > 0")
         if not math.isfinite(t0):  # nan passed the order check below and turned it off
             raise PacketError(f"{self.station.station_id}: packet start {t0!r} is not finite")
+        if self.seg is None or abs(dt - self.seg.dt) > 1e-9 * dt:
+            # a new rate's filter, checked before any state changes (cached)
+            try:
+                unit_filter_state(PickerParams.for_rate(1.0 / dt, **self.overrides), dt)
+            except PacketError as e:
+                raise PacketError(f"{self.station.station_id}: {e}") from None
         if len(values) == 0:
             self.cf = np.empty(0)
             return []
@@ -484,14 +505,15 @@ class StaLtaPicker:
         first = rows_of[0] if calls else None
         if (len(one_rows) == 1 and len(sizes) == 1 and first is not None
                 and set(map(itemgetter(2), calls)) == {first.dt} and 0 not in sizes
+                and set(map(type, values)) == {np.ndarray}
                 and set(map(attrgetter("dtype"), values)) == {np.dtype(np.float64)}
                 and set(map(attrgetter("ndim"), values)) == {1}):
             buckets[(id(first), sizes.pop())] = list(range(len(calls)))  # the usual case
         else:
             for i, (pk, _t0, dt, v) in enumerate(calls):
                 rows = pk._rows
-                if (rows is not None and dt == rows.dt and v.dtype == np.float64
-                        and v.ndim == 1 and len(v)):
+                if (rows is not None and dt == rows.dt and isinstance(v, np.ndarray)
+                        and v.dtype == np.float64 and v.ndim == 1 and len(v)):
                     buckets.setdefault((id(rows), len(v)), []).append(i)
                 else:
                     slow.append(i)

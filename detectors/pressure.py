@@ -282,7 +282,7 @@ class LambPulseDetector:
         out: list[Sequence[Detection] | DetectorError] = [()] * len(calls)
         frames: dict[tuple[float, float, int], list[int]] = {}
         for i, (d, t0, dt, v) in enumerate(calls):
-            if v.dtype == np.float64 and v.ndim == 1:
+            if isinstance(v, np.ndarray) and v.dtype == np.float64 and v.ndim == 1:
                 frames.setdefault((t0, dt, len(v)), []).append(i)
                 continue
             # the one-detector path names what is wrong with it

@@ -204,6 +204,46 @@ def test_per_stream_parameters_and_clear_errors() -> None:
         picker.feed(T0 + 10, dt, x[:20].astype(np.float32))
 
 
+@pytest.mark.parametrize("bad_dt", [1e-300, 1e-9])
+def test_an_interval_the_band_cannot_be_filtered_at_is_refused_before_anything_changes(
+        bad_dt: float) -> None:
+    """A wrong header (seconds for nanoseconds): the band-pass is numerically singular
+    there. Refused naming the station and the interval; the picker is as it was and still
+    takes the right packet."""
+    dt, x = synthetic()
+    picker = StaLtaPicker(BHZ)
+    with pytest.raises(PacketError, match=rf"{BHZ.station_id}: .* at a {bad_dt:g}-s sample"):
+        picker.feed(T0, bad_dt, x[:20])
+    assert picker.seg is None and picker.last_t == -np.inf
+    got, _ = feed_packets(picker, T0, dt, x, 20)
+    assert got == feed_packets(StaLtaPicker(BHZ), T0, dt, x, 20)[0]
+
+
+def test_values_that_are_not_an_array_are_refused_in_feed_and_feed_many() -> None:
+    dt, x = synthetic()
+    quiet = np.random.default_rng(3).standard_normal(40_000)
+    with pytest.raises(PacketError, match=rf"{BHZ.station_id}: .*array, got list"):
+        StaLtaPicker(BHZ).feed(T0, dt, list(x[:20]))
+    # a quiet channel in the shared rows, then a list for it next to a good packet
+    stations = [StationInfo(f"XX.Q{i}..BHZ", "seismic", 0.0, 0.0) for i in range(2)]
+    pickers = [StaLtaPicker(s) for s in stations]
+    groups: dict = {}
+    t, n = T0, 200
+    for k in range(0, len(quiet) - n, n):
+        StaLtaPicker.feed_many([(pk, t, dt, quiet[k:k + n]) for pk in pickers], groups)
+        t += n * dt
+    assert all(pk._rows is not None for pk in pickers)
+    out = StaLtaPicker.feed_many([(pickers[0], t, dt, list(quiet[:n])),
+                                  (pickers[1], t, dt, quiet[:n])], groups)
+    assert isinstance(out[0], PacketError) and "got list" in str(out[0])
+    assert "XX.Q0..BHZ" in str(out[0]) and list(out[1]) == []
+    # the refused packet moved nothing: the same time is still to come on its channel
+    again = StaLtaPicker.feed_many([(pickers[0], t, dt, quiet[:n]),
+                                    (pickers[1], t, dt, quiet[:n])], groups)
+    assert list(again[0]) == [] and isinstance(again[1], PacketError)
+    assert "not after" in str(again[1])
+
+
 def test_aic_finds_the_onset_of_a_step_in_variance() -> None:
     rng = np.random.default_rng(0)
     x = np.concatenate([rng.standard_normal(300), 20 * rng.standard_normal(100)])

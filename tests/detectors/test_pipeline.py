@@ -201,6 +201,25 @@ def test_a_packet_at_a_non_finite_time_is_refused_naming_it(start: float) -> Non
             det.feed(start, 1.0, values)
 
 
+def test_values_that_are_not_an_array_are_refused_naming_the_station() -> None:
+    """A list of samples (a library caller's packet) failed the barometers' batch with an
+    AttributeError, as a fault of the whole batch; now each detector kind refuses it as a
+    bad packet of its station and the other stations' packets go through."""
+    from detectors.base import PacketError
+
+    kinds = [StationInfo("XX.A", "barometer", 0.0, 0.0, units="hPa"),
+             StationInfo("XX.T", "tide_gauge", 0.0, 0.0, units="m"),
+             StationInfo("XX.S..BHZ", "seismic", 0.0, 0.0)]
+    good = StationInfo("XX.B", "barometer", 1.0, 1.0, units="hPa")
+    bank = DetectorBank()
+    out = bank.feed_many([(s, T0, 1.0, [1.0] * 600) for s in kinds]
+                         + [(good, T0, 1.0, np.full(600, 1010.0))])
+    for s, res in zip(kinds, out, strict=False):
+        assert isinstance(res, PacketError), res
+        assert str(res).startswith(f"{s.station_id}: ") and "array, got list" in str(res)
+    assert list(out[-1]) == [] and bank.pipelines["XX.B"].packets == 1
+
+
 def test_forget_restarts_a_station_and_leaves_the_others_alone() -> None:
     """What a worker does to the stations of a partition it takes over before it re-reads
     their records: the forgotten stations start afresh, the others go on as before, and
