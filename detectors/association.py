@@ -719,6 +719,9 @@ def _revision(inc: _Incident, issued: float, registry: list[StationInfo],
         extra["plume_height_km"] = round(top.amplitude, 3)
     if sol is not None:
         extra["params"] = p.as_dict()
+        # None: the picks do not bound the source (they fix the front's direction only)
+        extra["source_error_km"] = (float(round(sol.error_km)) if math.isfinite(sol.error_km)
+                                    else None)
     observed = {d.station_id: (round(d.lat, 4), round(d.lon, 4)) for d in inc.sea_level
                 if math.isfinite(d.lat) and math.isfinite(d.lon)}
     if observed:  # where the sea level was seen to move (the alert's areas)

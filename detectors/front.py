@@ -8,6 +8,11 @@ with one robust re-weighting (picks further than ``cutoff_s`` from the first fit
 weight). The best node is then cleaned by iterative outlier rejection (a residual beyond
 ``max(3 * 1.4826 * MAD, min_cutoff_s)`` is rejected) and solved again.
 
+How well the picks fix the source is ``FrontSolution.error_km``: the farthest edge of the
+95 % confidence region of the position, searched along rays from the solution. A network of
+small aperture far from the source (a dense grid 300 km away) fixes the front's direction,
+not its distance: its region has no edge within ``ERROR_SEARCH_KM`` and the bound is inf.
+
 Deterministic: picks are sorted by station id first, so any order of the same set gives the
 same solution. One pick per station (the earliest) is used.
 """
@@ -60,6 +65,9 @@ class FrontSolution:
     used: tuple[str, ...]
     rejected: tuple[str, ...]
     rms_s: float
+    #: 95 % bound on the distance (km) of the source from (lat, lon); inf: not bounded
+    #: within ``ERROR_SEARCH_KM`` (a network of small aperture far from the source)
+    error_km: float = math.inf
 
     def predicted(self, lat: float, lon: float) -> float:
         return self.origin_time + float(great_circle_km(self.lat, self.lon, lat, lon)) * (
@@ -81,16 +89,48 @@ def _patch(lat_c: float, lon_c: float, half: float, step: float
     over a pole too. A patch in degrees of longitude narrowed with the latitude (3 degrees
     at 87 N are 17 km) and stopped at the pole: sources above about 85 degrees came out
     tens of km off."""
-    lat1 = math.radians(min(max(lat_c, -89.9999), 89.9999))  # the azimuths need a north
     k = np.radians(np.arange(-half, half + step / 2, step))
     north, east = np.meshgrid(k, k, indexing="ij")
-    d, az = np.hypot(north, east).ravel(), np.arctan2(east, north).ravel()
+    return _toward(lat_c, lon_c, np.hypot(north, east).ravel(),
+                   np.arctan2(east, north).ravel())
+
+
+def _toward(lat_c: float, lon_c: float, d: FloatArray, az: FloatArray
+            ) -> tuple[FloatArray, FloatArray]:
+    """The points ``d`` radians of arc from (``lat_c``, ``lon_c``) at azimuths ``az``
+    (radians east of north)."""
+    lat1 = math.radians(min(max(lat_c, -89.9999), 89.9999))  # the azimuths need a north
     sin_lat2 = np.clip(math.sin(lat1) * np.cos(d) + math.cos(lat1) * np.sin(d) * np.cos(az),
                        -1.0, 1.0)
     dlon = np.arctan2(np.sin(az) * np.sin(d) * math.cos(lat1),
                       np.cos(d) - math.sin(lat1) * sin_lat2)
     lon = (lon_c + np.degrees(dlon) + 180.0) % 360.0 - 180.0
     return np.degrees(np.arcsin(sin_lat2)), lon
+
+
+#: how far (km) :func:`source_error_km` looks for the edge of the confidence region
+ERROR_SEARCH_KM = 8000.0
+_ERROR_AZ = np.radians(np.arange(0.0, 360.0, 10.0))
+_ERROR_KM = np.geomspace(2.0, ERROR_SEARCH_KM, 60)
+
+
+def _source_error_km(la: FloatArray, lo: FloatArray, yy: FloatArray, lat_b: float,
+                     lon_b: float, smin: float, smax: float, cutoff: float, prior: _Prior,
+                     pick_sigma_s: float) -> float:
+    """How far the source may be from (``lat_b``, ``lon_b``): the largest distance, over
+    36 azimuths, to the edge of the 95 % confidence region of the position (misfit within
+    5.99 ``pick_sigma_s``^2 of the best, origin time and speed fitted at every node:
+    chi-square of two degrees of freedom), or inf when some azimuth has no edge within
+    ``ERROR_SEARCH_KM``: the picks fix the front's direction, not the source's distance."""
+    az = np.repeat(_ERROR_AZ, len(_ERROR_KM))
+    d = np.tile(_ERROR_KM, len(_ERROR_AZ)) / 6371.0088
+    ring = _toward(lat_b, lon_b, d, az)
+    nodes = (np.concatenate([[lat_b], ring[0]]), np.concatenate([[lon_b], ring[1]]))
+    _, _, _, cost = _search(la, lo, yy, nodes, smin, smax, cutoff, prior)
+    out = (cost[1:] > cost[0] + 5.99 * pick_sigma_s ** 2).reshape(len(_ERROR_AZ), -1)
+    if not out.any(axis=1).all():
+        return math.inf
+    return float(_ERROR_KM[out.argmax(axis=1)].max())
 
 
 @dataclass(frozen=True)
@@ -293,9 +333,11 @@ def locate_front(picks: Iterable[Pick], *, min_stations: int = 4,
     used = tuple(i for i, k in zip(ids, keep, strict=True) if k)
     rejected = tuple(i for i, k in zip(ids, keep, strict=True) if not k)
     rms = float(np.sqrt(np.mean(r_all[keep] ** 2)))
+    error = _source_error_km(lat_s[keep], lon_s[keep], y[keep], lat_b, lon_b, smin, smax,
+                             cutoff_s, prior, pick_sigma_s)
     return FrontSolution(lat=round(lat_b, 4), lon=round(lon_b, 4), origin_time=ref + t0,
                          speed_m_s=1.0 / s, n_used=len(used), used=used, rejected=rejected,
-                         rms_s=rms)
+                         rms_s=rms, error_km=error)
 
 
 def forecast_eta(solution: FrontSolution, stations: Iterable[StationInfo]

@@ -62,6 +62,22 @@ def test_pressure_front_incident_with_watches() -> None:
     assert abs(abur.eta - (ORIGIN + abur.distance_km * 1000 / 315)) < 300
 
 
+def test_a_revision_says_how_well_its_front_fixes_the_source() -> None:
+    """``extra["source_error_km"]``: the front's 95 % bound, shrinking as stations come in
+    around the source; null for a network on one side of it (Fiji, 750 km from Hunga),
+    whose solution is a direction, not a place."""
+    revs = associate(pressure_dets(), GAUGES)
+    errs = [r.extra["source_error_km"] for r in revs]
+    assert all(isinstance(e, float) for e in errs) and errs[-1] <= errs[0]
+    assert float(great_circle_km(revs[-1].lat, revs[-1].lon, *SRC)) <= errs[-1]
+    fiji = {"SUVA": (-18.14, 178.44), "NADI": (-17.76, 177.44), "LAUT": (-17.61, 177.45),
+            "LABA": (-16.43, 179.36), "SAVU": (-16.78, 179.33), "LEVU": (-17.68, 178.83)}
+    rng = np.random.default_rng(4)
+    one_side = associate([pulse(sid, *ll, jitter=float(rng.normal(0, 20)))
+                          for sid, ll in fiji.items()], GAUGES)
+    assert one_side and all(r.extra["source_error_km"] is None for r in one_side)
+
+
 def test_any_arrival_order_gives_the_same_revisions() -> None:
     dets = pressure_dets() + [sea("abur", 31.58, 131.41, ORIGIN + 8106e3 / 315 + 300)]
     reference = [r.to_dict() for r in associate(dets, GAUGES)]

@@ -132,3 +132,30 @@ def test_a_source_near_a_pole(src: tuple[float, float]) -> None:
     assert float(great_circle_km(mirrored.lat, mirrored.lon, -src[0], src[1])) < 1.0
     noisy = locate_front(picks(src, ORIGIN, 315.0, 20.0, seed=3, sites=ARCTIC))
     assert noisy is not None and float(great_circle_km(noisy.lat, noisy.lon, *src)) < 50
+
+
+FIJI = {  # real sites on Viti Levu and Vanua Levu: 250 km across, 750 km from Hunga
+    "SUVA": (-18.14, 178.44), "NADI": (-17.76, 177.44), "LAUT": (-17.61, 177.45),
+    "LABA": (-16.43, 179.36), "SAVU": (-16.78, 179.33), "LEVU": (-17.68, 178.83),
+}
+
+
+def test_the_error_bound_holds_the_source_and_flags_a_network_that_cannot_fix_it() -> None:
+    """``error_km`` bounds the distance to the true source for picks of 20 s noise; it
+    shrinks with stations around the source; a small network on one side of it (Fiji for
+    Hunga Tonga) fixes only the front's direction, and its solutions, sometimes thousands
+    of km off, are all flagged unbounded (inf)."""
+    four = {k: SITES[k] for k in ("NUKU", "MSVF", "pago", "raro")}
+    for seed in range(5):
+        wide = locate_front(picks(TONGA, ORIGIN, 315.0, 20.0, seed=seed))
+        few = locate_front(picks(TONGA, ORIGIN, 315.0, 20.0, seed=seed, sites=four))
+        assert wide is not None and few is not None
+        for sol in (wide, few):
+            assert float(great_circle_km(sol.lat, sol.lon, *TONGA)) <= sol.error_km
+        assert 5.0 < wide.error_km < few.error_km < 300.0
+    off = []
+    for seed in range(5):
+        sol = locate_front(picks(TONGA, ORIGIN, 315.0, 20.0, seed=seed, sites=FIJI))
+        assert sol is not None and sol.error_km == float("inf")
+        off.append(float(great_circle_km(sol.lat, sol.lon, *TONGA)))
+    assert max(off) > 1000.0  # why it must be flagged
