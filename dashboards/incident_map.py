@@ -244,13 +244,22 @@ def incident_map(revisions: list[dict[str, Any]], detections: list[dict[str, Any
                             tooltip=tip).add_to(layer)
         layer.add_to(m)
 
+    # where the source may be (95 %), or a warning that the stations do not bound it
+    extra = last.get("extra") or {}
+    err = extra.get("source_error_km")
+    if isinstance(err, int | float) and not isinstance(err, bool):
+        folium.PolyLine(geodesic_circle(lat0, lon0, float(err)), color=COLOURS["source"],
+                        weight=1, tooltip=_tip(f"source within {err:.0f} km (95 %)")).add_to(m)
+    bound = ("" if "source_error_km" not in extra
+             else "<br>source NOT bounded: the stations fix the front's direction only"
+             if err is None else f"<br>source within {float(err):.0f} km (95 %)")
     # the source of the last revision, on top
     popup = (f"<b>{html.escape(inc_id)}</b><br>{html.escape(last['type'])}, "
              f"{html.escape(last['status'])}, revision {last['revision']}<br>"
              f"origin {_iso(origin)}<br>{lat0:.3f}, {lon0:.3f}"
              + (f"<br>speed {float(speed):.1f} m/s" if speed else "")
              + f"<br>{len(last.get('stations_used', []))} stations used, "
-             f"{len(forecasts)} ETA watches")
+             f"{len(forecasts)} ETA watches" + bound)
     # a tooltip, not a folium.Popup: folium builds popups with jQuery (a CDN script)
     folium.CircleMarker((lat0, lon0), radius=9, color=COLOURS["source"], fill=True,
                         fill_opacity=1.0, tooltip=folium.Tooltip(_js_safe(popup))).add_to(m)

@@ -257,6 +257,11 @@ class LiveState:
                     "origin_time": _t(last.origin_time), "origin_time_s": _num(last.origin_time),
                     "speed_m_s": _num(last.speed_m_s), "evidence": list(last.evidence),
                     "confirmed": list(last.confirmed),
+                    # the front's 95 % bound on the source (km); unbounded: the stations
+                    # fix the direction of the front only
+                    "source_error_km": _num(_error_km(last)),
+                    "source_unbounded": ("source_error_km" in last.extra
+                                         and last.extra["source_error_km"] is None),
                     "revisions": [{"revision": r.revision, "issued": iso(r.issued),
                                    "status": r.status, "lat": _num(r.lat), "lon": _num(r.lon),
                                    "origin_time": _t(r.origin_time),
@@ -347,6 +352,12 @@ class LiveState:
 
 def _num(x: float) -> float | None:
     return None if x is None or math.isnan(x) else round(float(x), 5)
+
+
+def _error_km(rev: IncidentRevision) -> float:
+    """The revision's ``source_error_km``; NaN when it has none or it is unbounded."""
+    err = rev.extra.get("source_error_km")
+    return float(err) if isinstance(err, int | float) else math.nan
 
 
 def _t(x: float) -> str | None:

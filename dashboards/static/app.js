@@ -102,6 +102,12 @@ function drawIncidents(state) {
       .bindTooltip(tip(`${inc.type} ${inc.id}`)).addTo(incidentLayer);
     const el = src.getElement();
     if (el) el.setAttribute("data-incident", inc.id);
+    if (inc.source_error_km) {  // where the source may be (95 %)
+      const ring = L.polyline(circlePoints(inc.lat, inc.lon, inc.source_error_km * 1000),
+        { color: "#b00020", weight: 1, interactive: false }).addTo(incidentLayer);
+      const re = ring.getElement();
+      if (re) re.setAttribute("data-source-error", inc.id);
+    }
     if (inc.speed_m_s && inc.origin_time_s !== null && now > inc.origin_time_s) {
       const r = inc.speed_m_s * (now - inc.origin_time_s);
       if (r < Math.PI * EARTH_R) {
@@ -172,8 +178,14 @@ function drawPanels(state) {
     const where = inc.lat === null ? "" :
       `${inc.lat.toFixed(2)}, ${inc.lon.toFixed(2)}` +
       (inc.origin_time ? `, origin ${fmt(inc.origin_time)}` : "") +
-      (inc.speed_m_s ? `, ${inc.speed_m_s.toFixed(0)} m/s` : "");
+      (inc.speed_m_s ? `, ${inc.speed_m_s.toFixed(0)} m/s` : "") +
+      (inc.source_error_km ? `, source within ${inc.source_error_km.toFixed(0)} km (95 %)`
+                           : "");
     box.append(el("div", {}, where));
+    if (inc.source_unbounded) {
+      box.append(el("div", { class: "warning" }, "The stations fix the direction of the " +
+        "front, not the distance of its source: position and ETAs may be far off."));
+    }
     const watches = inc.forecasts.filter((f) => f.state === "watch").length;
     box.append(el("div", {}, `${inc.forecasts.length} ETA watches (${watches} pending), ` +
       `${inc.confirmed.length} confirmed, evidence: ${inc.evidence.join(", ")}`));

@@ -108,6 +108,9 @@ def test_dashboard_shows_the_incident_live(demo: str) -> None:
         page.wait_for_selector("#alerts li[data-alert]", timeout=120_000)
         page.screenshot(path=str(SHOTS / "2-incident.png"))
         assert "volcanic_eruption" in page.inner_text("#incidents")
+        # once the front is located: how far the source may be, on the map and in words
+        page.wait_for_selector("#map [data-source-error]", state="attached", timeout=120_000)
+        assert "km (95 %)" in page.inner_text("#incidents")
         # a station opens its time series
         # the station marker sits under the incident's source marker at this zoom: send the
         # click to the marker itself (Leaflet dispatches it from the map container)

@@ -95,6 +95,8 @@ def test_map_of_the_tonga_incident_is_standalone(saved, tmp_path: Path) -> None:
     for f in inc["forecasts"]:
         assert f"{f['station_id']} (" in page, f["station_id"]
     assert page.count("front at origin + ") >= 6  # Japan is 7+ hours of Lamb wave away
+    # the source's 95 % region, from the last revision's bound
+    assert f"source within {last['error_km']:.0f} km (95 %)" in page
 
 
 def test_map_unknown_incident_names_it_and_the_known_ones(saved, tmp_path: Path,  # type: ignore[no-untyped-def]

@@ -54,6 +54,19 @@ def test_station_states_and_incidents() -> None:
     assert inc["alerts"] and snap["alerts"][0]["msgType"] == "Alert"
     ser = s.series("A")
     assert ser is not None and len(ser["t"]) == 600 and ser["detections"][0]["onset"] == T + 34000
+    assert (inc["source_error_km"], inc["source_unbounded"]) == (None, False)  # no front
+
+
+def test_an_incident_carries_its_source_error_and_whether_it_is_bounded() -> None:
+    from dataclasses import replace
+
+    s, rev = fed_state()
+    s.on_revision(replace(rev, revision=2, extra={"source_error_km": 77.0}))
+    (inc,) = s.snapshot()["incidents"]
+    assert (inc["source_error_km"], inc["source_unbounded"]) == (77.0, False)
+    s.on_revision(replace(rev, revision=3, extra={"source_error_km": None}))
+    (inc,) = s.snapshot()["incidents"]
+    assert (inc["source_error_km"], inc["source_unbounded"]) == (None, True)
 
 
 def test_api_serves_state_series_cap_and_atom() -> None:
