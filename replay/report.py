@@ -87,7 +87,8 @@ def build_report(event: dict[str, Any], detections: Iterable[Detection],
         d["revisions"] = ev.revision
         events[ev.event_id] = d
     alert_list = sorted({a.identifier: a for a in alerts}.values(),
-                        key=lambda a: (a.sent, a.identifier))
+                        # revisions issued in one second: r9 before r10 (as text, after)
+                        key=lambda a: (a.sent, a.incident_id, a.revision, a.identifier))
     return {
         "schema": REPORT_SCHEMA,
         "event": {"id": event.get("id"), "title": event.get("title"),
