@@ -382,6 +382,15 @@ def cap_status(cap_xml: str) -> str:
     return "" if el is None or el.text is None else el.text
 
 
+def cap_expires(cap_xml: str) -> float | None:
+    """The earliest ``expires`` of the message's ``info`` blocks (POSIX seconds), None when
+    none has one (CAP makes it optional)."""
+    doc = etree.fromstring(cap_xml.encode())
+    times = [datetime.fromisoformat(el.text.strip()).timestamp()
+             for el in doc.iterfind(f"{{{CAP_NS}}}info/{{{CAP_NS}}}expires") if el.text]
+    return min(times) if times else None
+
+
 def severity_at_least(severity: str, minimum: str) -> bool:
     """CAP severities ordered Unknown < Minor < Moderate < Severe < Extreme."""
     for s in (severity, minimum):

@@ -16,6 +16,14 @@ failure schedules a retry with exponential backoff; after ``max_attempts`` the d
 marked ``dead`` and handed to the dead-letter callback. Nothing is dropped silently: every
 attempt is a row in ``delivery_attempts``.
 
+What is sent late is the incident as it stands, not its history. A newer message of an
+incident queued for a channel *supersedes* that channel's messages of the incident still
+waiting (status ``superseded``, not sent): an endpoint back after an outage gets the
+incident's latest Update or Cancel, not an old watch that could land after it (a round
+sends up to ``threads`` at once, in no set order). A CAP message carries the whole state
+and references the ones it replaces, so nothing is lost. An ``Actual`` alert past its CAP
+``expires`` is not sent at all: ``expired``, and dead-lettered like a ``dead`` one.
+
 A webhook POST carries the CAP XML with ``X-Tocsin-Signature: sha256=<hex HMAC-SHA256 of
 the body with the subscription's secret>``, ``X-Tocsin-Idempotency-Key`` (the same on every
 retry, so the receiver can recognise a redelivery) and ``X-Tocsin-Attempt``.
@@ -57,7 +65,14 @@ from sqlalchemy.engine import Connection
 
 from detectors.base import Detection
 from detectors.geo import wrap_lon
-from responders.alerting import CAP_NS, AlertPolicy, cap_status, severity_at_least
+from responders.alerting import (
+    CAP_NS,
+    AlertPolicy,
+    cap_expires,
+    cap_status,
+    cap_time,
+    severity_at_least,
+)
 from responders.store import AlertRow, AttemptRow, DeliveryRow, Store, SubscriptionRow
 from streams.schemas import AlertMessage, Forecast, IncidentRevision
 
@@ -380,21 +395,41 @@ class Outbox:
                 select(DeliveryRow.subscription_id).distinct()
                 .join(AlertRow, AlertRow.identifier == DeliveryRow.alert_identifier)
                 .where(AlertRow.incident_id == msg.incident_id)).scalars())
+            earlier_ids = list(c.execute(
+                select(AlertRow.identifier).where(and_(
+                    AlertRow.incident_id == msg.incident_id,
+                    AlertRow.identifier != msg.identifier))).scalars()) if earlier else []
             n = 0
             for sub in subs:
                 follow_up = msg.msg_type in ("Update", "Cancel") and sub.id in earlier
                 if not (follow_up or matches(sub, msg, areas)):
                     continue
                 n += 1
+                older = earlier_ids if sub.id in earlier else []
                 for i, ch in enumerate(sub.channels):
                     key = f"{msg.identifier}|{sub.id}|{i}"
                     target = ch.get("url") or ch.get("to") or ""
-                    self.store.insert_new(c, DeliveryRow, dict(
-                        key=key, alert_identifier=msg.identifier, subscription_id=sub.id,
-                        channel=ch["type"], target=target, status="pending", attempts=0,
-                        next_attempt=self.clock(), last_error=None, delivered_at=None),
-                        ("key",))
+                    if self.store.insert_new(c, DeliveryRow, dict(
+                            key=key, alert_identifier=msg.identifier, subscription_id=sub.id,
+                            channel=ch["type"], target=target, status="pending", attempts=0,
+                            next_attempt=self.clock(), last_error=None, delivered_at=None),
+                            ("key",)) and older:
+                        self._supersede(c, msg, [f"{a}|{sub.id}|{i}" for a in older])
             return n
+
+    def _supersede(self, c: Connection, msg: AlertMessage, keys: list[str]) -> None:
+        """The incident's earlier messages still waiting for this channel (``keys``) are
+        not sent: ``msg``, newer, says where the incident stands now. Sent late, after it,
+        an endpoint that was down got its messages in any order (the round sends up to
+        ``threads`` at once), an old watch possibly after the Cancel. A message is queued
+        here only when it is new (a redelivered one finds its rows), so ``msg`` is the
+        incident's newest: the alerts topic keeps an incident's messages in order."""
+        for i in range(0, len(keys), 500):  # bounded IN lists
+            c.execute(update(DeliveryRow).where(and_(
+                DeliveryRow.key.in_(keys[i:i + 500]), DeliveryRow.status == "pending"))
+                .values(status="superseded",
+                        last_error=f"superseded by {msg.identifier} ({msg.msg_type}) before "
+                                   "it was delivered"))
 
     # -- dispatch
     def dispatch_due(self, limit: int = 100) -> int:
@@ -449,6 +484,8 @@ class Outbox:
             self._cancel(key, "the subscription was removed")
             return
         alert = self.store.alert(d.alert_identifier)
+        if alert is not None and self._expired(key, d, alert, lease):
+            return
         attempt = d.attempts + 1
         if sub is None or alert is None:
             result = SendResult(False, error="subscription or alert no longer exists")
@@ -476,14 +513,43 @@ class Outbox:
                 status="dead" if dead else "pending", attempts=attempt,
                 next_attempt=now + delay, last_error=result.error)).rowcount == 1
         if not held:
-            log.warning("delivery %s: attempt %d failed after its lease ran out (%s); the "
-                        "worker that took it over decides", key, attempt, result.error)
+            with self.store.engine.connect() as c:
+                status = c.execute(select(DeliveryRow.status).where(
+                    DeliveryRow.key == key)).scalar_one()
+            if status == "superseded":
+                log.info("delivery %s: attempt %d failed (%s) and a newer message of the "
+                         "incident has replaced it since", key, attempt, result.error)
+            else:
+                log.warning("delivery %s: attempt %d failed after its lease ran out (%s); the "
+                            "worker that took it over decides", key, attempt, result.error)
             return
         if dead and self.dead_letter is not None:
             self.dead_letter({"key": key, "alert": d.alert_identifier,
                               "subscription": d.subscription_id, "channel": d.channel,
                               "target": shown_target(d.target), "attempts": attempt,
                               "reason": result.error})
+
+    def _expired(self, key: str, d: Any, alert: dict[str, Any], lease: float) -> bool:
+        """An ``Actual`` alert past its CAP ``expires`` is not sent (an agency would act on
+        a warning that has run out): the delivery is ``expired`` and dead-lettered, so that
+        the operators see who never got it. Exercises and tests carry the recorded event's
+        times, not today's: their expiry says nothing about now."""
+        expires = cap_expires(alert["cap_xml"])
+        if expires is None or self.clock() < expires or cap_status(alert["cap_xml"]) != "Actual":
+            return False
+        reason = (f"the alert expired at {cap_time(expires)} before it was delivered "
+                  f"({d.attempts} attempt(s) failed)")
+        with self.store.begin() as c:
+            held = c.execute(update(DeliveryRow).where(and_(
+                DeliveryRow.key == key, DeliveryRow.status == "pending",
+                DeliveryRow.next_attempt == lease)).values(
+                status="expired", last_error=reason)).rowcount == 1
+        if held and self.dead_letter is not None:
+            self.dead_letter({"key": key, "alert": d.alert_identifier,
+                              "subscription": d.subscription_id, "channel": d.channel,
+                              "target": shown_target(d.target), "attempts": d.attempts,
+                              "reason": reason})
+        return True
 
     def _send(self, ch: dict[str, Any], alert: dict[str, Any], key: str,
               attempt: int) -> SendResult:

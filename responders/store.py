@@ -121,7 +121,8 @@ class DeliveryRow(Base):
     subscription_id: Mapped[str] = mapped_column(String(64), index=True)
     channel: Mapped[str] = mapped_column(String(20))
     target: Mapped[str] = mapped_column(String(500))
-    status: Mapped[str] = mapped_column(String(20), index=True)  # pending|delivered|dead|cancelled
+    # pending|delivered|dead|cancelled|superseded|expired (responders.delivery)
+    status: Mapped[str] = mapped_column(String(20), index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt: Mapped[float] = mapped_column(Float, index=True)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)

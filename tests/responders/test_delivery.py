@@ -259,34 +259,123 @@ def test_a_removed_subscription_gets_nothing_more(store: Store) -> None:
     rx.close()
 
 
-def test_webhook_down_then_up_gets_every_alert_once(store: Store) -> None:
+def test_webhook_down_then_up_gets_each_incident_as_it_stands_once(store: Store) -> None:
+    """An endpoint back after an outage gets each incident's newest message, once: the
+    watch it missed is superseded by the Update queued after it (sent together, the round's
+    threads delivered them in any order, the old watch possibly last)."""
+    from dataclasses import replace
+
     clock = Clock()
     rx = WebhookReceiver("s3cret", up=False)
     box = outbox(store, clock)
     box.add_subscription(Subscription.create("JMA", JAPAN, "Moderate", [
         {"type": "webhook", "url": rx.url, "secret": "s3cret"}]))
+    sub_id = box.subscriptions()[0].id
     policy = AlertPolicy()
-    sent = publish(store, box, revision(1), policy)
-    sent += publish(store, box, revision(2, "confirmed"), policy)
+    (watch,) = publish(store, box, revision(1), policy)
+    (other,) = publish(store, box, replace(revision(1), incident_id="eruption-y"), policy)
     for _ in range(3):  # down: every attempt fails, retries back off
         box.dispatch_due()
         clock.t += 100.0
-    assert rx.refused >= 4 and rx.received == []
+    assert rx.refused == 6 and rx.received == []
+    (update_,) = publish(store, box, revision(2, "confirmed"), policy)
+    assert update_.msg_type == "Update" and watch.identifier in update_.cap_xml
     rx.up = True
     box.dispatch_due()
     box.dispatch_due()  # nothing left: no second send
-    assert rx.unique_keys() == {f"{m.identifier}|{box.subscriptions()[0].id}|0" for m in sent}
-    assert len(rx.received) == len(sent) == 2
+    assert sorted(r.key for r in rx.received) == sorted(
+        f"{m.identifier}|{sub_id}|0" for m in (update_, other))
     assert all(r.signature_ok for r in rx.received)
-    assert {r.attempt for r in rx.received} == {4}
-    deliveries = box.deliveries()
-    assert [d["status"] for d in deliveries] == ["delivered", "delivered"]
-    assert [a["ok"] for a in deliveries[0]["attempt_log"]] == [0, 0, 0, 1]
-    # the message redelivered by Kafka after a crash: same keys, nothing new to send
-    for m in sent:
+    by_alert = {d["alert_identifier"]: d for d in box.deliveries()}
+    assert by_alert[watch.identifier]["status"] == "superseded"
+    assert by_alert[watch.identifier]["last_error"] == (
+        f"superseded by {update_.identifier} (Update) before it was delivered")
+    assert [a["ok"] for a in by_alert[watch.identifier]["attempt_log"]] == [0, 0, 0]
+    assert by_alert[update_.identifier]["status"] == "delivered"
+    assert [a["ok"] for a in by_alert[other.identifier]["attempt_log"]] == [0, 0, 0, 1]
+    assert {r.attempt for r in rx.received} == {1, 4}
+    # the messages redelivered by Kafka after a crash: same keys, nothing new to send, and
+    # the old watch does not come back
+    for m in (watch, other, update_):
         with store.begin() as c:
             box.enqueue(m, c)
     assert box.dispatch_due() == 0
+    assert {d["alert_identifier"]: d["status"] for d in box.deliveries()} == {
+        watch.identifier: "superseded", update_.identifier: "delivered",
+        other.identifier: "delivered"}
+    rx.close()
+
+
+@pytest.mark.parametrize("ok", [True, False], ids=["got-there", "failed"])
+def test_a_delivery_superseded_while_it_is_being_sent(store: Store, ok: bool) -> None:
+    """The Update is queued while the watch is on its way. A watch that got there is
+    delivered (and the Update follows it); one whose send failed is not retried: the
+    Update goes instead, and nothing is dead-lettered."""
+    from responders.delivery import SendResult
+
+    clock = Clock()
+    dead: list[dict] = []  # type: ignore[type-arg]
+    box = outbox(store, clock, dead, threads=1)
+    box.add_subscription(Subscription.create("JMA", JAPAN, "Moderate", [
+        {"type": "webhook", "url": "http://example.org/x", "secret": "k"}]))
+    policy = AlertPolicy()
+    (watch,) = publish(store, box, revision(1), policy)
+    sent: list[str] = []
+
+    def send(ch, alert, key, attempt):  # type: ignore[no-untyped-def]
+        sent.append(alert["identifier"])
+        if len(sent) == 1:  # the next revision's Update comes in meanwhile
+            publish(store, box, revision(2, "confirmed"), policy)
+            return SendResult(ok, 204 if ok else 503, None if ok else "HTTP 503")
+        return SendResult(True, 204)
+
+    box._send = send  # type: ignore[method-assign]
+    assert box.dispatch_due() == 1
+    clock.t += 1000.0
+    assert box.dispatch_due() == 1
+    assert box.dispatch_due() == 0
+    statuses = {d["alert_identifier"]: d["status"] for d in box.deliveries()}
+    (update_id,) = set(statuses) - {watch.identifier}
+    assert sent == [watch.identifier, update_id]
+    assert statuses == {watch.identifier: "delivered" if ok else "superseded",
+                        update_id: "delivered"}
+    assert dead == []
+
+
+def test_an_actual_alert_past_its_expiry_is_not_sent_but_dead_lettered(store: Store) -> None:
+    """An endpoint down for longer than the alert is valid: the warning that has run out
+    is not sent when it comes back (the agency would act on it), and the operators hear of
+    it. An exercise carries the recorded event's times: it is sent whatever they say."""
+    from responders.alerting import cap_expires
+
+    clock = Clock()
+    dead: list[dict] = []  # type: ignore[type-arg]
+    rx = WebhookReceiver("k", up=False)
+    box = outbox(store, clock, dead, max_attempts=100)
+    box.add_subscription(Subscription.create("JMA", JAPAN, "Moderate", [
+        {"type": "webhook", "url": rx.url, "secret": "k"}], exercises=True))
+    (actual,) = publish(store, box, revision(1), AlertPolicy())
+    (drill,) = publish(store, box, IncidentRevision(**{**revision(1).__dict__,
+                                                       "incident_id": "drill"}),
+                       AlertPolicy(status="Exercise"))
+    expires = cap_expires(actual.cap_xml)
+    assert expires is not None and expires == cap_expires(drill.cap_xml)
+    assert expires == T + 28000.0 + 6 * 3600.0  # the forecast's ETA + 6 h
+    clock.t = expires - 5.0
+    box.dispatch_due()  # down
+    assert rx.refused == 2 and dead == []
+    rx.up = True
+    clock.t = expires + 60.0
+    box.dispatch_due()
+    assert [r.key.split("|")[0] for r in rx.received] == [drill.identifier]
+    by_alert = {d["alert_identifier"]: d for d in box.deliveries()}
+    assert by_alert[actual.identifier]["status"] == "expired"
+    reason = by_alert[actual.identifier]["last_error"]
+    assert reason.startswith("the alert expired at ") and "1 attempt(s) failed" in reason
+    assert [a["ok"] for a in by_alert[actual.identifier]["attempt_log"]] == [0]
+    assert [(d["alert"], d["reason"]) for d in dead] == [(actual.identifier, reason)]
+    assert by_alert[drill.identifier]["status"] == "delivered"
+    assert box.dispatch_due() == 0 and len(dead) == 1
     rx.close()
 
 
@@ -331,12 +420,14 @@ def test_cancel_follows_the_alert_to_its_subscribers(store: Store) -> None:
         {"type": "webhook", "url": rx.url, "secret": "k"}]))
     policy = AlertPolicy()
     publish(store, box, revision(1), policy)
+    box.dispatch_due()
     (cancel,) = publish(store, box, IncidentRevision(**{**revision(1).__dict__,
                                                         "status": "retracted",
                                                         "forecasts": ()}), policy)
     assert cancel.msg_type == "Cancel"
     box.dispatch_due()
-    assert len(rx.received) == 2  # the Cancel has no Japanese area but follows the Alert
+    # the Cancel has no Japanese area but follows the Alert
+    assert [r.key.split("|")[0] for r in rx.received][1:] == [cancel.identifier]
     rx.close()
 
 
@@ -585,7 +676,8 @@ def test_the_delivery_log_comes_in_pages_with_its_attempts(store: Store) -> None
             {"type": "webhook", "url": rx.url, "secret": "k"}], id=f"s{i}"))
     policy = AlertPolicy()
     publish(store, box, revision(1), policy)
-    publish(store, box, revision(2, "confirmed"), policy)
+    publish(store, box, IncidentRevision(**{**revision(2, "confirmed").__dict__,
+                                            "incident_id": "eruption-y"}), policy)
     box.dispatch_due()  # one failed attempt each
     everything = box.deliveries()
     assert len(everything) == 6 and all(len(d["attempt_log"]) == 1 for d in everything)
