@@ -24,9 +24,12 @@ sends up to ``threads`` at once, in no set order). A CAP message carries the who
 and references the ones it replaces, so nothing is lost. An ``Actual`` alert past its CAP
 ``expires`` is not sent at all: ``expired``, and dead-lettered like a ``dead`` one.
 
-A webhook POST carries the CAP XML with ``X-Tocsin-Signature: sha256=<hex HMAC-SHA256 of
-the body with the subscription's secret>``, ``X-Tocsin-Idempotency-Key`` (the same on every
-retry, so the receiver can recognise a redelivery) and ``X-Tocsin-Attempt``.
+A webhook POST carries the CAP XML with ``X-Tocsin-Timestamp`` (Unix seconds of the
+attempt), ``X-Tocsin-Signature: sha256=<hex HMAC-SHA256 of "<timestamp>." + the body with
+the subscription's secret>``, ``X-Tocsin-Idempotency-Key`` (the same on every retry, so the
+receiver can recognise a redelivery) and ``X-Tocsin-Attempt``. The signed timestamp lets a
+receiver refuse a request recorded and played back later (:func:`verify` takes five
+minutes either way) without keeping every key it has seen.
 
 Only ``Actual`` messages go to every matching subscription; ``Exercise`` and ``Test`` ones
 (the alerts of replays of recorded data) only to subscriptions created with
@@ -299,14 +302,31 @@ def pinned(url: str, addrs: list[str]) -> tuple[str, str, dict[str, Any]]:
     return parts._replace(netloc=netloc).geturl(), shown_host, sni
 
 
-def sign(secret: str, body: bytes) -> str:
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+#: how far a webhook's signed timestamp may be from the receiver's clock (:func:`verify`)
+SIGNATURE_TOLERANCE_S = 300.0
 
 
-def verify(secret: str, body: bytes, signature: str) -> bool:
-    """Whether ``signature`` (the ``X-Tocsin-Signature`` header) signs ``body`` with
-    ``secret``; False for any other text (compare_digest raised TypeError on non-ASCII)."""
-    return hmac.compare_digest(sign(secret, body).encode(),
+def sign(secret: str, body: bytes, timestamp: int) -> str:
+    """The ``X-Tocsin-Signature`` of ``body`` sent at ``timestamp`` (``X-Tocsin-Timestamp``)."""
+    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
+    return "sha256=" + mac.hexdigest()
+
+
+def verify(secret: str, body: bytes, signature: str, timestamp: str, *,
+           now: float | None = None, tolerance_s: float = SIGNATURE_TOLERANCE_S) -> bool:
+    """For a receiver: whether ``signature`` and ``timestamp`` (the ``X-Tocsin-Signature``
+    and ``X-Tocsin-Timestamp`` headers) sign ``body`` with ``secret``, sent within
+    ``tolerance_s`` of ``now`` (default: this machine's clock). False for anything else:
+    a timestamp that is not whole seconds, one too old (a request played back) or too
+    far ahead, text that is not a signature (compare_digest raised TypeError on
+    non-ASCII)."""
+    if not (isinstance(timestamp, str) and timestamp.isascii() and timestamp.isdigit()
+            and len(timestamp) <= 12):
+        return False
+    t = int(timestamp)
+    if abs((time.time() if now is None else now) - t) > tolerance_s:
+        return False
+    return hmac.compare_digest(sign(secret, body, t).encode(),
                                signature.encode("utf-8", "surrogateescape"))
 
 
@@ -564,11 +584,14 @@ class Outbox:
                     # each vetted address in turn until one takes the connection (a host
                     # with IPv4 and IPv6 ones, seen from a network without IPv6)
                     url, host, sni = pinned(ch["url"], [addr])
+                    # the receiver's clock, not the test's: it is what verify() holds it to
+                    stamp = int(time.time())
                     try:
                         r = self.http.post(url, content=body, extensions=sni, headers={
                             "Host": host,
                             "Content-Type": "application/cap+xml",
-                            "X-Tocsin-Signature": sign(ch["secret"], body),
+                            "X-Tocsin-Timestamp": str(stamp),
+                            "X-Tocsin-Signature": sign(ch["secret"], body, stamp),
                             "X-Tocsin-Idempotency-Key": key,
                             "X-Tocsin-Attempt": str(attempt)})
                         break

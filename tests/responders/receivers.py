@@ -16,6 +16,8 @@ class Received:
     body: bytes
     signature_ok: bool
     host: str = ""
+    signature: str = ""
+    timestamp: str = ""
 
 
 @dataclass
@@ -39,8 +41,10 @@ class WebhookReceiver:
                 outer.received.append(Received(
                     self.headers["X-Tocsin-Idempotency-Key"],
                     int(self.headers["X-Tocsin-Attempt"]), body,
-                    verify(outer.secret, body, self.headers.get("X-Tocsin-Signature", "")),
-                    self.headers.get("Host", "")))
+                    verify(outer.secret, body, self.headers.get("X-Tocsin-Signature", ""),
+                           self.headers.get("X-Tocsin-Timestamp", "")),
+                    self.headers.get("Host", ""), self.headers.get("X-Tocsin-Signature", ""),
+                    self.headers.get("X-Tocsin-Timestamp", "")))
                 self.send_response(204)
                 self.end_headers()
 

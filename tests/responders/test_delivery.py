@@ -406,10 +406,37 @@ def test_verify_says_no_to_any_other_text() -> None:
     receiver using verify() answered 500 instead of refusing it)."""
     from responders.delivery import sign, verify
 
-    body = b"<alert/>"
-    assert verify("k", body, sign("k", body))
-    for other in (sign("j", body), "", "sha256=\u00e9\u00e9", "sha256=\udcff", sign("k", b"x")):
-        assert not verify("k", body, other)
+    body, t = b"<alert/>", 1_700_000_000
+    assert verify("k", body, sign("k", body, t), str(t), now=t + 299.0)
+    for other in (sign("j", body, t), "", "sha256=\u00e9\u00e9", "sha256=\udcff",
+                  sign("k", b"x", t), sign("k", body, t + 1)):
+        assert not verify("k", body, other, str(t), now=t)
+    for stamp in ("", "1.7e9", "-1", "\u0661\u0662", " 1700000000", "9" * 13):
+        assert not verify("k", body, sign("k", body, t), stamp, now=t)
+
+
+def test_a_webhook_request_played_back_later_is_refused(store: Store) -> None:
+    """The signature covered the body alone: a request recorded on the way (a proxy's log)
+    verified forever. It now signs the attempt's time too, so a receiver refuses it five
+    minutes on, and a timestamp changed to look fresh breaks the signature."""
+    from responders.delivery import sign, verify
+
+    rx = WebhookReceiver("k")
+    box = outbox(store, Clock())
+    box.add_subscription(Subscription.create("JMA", JAPAN, "Moderate", [
+        {"type": "webhook", "url": rx.url, "secret": "k"}]))
+    before = time.time()
+    publish(store, box, revision(1), AlertPolicy())
+    box.dispatch_due()
+    (got,) = rx.received
+    assert got.signature_ok
+    stamp = int(got.timestamp)
+    assert before - 1 <= stamp <= time.time()  # the sender's clock, not the outbox's
+    assert got.signature == sign("k", got.body, stamp)
+    assert verify("k", got.body, got.signature, got.timestamp, now=stamp + 300.0)
+    assert not verify("k", got.body, got.signature, got.timestamp, now=stamp + 301.0)
+    assert not verify("k", got.body, got.signature, str(stamp + 400), now=stamp + 401.0)
+    rx.close()
 
 
 def test_cancel_follows_the_alert_to_its_subscribers(store: Store) -> None:
