@@ -11,7 +11,8 @@ message and the upsert finds the same keys: nothing is lost, nothing doubled.
 :meth:`Outbox.dispatch_due` sends the due deliveries, up to ``threads`` at once (an
 endpoint that does not answer holds up its own deliveries, not every other agency's): it
 claims each row atomically (two
-workers never send the same row at once), posts or mails it, records the attempt, and on
+workers never send the same row at once), posts or mails it (within ``SEND_DEADLINE_S`` in
+all, whatever the peer's pace), records the attempt, and on
 failure schedules a retry with exponential backoff; after ``max_attempts`` the delivery is
 marked ``dead`` and handed to the dead-letter callback. Nothing is dropped silently: every
 attempt is a row in ``delivery_attempts``.
@@ -42,6 +43,7 @@ that received an earlier message of the same incident: who got the Alert gets it
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import ipaddress
@@ -49,6 +51,7 @@ import logging
 import math
 import smtplib
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -83,8 +86,12 @@ log = logging.getLogger("tocsin.delivery")
 
 CHANNELS = ("webhook", "email")
 #: how long a claimed delivery stays with the worker that claimed it (more than a send's
-#: worst case: an HTTP timeout of 5 s for each phase, SMTP's 10 s)
+#: worst case, SEND_DEADLINE_S and a read timeout after it)
 LEASE_S = 60.0
+#: the longest a send may take, all of it: httpx's and smtplib's timeouts are per read, and
+#: an endpoint that answered a byte every few seconds held a thread for as long as it liked
+#: (eight of them held every round, every agency's alerts, and their leases ran out)
+SEND_DEADLINE_S = 30.0
 
 
 class SubscriptionError(ValueError):
@@ -331,6 +338,35 @@ def verify(secret: str, body: bytes, signature: str, timestamp: str, *,
 
 
 # ---------------------------------------------------------------------- the outbox
+class _Deadline:
+    """Calls ``close`` (of the send's client or connection) once ``seconds`` have passed,
+    unless the block has ended: a read blocked on the connection then fails at once."""
+
+    def __init__(self, seconds: float, close: Callable[[], None]) -> None:
+        self.fired = False
+
+        def fire() -> None:
+            self.fired = True
+            close()
+
+        self.timer = threading.Timer(seconds, fire)
+        self.timer.daemon = True
+
+    def says(self, error: str | None) -> str | None:
+        """``error``, and why, if the deadline ended the send."""
+        if not self.fired:
+            return error
+        return (f"no answer within the send's deadline of {self.timer.interval:g} s "
+                f"({error})")
+
+    def __enter__(self) -> _Deadline:
+        self.timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.timer.cancel()
+
+
 @dataclass
 class SendResult:
     ok: bool
@@ -345,9 +381,12 @@ class Outbox:
                  check_url: Callable[[str], list[str]] | None = None,
                  dead_letter: Callable[[dict[str, Any]], None] | None = None,
                  clock: Callable[[], float] = time.time, http_timeout: float = 5.0,
-                 threads: int = 8) -> None:
+                 threads: int = 8, send_deadline_s: float = SEND_DEADLINE_S) -> None:
         if threads < 1:
             raise ValueError(f"threads {threads!r}: at least one")
+        if not 0 < send_deadline_s <= LEASE_S - 2 * max(http_timeout, 10.0):
+            raise ValueError(f"send_deadline_s {send_deadline_s!r}: above 0, and short enough "
+                             f"that a send ends within its lease of {LEASE_S:g} s")
         self.store = store
         self.threads = threads
         self.max_attempts = max_attempts
@@ -358,7 +397,9 @@ class Outbox:
         self.check_url = check_url or make_url_checker()
         self.dead_letter = dead_letter
         self.clock = clock
-        self.http = httpx.Client(timeout=http_timeout, follow_redirects=False)
+        self.http_timeout = http_timeout
+        self.send_deadline_s = send_deadline_s
+        self._tls = httpx.create_ssl_context()  # made once: each send has its own client
 
     @classmethod
     def from_settings(cls, store: Store, settings: Any, **kw: Any) -> Outbox:
@@ -370,7 +411,7 @@ class Outbox:
                                               settings.webhook_allow_link_local), **kw)
 
     def close(self) -> None:
-        self.http.close()
+        """Nothing held between sends (each has its own connection); kept for callers."""
 
     # -- subscriptions
     def add_subscription(self, sub: Subscription) -> None:
@@ -571,40 +612,51 @@ class Outbox:
                               "reason": reason})
         return True
 
+    def _post(self, http: httpx.Client, ch: dict[str, Any], body: bytes, key: str,
+              attempt: int) -> SendResult:
+        """The webhook's POST, to each vetted address in turn."""
+        try:
+            addrs = self.check_url(ch["url"])
+            if not addrs:
+                raise UnsafeTarget(f"webhook URL {ch['url']!r}: its host resolved to no "
+                                   "address")
+            for i, addr in enumerate(addrs):
+                # each vetted address in turn until one takes the connection (a host
+                # with IPv4 and IPv6 ones, seen from a network without IPv6)
+                url, host, sni = pinned(ch["url"], [addr])
+                # the receiver's clock, not the test's: it is what verify() holds it to
+                stamp = int(time.time())
+                try:
+                    r = http.post(url, content=body, extensions=sni, headers={
+                        "Host": host,
+                        "Content-Type": "application/cap+xml",
+                        "X-Tocsin-Timestamp": str(stamp),
+                        "X-Tocsin-Signature": sign(ch["secret"], body, stamp),
+                        "X-Tocsin-Idempotency-Key": key,
+                        "X-Tocsin-Attempt": str(attempt)})
+                    break
+                except (httpx.ConnectError, httpx.ConnectTimeout):
+                    if i == len(addrs) - 1:
+                        raise
+        except UnsafeTarget as exc:
+            return SendResult(False, error=str(exc))
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            return SendResult(False, error=f"{type(exc).__name__}: {exc}")
+        if 200 <= r.status_code < 300:
+            return SendResult(True, r.status_code)
+        return SendResult(False, r.status_code, f"HTTP {r.status_code}")
+
     def _send(self, ch: dict[str, Any], alert: dict[str, Any], key: str,
               attempt: int) -> SendResult:
         body = alert["cap_xml"].encode()
         if ch["type"] == "webhook":
-            try:
-                addrs = self.check_url(ch["url"])
-                if not addrs:
-                    raise UnsafeTarget(f"webhook URL {ch['url']!r}: its host resolved to no "
-                                       "address")
-                for i, addr in enumerate(addrs):
-                    # each vetted address in turn until one takes the connection (a host
-                    # with IPv4 and IPv6 ones, seen from a network without IPv6)
-                    url, host, sni = pinned(ch["url"], [addr])
-                    # the receiver's clock, not the test's: it is what verify() holds it to
-                    stamp = int(time.time())
-                    try:
-                        r = self.http.post(url, content=body, extensions=sni, headers={
-                            "Host": host,
-                            "Content-Type": "application/cap+xml",
-                            "X-Tocsin-Timestamp": str(stamp),
-                            "X-Tocsin-Signature": sign(ch["secret"], body, stamp),
-                            "X-Tocsin-Idempotency-Key": key,
-                            "X-Tocsin-Attempt": str(attempt)})
-                        break
-                    except (httpx.ConnectError, httpx.ConnectTimeout):
-                        if i == len(addrs) - 1:
-                            raise
-            except UnsafeTarget as exc:
-                return SendResult(False, error=str(exc))
-            except (httpx.HTTPError, httpx.InvalidURL) as exc:
-                return SendResult(False, error=f"{type(exc).__name__}: {exc}")
-            if 200 <= r.status_code < 300:
-                return SendResult(True, r.status_code)
-            return SendResult(False, r.status_code, f"HTTP {r.status_code}")
+            http = httpx.Client(timeout=self.http_timeout, follow_redirects=False,
+                                verify=self._tls)
+            with http, _Deadline(self.send_deadline_s, http.close) as deadline:
+                result = self._post(http, ch, body, key, attempt)
+            if not result.ok:
+                result.error = deadline.says(result.error)
+            return result
         if ch["type"] == "email":
             em = EmailMessage()
             em["From"] = self.smtp_from
@@ -616,11 +668,27 @@ class Outbox:
                            f"({alert['identifier']}).\n")
             em.add_attachment(body, maintype="application", subtype="cap+xml",
                               filename=f"{alert['identifier']}.xml")
+            smtp = smtplib.SMTP(timeout=10)
+
+            def cut() -> None:
+                # shutdown, not close: smtplib reads through a makefile(), which keeps the
+                # socket open past close() (the read went on for the whole trickle)
+                sock = smtp.sock
+                if sock is not None:
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)
+
+            deadline = _Deadline(self.send_deadline_s, cut)
             try:
-                with smtplib.SMTP(self.smtp[0], self.smtp[1], timeout=10) as s:
-                    s.send_message(em)
-            except (OSError, smtplib.SMTPException) as exc:
-                return SendResult(False, error=f"{type(exc).__name__}: {exc}")
+                with deadline:
+                    smtp.connect(*self.smtp)
+                    smtp.send_message(em)
+                    smtp.quit()
+            except (OSError, smtplib.SMTPException, AttributeError) as exc:
+                # (smtplib reads a socket the deadline closed as None: AttributeError)
+                return SendResult(False, error=deadline.says(f"{type(exc).__name__}: {exc}"))
+            finally:
+                smtp.close()
             return SendResult(True)
         return SendResult(False, error=f"unknown channel {ch['type']!r}")
 

@@ -62,3 +62,45 @@ class WebhookReceiver:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class Trickler:
+    """A peer that answers one byte every ``every_s`` seconds and never finishes (for
+    up to ``for_s``): an HTTP status line and headers, or an SMTP greeting. Every read
+    a client makes gets a byte well within its read timeout."""
+
+    def __init__(self, line: bytes, every_s: float = 0.2, for_s: float = 60.0) -> None:
+        import socket
+
+        self.srv = socket.socket()
+        self.srv.bind(("127.0.0.1", 0))
+        self.srv.listen()
+        self.port = self.srv.getsockname()[1]
+        self.connections = 0
+        self.stop = threading.Event()
+
+        def serve() -> None:
+            while not self.stop.is_set():
+                try:
+                    conn, _ = self.srv.accept()
+                except OSError:
+                    return
+                self.connections += 1
+                threading.Thread(target=trickle, args=(conn,), daemon=True).start()
+
+        def trickle(conn: socket.socket) -> None:
+            data = line + b"X" * int(for_s / every_s)
+            with conn:
+                for i in range(len(data)):
+                    if self.stop.wait(every_s):
+                        return
+                    try:
+                        conn.send(data[i:i + 1])
+                    except OSError:  # the client hung up
+                        return
+
+        threading.Thread(target=serve, daemon=True).start()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.srv.close()

@@ -642,6 +642,45 @@ def test_an_endpoint_that_does_not_answer_holds_up_only_its_own_delivery(
         outbox(store, clock, threads=0)
 
 
+def test_an_endpoint_that_trickles_its_answer_is_cut_off_at_the_send_deadline(
+        store: Store) -> None:
+    """httpx's and smtplib's timeouts are per read: a webhook or mail server that sent a
+    byte every 0.2 s held its send for as long as it went on (a minute here, forever for
+    a hostile one), and eight of them held every round. A send now ends at its deadline,
+    as a failed attempt saying so, and the round goes on to the others."""
+    from tests.responders.receivers import Trickler
+
+    http = Trickler(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+    smtp = Trickler(b"220 slow.example ")
+    rx = WebhookReceiver("k")
+    clock = Clock()
+    # one send at a time: a send that did not end would hold up the good one behind it
+    box = outbox(store, clock, threads=1, send_deadline_s=1.0,
+                 smtp=("127.0.0.1", smtp.port))
+    for name, ch in (("0-http", {"type": "webhook", "secret": "k",
+                                 "url": f"http://127.0.0.1:{http.port}/cap"}),
+                     ("1-smtp", {"type": "email", "to": "duty@slow.example"}),
+                     ("2-good", {"type": "webhook", "url": rx.url, "secret": "k"})):
+        box.add_subscription(Subscription.create(name, JAPAN, "Minor", [ch], id=name))
+    publish(store, box, revision(1), AlertPolicy())
+    t0 = time.monotonic()
+    assert box.dispatch_due() == 3
+    took = time.monotonic() - t0
+    by_sub = {d["subscription_id"]: d for d in box.deliveries()}
+    assert {k: d["status"] for k, d in by_sub.items()} == {
+        "0-http": "pending", "1-smtp": "pending", "2-good": "delivered"}
+    for sub in ("0-http", "1-smtp"):
+        assert by_sub[sub]["last_error"].startswith(
+            "no answer within the send's deadline of 1 s ("), by_sub[sub]["last_error"]
+    assert http.connections == 1 and smtp.connections == 1
+    assert took < 20.0, took  # two deadlines and a read timeout each at most, not minutes
+    with pytest.raises(ValueError, match="send_deadline_s 55"):
+        outbox(store, clock, send_deadline_s=55.0)
+    http.close()
+    smtp.close()
+    rx.close()
+
+
 def test_two_transactions_enqueue_the_same_alert(store: Store) -> None:
     """Two workers' transactions enqueue the same alert (a rebalance overlaps them): the
     second waits for the first and adds nothing. With a check then an insert, PostgreSQL
