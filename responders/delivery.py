@@ -338,6 +338,13 @@ def verify(secret: str, body: bytes, signature: str, timestamp: str, *,
 
 
 # ---------------------------------------------------------------------- the outbox
+def _letter(key: str, d: Any, attempts: int, reason: str | None) -> dict[str, Any]:
+    """The dead letter of the delivery row ``d``: where it went, not the URL's secrets."""
+    return {"key": key, "alert": d.alert_identifier, "subscription": d.subscription_id,
+            "channel": d.channel, "target": shown_target(d.target), "attempts": attempts,
+            "reason": reason}
+
+
 class _Deadline:
     """Calls ``close`` (of the send's client or connection) once ``seconds`` have passed,
     unless the block has ended: a read blocked on the connection then fails at once."""
@@ -585,10 +592,7 @@ class Outbox:
                             "worker that took it over decides", key, attempt, result.error)
             return
         if dead and self.dead_letter is not None:
-            self.dead_letter({"key": key, "alert": d.alert_identifier,
-                              "subscription": d.subscription_id, "channel": d.channel,
-                              "target": shown_target(d.target), "attempts": attempt,
-                              "reason": result.error})
+            self.dead_letter(_letter(key, d, attempt, result.error))
 
     def _expired(self, key: str, d: Any, alert: dict[str, Any], lease: float) -> bool:
         """An ``Actual`` alert past its CAP ``expires`` is not sent (an agency would act on
@@ -606,10 +610,7 @@ class Outbox:
                 DeliveryRow.next_attempt == lease)).values(
                 status="expired", last_error=reason)).rowcount == 1
         if held and self.dead_letter is not None:
-            self.dead_letter({"key": key, "alert": d.alert_identifier,
-                              "subscription": d.subscription_id, "channel": d.channel,
-                              "target": shown_target(d.target), "attempts": d.attempts,
-                              "reason": reason})
+            self.dead_letter(_letter(key, d, d.attempts, reason))
         return True
 
     def _post(self, http: httpx.Client, ch: dict[str, Any], body: bytes, key: str,
