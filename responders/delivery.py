@@ -417,9 +417,6 @@ class Outbox:
                    check_url=make_url_checker(settings.webhook_allowed_hosts,
                                               settings.webhook_allow_link_local), **kw)
 
-    def close(self) -> None:
-        """Nothing held between sends (each has its own connection); kept for callers."""
-
     # -- subscriptions
     def add_subscription(self, sub: Subscription) -> None:
         with self.store.begin() as c:
