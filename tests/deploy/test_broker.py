@@ -364,8 +364,12 @@ def test_the_broker_log_is_bounded_and_each_start_has_its_own(
     finally:
         broker.stop()
     assert logs == ["broker.log", "broker.log.1", "broker.log.2", "broker.log.3"]
-    for name in logs:  # over by at most the event that made it roll (KafkaConfig's: 14 kB)
-        assert (broker.dir / name).stat().st_size < 0.02 * 2**20 + 24 * 1024, name
+    # over by the events written once it was full: log4j2 checks the size before a write,
+    # not under the lock of the write, so threads logging at one instant each add theirs
+    # (two 14-kB KafkaConfig dumps in one millisecond made a 20-kB file 46.9 kB); at most
+    # three such dumps, against the 224 MB this test is about
+    for name in logs:
+        assert (broker.dir / name).stat().st_size < 0.02 * 2**20 + 3 * 16 * 1024, name
 
 
 def test_a_cluster_id_that_starts_with_a_dash_formats(kafka_settings: Settings, tmp_path,  # type: ignore[no-untyped-def]
