@@ -38,7 +38,14 @@ from typing import Any
 import numpy as np
 
 from detectors.base import SENSOR_KINDS, DetectorError, FloatArray, StationInfo
-from streams.schemas import GridFrame, ObservationPacket, SchemaError, iso, parse_time
+from streams.schemas import (
+    GridFrame,
+    ObservationPacket,
+    SchemaError,
+    iso,
+    parse_time,
+    station_id_problem,
+)
 
 STATIONS_HEADER = ["station_id", "kind", "lat", "lon", "elevation_m", "units", "file", "format"]
 FORMATS = ("csv", "mseed", "ndbc_dart", "grid_index")
@@ -303,10 +310,9 @@ def _station_row(path: Path, lineno: int, row: list[str], root: Path,
     if len(row) != len(STATIONS_HEADER):
         raise PackageError(f"{where}: {len(row)} columns, expected {len(STATIONS_HEADER)}")
     sid, kind, lat_s, lon_s, elev_s, units, file_s, fmt = (c.strip() for c in row)
-    if not sid:
-        raise PackageError(f"{where}: empty station_id")
-    if "," in sid:
-        raise PackageError(f"{where}: station_id {sid!r} has ',' (packets refuse it)")
+    problem = station_id_problem(sid)
+    if problem:
+        raise PackageError(f"{where}: station_id {sid!r} {problem} (packets refuse it)")
     if sid in seen:
         raise PackageError(f"{where}: station_id {sid!r} appears twice")
     seen.add(sid)

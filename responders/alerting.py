@@ -30,6 +30,7 @@ ETAs that may be far off, so its watch is ``Possible``, and says so in the descr
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
@@ -223,6 +224,17 @@ def _circle(lat: float, lon: float, radius_km: float) -> str:
     return f"{lat:.4f},{wrap_lon(lon):.4f} {radius_km:g}"
 
 
+#: what XML 1.0 cannot carry (C0 controls but tab/LF/CR, lone surrogates, U+FFFE/U+FFFF)
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def xml_text(text: str) -> str:
+    """``text`` with what XML 1.0 cannot carry replaced by U+FFFD: the schemas refuse such
+    station ids, but an alert must not fail to build (and so never go out) for one
+    character of a name that came in some other way."""
+    return _NOT_XML.sub("\ufffd", text)
+
+
 def build_cap_xml(rev: IncidentRevision, cls: Classification, *, identifier: str, sender: str,
                   msg_type: str, references: tuple[str, ...], headline: str,
                   status: str = "Actual") -> str:
@@ -231,7 +243,7 @@ def build_cap_xml(rev: IncidentRevision, cls: Classification, *, identifier: str
 
     def sub(parent: etree._Element, tag: str, text: str) -> etree._Element:
         el = etree.SubElement(parent, f"{{{CAP_NS}}}{tag}")
-        el.text = text
+        el.text = xml_text(text)
         return el
 
     sent = cap_time(rev.issued)

@@ -85,6 +85,32 @@ def _require(d: dict[str, Any], name: str, types: type | tuple[type, ...], schem
     return value
 
 
+def station_id_problem(sid: str) -> str | None:
+    """Why ``sid`` cannot name a station, or None when it can.
+
+    Ids key the state stores, travel comma-joined in packets and end up as text in CAP XML
+    and the dashboard: a comma, or a control or other non-printable character (XML 1.0
+    has no \\x0b, and lxml refuses it, so the alert could not be built), is refused
+    where the id comes in.
+    """
+    if not sid:
+        return "is empty"
+    if "," in sid:
+        return "has ','"
+    bad = next((c for c in sid if not c.isprintable()), None)
+    if bad is not None:
+        return f"has the non-printable character {bad!r}"
+    return None
+
+
+def _station_id(d: dict[str, Any], schema: str) -> str:
+    sid: str = _require(d, "station_id", str, schema)
+    problem = station_id_problem(sid)
+    if problem:
+        raise SchemaError(f"{schema}: station_id {sid!r} {problem}")
+    return sid
+
+
 def _as_tuple(types: type | tuple[type, ...]) -> tuple[type, ...]:
     return types if isinstance(types, tuple) else (types,)
 
@@ -256,8 +282,9 @@ class ObservationPacket:
     elevation_m: float = float("nan")
 
     def __post_init__(self) -> None:
-        if not self.station_id or "," in self.station_id:
-            raise SchemaError(f"observation: station_id {self.station_id!r} is empty or has ','")
+        problem = station_id_problem(self.station_id)
+        if problem:
+            raise SchemaError(f"observation: station_id {self.station_id!r} {problem}")
         if self.kind not in SENSOR_KINDS:
             raise SchemaError(
                 f"observation {self.station_id}: kind {self.kind!r} not in {SENSOR_KINDS}"
@@ -379,6 +406,9 @@ class GridFrame:
     product_lon: float = float("nan")
 
     def __post_init__(self) -> None:
+        problem = station_id_problem(self.station_id)
+        if problem:
+            raise SchemaError(f"grid frame: station_id {self.station_id!r} {problem}")
         if self.kind not in SENSOR_KINDS:
             raise SchemaError(f"grid frame {self.station_id}: kind {self.kind!r} not in "
                               f"{SENSOR_KINDS}")
@@ -472,7 +502,7 @@ def detection_from_dict(d: dict[str, Any]) -> Detection:
     if kind not in SENSOR_KINDS:
         raise SchemaError(f"{schema}: kind {kind!r} not in {SENSOR_KINDS}")
     return Detection(
-        station_id=_require(d, "station_id", str, schema),
+        station_id=_station_id(d, schema),
         kind=kind,
         detector=_require(d, "detector", str, schema),
         detector_version=_require(d, "detector_version", str, schema),
@@ -528,7 +558,7 @@ class Forecast:
             raise SchemaError(f"{schema}: {d!r} is not an object")
         eta = d.get("eta_s")
         return cls(
-            station_id=_require(d, "station_id", str, schema),
+            station_id=_station_id(d, schema),
             kind=_text(d, "kind", schema),
             eta=epoch(eta, "eta_s", schema) if eta is not None else parse_time(
                 _require(d, "eta", str, schema), "eta"),

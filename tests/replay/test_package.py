@@ -336,6 +336,11 @@ def test_ids_encodings_and_mseed_overlaps_are_package_errors(tmp_path: Path) -> 
     (root / "stations.csv").write_text(HEADER + '"A,B",barometer,-21,-175,0,hPa,a.csv,csv\n')
     with pytest.raises(PackageError, match=r"stations.csv:2: station_id 'A,B' has ','"):
         load_package(root)
+    # a vertical tab loaded, and then lxml refused it in every CAP alert's XML: the
+    # revision was dead-lettered and no alert went out
+    (root / "stations.csv").write_text(HEADER + "GA\x0bUGE,barometer,-21,-175,0,hPa,a.csv,csv\n")
+    with pytest.raises(PackageError, match=r"station_id 'GA\\x0bUGE' has the non-printable"):
+        load_package(root)
     (root / "stations.csv").write_bytes(HEADER.encode() + b"\xff\xfe,barometer\n")
     with pytest.raises(PackageError, match="stations.csv: not UTF-8 text"):
         load_package(root)

@@ -223,6 +223,20 @@ def test_a_tsunami_alert_covers_every_station_that_observed_it() -> None:
                      ("sea-level station hilo (observed)", "19.7300,-155.0600 20")]
 
 
+def test_a_station_id_xml_cannot_carry_still_gets_its_alert_out() -> None:
+    """The schemas refuse such ids now; before, lxml raised ValueError building the CAP XML
+    and the revision was dead-lettered: no alert at all."""
+    rev = revision(1)
+    rev = replace(rev, forecasts=(Forecast("GA\x0bUGE", "tide_gauge", T + 600.0, 90.0,
+                                           -21.1, -175.2),),
+                  extra={"observed_at": [["S\x00", -21.0, -175.0]]})
+    (msg,) = AlertPolicy().on_revision(rev)
+    doc = validate_cap(msg.cap_xml)
+    descs = [a.findtext("cap:areaDesc", namespaces=NS) for a in doc.iterfind(".//cap:area", NS)]
+    assert "tide_gauge GA\ufffdUGE (watch), ETA 2022-01-15T04:24:45-00:00" in descs
+    assert "sea-level station S\ufffd (observed)" in descs
+
+
 def test_references_name_the_chain_up_to_its_bound() -> None:
     """Each Update references the chain before it, oldest first; past REFERENCES_MAX the
     Alert and the latest messages (an incident revised for months would outgrow a Kafka

@@ -229,6 +229,23 @@ def test_detection_and_packet_times_are_checked() -> None:
         decode(orjson.dumps({**pkt, "start_s": 1e20}))
 
 
+def test_station_ids_with_control_characters_do_not_decode() -> None:
+    # "GA\x0bUGE" decoded, and then lxml refused it in the CAP XML of every alert it was in
+    pkt = orjson.loads(encode(ObservationPacket("S1", "barometer", "LDI", 1.642e9, 60.0,
+                                                np.full(3, 1010.0), "hPa")))
+    det = orjson.loads(encode(Detection("S1", "tide_gauge", "d", "1", 1.642e9, 1.642e9, 0.1,
+                                        "m", 1.642e9, -21.0, -175.0)))
+    for msg in (pkt, det):
+        for sid in ("GA\x0bUGE", "S\x00", "S\x7f", "S\u2028"):
+            with pytest.raises(SchemaError, match=re.escape(f"station_id {sid!r} has the "
+                                                            "non-printable character")):
+                decode(orjson.dumps({**msg, "station_id": sid}))
+        assert decode(orjson.dumps({**msg, "station_id": "Nuku'alofa 2"})).station_id == (
+            "Nuku'alofa 2")  # type: ignore[union-attr]
+    with pytest.raises(SchemaError, match="station_id '' is empty"):
+        ObservationPacket("", "barometer", "LDI", 1.642e9, 60.0, np.full(3, 1.0), "hPa")
+
+
 def test_same_as_is_equality_of_the_wire_form() -> None:
     """``same_as`` stands in for ``to_dict() ==`` (most of the associator's time went to
     making the two dicts, their forecasts' ISO times above all): equal exactly when they
