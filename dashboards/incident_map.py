@@ -232,11 +232,14 @@ def incident_map(revisions: list[dict[str, Any]], detections: list[dict[str, Any
     seis = (last.get("extra") or {}).get("seismic")
     if seis and seis.get("lat") is not None:
         slat, slon = float(seis["lat"]), near(float(seis["lon"]), lon0)
+        herr = seis.get("herr_km")  # null on the wire when unknown (NaN)
+        known = isinstance(herr, int | float) and math.isfinite(herr)
         tip = _tip(f"seismic event {seis['event_id']} (revision {seis['revision']}): "
                    f"origin {_iso(seis['origin_time'])}, depth {seis['depth_km']} km, "
-                   f"± {seis['herr_km']} km, {len(seis.get('stations', []))} stations")
+                   + (f"± {herr} km, " if known else "error unknown, ")
+                   + f"{len(seis.get('stations', []))} stations")
         layer = folium.FeatureGroup(name="seismic event")
-        folium.PolyLine(geodesic_circle(slat, slon, max(float(seis["herr_km"]), 1.0)),
+        folium.PolyLine(geodesic_circle(slat, slon, max(float(herr), 1.0) if known else 1.0),
                         color=COLOURS["seismic"], weight=1, tooltip=tip).add_to(layer)
         # (a CircleMarker: folium's RegularPolygonMarker needs a plugin from a CDN)
         folium.CircleMarker((slat, slon), radius=7, color=COLOURS["seismic"], weight=3,

@@ -756,13 +756,32 @@ class SeismicEventMessage:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SeismicEventMessage:
         d = _check_schema(d, cls.SCHEMA)
-        _require(d, "event_id", str, cls.SCHEMA)
-        if not isinstance(d.get("revision"), int) or d["revision"] < 1:
-            raise SchemaError(f"{cls.SCHEMA}: revision {d.get('revision')!r} is not a "
-                              "positive integer")
-        for name in ("lat", "lon", "depth_km", "origin_time", "issued"):
-            _number(d, name, cls.SCHEMA)
-        _require(d, "arrivals", list, cls.SCHEMA)
+        # the dashboard, the console and the report read these fields as they stand: a
+        # revision true, a herr_km "x", stations 5 or a time of 1e20 decoded, and then
+        # /api/state answered 500 until the event aged out
+        schema = cls.SCHEMA
+        event_id = _require(d, "event_id", str, schema)
+        if not event_id or not event_id.isprintable():
+            raise SchemaError(f"{schema}: event_id {event_id!r} is empty or not printable")
+        _revision(d, schema)
+        if d.get("status") not in (None, "located", "retracted"):
+            raise SchemaError(f"{schema}: status {short(d['status'])} is not 'located' or "
+                              "'retracted'")
+        lat = _number(d, "lat", schema)
+        if not -90.0 <= lat <= 90.0:
+            raise SchemaError(f"{schema}: lat {lat!r} is not within -90..90")
+        for name in ("lon", "depth_km"):
+            _number(d, name, schema)
+        for name in ("origin_time", "issued"):
+            epoch(_require(d, name, (int, float), schema), name, schema)
+        for name in ("herr_km", "rms_s", "gap_deg", "magnitude", "magnitude_sigma"):
+            _opt_number(d, name, schema)
+        if d.get("stations") is None:
+            raise SchemaError(f"{schema}: missing field 'stations'")
+        _strings(d, "stations", schema)
+        arrivals = _require(d, "arrivals", list, schema)
+        if not all(isinstance(a, dict) for a in arrivals):
+            raise SchemaError(f"{schema}: arrivals {short(arrivals)} is not a list of objects")
         return cls({k: v for k, v in d.items() if k != "schema"})
 
 

@@ -344,3 +344,21 @@ def test_bad_command_lines_are_one_line_errors_before_anything_starts(
     assert "cannot be written as QuakeML (KeyError: 'event_id')" in err_of(
         "quakeml", str(odd), "--out", str(tmp_path / "q"))
     assert "exists and is not a folder" in err_of("quakeml", str(odd), "--out", str(garbage))
+
+
+def test_the_console_line_of_a_seismic_event_whose_error_is_unknown() -> None:
+    """herr_km is NaN when the picks do not bound the epicentre, null on the wire: the
+    console line formatted None with :.0f and the demo stopped on a TypeError."""
+    import orjson
+
+    from streams.schemas import SeismicEventMessage, decode
+    from tocsin.demo import describe
+
+    body = {"event_id": "seismic-1", "revision": 1, "issued": 1.7e9, "lat": -20.0,
+            "lon": -174.5, "depth_km": 33.0, "origin_time": 1.7e9 - 300, "herr_km": None,
+            "stations": ["A", "B", "C"], "arrivals": []}
+    msg = decode(orjson.dumps({"schema": SeismicEventMessage.SCHEMA, **body}))
+    line = describe(msg)
+    assert line is not None and "(error unknown), 3 stations" in line
+    line = describe(SeismicEventMessage({**body, "herr_km": 12.4}))
+    assert line is not None and "+-12 km, 3 stations" in line

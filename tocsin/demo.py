@@ -49,9 +49,11 @@ def describe(msg: Message) -> str | None:
         if b.get("status") == "retracted":
             return (f"SEISMIC    {iso(b['issued'])[:19]}Z  {b['event_id']} rev {b['revision']}: "
                     "retracted (its picks went to another event)")
+        # null when the picks do not bound the epicentre (NaN on the wire)
+        herr = "(error unknown)" if b.get("herr_km") is None else f"+-{b['herr_km']:.0f} km"
         return (f"SEISMIC    {iso(b['issued'])[:19]}Z  {b['event_id']} rev {b['revision']}: "
                 f"{b['lat']:.2f}, {b['lon']:.2f}, depth {b['depth_km']:.0f} km, origin "
-                f"{iso(b['origin_time'])[:19]}Z +-{b['herr_km']:.0f} km, "
+                f"{iso(b['origin_time'])[:19]}Z {herr}, "
                 f"{len(b['stations'])} stations")
     if isinstance(msg, AlertMessage):
         return (f"ALERT      {iso(msg.sent)[:19]}Z  CAP {msg.msg_type:<6} {msg.identifier} "

@@ -173,6 +173,10 @@ def test_map_draws_the_seismic_event_of_the_incident() -> None:
     assert "seismic epicentre" in page  # in the legend
     without = standalone_html(incident_map([{**rev, "extra": {}}], []))
     assert "seismic event" not in without
+    # herr_km is null on the wire when unknown: float(None) stopped the map
+    seis = {**rev["extra"]["seismic"], "herr_km": None}  # type: ignore[index]
+    unknown = standalone_html(incident_map([{**rev, "extra": {"seismic": seis}}], []))
+    assert "depth 10.0 km, error unknown, 4 stations" in unknown
 
 
 def test_a_hostile_station_id_is_text_in_the_map_not_script(tmp_path: Path) -> None:

@@ -142,6 +142,24 @@ def test_seismic_event_round_trip_and_bad_revision() -> None:
     bad = encode(SeismicEventMessage({**body, "revision": 0}))
     with pytest.raises(SchemaError, match="revision 0"):
         decode(bad)
+    # each decoded, and then /api/state (or the console line) failed on it
+    for change, reason in (
+            ({"revision": True}, "field 'revision' = True is not of type"),
+            ({"herr_km": "x"}, "field 'herr_km' = 'x' is not a number or null"),
+            ({"magnitude": "7"}, "field 'magnitude' = '7' is not a number or null"),
+            ({"stations": 5}, "field 'stations' = 5 is not a list of strings"),
+            ({"stations": None}, "missing field 'stations'"),
+            ({"origin_time": 1e20}, "origin_time = 1e+20 is not a time within 1900-2200"),
+            ({"issued": "now"}, "field 'issued' = 'now' is not of type"),
+            ({"lat": 95.0}, "lat 95.0 is not within -90..90"),
+            ({"status": "maybe"}, "status 'maybe' is not 'located' or 'retracted'"),
+            ({"event_id": "e\x0b"}, "event_id 'e\\x0b' is empty or not printable"),
+            ({"arrivals": [1]}, "arrivals [1] is not a list of objects")):
+        with pytest.raises(SchemaError, match=re.escape(reason)):
+            decode(orjson.dumps({"schema": SeismicEventMessage.SCHEMA, **body, **change}))
+    if_null = decode(orjson.dumps({"schema": SeismicEventMessage.SCHEMA, **body,
+                                   "herr_km": None}))
+    assert isinstance(if_null, SeismicEventMessage) and if_null.body["herr_km"] is None
 
 
 
