@@ -9,7 +9,6 @@ central meridian 140.7 E), and the valid (non-NaN) pixels become one :class:`Gri
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
@@ -22,24 +21,38 @@ class GridError(ValueError):
     """A grid index or one of its frames is malformed (names file, line, value)."""
 
 
-def read_index(index: Path) -> list[tuple[float, Path]]:
+def read_index(index: Path, root: Path) -> list[tuple[float, Path]]:
+    """The frames of the index ``index`` of the package at ``root``: (event time, GeoTIFF
+    path), in time order. Each path must stay inside the package."""
+    from replay.package import csv_rows
+
     rows = []
-    with index.open(newline="") as fh:
-        reader = csv.reader(fh)
-        header = next(reader, None)
-        if header is None or [h.strip() for h in header[:2]] != ["time", "file"]:
-            raise GridError(f"{index}:1: header {header} is not ['time', 'file']")
-        for lineno, row in enumerate(reader, start=2):
-            if not row:
-                continue
-            try:
-                t = parse_time(row[0].strip(), "time")
-            except SchemaError as exc:
-                raise GridError(f"{index}:{lineno}: {exc}") from None
-            path = (index.parent / row[1].strip()).resolve()
-            if not path.is_file():
-                raise GridError(f"{index}:{lineno}: frame file {row[1]!r} does not exist")
-            rows.append((t, path))
+    # (read as the package's other CSV files are: a NUL, a field over csv's limit or
+    # Latin-1 bytes raised csv.Error, ValueError or UnicodeDecodeError past the loader)
+    reader = csv_rows(index)
+    header = next(reader, None)
+    if header is None or [h.strip() for h in header[:2]] != ["time", "file"]:
+        raise GridError(f"{index}:1: header {header} is not ['time', 'file']")
+    for lineno, row in enumerate(reader, start=2):
+        if not row:
+            continue
+        if len(row) != 2:
+            raise GridError(f"{index}:{lineno}: {len(row)} columns, expected 2 (time, file)")
+        try:
+            t = parse_time(row[0].strip(), "time")
+        except SchemaError as exc:
+            raise GridError(f"{index}:{lineno}: {exc}") from None
+        name = row[1].strip()
+        if "\0" in name:
+            raise GridError(f"{index}:{lineno}: frame file {name!r} has a NUL character")
+        # relative to the index, and inside the package: '../' read any file of the user's
+        path = (index.parent / name).resolve()
+        if Path(name).is_absolute() or not path.is_relative_to(root.resolve()):
+            raise GridError(f"{index}:{lineno}: frame file {name!r} is outside the package "
+                            f"{root} (files are given relative to the index)")
+        if not path.is_file():
+            raise GridError(f"{index}:{lineno}: frame file {row[1]!r} does not exist")
+        rows.append((t, path))
     rows.sort()
     return rows
 
@@ -74,6 +87,7 @@ def read_frame(path: Path, t: float, info: StationInfo, seq: int = 0) -> GridFra
     )
 
 
-def read_frames(index: Path, info: StationInfo, start: float, end: float) -> list[GridFrame]:
-    return [read_frame(path, t, info, seq) for seq, (t, path) in enumerate(read_index(index))
-            if start <= t <= end]
+def read_frames(index: Path, root: Path, info: StationInfo, start: float,
+                end: float) -> list[GridFrame]:
+    return [read_frame(path, t, info, seq)
+            for seq, (t, path) in enumerate(read_index(index, root)) if start <= t <= end]

@@ -133,7 +133,7 @@ class ReplayPackage:
             from replay.grids import GridError, read_frames
 
             try:
-                frames = read_frames(entry.file, entry.info, self.start, self.end)
+                frames = read_frames(entry.file, self.root, entry.info, self.start, self.end)
             except GridError as exc:
                 raise PackageError(str(exc)) from exc
             if not frames:

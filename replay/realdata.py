@@ -96,11 +96,16 @@ def build_tonga_plume(shared: Path, out: Path) -> Path:
         "height_*.tif"))
     out.mkdir(parents=True, exist_ok=True)
     (out / "event.toml").write_text(TONGA_EVENT.replace("tonga2022-real", "tonga2022-plume"))
+    # copied in like the other builders' files (52 frames, 1.1 MB): a package's frames
+    # must be inside it
+    (out / "frames").mkdir(exist_ok=True)
     with (out / "plume_index.csv").open("w") as fh:
         fh.write("time,file\n")
         for f in frames:
+            shutil.copy(f, out / "frames" / f.name)
             _, day, hms = f.stem.split("_")
-            fh.write(f"{day[:4]}-{day[4:6]}-{day[6:]}T{hms[:2]}:{hms[2:4]}:{hms[4:]}Z,{f}\n")
+            fh.write(f"{day[:4]}-{day[4:6]}-{day[6:]}T{hms[:2]}:{hms[2:4]}:{hms[4:]}Z,"
+                     f"frames/{f.name}\n")
     # the 'station' of a geostationary product is its sub-satellite point
     (out / "stations.csv").write_text(
         HEADER + "HIMAWARI8.PLUME,plume,0.0,140.7,35785863,m,plume_index.csv,grid_index\n")

@@ -270,6 +270,29 @@ def test_a_grid_station_with_no_frame_in_the_window_is_an_error(tmp_path: Path) 
         "2022-01-15T00:00:00.000Z .. 2022-01-15T02:00:00.000Z")
 
 
+@pytest.mark.parametrize(("index", "needle"), [
+    # each escaped the loader as IndexError, ValueError or UnicodeDecodeError, or (the
+    # first) read a file outside the package
+    (b"time,file\n2022-01-16T00:00:00Z,../outside.tif\n",
+     "index.csv:2: frame file '../outside.tif' is outside the package"),
+    (b"time,file\n2022-01-16T00:00:00Z\n", "index.csv:2: 1 columns, expected 2 (time, file)"),
+    (b"time,file\n2022-01-16T00:00:00Z,frame.tif,x\n", "index.csv:2: 3 columns, expected 2"),
+    (b"time,file\n2022-01-16T00:00:00Z,fr\0ame.tif\n",
+     "index.csv:2: frame file 'fr\\x00ame.tif' has a NUL"),
+    (b"time,file\n2022-01-16T00:00:00Z,fr\xe9me.tif\n", "index.csv: not UTF-8 text"),
+])
+def test_a_bad_grid_index_is_a_package_error_naming_it(tmp_path: Path, index: bytes,
+                                                        needle: str) -> None:
+    (tmp_path / "outside.tif").write_bytes(b"")
+    root = make_package(tmp_path / "p", "A,barometer,-21,-175,0,hPa,a.csv,csv\n"
+                                        "P,plume,0,140.7,0,m,index.csv,grid_index\n")
+    (root / "frame.tif").write_bytes(b"")
+    (root / "index.csv").write_bytes(index)
+    pkg = load_package(root)
+    with pytest.raises(PackageError, match=re.escape(needle)):
+        pkg.packets(pkg.stations[1], 600)
+
+
 def test_sub_second_records_are_cut_on_the_packet_grid_at_their_exact_rate() -> None:
     """20 Hz at epoch 1.64e9: one step of the times reads 0.04999995 s; the packets were
     cut at multiples of 599.9994 s (37 packets for 6 h, not 36), the first one's length was
