@@ -276,7 +276,7 @@ def make_url_checker(allowed_hosts: str = "", allow_link_local: bool = False,
             raise UnsafeTarget(f"webhook host {host!r} is not in the allow-list")
         try:
             addrs = res(host)
-        except OSError as exc:
+        except (OSError, UnicodeError) as exc:  # UnicodeError: no IDNA name (a..b, 64-char label)
             raise UnsafeTarget(f"webhook host {host!r} does not resolve: {exc}") from exc
         for a in addrs:
             ip = ipaddress.ip_address(a.split("%")[0])

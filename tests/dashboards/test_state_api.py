@@ -151,6 +151,9 @@ def test_subscriptions_need_a_token_and_deliveries_are_visible(tmp_path) -> None
                                  "secret": "x"}]}
     r2 = client.post("/api/subscriptions", json=bad, headers={"Authorization": "Bearer tok-1"})
     assert r2.status_code == 422 and "link-local" in r2.json()["detail"]
+    idna = {**body, "channels": [{"type": "webhook", "url": "http://a..b/", "secret": "x"}]}
+    r3 = client.post("/api/subscriptions", json=idna, headers={"Authorization": "Bearer tok-1"})
+    assert r3.status_code == 422 and "'a..b' does not resolve" in r3.json()["detail"]  # was 500
     subs = client.get("/api/subscriptions", headers={"Authorization": "Bearer tok-1"}).json()
     assert [x["name"] for x in subs] == ["NDMO Tonga"]
     assert "t0p" not in str(subs)

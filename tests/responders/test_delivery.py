@@ -128,6 +128,9 @@ def test_subscription_fields_are_checked(name: str, area: dict, channel: object,
     ("http://example.org:port/x", "not a valid URL"),
     ("http://[fd00:ec2::254]/latest/meta-data/", "metadata address fd00:ec2::254"),
     ("http://100.100.100.200/latest/meta-data/", "metadata address 100.100.100.200"),
+    # no IDNA name: the resolver raised UnicodeError and POST /api/subscriptions answered 500
+    ("http://a..b/x", "host 'a..b' does not resolve"),
+    (f"http://{'a' * 64}.org/x", "does not resolve: encoding with 'idna' codec failed"),
 ])
 def test_unsafe_webhook_targets_are_refused(url: str, reason: str) -> None:
     with pytest.raises(UnsafeTarget, match=reason):
