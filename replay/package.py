@@ -102,12 +102,7 @@ class ReplayPackage:
     def seismic_gains(self) -> dict[str, float]:
         """Counts per metre of displacement: the inventory's responses, then [seismic.gains]."""
         out = {sid: ch.gain_m for sid, ch in self.channels.items() if math.isfinite(ch.gain_m)}
-        gains = (self.raw_event.get("seismic") or {}).get("gains") or {}
-        for sid, g in gains.items():
-            if not isinstance(g, int | float) or not g > 0:
-                raise PackageError(f"{self.root / 'event.toml'}: [seismic.gains] {sid} = "
-                                   f"{g!r} is not a positive number")
-            out[str(sid)] = float(g)
+        out.update(_gains(self.root / "event.toml", self.raw_event.get("seismic") or {}))
         return out
 
     def series(self, entry: StationEntry) -> Series:
@@ -187,11 +182,24 @@ def load_package(path: str | Path) -> ReplayPackage:
     if not isinstance(seismic.get("gains", {}), dict):
         raise PackageError(f"{event_file}: [seismic] gains = {seismic['gains']!r} is not a "
                            "table ([seismic.gains])")
+    _gains(event_file, seismic)  # checked now: it was when a worker first asked for them
     inventory = _load_inventory(root, seismic, start)
     stations = _load_stations(root / "stations.csv", root, inventory)
     truth = doc.get("truth") or {}
     return ReplayPackage(root, event_id, str(event["title"]), start, end, stations,
                          dict(truth), doc, inventory)
+
+
+def _gains(event_file: Path, seismic: dict[str, Any]) -> dict[str, float]:
+    """``[seismic.gains]``: station id -> counts per metre, each a finite positive number
+    (TOML's ``inf`` and ``true`` were taken for gains)."""
+    out = {}
+    for sid, g in (seismic.get("gains") or {}).items():
+        if isinstance(g, bool) or not isinstance(g, int | float) or not 0 < g < math.inf:
+            raise PackageError(f"{event_file}: [seismic.gains] {sid} = {g!r} is not a "
+                               "finite positive number")
+        out[str(sid)] = float(g)
+    return out
 
 
 #: an event id names the replay's topics (``streams.topics``: Kafka's characters)
@@ -213,9 +221,11 @@ def csv_rows(path: Path) -> Iterator[list[str]]:
 
 
 def utf8_text(path: Path) -> str:
-    """The file's text (UTF-8); PackageError naming it if it is not."""
+    """The file's text (UTF-8, without the byte-order mark a Windows editor or a
+    spreadsheet's CSV export puts first: TOML read it as a key and the error named the
+    first line's text, a CSV header did not match); PackageError naming it if it is not."""
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
         raise PackageError(f"{path}: not UTF-8 text ({exc})") from exc
 
@@ -367,15 +377,36 @@ def _inside(root: Path, name: str, where: str) -> Path:
 # --------------------------------------------------------------------------- readers
 
 
-def _finish(times: FloatArray, values: FloatArray) -> Series:
+def _finish(times: FloatArray, values: FloatArray, path: Path,
+            lines: list[int] | None = None) -> Series:
+    """The samples in time order. Of samples sharing an instant (within 1 us) the last
+    finite one is kept; finite ones that disagree are a PackageError naming them (which of
+    two readings of one instant is right, the loader cannot know)."""
     order = np.argsort(times, kind="stable")
-    times, values = times[order], values[order]
+    times, values = times[order], values[order].astype(np.float64)
     if len(times) > 1:
-        # duplicate instants: keep the last finite one
-        keep = np.ones(len(times), dtype=bool)
-        keep[:-1] = np.diff(times) > 1e-6
-        times, values = times[keep], values[keep]
-    return Series(times.astype(np.float64), values.astype(np.float64))
+        new = np.ones(len(times), dtype=bool)  # the first sample of its instant
+        new[1:] = np.diff(times) > 1e-6
+        if not new.all():
+            starts = np.flatnonzero(new)
+            ends = np.append(starts[1:], len(times))
+            for a, b in zip(starts[ends - starts > 1], ends[ends - starts > 1], strict=True):
+                group = values[a:b]
+                fin = np.flatnonzero(np.isfinite(group))
+                other = fin[group[fin] != group[fin[0]]] if fin.size > 1 else fin[:0]
+                if other.size:
+                    i, j = a + fin[0], a + other[0]
+                    where = (f"lines {lines[order[i]]} and {lines[order[j]]}" if lines
+                             else f"samples {order[i]} and {order[j]}")
+                    raise PackageError(
+                        f"{path}: {where} give {iso(float(times[i]))} two values, "
+                        f"{float(values[i])!r} and {float(values[j])!r}; one sample per "
+                        "instant")
+                if fin.size:
+                    values[b - 1] = group[fin[-1]]
+            keep = np.append(new[1:], True)  # the last of each instant (now its finite value)
+            times, values = times[keep], values[keep]
+    return Series(times.astype(np.float64), values)
 
 
 def read_csv_series(path: Path) -> Series:
@@ -383,6 +414,7 @@ def read_csv_series(path: Path) -> Series:
     missing; an infinite value (``inf``, or ``1e400``, beyond float64) is an error."""
     times: list[float] = []
     values: list[float] = []
+    lines: list[int] = []
     reader = csv_rows(path)
     header = next(reader, None)
     if header is None or [h.strip() for h in header] != ["time", "value"]:
@@ -407,7 +439,8 @@ def read_csv_series(path: Path) -> Series:
                                "missing sample is an empty value)")
         times.append(t)
         values.append(v)
-    return _finish(np.array(times), np.array(values))
+        lines.append(lineno)
+    return _finish(np.array(times), np.array(values), path, lines)
 
 
 def read_mseed_series(path: Path) -> Series:
@@ -442,8 +475,13 @@ def read_mseed_series(path: Path) -> Series:
         t0 = tr.stats.starttime.timestamp
         times.append(t0 + np.arange(n) * tr.stats.delta)
         data = np.ma.filled(np.ma.asarray(tr.data, dtype=np.float64), np.nan)
+        bad = np.flatnonzero(np.isinf(data))
+        if bad.size:  # (a CSV refuses them too; a float trace can hold them)
+            raise PackageError(f"{path}: trace {tr.id} sample {bad[0]} (at "
+                               f"{tr.stats.starttime + bad[0] * tr.stats.delta}) is "
+                               f"{float(data[bad[0]])!r}, not finite ({bad.size} such samples)")
         values.append(data)
-    return _finish(np.concatenate(times), np.concatenate(values))
+    return _finish(np.concatenate(times), np.concatenate(values), path)
 
 
 def read_ndbc_series(path: Path) -> Series:
@@ -470,7 +508,7 @@ def read_ndbc_series(path: Path) -> Series:
                                f"rows start YYYY MM DD): {line!r}")
         try:
             t = datetime(y, mo, d, h, mi, s, tzinfo=UTC).timestamp()
-        except ValueError as exc:
+        except (ValueError, OverflowError) as exc:  # OverflowError: beyond a C int
             raise PackageError(f"{path}:{lineno}: {y:04d}-{mo:02d}-{d:02d} "
                                f"{h:02d}:{mi:02d}:{s:02d} is not a date and time ({exc}): "
                                f"{line!r}") from None

@@ -36,6 +36,17 @@ def test_good_package(tmp_path: Path) -> None:
     assert len(pkts) == 1 and pkts[0].values.tolist() == [1000.0, 1000.1]
 
 
+def test_a_byte_order_mark_is_not_part_of_the_text(tmp_path: Path) -> None:
+    """Notepad and spreadsheet exports start files with one: event.toml was 'not valid
+    TOML' and a CSV's header did not match ['time', 'value']."""
+    root = make_package(tmp_path / "p", "A,barometer,-21.1,-175.2,10,hPa,a.csv,csv\n")
+    for name in ("event.toml", "stations.csv", "a.csv"):
+        (root / name).write_bytes(b"\xef\xbb\xbf" + (root / name).read_bytes())
+    pkg = load_package(root)
+    assert pkg.event_id == "t"
+    assert pkg.packets(pkg.stations[0], 600)[0].values.tolist() == [1000.0, 1000.1]
+
+
 @pytest.mark.parametrize(
     ("rows", "needle"),
     [
@@ -293,6 +304,46 @@ def test_a_bad_grid_index_is_a_package_error_naming_it(tmp_path: Path, index: by
         pkg.packets(pkg.stations[1], 600)
 
 
+def test_samples_sharing_an_instant(tmp_path: Path) -> None:
+    """The last of them was kept even when it was a NaN (the comment said the last finite
+    one), and two readings of one instant that disagree went by without a word."""
+    root = make_package(tmp_path / "p", "A,barometer,-21,-175,0,hPa,a.csv,csv\n")
+    (root / "a.csv").write_text("time,value\n2022-01-15T00:00:00Z,1000.0\n"
+                                "2022-01-15T00:01:00Z,1000.5\n2022-01-15T00:01:00Z,\n"
+                                "2022-01-15T00:00:00Z,1000.0\n")
+    pkg = load_package(root)
+    s = pkg.series(pkg.stations[0])
+    assert s.values.tolist() == [1000.0, 1000.5]  # equal repeats are one sample
+    (root / "a.csv").write_text("time,value\n2022-01-15T00:00:00Z,1000.0\n"
+                                "2022-01-15T00:01:00Z,1000.5\n2022-01-15T00:01:00Z,999.0\n"
+                                "2022-01-15T00:01:00Z,1000.5\n")
+    with pytest.raises(PackageError, match=re.escape(
+            "a.csv: lines 3 and 4 give 2022-01-15T00:01:00.000Z two values, 1000.5 and 999.0")):
+        pkg.series(pkg.stations[0])
+
+
+def test_infinite_mseed_samples_and_huge_ndbc_fields_are_package_errors(tmp_path: Path) -> None:
+    import obspy
+
+    root = make_package(tmp_path / "p", "A,barometer,-21,-175,0,hPa,a.mseed,mseed\n"
+                                        "D,bottom_pressure,38,148,0,m,d.txt,ndbc_dart\n")
+    data = np.full(100, 1000.0)
+    data[42] = np.inf  # the CSV reader refused it; the miniSEED one passed it on
+    tr = obspy.Trace(data, header={"network": "XX", "station": "A", "channel": "LDI",
+                                   "starttime": obspy.UTCDateTime("2022-01-15T00:00:00"),
+                                   "sampling_rate": 1.0})
+    tr.write(str(root / "a.mseed"), format="MSEED", encoding="FLOAT64")
+    (root / "d.txt").write_text("#YY  MM DD hh mm ss T   HEIGHT\n"
+                                f"{10 ** 30} 01 15 00 00 00 1 5800.000\n")
+    pkg = load_package(root)
+    with pytest.raises(PackageError, match=re.escape(
+            "a.mseed: trace XX.A..LDI sample 42 (at 2022-01-15T00:00:42.000000Z) is inf")):
+        pkg.series(pkg.stations[0])
+    with pytest.raises(PackageError, match=r"d.txt:2: 1000000000000000000000000000000-01-15 "
+                                           "00:00:00 is not a date and time"):
+        pkg.series(pkg.stations[1])  # was OverflowError
+
+
 def test_sub_second_records_are_cut_on_the_packet_grid_at_their_exact_rate() -> None:
     """20 Hz at epoch 1.64e9: one step of the times reads 0.04999995 s; the packets were
     cut at multiples of 599.9994 s (37 packets for 6 h, not 36), the first one's length was
@@ -334,6 +385,11 @@ def test_a_station_file_outside_the_package_is_refused(tmp_path: Path, file: str
     ('truth = "x"\n', "truth = 'x' is not a table"),
     ('seismic = "x"\n', "seismic = 'x' is not a table"),
     ('[seismic]\ngains = "x"\n', "[seismic] gains = 'x' is not a table"),
+    # each loaded: "abc" failed only when a worker asked for the gains, inf and true never
+    ('[seismic.gains]\nA = "abc"\n', "[seismic.gains] A = 'abc' is not a finite positive"),
+    ("[seismic.gains]\nA = inf\n", "[seismic.gains] A = inf is not a finite positive"),
+    ("[seismic.gains]\nA = true\n", "[seismic.gains] A = True is not a finite positive"),
+    ("[seismic.gains]\nA = -2.0\n", "[seismic.gains] A = -2.0 is not a finite positive"),
 ])
 def test_event_tables_of_the_wrong_type_are_package_errors(tmp_path: Path, extra: str,
                                                             needle: str) -> None:
