@@ -25,6 +25,7 @@ import time
 from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import quote
 from xml.sax.saxutils import escape
 
 from fastapi import APIRouter, FastAPI, HTTPException, Request
@@ -70,7 +71,7 @@ def create_app(state: LiveState, *, push_interval: float = 0.5,
 
     @app.get("/api/alerts")
     def api_alerts() -> JSONResponse:
-        return JSONResponse([a.to_dict() | {"cap_url": f"/api/alerts/{a.identifier}.xml"}
+        return JSONResponse([a.to_dict() | {"cap_url": _cap_path(a.identifier)}
                              for a in state.alerts()])
 
     @app.get("/api/alerts/{identifier}.xml")
@@ -131,6 +132,16 @@ class SnapshotText:
         return self.made, self.text
 
 
+def _cap_path(identifier: str) -> str:
+    """The path of one CAP message (the identifier quoted: a '#' began a fragment)."""
+    return f"/api/alerts/{quote(identifier, safe='')}.xml"
+
+
+def _attr(text: str) -> str:
+    """``text`` escaped for an XML attribute in double quotes."""
+    return escape(text, {'"': "&quot;"})
+
+
 def atom_feed(alerts: list[AlertMessage], base_url: str) -> str:
     """An Atom 1.0 feed with one entry per CAP message (newest first), content = CAP XML."""
     def ts(t: float) -> str:
@@ -139,13 +150,15 @@ def atom_feed(alerts: list[AlertMessage], base_url: str) -> str:
     updated = ts(max((a.sent for a in alerts), default=0.0))
     entries = []
     for a in sorted(alerts, key=lambda a: (a.sent, a.identifier), reverse=True):
-        url = f"{base_url}/api/alerts/{a.identifier}.xml"
+        # the identifier quoted into the path, the whole escaped for the attribute: a '"'
+        # (in an identifier from the alerts topic, or the public URL) broke the feed's XML
+        url = base_url + _cap_path(a.identifier)
         body = a.cap_xml.split("?>", 1)[-1].strip()  # without the XML declaration
         entries.append(
             f"<entry><id>urn:tocsin:alert:{escape(a.identifier)}</id>"
             f"<title>{escape(a.msg_type)}: {escape(a.headline)}</title>"
             f"<updated>{ts(a.sent)}</updated>"
-            f"<link rel=\"alternate\" type=\"application/cap+xml\" href=\"{escape(url)}\"/>"
+            f"<link rel=\"alternate\" type=\"application/cap+xml\" href=\"{_attr(url)}\"/>"
             f"<summary>{escape(a.severity)}/{escape(a.urgency)}/{escape(a.certainty)} "
             f"{escape(a.event)}</summary>"
             f"<content type=\"application/cap+xml\">{body}</content></entry>")
@@ -153,5 +166,5 @@ def atom_feed(alerts: list[AlertMessage], base_url: str) -> str:
             "<feed xmlns=\"http://www.w3.org/2005/Atom\">"
             f"<id>urn:tocsin:alerts</id><title>tocsin CAP alerts</title>"
             f"<updated>{updated}</updated>"
-            f"<link rel=\"self\" href=\"{escape(base_url)}/feed.atom\"/>"
+            f"<link rel=\"self\" href=\"{_attr(base_url + '/feed.atom')}\"/>"
             f"<author><name>tocsin</name></author>{''.join(entries)}</feed>")

@@ -693,6 +693,12 @@ class AlertMessage:
     MSG_TYPES: ClassVar[tuple[str, ...]] = ("Alert", "Update", "Cancel", "Ack", "Error")
 
     def __post_init__(self) -> None:
+        # CAP 1.2 3.2.1: no spaces, commas or restricted characters (< and &); it names the
+        # message's URL on the dashboard and its Atom link
+        if not self.identifier or not self.identifier.isprintable() or any(
+                c in self.identifier for c in ' ,<&"/'):
+            raise SchemaError(f"alert: identifier {self.identifier!r} is empty or has a "
+                              "space, a comma, one of <&\"/ or a non-printable character")
         if self.msg_type not in self.MSG_TYPES:
             raise SchemaError(f"alert {self.identifier}: msgType {self.msg_type!r} not in "
                               f"{self.MSG_TYPES}")

@@ -13,7 +13,7 @@ from dashboards.app import create_app
 from dashboards.state import LiveState
 from detectors.base import Detection, StationInfo
 from responders.alerting import AlertPolicy, validate_cap
-from streams.schemas import Forecast, IncidentRevision, ObservationPacket
+from streams.schemas import Forecast, IncidentRevision, ObservationPacket, SchemaError
 from tocsin.settings import Settings
 
 T = 1642220085.0
@@ -111,6 +111,29 @@ def test_the_atom_feed_links_never_come_from_the_host_header() -> None:
     assert all(h.startswith("https://tocsin.example.org/") for h in absolute), absolute
     assert Settings(public_url="https://ops.example/tocsin/").public_url == (
         "https://ops.example/tocsin")
+
+
+def test_feed_links_are_escaped_and_quoted() -> None:
+    """The hrefs were escaped for text, not for a double-quoted attribute, and the
+    identifier went into the URL unquoted: a '"' made the feed unreadable XML."""
+    from dataclasses import replace
+
+    from dashboards.app import atom_feed
+
+    s, _ = fed_state()
+    alerts = [replace(s.alerts()[0], identifier="tocsin#1%2")]
+    feed = etree.fromstring(atom_feed(alerts, 'https://ops.example/a"b').encode())
+    hrefs = [e.get("href") for e in feed.iter("{http://www.w3.org/2005/Atom}link")]
+    assert hrefs == ['https://ops.example/a"b/feed.atom',
+                     'https://ops.example/a"b/api/alerts/tocsin%231%252.xml']
+    s.on_alert(alerts[0])
+    client = TestClient(create_app(s))
+    (listed,) = [a for a in client.get("/api/alerts").json() if a["identifier"] == "tocsin#1%2"]
+    assert listed["cap_url"] == "/api/alerts/tocsin%231%252.xml"  # '#' began a fragment
+    assert client.get(listed["cap_url"]).text == alerts[0].cap_xml
+    for bad in ('x"y', "a b", "a,b", "a<b", "a/b", "a\x0bb", ""):
+        with pytest.raises(SchemaError, match="identifier"):
+            replace(s.alerts()[0], identifier=bad)
 
 
 def test_sse_stream_sends_the_state() -> None:
