@@ -55,6 +55,18 @@ DEFAULT_DETECTORS: dict[str, tuple[str, ...]] = {
 MAX_GAPS = 256
 #: seconds: two times closer than this are the same instant
 _TOL = 1e-6
+#: a sample of a re-sent packet this close after the last one fed (in sample intervals)
+#: is that sample: a time near 1.6e9 s is good to 2.4e-7 s, which at 100 Hz is 2.4e-5 of
+#: a sample (with 1e-6, (last - t0) / dt came out at 485.99999 instead of 486, the kept
+#: tail began at the last sample fed and the re-send was refused)
+_GRID_TOL = 1e-3
+
+
+def _seen_upto(last: float, t0: float, dt: float) -> int:
+    """The index of a packet's last sample at or before ``last`` (within ``_TOL``; the
+    samples of a packet starting at ``t0`` lie on its grid of interval ``dt``; -1 if none
+    is): the sample after it starts after ``last + _TOL``, as a new packet must."""
+    return int(math.floor((last + _TOL - t0) / dt + _GRID_TOL))
 
 
 def _iso(t: float) -> str:
@@ -140,14 +152,14 @@ class StationPipeline:
             self.duplicates += 1
             return None
         # overlaps what was seen: keep only the new tail
-        skip = int(math.floor((self.last_end - t0) / dt + 1e-6)) + 1
+        skip = _seen_upto(self.last_end, t0, dt) + 1
         return t0 + skip * dt, values[skip:]
 
     def check_seen(self, t0: float, dt: float, n: int, end: float) -> None:
         """Raise :class:`PacketError` if a sample of the packet at or before ``last_end``
         lies where nothing was fed."""
         last = self.last_end
-        head = min(n - 1, int(math.floor((last - t0) / dt + 1e-6)))  # its last sample <= last
+        head = min(n - 1, _seen_upto(last, t0, dt))  # its last sample <= last
         where = ""
         if t0 < self.known_from - _TOL:
             where = (f"before {_iso(self.known_from)}, the first sample it was fed"

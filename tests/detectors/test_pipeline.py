@@ -389,6 +389,27 @@ def test_re_sent_and_overlapping_packets_are_silent_duplicates() -> None:
     assert list(chunked.pipelines["XX.BARO"].gaps) == list(ref.gaps)
 
 
+@pytest.mark.parametrize(("kind", "dt"), [("seismic", 0.01), ("seismic", 0.004),
+                                         ("barometer", 0.005), ("seismic", 0.05)])
+def test_an_overlapping_re_send_at_a_high_rate_keeps_its_new_tail(kind: str, dt: float
+                                                                   ) -> None:
+    """A re-send that starts k samples into what was fed and runs on past it gives its new
+    tail to the detectors, for every k: at 100 Hz and 1.64e9 s the sample index of the last
+    sample fed came out at 485.99999, the kept tail began on that sample and the packet was
+    refused (82 of 200 overlaps at 100 Hz)."""
+    st = StationInfo("XX.S.00.HHZ", kind, 10.0, 20.0)
+    t, n = 1_642_200_000.0, 500
+    v = np.random.default_rng(0).standard_normal(2 * n)
+    for k in range(1, n):
+        bank = DetectorBank()
+        bank.feed(st, t, dt, v[:n])
+        assert bank.feed(st, t + k * dt, dt, v[k:k + n]) == []
+        pipe = bank.pipelines[st.station_id]
+        assert (pipe.packets, pipe.samples) == (2, n + k), k
+        assert pipe.last_end == pytest.approx(t + (n + k - 1) * dt, abs=1e-6), k
+        assert list(pipe.gaps) == [], k
+
+
 def test_a_packet_filling_an_earlier_gap_after_later_data_raises() -> None:
     """A stretch skipped (the station's data resumed after it) that comes later raises,
     whole or in part, and so does one before the first sample fed; re-sends on either side
