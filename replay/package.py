@@ -550,9 +550,11 @@ def series_to_packets(info: StationInfo, s: Series, packet_seconds: float,
         return
     seq = 0
     i = 0
+    before: float | None = None  # the interval of the run before
     while i < n:
-        j, dt = _run(t, i)
-        dt = _interval(t, i, j, dt)
+        j, run_dt = _run(t, i)
+        dt = _interval(t, i, j, run_dt) if run_dt is not None else _lone_interval(t, i, before)
+        before = dt
         grid_idx = np.rint((t[i:j] - t[i]) / dt).astype(np.int64)
         full = np.full(int(grid_idx[-1]) + 1, np.nan)
         full[grid_idx] = v[i:j]
@@ -599,15 +601,33 @@ def _interval(t: FloatArray, i: int, j: int, dt: float) -> float:
     return whole if abs(dt - whole) < 1e-6 else dt
 
 
-def _run(t: FloatArray, i: int) -> tuple[int, float]:
-    """The run t[i:j] on one grid of interval dt (holes of up to 2 samples become NaN)."""
+def _run(t: FloatArray, i: int) -> tuple[int, float | None]:
+    """The run t[i:j] on one grid of interval dt (holes of up to 2 samples become NaN);
+    dt is None for a lone sample (see ``_lone_interval``).
+
+    The interval is the shorter of the first two steps (the first may be a hole), unless
+    most steps of the run it gives skip samples: then one of them was off the record's grid
+    (a stray sample 0.5 s into a 1-Hz record made the whole record 2 Hz with every other
+    sample NaN, and the picker never warmed up), the interval is the commonest step and the
+    stray sample a run of its own."""
     n = len(t)
     if i >= n - 1:
-        return n, (float(t[i] - t[i - 1]) if i > 0 else 60.0)
+        return n, None
     dt = float(t[i + 1] - t[i])
     if i + 2 < n:
         dt = min(dt, float(t[i + 2] - t[i + 1]))
-    # the first step that is not 1-3 intervals (within 1e-3), looked for in growing chunks
+    j = _run_end(t, i, dt)
+    multiples = np.rint(np.diff(t[i:j]) / dt)
+    if np.count_nonzero(multiples == 1) * 2 < len(multiples):
+        dt *= float(np.bincount(multiples.astype(np.int64)).argmax())
+        j = _run_end(t, i, dt)
+    return j, (dt if j - i > 1 else None)
+
+
+def _run_end(t: FloatArray, i: int, dt: float) -> int:
+    """The end j of the run t[i:j] whose steps are 1-3 intervals ``dt`` (within 1e-3)."""
+    n = len(t)
+    # the first step that is not, looked for in growing chunks
     j = i + 1
     size = 256
     while j < n:
@@ -615,7 +635,21 @@ def _run(t: FloatArray, i: int) -> tuple[int, float]:
         r = np.round(k)  # half to even, as round()
         off = np.flatnonzero((np.abs(k - r) > 1e-3) | (r < 1) | (r > 3))
         if len(off):
-            return j + int(off[0]), dt
+            return j + int(off[0])
         j += len(k)
         size *= 4
-    return j, dt
+    return j
+
+
+def _lone_interval(t: FloatArray, i: int, before: float | None) -> float:
+    """The sample interval of a lone sample t[i]: that of the run before it, else of the
+    first run after it, else 60 s (a step to the next sample is a gap, not an interval: a
+    last sample 20 s after a 1-Hz record became a 20-s packet, which the picker refused)."""
+    if before is not None:
+        return before
+    j = i + 1
+    while j < len(t):
+        j, dt = _run(t, j)
+        if dt is not None:
+            return dt
+    return 60.0

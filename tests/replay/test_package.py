@@ -14,6 +14,7 @@ from replay.package import (
     read_ndbc_series,
     series_to_packets,
 )
+from streams.schemas import ObservationPacket
 
 HEADER = "station_id,kind,lat,lon,elevation_m,units,file,format\n"
 
@@ -115,26 +116,18 @@ def test_ndbc_bad_row(tmp_path: Path) -> None:
 
 
 def test_constant_interval_runs_match_a_sample_by_sample_scan() -> None:
-    """``_run`` (numpy, in chunks) finds the same runs as the plain per-sample scan."""
-    import numpy as np
+    """``_run_end`` (numpy, in chunks) finds the same runs as the plain per-sample scan."""
+    from replay.package import _run_end
 
-    from replay.package import _run
-
-    def scan(t: np.ndarray, i: int) -> tuple[int, float]:
-        n = len(t)
-        if i >= n - 1:
-            return n, (float(t[i] - t[i - 1]) if i > 0 else 60.0)
-        dt = float(t[i + 1] - t[i])
-        if i + 2 < n:
-            dt = min(dt, float(t[i + 2] - t[i + 1]))
+    def scan(t: np.ndarray, i: int, dt: float) -> int:
         j = i + 1
-        while j < n:
+        while j < len(t):
             k = (t[j] - t[j - 1]) / dt
             r = round(k)
             if abs(k - r) > 1e-3 or r < 1 or r > 3:
                 break
             j += 1
-        return j, dt
+        return j
 
     rng = np.random.default_rng(0)
     for _ in range(100):
@@ -142,7 +135,47 @@ def test_constant_interval_runs_match_a_sample_by_sample_scan() -> None:
         steps = rng.choice([1.0, 1.0, 1.0, 2.0, 3.0, 4.0, 15.0, 60.0, 0.5, 1.0005, 2.5], size=n)
         t = 1.3e9 + np.cumsum(steps)
         for i in {0, n - 1, *rng.integers(0, n, size=10).tolist()}:
-            assert _run(t, i) == scan(t, i)
+            for dt in (0.5, 1.0, 2.0):
+                assert _run_end(t, i, dt) == scan(t, i, dt)
+
+
+def _cut(t: np.ndarray, kind: str = "seismic") -> list[ObservationPacket]:
+    info = StationInfo("XX.A.00.LHZ", kind, 0, 0, 0, "counts" if kind == "seismic" else "m")
+    pkts = list(series_to_packets(info, Series(t, np.arange(len(t), dtype=float)), 600))
+    got = np.concatenate([p.values for p in pkts])
+    assert np.array_equal(got[np.isfinite(got)], np.arange(len(t)))  # every sample, in order
+    return pkts
+
+
+@pytest.mark.parametrize("at", [0, 1, 1800, 3590])
+def test_a_stray_sample_off_the_grid_is_a_packet_of_its_own(at: int) -> None:
+    """One sample 0.5 s after another in a 1-Hz record: the record stays 1 Hz with no NaN
+    added, the stray sample a packet of one at 1 s. The shorter of the first two steps made
+    the interval 0.5 s, every other sample of the whole record NaN, and the picker found
+    nothing in it (each finite sample began a new segment)."""
+    t = 1642204800.0 + np.arange(3600.0)
+    t = np.insert(t, at + 1, t[at] + 0.5)
+    pkts = _cut(t)
+    assert {p.sample_interval for p in pkts} == {1.0}
+    assert sum(int(np.isnan(p.values).sum()) for p in pkts) == 0
+    stray = [p for p in pkts if p.start == t[at] + 0.5]
+    assert len(stray) == 1 and len(stray[0].values) == 1
+
+
+def test_a_lone_sample_after_a_gap_takes_the_interval_of_its_neighbours() -> None:
+    """A last sample 20 s after a 1-Hz record, a lone first sample before it, a record of
+    one sample: a packet of one at the interval of the run before it (else after it, else
+    60 s), not the gap (a 20-s packet, which the picker refused)."""
+    t = 1642204800.0 + np.arange(3600.0)
+    last = _cut(np.append(t, t[-1] + 20.0))[-1]
+    assert (len(last.values), last.sample_interval, last.start) == (1, 1.0, t[-1] + 20.0)
+    first = _cut(np.insert(t, 0, t[0] - 30.0))[0]
+    assert (len(first.values), first.sample_interval) == (1, 1.0)
+    assert [p.sample_interval for p in _cut(t[:1])] == [60.0]
+    # 15-min, then 1-min samples (NDBC): the change of interval is no lone sample
+    ndbc = t[0] + np.concatenate([np.arange(0, 7200, 900.0), 7200 + np.arange(0, 3600, 60.0)])
+    assert [p.sample_interval for p in _cut(ndbc, "bottom_pressure")][:2] == [900.0, 900.0]
+    assert {p.sample_interval for p in _cut(ndbc, "bottom_pressure")} == {900.0, 60.0}
 
 
 NDBC_HEAD = "#YY  MM DD hh mm ss T   HEIGHT\n#yr  mo dy hr mn  s -      m\n"
