@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from detectors.association import Associator
-from detectors.base import Detection
+from detectors.base import Detection, DetectorError
 from detectors.pipeline import DetectorBank
 from detectors.seismic import SeismicParams
 from replay.package import ReplayPackage
@@ -37,18 +37,30 @@ def detect_package(pkg: ReplayPackage, *, packet_seconds: float = 600.0,
                    cap_sender: str = "tocsin@localhost") -> dict[str, Any]:
     """The detectors, the associator and the alert policy in-process; with ``store`` the
     outputs are also saved as the workers save them (same keys: rerunning adds nothing).
-    The alerts are CAP Exercise messages, as a replay's are: recorded data."""
+    The alerts are CAP Exercise messages, as a replay's are: recorded data.
+
+    A packet the detectors refuse (a :class:`DetectorError`) is set aside, as a worker
+    dead-letters it, and the run goes on: the report's ``run.dead_letters`` names each."""
     bank = DetectorBank()
     registry = build_registry(pkg, registry_file)
     assoc = Associator(registry, seismic=SeismicParams(gains=pkg.seismic_gains))
     infos = {s.station_id: s for s in pkg.station_infos()}
     detections: list[Detection] = []
+    dead_letters: list[dict[str, str]] = []
     for pkt in package_packets(pkg, packet_seconds):
         info = infos[pkt.station_id]
-        if isinstance(pkt, GridFrame):
-            dets = bank.feed_frame(info, pkt.time, pkt.lat, pkt.lon, pkt.values)
-        else:
-            dets = bank.feed(info, pkt.start, pkt.sample_interval, pkt.values)
+        try:
+            if isinstance(pkt, GridFrame):
+                dets = bank.feed_frame(info, pkt.time, pkt.lat, pkt.lon, pkt.values)
+            else:
+                dets = bank.feed(info, pkt.start, pkt.sample_interval, pkt.values)
+        except DetectorError as exc:
+            when = (iso(pkt.time) if isinstance(pkt, GridFrame)
+                    else f"{iso(pkt.start)}..{iso(pkt.end)}")
+            dead_letters.append({"source": f"packet {pkt.station_id} {when}",
+                                 "reason": f"{type(exc).__name__}: {exc}",
+                                 "key": pkt.station_id})
+            continue
         detections.extend(dets)
     # the stream's associator takes detections in declared order behind the watermark;
     # so does this one
@@ -61,8 +73,10 @@ def detect_package(pkg: ReplayPackage, *, packet_seconds: float = 600.0,
         store.save_all(revisions)
         store.save_all(alerts)
     event = {"id": pkg.event_id, "title": pkg.title, **report_window(pkg)}
-    return build_report(event, detections, revisions, alerts, mode="detect",
-                        seismic_gains=pkg.seismic_gains)
+    report = build_report(event, detections, revisions, alerts, mode="detect",
+                          seismic_gains=pkg.seismic_gains)
+    report["run"] = {"dead_letters": dead_letters}
+    return report
 
 
 def report_window(pkg: ReplayPackage) -> dict[str, str]:

@@ -362,3 +362,27 @@ def test_the_console_line_of_a_seismic_event_whose_error_is_unknown() -> None:
     assert line is not None and "(error unknown), 3 stations" in line
     line = describe(SeismicEventMessage({**body, "herr_km": 12.4}))
     assert line is not None and "+-12 km, 3 stations" in line
+
+
+def test_detect_sets_aside_a_packet_the_detectors_refuse(
+        home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A seismic record at one sample a minute (the picker's band is above its Nyquist
+    frequency): ``tocsin detect`` ended in a PacketError traceback, where a worker
+    dead-letters the packet and goes on. Now the report's run.dead_letters names it and
+    the other station's packets go through."""
+    import json
+
+    from tests.replay.test_package import make_package
+
+    rows = "A,barometer,-21,-175,0,hPa,a.csv,csv\nXX.S.00.LHZ,seismic,-21,-175,0,counts,a.csv,csv\n"
+    pkg = make_package(tmp_path / "p", rows)
+    report = tmp_path / "r.json"
+    assert main(["detect", str(pkg), "--report", str(report)]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+    got = json.loads(report.read_text())
+    [dead] = got["run"]["dead_letters"]
+    assert dead["key"] == "XX.S.00.LHZ"
+    assert dead["source"] == ("packet XX.S.00.LHZ "
+                              "2022-01-15T00:00:00.000Z..2022-01-15T00:01:00.000Z")
+    assert dead["reason"].startswith("PacketError: XX.S.00.LHZ: picker band") and (
+        "Nyquist" in dead["reason"]), dead

@@ -566,4 +566,5 @@ def _summary(report: dict) -> None:  # type: ignore[type-arg]
                                          "speed_m_s")} | {"revisions": len(i["revisions"])}
                       for i in report["incidents"]],
         "alerts": len(report["alerts"]),
+        "dead_letters": len(report.get("run", {}).get("dead_letters", [])),
     }, indent=1))
