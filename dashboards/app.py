@@ -149,7 +149,9 @@ def atom_feed(alerts: list[AlertMessage], base_url: str) -> str:
 
     updated = ts(max((a.sent for a in alerts), default=0.0))
     entries = []
-    for a in sorted(alerts, key=lambda a: (a.sent, a.identifier), reverse=True):
+    # by revision before identifier: as text, r11 sorts before r9, and the newest entry
+    # was a superseded Update
+    for a in sorted(alerts, key=lambda a: (a.sent, a.revision, a.identifier), reverse=True):
         # the identifier quoted into the path, the whole escaped for the attribute: a '"'
         # (in an identifier from the alerts topic, or the public URL) broke the feed's XML
         url = base_url + _cap_path(a.identifier)

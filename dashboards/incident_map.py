@@ -380,7 +380,7 @@ def write_incident_map(db_url: str, incident_id: str, out: Path) -> Path:
         alerts = [a for a in store.alerts(limit=10_000) if a["incident_id"] == incident_id]
     finally:
         store.close()
-    alerts.sort(key=lambda a: (a["sent"], a["identifier"]))
+    alerts.sort(key=lambda a: (a["sent"], a["revision"], a["identifier"]))
     page = standalone_html(incident_map(revisions, detections, alerts))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page, encoding="utf-8")

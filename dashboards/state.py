@@ -280,8 +280,8 @@ class LiveState:
                        "incident_id": a.incident_id, "severity": a.severity,
                        "urgency": a.urgency, "certainty": a.certainty,
                        "headline": a.headline}
-                      for a in sorted(self._alerts.values(), key=lambda a: (a.sent,
-                                                                            a.identifier))]
+                      for a in sorted(self._alerts.values(),
+                                      key=lambda a: (a.sent, a.revision, a.identifier))]
             counts: dict[str, int] = {}
             for s in stations:
                 counts[s["state"]] = counts.get(s["state"], 0) + 1

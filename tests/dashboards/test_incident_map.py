@@ -224,3 +224,26 @@ def test_a_hostile_station_id_is_text_in_the_map_not_script(tmp_path: Path) -> N
     assert errors == [] and title != "pwned", (errors, title)
     shown = [t for t in tips if "tide_gauge" in t]
     assert len(shown) == 1 and "&#36;{document.title=&#x27;pwned&#x27;}&#96;&#92;" in shown[0]
+
+
+def test_the_legend_names_the_last_revision_of_alerts_sent_within_one_second(
+        tmp_path: Path) -> None:
+    """The map sorted the incident's alerts by (sent, identifier): as text r11 comes before
+    r9, and the legend's "last" named r9, a superseded Update."""
+    from dashboards.incident_map import write_incident_map
+    from responders.store import Store
+    from streams.schemas import AlertMessage, IncidentRevision
+
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    store = Store(url)
+    rev = IncidentRevision("eruption-1", "volcanic_eruption", 11, 1642221000.0, "watch",
+                           1642220085.0, -20.55, -175.39, 314.0, ("x",), ("A", "B", "C", "D"))
+    store.save_all([rev])
+    store.save_all([AlertMessage(identifier=f"tocsin.eruption-1.r{n}.update", msg_type="Update",
+                                 sent=1642221000.0, incident_id="eruption-1", revision=n,
+                                 event="Volcanic eruption", severity="Severe",
+                                 urgency="Expected", certainty="Likely", headline="h")
+                    for n in (11, 9, 10)])
+    store.close()
+    page = write_incident_map(url, "eruption-1", tmp_path / "m.html").read_text()
+    assert "(tocsin.eruption-1.r11.update)</div>" in page

@@ -377,3 +377,22 @@ def test_the_unplaced_list_is_bounded_and_so_is_what_each_push_carries() -> None
     assert health["unplaced_capped"] is True  # the page says "at least"
     assert health["unplaced_stations"] == [f"X{i:06d}" for i in range(UNPLACED_SHOWN)]
     assert len(json.dumps(health)) < 2000
+
+
+def test_alerts_sent_within_one_second_keep_their_revision_order_in_feed_and_list() -> None:
+    """The Atom feed and the snapshot's alert list sorted by (sent, identifier): as text r11
+    before r9, so the feed's newest entry was r9, a superseded Update."""
+    from dataclasses import replace
+
+    from dashboards.app import atom_feed
+
+    s, _ = fed_state()
+    first = s.alerts()[0]
+    for n in (11, 9, 10, 8):
+        s.on_alert(replace(first, identifier=f"tocsin.x.r{n}.update", msg_type="Update",
+                           revision=n, sent=T + 7200.0))
+    names = [a["identifier"] for a in s.snapshot()["alerts"]][1:]
+    assert names == [f"tocsin.x.r{n}.update" for n in (8, 9, 10, 11)]
+    feed = etree.fromstring(atom_feed(s.alerts(), "https://ops.example").encode())
+    ids = [e.text for e in feed.iter("{http://www.w3.org/2005/Atom}id")][1:]
+    assert ids[:4] == [f"urn:tocsin:alert:tocsin.x.r{n}.update" for n in (11, 10, 9, 8)]
