@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
 from importlib import resources
+from typing import Any
 
 from lxml import etree
 
@@ -200,7 +201,7 @@ class AlertPolicy:
 def _headline(rev: IncidentRevision, cls: Classification, msg_type: str) -> str:
     if msg_type == "Cancel":
         return f"CANCELLED: {rev.incident_id} retracted"
-    where = "" if math.isnan(rev.lat) else f" at {_lat(rev.lat)} {_lon(rev.lon)}"
+    where = "" if not _placed(rev.lat, rev.lon) else f" at {_lat(rev.lat)} {_lon(rev.lon)}"
     text = f"{cls.event}{where}"
     if rev.forecasts:
         text += f"; {len(rev.forecasts)} stations under watch"
@@ -216,6 +217,26 @@ def _lat(x: float) -> str:
 def _lon(x: float) -> str:
     x = wrap_lon(x)
     return f"{abs(x):.2f}{'W' if x < 0 else 'E'}"
+
+
+def _placed(lat: Any, lon: Any) -> bool:
+    """Whether ``lat``, ``lon`` is a position a CAP circle can carry (a revision from the
+    topic is checked on decoding; one built in process is not)."""
+    return (isinstance(lat, int | float) and isinstance(lon, int | float)
+            and not isinstance(lat, bool) and not isinstance(lon, bool)
+            and -90.0 <= lat <= 90.0 and -180.0 <= lon <= 360.0)
+
+
+def _observed_at(rev: IncidentRevision) -> list[tuple[str, float, float]]:
+    """The revision's ``extra["observed_at"]`` entries that name a placed station (the
+    extra object is free-form on the topic: a string lat raised in ``float``)."""
+    entries = rev.extra.get("observed_at")
+    out: list[tuple[str, float, float]] = []
+    for entry in entries if isinstance(entries, list | tuple) else ():
+        if (isinstance(entry, list | tuple) and len(entry) == 3 and isinstance(entry[0], str)
+                and _placed(entry[1], entry[2])):
+            out.append((entry[0], float(entry[1]), float(entry[2])))
+    return out
 
 
 def _circle(lat: float, lon: float, radius_km: float) -> str:
@@ -282,7 +303,7 @@ def build_cap_xml(rev: IncidentRevision, cls: Classification, *, identifier: str
         sub(p, "valueName", name)
         sub(p, "value", value)
 
-    if not math.isnan(rev.lat):
+    if _placed(rev.lat, rev.lon):
         area = etree.SubElement(info, f"{{{CAP_NS}}}area")
         # a tsunami incident is placed at its first gauge: that is no source region
         what = "First observation" if rev.type == "tsunami" else "Source region"
@@ -291,7 +312,7 @@ def build_cap_xml(rev: IncidentRevision, cls: Classification, *, identifier: str
         radius = max(SOURCE_RADIUS_KM, err) if isinstance(err, int | float) else SOURCE_RADIUS_KM
         sub(area, "circle", _circle(rev.lat, rev.lon, radius))
     for f in rev.forecasts:
-        if math.isnan(f.lat):
+        if not _placed(f.lat, f.lon):
             continue
         area = etree.SubElement(info, f"{{{CAP_NS}}}area")
         state = "confirmed" if f.station_id in rev.confirmed else "watch"
@@ -299,8 +320,8 @@ def build_cap_xml(rev: IncidentRevision, cls: Classification, *, identifier: str
         sub(area, "circle", _circle(f.lat, f.lon, GAUGE_RADIUS_KM))
     # every station that saw the sea level move, not only the first (agencies near later
     # ones must get the alert too); those under a watch are in its area already
-    watched = {f.station_id for f in rev.forecasts if not math.isnan(f.lat)}
-    for sid, lat, lon in rev.extra.get("observed_at", ()):
+    watched = {f.station_id for f in rev.forecasts if _placed(f.lat, f.lon)}
+    for sid, lat, lon in _observed_at(rev):
         if sid in watched:
             continue
         area = etree.SubElement(info, f"{{{CAP_NS}}}area")

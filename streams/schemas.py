@@ -135,6 +135,20 @@ def _opt_number(d: dict[str, Any], name: str, schema: str = "message") -> float:
     return float(value)
 
 
+def _opt_position(d: dict[str, Any], schema: str) -> tuple[float, float]:
+    """``lat`` and ``lon``: numbers (lat within -90..90, lon within -180..360) or both null
+    (NaN). A lat of 95 or a lon of null went into a CAP circle as '95.0000,...' or
+    '-21.1400,nan', which the XSD (a circle is a string) let out to the agencies."""
+    lat, lon = _opt_number(d, "lat", schema), _opt_number(d, "lon", schema)
+    if math.isnan(lat) != math.isnan(lon):
+        raise SchemaError(f"{schema}: lat {d.get('lat')!r} and lon {d.get('lon')!r}: a "
+                          "position has both or neither")
+    if not math.isnan(lat) and not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 360.0):
+        raise SchemaError(f"{schema}: lat {lat!r}, lon {lon!r} is not a position (lat "
+                          "within -90..90, lon within -180..360)")
+    return lat, lon
+
+
 def _count(d: dict[str, Any], name: str, schema: str, least: int = 0) -> int:
     """An integer >= ``least`` (0 when absent); SchemaError naming the field otherwise
     ("7", 7.9 and true were taken for 7, 7 and 1)."""
@@ -557,14 +571,15 @@ class Forecast:
         if not isinstance(d, dict):
             raise SchemaError(f"{schema}: {d!r} is not an object")
         eta = d.get("eta_s")
+        lat, lon = _opt_position(d, schema)
         return cls(
             station_id=_station_id(d, schema),
             kind=_text(d, "kind", schema),
             eta=epoch(eta, "eta_s", schema) if eta is not None else parse_time(
                 _require(d, "eta", str, schema), "eta"),
             distance_km=_opt_number(d, "distance_km", schema),
-            lat=_opt_number(d, "lat", schema),
-            lon=_opt_number(d, "lon", schema),
+            lat=lat,
+            lon=lon,
         )
 
 
@@ -647,6 +662,7 @@ class IncidentRevision:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> IncidentRevision:
         d = _check_schema(d, cls.SCHEMA)
+        lat, lon = _opt_position(d, cls.SCHEMA)
         return cls(
             incident_id=_require(d, "incident_id", str, cls.SCHEMA),
             type=_require(d, "type", str, cls.SCHEMA),
@@ -654,8 +670,8 @@ class IncidentRevision:
             issued=_issued(d, "issued", cls.SCHEMA),
             status=_require(d, "status", str, cls.SCHEMA),
             origin_time=_opt_issued(d, "origin_time", cls.SCHEMA),
-            lat=_opt_number(d, "lat", cls.SCHEMA),
-            lon=_opt_number(d, "lon", cls.SCHEMA),
+            lat=lat,
+            lon=lon,
             speed_m_s=_opt_number(d, "speed_m_s", cls.SCHEMA),
             detections=_strings(d, "detections", cls.SCHEMA),
             stations_used=_strings(d, "stations_used", cls.SCHEMA),

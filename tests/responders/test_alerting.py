@@ -223,6 +223,22 @@ def test_a_tsunami_alert_covers_every_station_that_observed_it() -> None:
                      ("sea-level station hilo (observed)", "19.7300,-155.0600 20")]
 
 
+def test_areas_only_where_both_coordinates_place_them() -> None:
+    """A forecast with a lat and no lon went out as '<circle>-21.1400,nan 20</circle>' (only
+    a NaN lat was skipped), and an observed_at entry with a string lat raised in float()."""
+    rev = replace(revision(1), forecasts=(
+        Forecast("half", "tide_gauge", T + 600.0, 90.0, -21.14, math.nan),
+        Forecast("far", "tide_gauge", T + 600.0, 90.0, 95.0, 10.0),
+        Forecast("nkfa", "tide_gauge", T + 220.0, 68.0, -21.14, -175.18)),
+        extra={"observed_at": [["s1", "x", 1.0], ["s2", -21.0], 7, ["s3", -21.0, -175.0]]})
+    (msg,) = AlertPolicy().on_revision(rev)
+    doc = validate_cap(msg.cap_xml)
+    circles = [c.text for c in doc.iterfind(".//cap:circle", NS)]
+    assert circles == ["-20.5500,-175.3900 50", "-21.1400,-175.1800 20",
+                       "-21.0000,-175.0000 20"]
+    assert "nan" not in msg.cap_xml
+
+
 def test_a_station_id_xml_cannot_carry_still_gets_its_alert_out() -> None:
     """The schemas refuse such ids now; before, lxml raised ValueError building the CAP XML
     and the revision was dead-lettered: no alert at all."""

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import math
 import re
+from typing import Any
 
 import numpy as np
 import orjson
@@ -336,3 +337,29 @@ def test_messages_that_could_not_be_handled_on_are_schema_errors() -> None:
     for _ in range(31):
         shallow = [shallow]
     assert decode(orjson.dumps({**det, "extra": {"a": shallow}})).extra  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("where", "change", "needle"), [
+    ("incident", {"lat": 95.0}, "lat 95.0, lon -175.4 is not a position"),
+    ("incident", {"lon": 400.0}, "lat -20.5, lon 400.0 is not a position"),
+    ("incident", {"lon": None}, "lat -20.5 and lon None: a position has both or neither"),
+    ("forecast", {"lon": None}, "lat -21.14 and lon None: a position has both or neither"),
+    ("forecast", {"lat": -91.0}, "lat -91.0, lon -175.18 is not a position"),
+])
+def test_an_incident_or_forecast_off_the_globe_is_refused(where: str, change: dict[str, Any],
+                                                          needle: str) -> None:
+    """A revision from the topic with lat 95, lon 400 or a forecast's lon null decoded, and
+    the CAP alert carried '<circle>95.0000,40.0000 50</circle>' and '-21.1400,nan 20'
+    (the XSD has a circle as a string: it went out to the agencies)."""
+    rev = IncidentRevision("i-1", "volcanic_eruption", 1, 1.6421e9, "watch", 1.6420e9, -20.5,
+                           -175.4, 312.5, ("d1",), ("S1",),
+                           forecasts=(Forecast("nkfa", "tide_gauge", 1.6422e9, 68.0, -21.14,
+                                               -175.18),))
+    d = rev.to_dict()
+    if where == "incident":
+        d.update(change)
+    else:
+        d["forecasts"][0].update(change)
+    with pytest.raises(SchemaError, match=re.escape(needle)):
+        decode(orjson.dumps(d))
+    assert encode(decode(encode(rev))) == encode(rev)  # the position as it was
