@@ -119,9 +119,26 @@ def _alerting_content(rev: IncidentRevision) -> tuple[object, ...]:
     def r(x: float, nd: int) -> float | None:
         return None if math.isnan(x) else round(x, nd)
 
+    plume = rev.extra.get("plume_height_km")
+    # the source circle as written and the plume top as described: a bound that went from
+    # 60 to 1500 km, same position and ETAs, sent nothing, and agencies held a 60-km circle
     return (rev.status, classify(rev), r(rev.lat, 1), r(rev.lon, 1), r(rev.origin_time, -1),
             tuple((f.station_id, round(f.eta / 60.0)) for f in rev.forecasts),
-            rev.confirmed, rev.evidence)
+            rev.confirmed, rev.evidence, source_radius_km(rev),
+            round(plume) if _is_number(plume) else None)
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def source_radius_km(rev: IncidentRevision) -> float:
+    """The radius of the CAP source circle: the source's 95 % region (``source_error_km``)
+    up to a whole 10 km, at least ``SOURCE_RADIUS_KM``."""
+    err = rev.extra.get("source_error_km")
+    if not _is_number(err):
+        return SOURCE_RADIUS_KM
+    return max(SOURCE_RADIUS_KM, 10.0 * math.ceil(err / 10.0))
 
 
 #: the most messages a message references: an incident's Alert and its latest Updates (a
@@ -308,9 +325,8 @@ def build_cap_xml(rev: IncidentRevision, cls: Classification, *, identifier: str
         # a tsunami incident is placed at its first gauge: that is no source region
         what = "First observation" if rev.type == "tsunami" else "Source region"
         sub(area, "areaDesc", f"{what} {_lat(rev.lat)} {_lon(rev.lon)}")
-        err = rev.extra.get("source_error_km")  # the source's 95 % region, when wider
-        radius = max(SOURCE_RADIUS_KM, err) if isinstance(err, int | float) else SOURCE_RADIUS_KM
-        sub(area, "circle", _circle(rev.lat, rev.lon, radius))
+        # the source's 95 % region, when wider
+        sub(area, "circle", _circle(rev.lat, rev.lon, source_radius_km(rev)))
     for f in rev.forecasts:
         if not _placed(f.lat, f.lon):
             continue

@@ -53,10 +53,30 @@ def test_a_source_the_picks_do_not_bound_makes_the_watch_possible_and_says_why()
     doc = validate_cap(update.cap_xml)
     assert (update.msg_type, update.certainty) == ("Update", "Likely")
     assert "Source within 77 km" in doc.findtext(".//cap:description", namespaces=NS)
-    assert doc.find(".//cap:area/cap:circle", NS).text == "-20.5500,-175.3900 77"
+    # the circle holds the region: its radius up to a whole 10 km
+    assert doc.find(".//cap:area/cap:circle", NS).text == "-20.5500,-175.3900 80"
     narrow = AlertPolicy().on_revision(replace(revision(1), extra={"source_error_km": 12.0}))
     doc = validate_cap(narrow[0].cap_xml)
     assert doc.find(".//cap:area/cap:circle", NS).text == "-20.5500,-175.3900 50"
+
+
+def test_a_source_region_that_widens_or_narrows_sends_an_update() -> None:
+    """The content that decides an Update left the source bound out: from 60 to 1500 km,
+    same position and ETAs, nothing went out and agencies 750 km away held a 60-km circle.
+    A change within the circle's 10 km, or of a plume top by less than half a km, sends
+    nothing."""
+    policy = AlertPolicy()
+    steps = [({"source_error_km": 60.0}, ["-20.5500,-175.3900 60"]),
+             ({"source_error_km": 1500.0}, ["-20.5500,-175.3900 1500"]),
+             ({"source_error_km": 1495.0}, []),
+             ({"source_error_km": 30.0}, ["-20.5500,-175.3900 50"]),
+             ({"source_error_km": 30.0, "plume_height_km": 57.2}, ["-20.5500,-175.3900 50"]),
+             ({"source_error_km": 30.0, "plume_height_km": 57.4}, [])]
+    for n, (extra, want) in enumerate(steps, start=1):
+        sent = policy.on_revision(replace(revision(n), extra=extra))
+        circles = [validate_cap(m.cap_xml).find(".//cap:area/cap:circle", NS).text
+                   for m in sent]
+        assert circles == want, extra
 
 
 def test_alert_update_cancel_chain_validates() -> None:
