@@ -63,7 +63,10 @@ def subscription_router(outbox: Outbox, tokens: str) -> APIRouter:
                    after: str | None = None) -> list[dict[str, Any]]:
         """At most ``limit`` deliveries (the whole table came at once: 5000 rows were
         1.2 MB and 0.9 s); the next page is ``after=<the last one's key>``."""
-        rows = outbox.deliveries(alert, limit=limit, after=after)
+        try:
+            rows = outbox.deliveries(alert, limit=limit, after=after)
+        except SubscriptionError as exc:
+            raise HTTPException(422, str(exc)) from exc
         for r in rows:  # read-only view: where, not the full URL (it may carry a secret)
             r["target"] = shown_target(r["target"])
         return rows

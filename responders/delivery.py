@@ -121,6 +121,44 @@ def _text(what: str, value: Any, limit: int, show: bool = True) -> None:
         raise SubscriptionError(f"{what} contains a control character: {shown}")
 
 
+#: the fields of each channel type (what else came was stored and echoed back)
+CHANNEL_FIELDS = {"webhook": ("type", "url", "secret"), "email": ("type", "to")}
+
+
+def _json_finite(value: Any, where: str) -> None:
+    """SubscriptionError naming the place of a NaN or infinite number in ``value`` (JSON
+    has none: the HTTP body's parser took them, SQLite stored null, PostgreSQL's json type
+    refused them and the request answered 500)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise SubscriptionError(f"{where} = {value!r}: not a JSON number")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _json_finite(v, f"{where}.{k}")
+    elif isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            _json_finite(v, f"{where}[{i}]")
+
+
+def _email_address(to: str) -> None:
+    """SubscriptionError unless ``to`` is one address tocsin's mail can carry: ASCII (a
+    non-ASCII one needs SMTPUTF8, which the server may not offer: every alert to it was
+    refused and went dead)."""
+    if to.count("@") != 1 or any(c in to for c in " ,;<>"):
+        raise SubscriptionError(f"email channel: 'to' {to!r} is not one address")
+    local, domain = to.split("@")
+    if not local.isascii():
+        raise SubscriptionError(f"email channel: 'to' {to!r} has a non-ASCII local part, "
+                                "which needs SMTPUTF8 (not used by tocsin)")
+    if not domain.isascii():
+        try:
+            ascii_domain = domain.encode("idna").decode()
+        except UnicodeError as exc:
+            raise SubscriptionError(f"email channel: 'to' {to!r}: its domain has no IDNA "
+                                    f"form ({exc})") from exc
+        raise SubscriptionError(f"email channel: 'to' {to!r} has a non-ASCII domain: give "
+                                f"its IDNA form, {local}@{ascii_domain}")
+
+
 @dataclass(frozen=True)
 class Subscription:
     id: str
@@ -159,10 +197,16 @@ class Subscription:
             _text("id", id, ID_MAX)
         if not channels:
             raise SubscriptionError("a subscription needs at least one channel")
+        _json_finite(area, "area")
         for ch in channels:
             if not isinstance(ch, dict):
                 raise SubscriptionError(f"a channel is an object, got {ch!r}")
             kind = ch.get("type")
+            fields = CHANNEL_FIELDS.get(kind) if isinstance(kind, str) else None
+            extra = sorted(set(ch) - set(fields)) if fields is not None else []
+            if fields is not None and extra:
+                raise SubscriptionError(f"{kind} channel: unknown field(s) {extra} (it has "
+                                        f"{list(fields)})")
             if kind == "webhook":
                 if not ch.get("url") or not ch.get("secret"):
                     raise SubscriptionError("a webhook channel needs 'url' and 'secret'")
@@ -173,8 +217,7 @@ class Subscription:
             elif kind == "email":
                 to = ch.get("to", "")
                 _text("email 'to'", to, TARGET_MAX)
-                if to.count("@") != 1 or any(c in to for c in " ,;<>"):
-                    raise SubscriptionError(f"email channel: 'to' {to!r} is not one address")
+                _email_address(to)
             else:
                 raise SubscriptionError(f"channel type {kind!r} is not one of {CHANNELS}")
         if not isinstance(exercises, bool):
@@ -429,8 +472,11 @@ class Outbox:
     def remove_subscription(self, sub_id: str) -> bool:
         """Deactivate it; its deliveries not yet made are cancelled (not sent)."""
         with self.store.begin() as c:
-            r = c.execute(update(SubscriptionRow).where(SubscriptionRow.id == sub_id)
-                          .values(active=0))
+            if not sub_id.isprintable():  # no subscription has one (PostgreSQL: a 500)
+                return False
+            # an active one: removing it again is no removal (it answered 204 each time)
+            r = c.execute(update(SubscriptionRow).where(and_(
+                SubscriptionRow.id == sub_id, SubscriptionRow.active == 1)).values(active=0))
             c.execute(update(DeliveryRow).where(and_(
                 DeliveryRow.subscription_id == sub_id, DeliveryRow.status == "pending"))
                 .values(status="cancelled", last_error="the subscription was removed"))
@@ -696,6 +742,11 @@ class Outbox:
         """Deliveries with their attempts, by (alert, key); at most ``limit`` of them, those
         after the key ``after`` (pages). The attempts come in one query for the page (one
         per delivery took 0.9 s for 5000)."""
+        for what, value in (("alert", alert_identifier), ("after", after)):
+            if value is not None and not value.isprintable():
+                # no identifier or key has one (PostgreSQL refused the query: a 500)
+                raise SubscriptionError(f"deliveries: {what} {value!r} has a character that "
+                                        "is not printable")
         q = select(DeliveryRow).order_by(DeliveryRow.alert_identifier, DeliveryRow.key)
         if alert_identifier:
             q = q.where(DeliveryRow.alert_identifier == alert_identifier)

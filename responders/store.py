@@ -331,6 +331,8 @@ class Store:
             return [dict(r._mapping) for r in rows]
 
     def alert(self, identifier: str) -> dict[str, Any] | None:
+        if not identifier.isprintable():
+            return None  # no alert has such an identifier (PostgreSQL refused a NUL: a 500)
         with self.engine.connect() as c:
             r = c.execute(select(AlertRow).where(AlertRow.identifier == identifier)).first()
             return None if r is None else dict(r._mapping)

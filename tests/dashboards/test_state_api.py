@@ -192,6 +192,46 @@ def test_subscriptions_need_a_token_and_deliveries_are_visible(tmp_path) -> None
     store.close()
 
 
+def test_odd_ids_and_numbers_are_4xx_on_either_database(database_url: str) -> None:
+    """On PostgreSQL a NUL in a path or query (text columns cannot hold one) and a NaN in a
+    subscription's body (its json type has none) answered 500, where SQLite answered 404 or
+    stored null; deleting a subscription already removed answered 204 each time."""
+    from dashboards.subscriptions import subscription_router
+    from responders.delivery import Outbox
+    from responders.store import Store
+
+    store = Store(database_url)
+    box = Outbox(store)
+    s, _ = fed_state()
+    client = TestClient(create_app(s, routers=[subscription_router(box, "tok")], store=store),
+                        raise_server_exceptions=False)
+    auth = {"Authorization": "Bearer tok"}
+    area = {"type": "Polygon", "coordinates": [[[-176, -22], [-174, -22], [-174, -20],
+                                                [-176, -20], [-176, -22]]]}
+    try:
+        assert client.get("/api/alerts/abc%00def.xml").status_code == 404
+        for q in ("alert=a%00b", "after=a%00b"):
+            r = client.get(f"/api/deliveries?{q}", headers=auth)
+            assert r.status_code == 422 and "not printable" in r.json()["detail"], r.text
+        assert client.delete("/api/subscriptions/x%00y", headers=auth).status_code == 404
+        body = ('{"name": "NEMO", "area": ' + json.dumps(area) + ', "channels": [{"type": '
+                '"email", "to": "d@n.to", "priority": NaN}]}')
+        r = client.post("/api/subscriptions", content=body, headers={
+            **auth, "Content-Type": "application/json"})
+        assert r.status_code == 422 and "unknown field(s) ['priority']" in r.json()["detail"]
+        r = client.post("/api/subscriptions", content=body.replace(', "priority": NaN', "")
+                        .replace('"Polygon"', '"Polygon", "z": Infinity'), headers={
+            **auth, "Content-Type": "application/json"})
+        assert r.status_code == 422 and "area.z = inf" in r.json()["detail"], r.text
+        ok = client.post("/api/subscriptions", headers=auth, json={
+            "name": "NEMO", "area": area, "channels": [{"type": "email", "to": "d@n.to"}]})
+        assert ok.status_code == 201
+        path = f"/api/subscriptions/{ok.json()['id']}"
+        assert [client.delete(path, headers=auth).status_code for _ in range(2)] == [204, 404]
+    finally:
+        store.close()
+
+
 def test_seismic_events_keep_their_latest_revision() -> None:
     state = LiveState()
     body = {"event_id": "seismic-x", "revision": 1, "issued": 1.7e9, "lat": -20.0,

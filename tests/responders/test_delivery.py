@@ -111,6 +111,16 @@ def test_bad_subscriptions_are_refused_with_the_reason() -> None:
                                                [170, -15], [170, -25]]]},
      {"type": "email", "to": "a@b.org"}, "lon 170..190"),
     ("x", JAPAN, "a@b.org", "a channel is an object"),
+    # smtplib refused every alert to these (no SMTPUTF8 offered) and they went dead
+    ("x", JAPAN, {"type": "email", "to": "d\u00fcty@nemo.to"}, "non-ASCII local part"),
+    ("x", JAPAN, {"type": "email", "to": "duty@nem\u00f6.to"},
+     "give its IDNA form, duty@xn--nem-una.to"),
+    # stored and echoed back; PostgreSQL's json refused a NaN (a 500)
+    ("x", JAPAN, {"type": "email", "to": "a@b.org", "priority": float("nan")},
+     r"email channel: unknown field\(s\) \['priority'\]"),
+    ("x", {**JAPAN, "note": [1.0, float("inf")]}, {"type": "email", "to": "a@b.org"},
+     r"area.note\[1\] = inf: not a JSON number"),
+    ("x", JAPAN, {"type": ["webhook"], "url": "x"}, "channel type \\['webhook'\\] is not one"),
 ])
 def test_subscription_fields_are_checked(name: str, area: dict, channel: object,  # type: ignore[type-arg]
                                          reason: str) -> None:
