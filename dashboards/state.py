@@ -54,7 +54,8 @@ class _Station:
     samples: int = 0
     missing: int = 0
     gap_at_end: bool = False
-    series: deque[tuple[float, float]] = field(default_factory=deque)  # (t, 1-min mean)
+    #: (bin start, sum, count) of the 1-min bins, in time order
+    series: deque[tuple[float, float, int]] = field(default_factory=deque)
     detections: list[Detection] = field(default_factory=list)
 
 
@@ -118,22 +119,35 @@ class LiveState:
             if st is None:
                 return
             vals = np.asarray(pkt.values, dtype=float)
+            t = pkt.start + pkt.sample_interval * np.arange(len(vals))
+            # what the view has not seen: a redelivered packet (Kafka delivers at least
+            # once) or the head of an overlapping one went into the series and the counts
+            # again, back in time (the detectors take a station's samples in order too)
+            new = t > st.last_end + 1e-6
+            if self.clock is not None:
+                # live: samples stamped past the clock are a station's timing fault (the
+                # workers do not take them either); taken, they would hide what comes next
+                new &= t <= self.clock() + AHEAD_S
+            vals, t = vals[new], t[new]
             n = len(vals)
             if n == 0:
                 return
-            end = pkt.start + (n - 1) * pkt.sample_interval
+            end = float(t[-1])
             st.packets += 1
             st.samples += n
             st.missing += int(np.count_nonzero(~np.isfinite(vals)))
             st.gap_at_end = not math.isfinite(float(vals[-1]))
-            st.last_end = max(st.last_end, end)
-            st.last_packet_len = n * pkt.sample_interval
-            t = pkt.start + pkt.sample_interval * np.arange(n)
+            st.last_end = end
+            st.last_packet_len = len(pkt.values) * pkt.sample_interval
             idx = np.floor(t / SERIES_BIN_S)
             ok = np.isfinite(vals)
             for b in np.unique(idx[ok]):
                 sel = ok & (idx == b)
-                st.series.append((float(b * SERIES_BIN_S), float(vals[sel].mean())))
+                at, total, count = float(b * SERIES_BIN_S), float(vals[sel].sum()), int(sel.sum())
+                if st.series and st.series[-1][0] == at:  # a minute split between packets
+                    _, total0, count0 = st.series.pop()
+                    total, count = total + total0, count + count0
+                st.series.append((at, total, count))
             while st.series and st.series[0][0] < end - SERIES_KEEP_S:
                 st.series.popleft()
             self._advance(end)
@@ -327,7 +341,7 @@ class LiveState:
                 return None
             return {
                 "station_id": station_id, "kind": st.info.kind, "units": st.info.units,
-                "t": [p[0] for p in st.series], "v": [p[1] for p in st.series],
+                "t": [p[0] for p in st.series], "v": [p[1] / p[2] for p in st.series],
                 "detections": [{"onset": d.onset, "peak_time": d.peak_time,
                                 "amplitude": d.amplitude, "detector": d.detector}
                                for d in st.detections],
