@@ -92,6 +92,14 @@ class LambParams:
         return (self.warmup_s + self.baseline_s + self.guard_s + self.onset_lookback_s
                 + self.declare_after_s + 2 * self.refractory_s)
 
+    @property
+    def declare_lag_s(self) -> float:
+        """At most how long after its onset a pulse is declared (a trigger's onset is found
+        up to ``onset_lookback_s`` back; the declaration waits ``declare_after_s``, and for
+        the next bin, which a gap of up to ``max_gap_s`` may hold back): an associator must
+        take detections that late."""
+        return self.onset_lookback_s + self.declare_after_s + self.max_gap_s + self.bin_s
+
     def floor(self, units: str) -> float:
         if self.min_amplitude is not None:
             return self.min_amplitude

@@ -100,6 +100,17 @@ class SeaLevelParams:
                    + self.declare_after_s + self.measure_s + self.highpass_s
                    + self.refractory_s)
 
+    @property
+    def declare_lag_s(self) -> float:
+        """At most how long after its onset a detection is declared: the final amplitude,
+        ``measure_s`` and half ``highpass_s`` after the onset (the first declaration comes
+        ``declare_after_s`` after it, its trigger up to ``onset_lookback_s``), at the next
+        bin with data, which a gap of up to ``max_gap_s`` may hold back (the real DART
+        21418 declared 2 min after the 4.5 h): an associator must take detections that
+        late."""
+        return max(self.onset_lookback_s + self.declare_after_s,
+                   self.measure_s + self.highpass_s / 2) + self.max_gap_s + self.bin_s
+
     def refit_due(self, t: float, last_fit: float) -> bool:
         """A harmonic refit at bin ``t``: the first (``last_fit`` = -inf), or the first bin
         past a multiple of ``harmonic_refit_s`` since the last (fixed instants, so the fits

@@ -203,6 +203,10 @@ def test_a_refused_alert_or_seedlink_handshake_is_a_one_line_error(
      "both 19092"),
     # every Update and Cancel failed on it (a comma splits CAP's references)
     ("TOCSIN_CAP_SENDER", "NZ Tsunami Centre, Wellington", "is not a CAP sender: no spaces"),
+    # every detection declared later than this after its onset was refused as late (a
+    # Lamb pulse 10-40 min, a tsunami's final amplitude 4.5 h): nothing was associated
+    ("TOCSIN_ASSOCIATION_ONSET_LAG_S", "0", "TOCSIN_ASSOCIATION_ONSET_LAG_S = '0': Value "
+     "error, below 18060 s, the longest a detector declares a detection after its onset"),
 ])
 def test_a_bad_setting_is_a_one_line_error_naming_it(
         var: str, value: str, needle: str, home: Path, capsys: pytest.CaptureFixture[str],

@@ -27,6 +27,15 @@ _PATTERNS = {
 }
 
 
+def longest_declare_lag_s() -> float:
+    """The longest any of the detectors, with their default parameters, declares a
+    detection after its onset (see ``declare_lag_s`` of their parameters)."""
+    from detectors.pressure import LambParams
+    from detectors.sealevel import SeaLevelParams
+
+    return max(LambParams().declare_lag_s, SeaLevelParams().declare_lag_s)
+
+
 class Settings(BaseSettings):
     # no inf or nan in any number: "inf" seconds or megabytes passed and failed later
     model_config = SettingsConfigDict(env_prefix="TOCSIN_", frozen=True, extra="ignore",
@@ -193,6 +202,18 @@ class Settings(BaseSettings):
         pattern, what = _PATTERNS[str(info.field_name)]
         if not re.fullmatch(pattern, v):
             raise ValueError(f"{v!r} is not {what}")
+        return v
+
+    @field_validator("association_onset_lag_s")
+    @classmethod
+    def _onset_lag(cls, v: float) -> float:
+        # the detectors declare up to hours after an onset (a tsunami's final amplitude):
+        # with less, every such detection was refused as late and nothing was associated
+        need = longest_declare_lag_s()
+        if v < need:
+            raise ValueError(f"below {need:g} s, the longest a detector declares a detection "
+                             "after its onset (a tsunami's final amplitude): each would be "
+                             "refused as late and never associated")
         return v
 
     @model_validator(mode="after")

@@ -50,6 +50,21 @@ def test_tonga_real_barometers_and_seismometer(tonga_pkg) -> None:  # type: igno
     assert parse_time("2022-01-15T04:40:00Z") <= fiji <= parse_time("2022-01-15T05:05:00Z")
 
 
+def test_every_real_detection_is_declared_within_the_settings_onset_lag(  # type: ignore[no-untyped-def]
+        tonga_pkg, tohoku_pkg) -> None:
+    """TOCSIN_ASSOCIATION_ONSET_LAG_S may not be set below the longest a detector declares
+    after an onset (below it every such detection was refused as late): that bound holds
+    on the real records, their tsunamis' final amplitudes (4.5 h after the onset) included."""
+    from detectors.sealevel import SeaLevelParams
+    from tocsin.settings import longest_declare_lag_s
+
+    lags = [parse_time(d["declared"]) - parse_time(d["onset"])
+            for pkg in (tonga_pkg, tohoku_pkg) for d in detect_package(pkg)["detections"]]
+    p = SeaLevelParams()
+    assert p.measure_s + p.highpass_s / 2 < max(lags) <= longest_declare_lag_s()
+    assert min(lags) >= 0
+
+
 # the de-tided peaks measured in ../shared/data/tohoku2011/PROVENANCE.md (value, time)
 TOHOKU_PEAKS = {"21418": (1.87, "2011-03-11T06:19:00Z"), "21401": (0.66, "2011-03-11T06:53:00Z"),
                 "21413": (0.77, "2011-03-11T07:07:00Z"), "21419": (0.54, "2011-03-11T07:16:00Z"),
