@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from detectors.base import Detection, DetectorError, StationInfo
-from streams.schemas import AlertMessage, IncidentRevision, ObservationPacket, iso
+from streams.schemas import MAX_AHEAD_S, AlertMessage, IncidentRevision, ObservationPacket, iso
 
 SERIES_BIN_S = 60.0
 SERIES_KEEP_S = 12 * 3600.0
@@ -123,11 +123,12 @@ class LiveState:
             # what the view has not seen: a redelivered packet (Kafka delivers at least
             # once) or the head of an overlapping one went into the series and the counts
             # again, back in time (the detectors take a station's samples in order too)
+            if (self.clock is not None and len(t)
+                    and t[-1] > self.clock() + MAX_AHEAD_S):
+                # live: a packet the workers refuse as a timing fault (a station's clock a
+                # day or more ahead): taken, it would hide every correct packet after it
+                return
             new = t > st.last_end + 1e-6
-            if self.clock is not None:
-                # live: samples stamped past the clock are a station's timing fault (the
-                # workers do not take them either); taken, they would hide what comes next
-                new &= t <= self.clock() + AHEAD_S
             vals, t = vals[new], t[new]
             n = len(vals)
             if n == 0:

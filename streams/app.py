@@ -45,6 +45,7 @@ from responders.delivery import Outbox, warm_up
 from responders.stage import AlertStage
 from responders.store import Store, StoreConflict
 from streams.schemas import (
+    MAX_AHEAD_S,
     GridFrame,
     ObservationPacket,
     SchemaError,
@@ -421,11 +422,6 @@ def dead_letter_record(event: Any, reason: str, value: bytes | None = None) -> b
         "key": (event.key or b"").decode(errors="replace"),
         "value": raw[:65536].decode(errors="replace"),
     })
-
-
-#: a packet ending further than this after the worker's clock is a timing fault: taken,
-#: it made the station's detectors refuse every correct packet after it ("in the gap")
-MAX_AHEAD_S = 86400.0
 
 
 def observation(raw: bytes, now: float | None = None) -> ObservationPacket | GridFrame:

@@ -65,6 +65,12 @@ def parse_time(value: Any, field_name: str = "time") -> float:
 EPOCH_MIN, EPOCH_MAX = -2208988800.0, 7258118400.0
 
 
+#: a packet ending further than this after a worker's clock is a timing fault: taken, it
+#: made the station's detectors refuse every correct packet after it ("in the gap"); the
+#: live dashboard leaves such packets out too
+MAX_AHEAD_S = 86400.0
+
+
 def epoch(value: Any, name: str, schema: str = "time") -> float:
     """``value`` as an event time in Unix seconds; SchemaError naming the field unless it
     is a number within 1900-2200."""

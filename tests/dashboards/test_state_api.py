@@ -441,8 +441,10 @@ def test_alerts_sent_within_one_second_keep_their_revision_order_in_feed_and_lis
 def test_a_station_series_has_each_minute_once_in_time_order() -> None:
     """A redelivered packet (Kafka delivers at least once) went into the series again, back
     in time, and into the feed-health counts; a minute split between two packets gave two
-    points of partial means. Live, samples stamped past the clock are left out as the
-    workers leave them, and do not hide what comes after."""
+    points of partial means. Live, a packet a day past the clock is left out as the workers
+    leave it, and does not hide what comes after."""
+    from dashboards.state import AHEAD_S
+
     a = 1642204800.0  # a whole minute
 
     def pkt(start: float, dt: float, values: list[float]) -> ObservationPacket:
@@ -465,3 +467,8 @@ def test_a_station_series_has_each_minute_once_in_time_order() -> None:
     live.on_packet(pkt(now - 600.0, 60.0, [1010.0] * 5))
     got = live.series("A")
     assert got is not None and got["t"] == [now - 600.0 + 60.0 * i for i in range(5)]
+    # 20 min ahead (a clock off, but within what the workers take): shown, as they use it
+    live.on_packet(pkt(now + 1200.0, 60.0, [1011.0]))
+    got = live.series("A")
+    assert got is not None and got["t"][-1] == now + 1200.0
+    assert live.snapshot()["event_time_s"] <= now + AHEAD_S  # the view moves no further
