@@ -308,7 +308,7 @@ class LiveState:
                 "seismic_events": [
                     {"event_id": b["event_id"], "revision": b["revision"], "lat": b["lat"],
                      "lon": b["lon"], "depth_km": b["depth_km"],
-                     "origin_time": iso(b["origin_time"]), "herr_km": b["herr_km"],
+                     "origin_time": iso(b["origin_time"]), "herr_km": b.get("herr_km"),
                      "magnitude": b.get("magnitude"), "stations": len(b["stations"])}
                     for b in sorted(self._seismic.values(), key=lambda b: b["origin_time"])
                     if b.get("status") != "retracted"],  # withdrawn: off the map

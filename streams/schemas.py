@@ -802,7 +802,8 @@ class SeismicEventMessage:
             _number(d, name, schema)
         for name in ("origin_time", "issued"):
             epoch(_require(d, name, (int, float), schema), name, schema)
-        for name in ("herr_km", "rms_s", "gap_deg", "magnitude", "magnitude_sigma"):
+        optional = ("herr_km", "rms_s", "gap_deg", "magnitude", "magnitude_sigma")
+        for name in optional:
             _opt_number(d, name, schema)
         if d.get("stations") is None:
             raise SchemaError(f"{schema}: missing field 'stations'")
@@ -810,7 +811,9 @@ class SeismicEventMessage:
         arrivals = _require(d, "arrivals", list, schema)
         if not all(isinstance(a, dict) for a in arrivals):
             raise SchemaError(f"{schema}: arrivals {short(arrivals)} is not a list of objects")
-        return cls({k: v for k, v in d.items() if k != "schema"})
+        # an optional number left out is null: the dashboard read b["herr_km"] of one that
+        # had none, and /api/state answered 500 for a week
+        return cls({**dict.fromkeys(optional), **{k: v for k, v in d.items() if k != "schema"}})
 
 
 Message = (ObservationPacket | GridFrame | Detection | IncidentRevision | AlertMessage

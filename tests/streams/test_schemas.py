@@ -161,6 +161,17 @@ def test_seismic_event_round_trip_and_bad_revision() -> None:
     if_null = decode(orjson.dumps({"schema": SeismicEventMessage.SCHEMA, **body,
                                    "herr_km": None}))
     assert isinstance(if_null, SeismicEventMessage) and if_null.body["herr_km"] is None
+    # left out: null, as the dashboard reads it (its snapshot raised KeyError: a week of 500s)
+    bare = {k: v for k, v in body.items() if k not in ("herr_km", "rms_s", "magnitude")}
+    left_out = decode(orjson.dumps({"schema": SeismicEventMessage.SCHEMA, **bare}))
+    assert isinstance(left_out, SeismicEventMessage)
+    assert (left_out.body["herr_km"], left_out.body["rms_s"]) == (None, None)
+    from dashboards.state import LiveState
+
+    state = LiveState()
+    state.on_seismic(left_out.body)
+    (shown,) = state.snapshot()["seismic_events"]
+    assert shown["herr_km"] is None and shown["event_id"] == body["event_id"]
 
 
 
