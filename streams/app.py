@@ -139,6 +139,11 @@ async def until_stored(save: Callable[[], Any], what: str, *, first_wait: float 
             log.error("cannot store %s (%s); trying again in %.1f s", what, reason, wait)
             await asyncio.sleep(wait)
             wait = min(2 * wait, max_wait)
+        except Exception as exc:  # noqa: BLE001 - a value the driver cannot bind, or a bug
+            # not the database's answer, and trying again gives the same (sqlite3 raised
+            # OverflowError binding an integer of 2**63): one input must not crash the stage
+            reason = str(exc).splitlines()[0] if str(exc) else ""
+            raise StoreRefused(f"{what} not stored: {type(exc).__name__}: {reason}") from exc
 
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):

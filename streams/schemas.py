@@ -165,10 +165,17 @@ def _count(d: dict[str, Any], name: str, schema: str, least: int = 0) -> int:
     return value
 
 
+#: the largest revision a message may carry: the stores' revision columns are 32-bit
+#: (PostgreSQL refused more; SQLite's driver raised OverflowError from 2**63, and the alert
+#: agent crashed on the record, again after each restart)
+REVISION_MAX = 2**31 - 1
+
+
 def _revision(d: dict[str, Any], schema: str) -> int:
     value = _require(d, "revision", int, schema)
-    if value < 1:
-        raise SchemaError(f"{schema}: revision {value!r} is not a positive integer")
+    if not 1 <= value <= REVISION_MAX:
+        raise SchemaError(f"{schema}: revision {value!r} is not a positive integer of at "
+                          f"most {REVISION_MAX}")
     return int(value)
 
 

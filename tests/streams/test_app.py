@@ -12,12 +12,14 @@ import pytest
 
 def test_outputs_wait_for_the_database() -> None:
     """An agent's store call is tried again while the database cannot be reached (its
-    input is not committed meanwhile); other errors are not swallowed."""
+    input is not committed meanwhile); other errors are not swallowed: they are not tried
+    again, and come out as a StoreRefused naming them (the agent dead-letters the input and
+    goes on; a crash left the record unacknowledged, to crash the agent again)."""
     import asyncio
 
     from sqlalchemy.exc import OperationalError
 
-    from streams.app import until_stored
+    from streams.app import StoreRefused, until_stored
 
     calls: list[int] = []
 
@@ -33,8 +35,9 @@ def test_outputs_wait_for_the_database() -> None:
     def broken() -> None:
         raise ValueError("a bug")
 
-    with pytest.raises(ValueError, match="a bug"):
+    with pytest.raises(StoreRefused, match="x not stored: ValueError: a bug") as err:
         asyncio.run(until_stored(broken, "x", first_wait=0.01))
+    assert isinstance(err.value.__cause__, ValueError)
 
 
 def test_a_slow_database_does_not_hold_the_event_loop_up() -> None:
@@ -653,6 +656,42 @@ def test_a_transaction_the_database_refuses_is_not_tried_again() -> None:
         return "stored"
 
     assert asyncio.run(until_stored(reconnects, "x", first_wait=0.01)) == "stored"
+
+
+def test_a_revision_the_store_cannot_bind_is_refused_not_a_crash(tmp_path: Any) -> None:
+    """A revision of 2**63 decoded, and saving its alert raised OverflowError in sqlite3 (not
+    a SQLAlchemyError): it escaped until_stored and crashed the alert agent, again on the
+    same record after each restart. Now the schema stops at the 32-bit column's largest,
+    and anything else a save raises is a StoreRefused (dead-lettered, the agent goes on)."""
+    from dataclasses import replace
+
+    from responders.stage import AlertStage
+    from responders.store import Store
+    from streams.app import StoreRefused, until_stored
+    from streams.schemas import REVISION_MAX, Forecast, IncidentRevision, SchemaError, decode
+
+    rev = IncidentRevision("eruption-1", "volcanic_eruption", 1, 1.6422e9, "watch", 1.6421e9,
+                           -20.5, -175.4, 314.0, ("d",), ("A", "B", "C", "D"),
+                           forecasts=(Forecast("nkfa", "tide_gauge", 1.6423e9, 68.0, -21.14,
+                                               -175.18),))
+    for n in (2**63, REVISION_MAX + 1, 0):
+        with pytest.raises(SchemaError, match=f"revision {n} is not a positive integer of "
+                           f"at most {REVISION_MAX}"):
+            decode(orjson.dumps({**rev.to_dict(), "revision": n}))
+    top = decode(orjson.dumps({**rev.to_dict(), "revision": REVISION_MAX}))
+    assert isinstance(top, IncidentRevision) and top.revision == REVISION_MAX
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    (msg,) = AlertStage().add(top)
+    store.save_all([msg])  # the largest a revision may be is stored
+    huge = replace(msg, identifier="tocsin.eruption-1.r9223372036854775808.alert",
+                   revision=2**63)  # made in process, past the schema
+
+    def save() -> None:
+        store.save_all([huge])
+
+    with pytest.raises(StoreRefused, match="1 alert not stored: OverflowError"):
+        asyncio.run(until_stored(save, "1 alert", first_wait=0.01))
+    store.close()
 
 
 def test_a_control_message_is_known_whatever_the_order_of_its_fields() -> None:
