@@ -528,6 +528,9 @@ def detection_from_dict(d: dict[str, Any]) -> Detection:
     kind = _require(d, "kind", str, schema)
     if kind not in SENSOR_KINDS:
         raise SchemaError(f"{schema}: kind {kind!r} not in {SENSOR_KINDS}")
+    # placed on the globe: an incident made at lat 95 was kept by the associator and never
+    # alerted (the alert stage refused each of its revisions)
+    lat, lon = _opt_position(d, schema)
     return Detection(
         station_id=_station_id(d, schema),
         kind=kind,
@@ -538,8 +541,8 @@ def detection_from_dict(d: dict[str, Any]) -> Detection:
         amplitude=_number(d, "amplitude", schema),
         units=_require(d, "units", str, schema),
         declared=declared,
-        lat=_opt_number(d, "lat", schema),
-        lon=_opt_number(d, "lon", schema),
+        lat=lat,
+        lon=lon,
         params=_object(d, "params", schema),
         extra=_object(d, "extra", schema),
     )
@@ -606,6 +609,9 @@ class IncidentRevision:
     """
 
     SCHEMA: ClassVar[str] = "tocsin.incident/1"
+    TYPES: ClassVar[tuple[str, ...]] = ("volcanic_eruption", "tsunami")
+    STATUSES: ClassVar[tuple[str, ...]] = ("detected", "watch", "confirmed", "observed",
+                                           "retracted")
 
     incident_id: str
     type: str
@@ -676,12 +682,27 @@ class IncidentRevision:
     def from_dict(cls, d: dict[str, Any]) -> IncidentRevision:
         d = _check_schema(d, cls.SCHEMA)
         lat, lon = _opt_position(d, cls.SCHEMA)
+        # as documented: a withdrawal spelt "Retracted" was taken as standing and an Actual
+        # Update went out; an empty id made the alert 'tocsin..r1.alert'
+        incident_id = _require(d, "incident_id", str, cls.SCHEMA)
+        if (not incident_id or len(incident_id) > 200 or not incident_id.isprintable()
+                or any(c in incident_id for c in ' ,<&"/#')):
+            raise SchemaError(f"{cls.SCHEMA}: incident_id {short(incident_id)} is empty, "
+                              "longer than 200 characters or has a space, a control "
+                              "character or one of ,<&\"/#")
+        kind = _require(d, "type", str, cls.SCHEMA)
+        if kind not in cls.TYPES:
+            raise SchemaError(f"{cls.SCHEMA}: type {short(kind)} is not one of {cls.TYPES}")
+        status = _require(d, "status", str, cls.SCHEMA)
+        if status not in cls.STATUSES:
+            raise SchemaError(f"{cls.SCHEMA}: status {short(status)} is not one of "
+                              f"{cls.STATUSES}")
         return cls(
-            incident_id=_require(d, "incident_id", str, cls.SCHEMA),
-            type=_require(d, "type", str, cls.SCHEMA),
+            incident_id=incident_id,
+            type=kind,
             revision=_revision(d, cls.SCHEMA),
             issued=_issued(d, "issued", cls.SCHEMA),
-            status=_require(d, "status", str, cls.SCHEMA),
+            status=status,
             origin_time=_opt_issued(d, "origin_time", cls.SCHEMA),
             lat=lat,
             lon=lon,

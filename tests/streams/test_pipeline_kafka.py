@@ -131,8 +131,9 @@ def test_bad_messages_go_to_dead_letter_and_worker_keeps_running(
     bad = [0, 1, 2, 4, 5, 6, 7, 8, 9, 10, 11]  # the offsets that come back as dead letters
     # on the incidents topic: revisions that decoded but then crashed the alert agent (its
     # supervisor restarted it past them: lost), and kept the stage failing on every later one
-    revision = {"schema": "tocsin.incident/1", "incident_id": "bad-1", "type": "eruption",
-                "revision": 1, "issued_s": 1.642e9, "status": "watch"}
+    revision = {"schema": "tocsin.incident/1", "incident_id": "bad-1",
+                "type": "volcanic_eruption", "revision": 1, "issued_s": 1.642e9,
+                "status": "watch"}
     bad_revisions = [orjson.dumps({**revision, "forecasts": ["bad"]}),
                      orjson.dumps({**revision, "issued_s": 1e20})]
     # on the detections topic: a detection declared 10 h behind two others that a

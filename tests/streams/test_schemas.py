@@ -190,7 +190,7 @@ def test_seismic_event_round_trip_and_bad_revision() -> None:
 def test_revisions_with_unusable_fields_do_not_decode(change: dict, reason: str) -> None:  # type: ignore[type-arg]
     """Each of these decoded and then crashed the alert agent (an exception that was not a
     SchemaError: no dead letter, and the agent's restart skipped the record)."""
-    base = {"schema": "tocsin.incident/1", "incident_id": "x", "type": "eruption",
+    base = {"schema": "tocsin.incident/1", "incident_id": "x", "type": "volcanic_eruption",
             "revision": 1, "issued_s": 1.642e9, "status": "watch"}
     decode(orjson.dumps(base))  # the base is fine
     with pytest.raises(SchemaError, match=re.escape(reason)):
@@ -198,7 +198,7 @@ def test_revisions_with_unusable_fields_do_not_decode(change: dict, reason: str)
 
 
 def test_a_revision_with_issued_s_null_decodes_from_issued() -> None:
-    base = {"schema": "tocsin.incident/1", "incident_id": "x", "type": "eruption",
+    base = {"schema": "tocsin.incident/1", "incident_id": "x", "type": "volcanic_eruption",
             "revision": 1, "issued_s": None, "issued": "2022-01-15T04:39:45Z",
             "status": "watch"}
     assert decode(orjson.dumps(base)).issued == 1642221585.0  # type: ignore[union-attr]
@@ -286,7 +286,7 @@ def test_same_as_is_equality_of_the_wire_form() -> None:
 
     fc = (Forecast("A", "tide_gauge", 1.6422e9, 812.3456, -21.1, -175.2),
           Forecast("B", "barometer", 1.6423e9, 1500.0))  # no coordinates: NaN
-    base = IncidentRevision("i-1", "eruption", 3, 1.6421e9, "watch", 1.6420e9, -20.5,
+    base = IncidentRevision("i-1", "volcanic_eruption", 3, 1.6421e9, "watch", 1.6420e9, -20.5,
                             -175.4, 312.5, ("d1", "d2"), ("S1",), (), math.nan, fc, (),
                             ("pressure_front",), {"params": {"k": 1}})
     variants = {
@@ -374,3 +374,34 @@ def test_an_incident_or_forecast_off_the_globe_is_refused(where: str, change: di
     with pytest.raises(SchemaError, match=re.escape(needle)):
         decode(orjson.dumps(d))
     assert encode(decode(encode(rev))) == encode(rev)  # the position as it was
+
+
+@pytest.mark.parametrize(("change", "needle"), [
+    ({"status": "Retracted"}, "status 'Retracted' is not one of ('detected', 'watch'"),
+    ({"status": "retracted "}, "status 'retracted ' is not one of"),
+    ({"type": "meteor"}, "type 'meteor' is not one of ('volcanic_eruption', 'tsunami')"),
+    ({"incident_id": ""}, "incident_id '' is empty"),
+    ({"incident_id": "ev\x0bil"}, "incident_id 'ev\\x0bil' is empty"),
+    ({"incident_id": "a/b"}, "incident_id 'a/b' is empty"),
+])
+def test_an_incident_s_id_type_and_status_are_the_documented_ones(change: dict[str, Any],
+                                                                   needle: str) -> None:
+    """A withdrawal spelt 'Retracted' decoded as a standing revision and an Actual Update
+    went out; 'meteor' went out as 'meteor incident'; an empty id made 'tocsin..r1.alert'."""
+    rev = IncidentRevision("i-1", "volcanic_eruption", 1, 1.6421e9, "watch", 1.6420e9, -20.5,
+                           -175.4, 312.5, ("d1",), ("S1",))
+    with pytest.raises(SchemaError, match=re.escape(needle)):
+        decode(orjson.dumps({**rev.to_dict(), **change}))
+
+
+def test_a_detection_off_the_globe_is_refused() -> None:
+    """A detection at lat 95 (or with a lat and no lon) decoded; the associator made an
+    incident there, kept it, and the alert stage refused every revision of it."""
+    det = Detection("S", "plume", "plume_height", "1", 1.6421e9, 1.6421e9, 30.0, "km",
+                    1.6421e9, -20.5, -175.4)
+    d = orjson.loads(encode(det))
+    for change, needle in (({"lat": 95.0}, "lat 95.0, lon -175.4 is not a position"),
+                           ({"lon": None}, "lat -20.5 and lon None: a position has both")):
+        with pytest.raises(SchemaError, match=re.escape(needle)):
+            decode(orjson.dumps({**d, **change}))
+    assert decode(encode(det)) == det
