@@ -205,6 +205,11 @@ def test_a_refused_alert_or_seedlink_handshake_is_a_one_line_error(
     ("TOCSIN_CAP_SENDER", "NZ Tsunami Centre, Wellington", "is not a CAP sender: no spaces"),
     # every detection declared later than this after its onset was refused as late (a
     # Lamb pulse 10-40 min, a tsunami's final amplitude 4.5 h): nothing was associated
+    # Faust refused to make the consumer (more than its 90-s request timeout); the broker
+    # refuses a join under its 6-s group.min.session.timeout.ms
+    ("TOCSIN_SESSION_TIMEOUT_MS", "100000", "TOCSIN_SESSION_TIMEOUT_MS = '100000': Input should "
+     "be less than or equal to 90000"),
+    ("TOCSIN_SESSION_TIMEOUT_MS", "1000", "Input should be greater than or equal to 6000"),
     ("TOCSIN_ASSOCIATION_ONSET_LAG_S", "0", "TOCSIN_ASSOCIATION_ONSET_LAG_S = '0': Value "
      "error, below 18060 s, the longest a detector declares a detection after its onset"),
 ])

@@ -116,8 +116,11 @@ class Settings(BaseSettings):
         description="TOCSIN_STATION_REGISTRY: CSV (stations.csv header) of extra coastal gauges "
         "and DARTs that get ETA forecasts in live use",
     )
+    # from Kafka's group.min.session.timeout.ms (6 s: less and the broker refuses the
+    # worker's join) to Faust's request timeout (90 s: more and Faust refused to make the
+    # consumer, after the settings had taken it)
     session_timeout_ms: int = Field(
-        default=10000, gt=0,
+        default=10000, ge=6000, le=90000,
         description="TOCSIN_SESSION_TIMEOUT_MS: consumer group session timeout"
     )
 
