@@ -26,6 +26,7 @@ import io
 import json
 import logging
 import math
+import os
 import re
 import time
 from collections import deque
@@ -79,7 +80,20 @@ def parse_stream_id(text: str) -> tuple[str, str, str, str]:
     parts = text.split(".")
     if len(parts) != 4 or not parts[0] or not parts[1] or not parts[3]:
         raise ValueError(f"stream {text!r} is not NET.STA.LOC.CHA (e.g. II.MSVF.10.LHZ)")
+    if any(c in "*?" for c in parts[0] + parts[1]):
+        # the client resumes each station at its last sequence number: a pattern names no
+        # station, so it reconnected with a bare DATA and lost what came during the outage
+        raise ValueError(f"stream {text!r}: a network and station are codes, not patterns "
+                         "(? and * only in LOC and CHA)")
     return parts[0], parts[1], parts[2], parts[3]
+
+
+def _writable_dir(folder: Path) -> bool:
+    """Whether ``folder`` (or the nearest folder above it that exists, where it would be
+    made) is a folder this process can write."""
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder.is_dir() and os.access(folder, os.W_OK | os.X_OK)
 
 
 @dataclass
@@ -267,11 +281,16 @@ class Ingest:
     max_ahead_s: float = 600.0
 
     def __post_init__(self) -> None:
-        if self.state_file is not None and self.state_file.is_file():
+        f = self.state_file
+        if f is not None and (f.exists() and not f.is_file() or not _writable_dir(f.parent)):
+            # found out at the first save before, as a traceback, after records had gone out
+            raise SeedLinkError(f"{f}: the state file must be a file in a folder this "
+                                "process can write")
+        if f is not None and f.is_file():
             try:
-                saved = json.loads(self.state_file.read_text())
+                saved = json.loads(f.read_text())
                 self.acked = {str(k): int(v) for k, v in saved["last_seq"].items()}
-            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            except (ValueError, KeyError, TypeError, AttributeError, OSError) as exc:
                 # SeedLinkError: the command says it in one line (a ValueError was a traceback)
                 raise SeedLinkError(f"{self.state_file}: not a SeedLink state file "
                                     f"({exc})") from exc

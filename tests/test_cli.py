@@ -337,6 +337,11 @@ def test_bad_command_lines_are_one_line_errors_before_anything_starts(
 
     assert "stream 'BAD'" in err_of("seedlink", "127.0.0.1:1", "BAD")
     assert "'127.0.0.1:99999' is not HOST:PORT" in err_of("seedlink", "127.0.0.1:99999", LHZ)
+    # str.isdigit() takes '\u00b2', int() does not: a ValueError traceback
+    assert "'127.0.0.1:\u00b2' is not HOST:PORT" in err_of("seedlink", "127.0.0.1:\u00b2", LHZ)
+    # a folder: records went out, then the first save raised IsADirectoryError
+    assert f"--state {tmp_path}: is not a file" in err_of(
+        "seedlink", "127.0.0.1:1", LHZ, "--state", str(tmp_path))
     garbage = tmp_path / "garbage.xml"
     garbage.write_text("garbage")
     assert f"--inventory {garbage}: not readable as StationXML" in err_of(

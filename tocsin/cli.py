@@ -536,10 +536,12 @@ def _seedlink(args: argparse.Namespace, settings: Settings) -> int:
     from streams.topics import Topics, create_topics
 
     host, _, port = args.server.rpartition(":")
-    if not host or not port.isdigit() or int(port) > 65535:
+    if not host or not (port.isascii() and port.isdigit()) or int(port) > 65535:
         print(f"tocsin seedlink: server {args.server!r} is not HOST:PORT (a port in "
               "0-65535)", file=sys.stderr)
         return 2
+    if args.state is not None and args.state.exists() and not args.state.is_file():
+        raise CliError(f"seedlink: --state {args.state}: is not a file")
     stations = seedlink_stations(args, settings)
     try:
         client = SeedLinkClient(host, int(port), args.streams)

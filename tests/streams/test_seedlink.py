@@ -99,6 +99,12 @@ def test_parse_stream_id_names_the_bad_value() -> None:
     assert parse_stream_id(LHZ) == ("II", "MSVF", "10", "LHZ")
     with pytest.raises(ValueError, match="'MSVF.LHZ'"):
         parse_stream_id("MSVF.LHZ")
+    assert parse_stream_id("II.MSVF.*.LH?") == ("II", "MSVF", "*", "LH?")
+    # a station pattern never resumed by sequence number (its last one is kept by station):
+    # a bare DATA after an outage, and what came meanwhile was lost
+    for bad in ("II.MS*.10.LHZ", "I?.MSVF.10.LHZ"):
+        with pytest.raises(ValueError, match="a network and station are codes, not patterns"):
+            parse_stream_id(bad)
 
 
 async def _collect(client: SeedLinkClient, ingest: Ingest, n: int,
@@ -710,3 +716,8 @@ def test_a_bad_state_file_is_a_seedlink_error_naming_it(tmp_path: Path) -> None:
     state.write_text('{"last_seq": [1, 2]}')
     with pytest.raises(SeedLinkError, match=f"{state}: not a SeedLink state file"):
         Ingest(_Client([]), state_file=state)  # type: ignore[arg-type]
+    # a folder: found at the first save before, as an
+    # IsADirectoryError traceback after records had gone out
+    with pytest.raises(SeedLinkError, match="must be a file in a folder this process can"):
+        Ingest(_Client([]), state_file=tmp_path)  # type: ignore[arg-type]
+    assert Ingest(_Client([]), state_file=tmp_path / "new" / "s.json").acked == {}  # type: ignore[arg-type]
