@@ -56,7 +56,9 @@ fetch("/static/vendor/world-atlas/land-50m.json")
     }
   });
 
-function fmt(iso) { return iso ? iso.slice(11, 19) : "-"; }
+// a time as month-day and time of day (UTC): the view holds a week, and the time of day
+// alone made two alerts a day apart look the same
+function fmt(iso) { return iso ? `${iso.slice(5, 10)} ${iso.slice(11, 19)}` : "-"; }
 
 function circlePoints(lat, lon, radiusM) {
   // a great circle of the given radius around (lat, lon), as a polyline
@@ -68,10 +70,23 @@ function circlePoints(lat, lon, radiusM) {
                                 Math.cos(d) - Math.sin(la) * Math.sin(la2));
     pts.push([la2 * 180 / Math.PI, lo2 * 180 / Math.PI]);
   }
-  // unwrap so the line does not jump across the map
-  const ref = wrap(lon);
-  return pts.map(([a, b]) => { let x = wrap(b); if (x - ref > 180) x -= 360;
-                               if (ref - x > 180) x += 360; return [a, x]; });
+  // unwrap: the first point within 180 degrees of the source as drawn, each next one within
+  // 180 of the point before (forced within 180 of the source, a ring around a pole or the
+  // antipode, the Tonga front from about 7 h on, jumped 360 degrees: a line across the map)
+  let prev = wrap(lon);
+  return pts.map(([a, b]) => { prev += ((((b - prev + 180) % 360) + 360) % 360) - 180;
+                               return [a, prev]; });
+}
+
+// a ring's line with its copies a turn east and west (as the coastline), since an unwrapped
+// ring may run past the map's edge; the copy in place is returned
+function ringLine(pts, options) {
+  let here = null;
+  for (const shift of [-360, 0, 360]) {
+    const line = L.polyline(pts.map(([a, b]) => [a, b + shift]), options).addTo(incidentLayer);
+    if (shift === 0) here = line;
+  }
+  return here;
 }
 
 function drawStations(stations) {
@@ -103,16 +118,16 @@ function drawIncidents(state) {
     const el = src.getElement();
     if (el) el.setAttribute("data-incident", inc.id);
     if (inc.source_error_km) {  // where the source may be (95 %)
-      const ring = L.polyline(circlePoints(inc.lat, inc.lon, inc.source_error_km * 1000),
-        { color: "#b00020", weight: 1, interactive: false }).addTo(incidentLayer);
+      const ring = ringLine(circlePoints(inc.lat, inc.lon, inc.source_error_km * 1000),
+        { color: "#b00020", weight: 1, interactive: false });
       const re = ring.getElement();
       if (re) re.setAttribute("data-source-error", inc.id);
     }
     if (inc.speed_m_s && inc.origin_time_s !== null && now > inc.origin_time_s) {
       const r = inc.speed_m_s * (now - inc.origin_time_s);
       if (r < Math.PI * EARTH_R) {
-        L.polyline(circlePoints(inc.lat, inc.lon, r), { color: "#b00020", weight: 2,
-          dashArray: "6 4", interactive: false }).addTo(incidentLayer);
+        ringLine(circlePoints(inc.lat, inc.lon, r), { color: "#b00020", weight: 2,
+          dashArray: "6 4", interactive: false });
       }
     }
     for (const f of inc.forecasts) {
@@ -129,8 +144,10 @@ function drawIncidents(state) {
 function drawSeismic(state) {
   for (const ev of state.seismic_events || []) {
     const mag = ev.magnitude === null ? "" : `M${ev.magnitude.toFixed(1)}, `;
-    L.polyline(circlePoints(ev.lat, ev.lon, Math.max(ev.herr_km, 1) * 1000),
-      { color: "#17202a", weight: 1, interactive: false }).addTo(incidentLayer);
+    if (ev.herr_km !== null) {  // unknown: no ring (a 1-km one looked precise)
+      ringLine(circlePoints(ev.lat, ev.lon, Math.max(ev.herr_km, 1) * 1000),
+        { color: "#17202a", weight: 1, interactive: false });
+    }
     const m = L.circleMarker([ev.lat, wrap(ev.lon)], { radius: 7, color: "#17202a", weight: 3,
       fillColor: "#ffffff", fillOpacity: 1 })
       .bindTooltip(tip(`seismic ${ev.event_id} rev ${ev.revision}: ${mag}depth ` +
@@ -227,8 +244,9 @@ function drawPanels(state) {
   const body = document.querySelector("#feed tbody");
   body.replaceChildren();
   const rows = state.stations.slice().sort((a, b) => (b.behind_s || 0) - (a.behind_s || 0));
-  for (const s of rows.filter((r) => r.station_id !== selected).slice(0, 40)) {
+  for (const s of rows.slice(0, 40)) {  // the one shown stays, marked (it dropped out)
     const tr = el("tr", { "data-station": s.station_id, title: "show its time series" });
+    if (s.station_id === selected) tr.classList.add("selected");
     tr.addEventListener("click", () => selectStation(s.station_id));
     tr.append(el("td", {}, s.station_id), el("td", { class: `state-${s.state}` }, s.state),
               el("td", {}, s.behind_s === null ? "-" : `${Math.round(s.behind_s / 60)} min`),
@@ -242,29 +260,47 @@ async function selectStation(id) {
   await drawSeries();
 }
 
+// the series' bins are a minute; a step longer than this is a gap in the record
+const SERIES_GAP_S = 90;
+
 async function drawSeries() {
   if (!selected) return;
-  const r = await fetch(`/api/stations/${encodeURIComponent(selected)}/series`);
-  if (!r.ok) return;
-  const s = await r.json();
-  document.getElementById("series-title").textContent =
-    `${s.station_id} (${s.kind}, ${s.units})`;
+  const id = selected;
+  const title = document.getElementById("series-title");
   const svg = document.getElementById("series");
+  const r = await fetch(`/api/stations/${encodeURIComponent(id)}/series`);
+  if (id !== selected) return;  // another station was chosen meanwhile: its answer wins
+  if (!r.ok) {  // the last station's plot stayed, under its own title
+    title.textContent = `${id}: no series (${r.status})`;
+    svg.replaceChildren();
+    svg.setAttribute("data-station", id);
+    return;
+  }
+  const s = await r.json();
+  if (id !== selected) return;
+  title.textContent = `${s.station_id} (${s.kind}, ${s.units})`;
   svg.replaceChildren();
   svg.setAttribute("data-station", s.station_id);
   if (s.t.length < 2) return;
-  const t0 = s.t[0], t1 = s.t[s.t.length - 1];
+  // to the view's event time: a station that stopped hours ago must not look current
+  const t0 = s.t[0], t1 = Math.max(s.t[s.t.length - 1], (last && last.event_time_s) || 0);
   let lo = Math.min(...s.v), hi = Math.max(...s.v);
   if (hi === lo) { hi += 1; lo -= 1; }
   const x = (t) => ((t - t0) / (t1 - t0)) * 400, y = (v) => 150 - ((v - lo) / (hi - lo)) * 140;
   const ns = "http://www.w3.org/2000/svg";
-  const line = document.createElementNS(ns, "polyline");
-  line.setAttribute("points", s.t.map((t, i) => `${x(t).toFixed(1)},${y(s.v[i]).toFixed(1)}`)
-    .join(" "));
-  line.setAttribute("fill", "none");
-  line.setAttribute("stroke", "#1f5f99");
-  line.setAttribute("stroke-width", "1");
-  svg.append(line);
+  // a line per stretch without a gap: one line drew an outage as a smooth change
+  let start = 0;
+  for (let i = 1; i <= s.t.length; i++) {
+    if (i < s.t.length && s.t[i] - s.t[i - 1] <= SERIES_GAP_S) continue;
+    const line = document.createElementNS(ns, "polyline");
+    line.setAttribute("points", s.t.slice(start, i)
+      .map((t, k) => `${x(t).toFixed(1)},${y(s.v[start + k]).toFixed(1)}`).join(" "));
+    line.setAttribute("fill", "none");
+    line.setAttribute("stroke", "#1f5f99");
+    line.setAttribute("stroke-width", "1");
+    svg.append(line);
+    start = i;
+  }
   for (const d of s.detections) {
     if (d.onset < t0 || d.onset > t1) continue;
     const m = document.createElementNS(ns, "line");

@@ -120,7 +120,7 @@ def test_dashboard_shows_the_incident_live(demo: str) -> None:
         page.wait_for_selector("#series line.detection", state="attached", timeout=60_000)
         page.screenshot(path=str(SHOTS / "3-station.png"))
         # the feed-health table selects a station too
-        page.click("#feed tr[data-station] td")
+        page.click("#feed tr[data-station]:not(.selected) td")
         page.wait_for_function("document.querySelector('#series').dataset.station !== "
                                "'BARO.NUKU'", timeout=30_000)
         # consumer lag of the workers' group, from Kafka
@@ -330,3 +330,44 @@ def test_the_map_chooses_its_meridian_again_as_stations_come() -> None:
                   for sid, _, _ in later]
         assert errors == []
     assert max(xs) - min(xs) < 200, xs
+
+
+def test_rings_gaps_dates_and_the_selected_station_are_drawn_as_they_are() -> None:
+    """The Lamb-wave front around Tonga from about 7 h on (a ring around the antipode)
+    jumped 360 degrees between two points: a line across the map. A station's series was
+    one line across a 3-h outage, a smooth change that never happened. Alert and revision
+    times had no date (a week in view). The station shown left the feed-health table."""
+    import numpy as np
+
+    from detectors.base import StationInfo
+    from streams.schemas import AlertMessage, ObservationPacket
+
+    t0 = 1642220085.0
+    state = _fed([("FJ", -18.1, 178.4), ("NZ", -36.8, 174.8)])
+    state.add_station(StationInfo("NUKU", "barometer", -21.1, -175.2, 0.0, "hPa"))
+    for start, value in ((t0, 1010.0), (t0 + 4 * 3600, 1012.0)):  # a 3-h outage between
+        state.on_packet(ObservationPacket("NUKU", "barometer", "BDO", start, 60.0,
+                                          np.full(60, value), "hPa", lat=-21.1, lon=-175.2))
+    state.on_alert(AlertMessage(identifier="tocsin.x.r1.alert", msg_type="Alert",
+                                sent=t0 + 86400.0, incident_id="x", revision=1,
+                                event="Volcanic eruption", severity="Severe",
+                                urgency="Expected", certainty="Likely", headline="watch"))
+    with _serving(state) as url:
+        errors: list[str] = []
+        with _page(url, errors) as page:
+            page.wait_for_selector("#alerts li[data-alert]", timeout=10_000)
+            assert "01-16 04:14:45" in page.inner_text("#alerts")
+            steps = page.evaluate("""() => [5, 7, 8, 10, 12, 17].map((h) => {
+                const p = circlePoints(-20.55, -175.39, 314 * 3600 * h);
+                let most = 0;
+                for (let i = 1; i < p.length; i++) {
+                  most = Math.max(most, Math.abs(p[i][1] - p[i - 1][1]));
+                }
+                return most; })""")
+            assert max(steps) < 90, steps  # was 311.9-359.7 degrees from 7 h on
+            page.dispatch_event("#map path[data-station='NUKU']", "click")
+            page.wait_for_selector("#series[data-station='NUKU'] polyline", state="attached",
+                                   timeout=10_000)
+            assert len(page.query_selector_all("#series polyline")) == 2  # one per stretch
+            page.wait_for_selector("#feed tr.selected[data-station='NUKU']", timeout=10_000)
+        assert errors == []
