@@ -116,10 +116,13 @@ async def follow(bootstrap: str, topics: Topics, state: LiveState,
                     wait = 1.0
                     look_at = loop.time() + (refresh_s if assigned or new else 1.0)
                     if new:
-                        await _assign(consumer, assigned, new)
+                        # the history decided before the assignment: a failure inside it
+                        # (after the partitions were counted as assigned) left it unset,
+                        # and the observations read from their beginning
                         obs = [tp for tp in new if tp.topic == topics.observations]
                         if obs and first_obs:  # the first: the history; later ones whole
                             first_obs, history = False, obs
+                        await _assign(consumer, assigned, new)
                         log.info("following %s: %s", topics.app_id,
                                  ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(new)))
                 if history:

@@ -97,6 +97,29 @@ def test_a_failure_before_the_history_is_found_does_not_read_it_all(
     assert state.source is not None and state.source["ok"]
 
 
+def test_a_failure_while_the_partitions_are_assigned_does_not_read_it_all(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Kafka failed in the seek to the beginning of newly assigned partitions, after they
+    were counted as assigned: the next look found nothing new, the history was never set,
+    and the observations were read from their beginning (weeks)."""
+    class _Failing(_Consumer):
+        def __init__(self) -> None:
+            super().__init__(fail_end_offsets=0)
+            self.fail_seek = 1
+
+        async def seek_to_beginning(self, *tps: TopicPartition) -> None:
+            if self.fail_seek:
+                self.fail_seek -= 1
+                raise KafkaTimeoutError("the broker went away")
+            await super().seek_to_beginning(*tps)
+
+    consumer = _Failing()
+    state = _follow(consumer, _Admin(), monkeypatch)
+    obs = [offset for topic, offset in consumer.seeks if topic == TOPICS.observations]
+    assert obs == [999_000]  # the history, though the first assignment failed half way
+    assert state.source is not None and state.source["ok"]
+
+
 def test_an_error_that_is_not_about_reaching_kafka_is_said_as_it_is(
         monkeypatch: pytest.MonkeyPatch) -> None:
     state = _follow(_Consumer(0), _Admin(TopicAuthorizationFailedError("no ACL")),
