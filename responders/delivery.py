@@ -159,6 +159,14 @@ def _email_address(to: str) -> None:
                                 f"its IDNA form, {local}@{ascii_domain}")
 
 
+def newness(identifier: str, revision: int, sent: float) -> tuple[float, int, int]:
+    """How new a message of an incident is: by ``sent`` (a correction is sent no earlier
+    than what it references, and a correction of an old revision keeps that revision's
+    time), then revision, then correction number (``<identifier>.c<n>``)."""
+    base, dot, n = identifier.rpartition(".c")
+    return sent, revision, int(n) if dot and n.isdigit() else 0
+
+
 @dataclass(frozen=True)
 class Subscription:
     id: str
@@ -506,10 +514,18 @@ class Outbox:
                 select(DeliveryRow.subscription_id).distinct()
                 .join(AlertRow, AlertRow.identifier == DeliveryRow.alert_identifier)
                 .where(AlertRow.incident_id == msg.incident_id)).scalars())
-            earlier_ids = list(c.execute(
-                select(AlertRow.identifier).where(and_(
+            others = list(c.execute(
+                select(AlertRow.identifier, AlertRow.revision, AlertRow.sent).where(and_(
                     AlertRow.incident_id == msg.incident_id,
-                    AlertRow.identifier != msg.identifier))).scalars()) if earlier else []
+                    AlertRow.identifier != msg.identifier)))) if earlier else []
+            mine = newness(msg.identifier, msg.revision, msg.sent)
+            # the incident's other messages, older and newer than this one: a correction
+            # of an old revision comes after the newer revisions' messages
+            earlier_ids = [r.identifier for r in others
+                           if newness(r.identifier, r.revision, r.sent) < mine]
+            later_ids = sorted((r for r in others
+                                if newness(r.identifier, r.revision, r.sent) > mine),
+                               key=lambda r: newness(r.identifier, r.revision, r.sent))
             n = 0
             for sub in subs:
                 follow_up = msg.msg_type in ("Update", "Cancel") and sub.id in earlier
@@ -520,21 +536,39 @@ class Outbox:
                 for i, ch in enumerate(sub.channels):
                     key = f"{msg.identifier}|{sub.id}|{i}"
                     target = ch.get("url") or ch.get("to") or ""
-                    if self.store.insert_new(c, DeliveryRow, dict(
+                    if not self.store.insert_new(c, DeliveryRow, dict(
                             key=key, alert_identifier=msg.identifier, subscription_id=sub.id,
                             channel=ch["type"], target=target, status="pending", attempts=0,
                             next_attempt=self.clock(), last_error=None, delivered_at=None),
-                            ("key",)) and older:
+                            ("key",)):
+                        continue
+                    if older:
                         self._supersede(c, msg, [f"{a}|{sub.id}|{i}" for a in older])
+                    if sub.id in earlier and later_ids:
+                        self._superseded_already(c, key, [
+                            f"{r.identifier}|{sub.id}|{i}" for r in later_ids])
             return n
+
+    def _superseded_already(self, c: Connection, key: str, later: list[str]) -> None:
+        """The delivery ``key`` is not sent if a newer message of its incident (``later``,
+        oldest first) still waits for the channel: that one says where the incident stands
+        (a correction of r1 queued after r2's Update superseded the Update, and an endpoint
+        that was down got only the older, milder message)."""
+        waiting = set(c.execute(select(DeliveryRow.key).where(and_(
+            DeliveryRow.key.in_(later), DeliveryRow.status == "pending"))).scalars())
+        newest = [k for k in later if k in waiting]
+        if newest:
+            by = newest[-1].split("|", 1)[0]
+            c.execute(update(DeliveryRow).where(DeliveryRow.key == key).values(
+                status="superseded", last_error=f"superseded by {by} (newer) before it was "
+                                                "delivered"))
 
     def _supersede(self, c: Connection, msg: AlertMessage, keys: list[str]) -> None:
         """The incident's earlier messages still waiting for this channel (``keys``) are
         not sent: ``msg``, newer, says where the incident stands now. Sent late, after it,
         an endpoint that was down got its messages in any order (the round sends up to
-        ``threads`` at once), an old watch possibly after the Cancel. A message is queued
-        here only when it is new (a redelivered one finds its rows), so ``msg`` is the
-        incident's newest: the alerts topic keeps an incident's messages in order."""
+        ``threads`` at once), an old watch possibly after the Cancel. ``keys`` are those of
+        the messages older than ``msg`` (see :func:`newness`)."""
         for i in range(0, len(keys), 500):  # bounded IN lists
             c.execute(update(DeliveryRow).where(and_(
                 DeliveryRow.key.in_(keys[i:i + 500]), DeliveryRow.status == "pending"))

@@ -272,6 +272,46 @@ def test_a_removed_subscription_gets_nothing_more(store: Store) -> None:
     rx.close()
 
 
+def test_a_correction_of_an_old_revision_does_not_supersede_the_newer_update(
+        store: Store) -> None:
+    """r1's watch, r2's Update, then r1 corrected (a late detection): the correction
+    (r1.alert.c1, sent at r1's time) superseded r2's Update still waiting for an endpoint
+    that was down, which then got only the older, milder message. Now the newest waiting
+    message stands: the correction, older, is superseded by it."""
+    from dataclasses import replace
+
+    from responders.stage import AlertStage
+
+    clock = Clock()
+    rx = WebhookReceiver("s3cret", up=False)
+    box = outbox(store, clock)
+    box.add_subscription(Subscription.create("JMA", JAPAN, "Minor", [
+        {"type": "webhook", "url": rx.url, "secret": "s3cret"}]))
+    stage = AlertStage()
+    r1 = revision(1)
+    sent = []
+    for rev in (r1, revision(2, "confirmed"),
+                replace(r1, detections=("a", "late"), stations_used=("A", "B", "C", "D", "E"))):
+        for m in stage.add(rev):
+            with store.begin() as c:
+                store.save_alert(m, c)
+                box.enqueue(m, c)
+            sent.append(m)
+    assert [m.identifier for m in sent] == ["tocsin.eruption-x.r1.alert",
+                                           "tocsin.eruption-x.r2.update",
+                                           "tocsin.eruption-x.r1.alert.c1"]
+    status = {d["alert_identifier"]: (d["status"], d["last_error"]) for d in box.deliveries()}
+    assert status["tocsin.eruption-x.r2.update"] == ("pending", None)
+    assert status["tocsin.eruption-x.r1.alert.c1"] == (
+        "superseded", "superseded by tocsin.eruption-x.r2.update (newer) before it was "
+        "delivered")
+    assert status["tocsin.eruption-x.r1.alert"][0] == "superseded"
+    rx.up = True
+    box.dispatch_due()
+    assert [r.key.split("|")[0] for r in rx.received] == ["tocsin.eruption-x.r2.update"]
+    rx.close()
+
+
 def test_webhook_down_then_up_gets_each_incident_as_it_stands_once(store: Store) -> None:
     """An endpoint back after an outage gets each incident's newest message, once: the
     watch it missed is superseded by the Update queued after it (sent together, the round's
