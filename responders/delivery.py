@@ -651,7 +651,9 @@ class Outbox:
                     status="delivered", attempts=attempt, delivered_at=now, last_error=None))
                 return
             dead = attempt >= self.max_attempts
-            delay = min(self.backoff_s * 2 ** (attempt - 1), self.backoff_max_s)
+            # the doubling stops at 2**60 (past attempt 1024 the int did not fit a float: the
+            # round raised each time and the delivery never went dead)
+            delay = min(self.backoff_s * 2.0 ** min(attempt - 1, 60), self.backoff_max_s)
             held = c.execute(update(DeliveryRow).where(and_(
                 DeliveryRow.key == key, DeliveryRow.status == "pending",
                 DeliveryRow.next_attempt == lease)).values(

@@ -454,6 +454,31 @@ def test_dead_letter_after_max_attempts(store: Store) -> None:
     rx.close()
 
 
+def test_a_delivery_past_attempt_1024_backs_off_and_goes_dead(store: Store) -> None:
+    """2 ** 1024 does not fit a float: each round raised OverflowError inside the attempt's
+    transaction, the attempt was rolled back and the delivery stayed pending for ever."""
+    from sqlalchemy import update
+
+    from responders.store import DeliveryRow
+
+    clock = Clock()
+    dead: list[dict] = []  # type: ignore[type-arg]
+    rx = WebhookReceiver("k", up=False)
+    box = outbox(store, clock, dead, max_attempts=1026)
+    box.add_subscription(Subscription.create("X", JAPAN, "Minor", [
+        {"type": "webhook", "url": rx.url, "secret": "k"}]))
+    publish(store, box, revision(1), AlertPolicy())
+    with store.begin() as c:
+        c.execute(update(DeliveryRow).values(attempts=1024))
+    assert box.dispatch_due() == 1
+    (d,) = box.deliveries()
+    assert (d["status"], d["attempts"], d["next_attempt"] - clock.t) == ("pending", 1025, 8.0)
+    clock.t += 8.0
+    assert box.dispatch_due() == 1
+    assert box.deliveries()[0]["status"] == "dead" and len(dead) == 1
+    rx.close()
+
+
 def test_verify_says_no_to_any_other_text() -> None:
     """A signature header with non-ASCII text raised TypeError in compare_digest (a
     receiver using verify() answered 500 instead of refusing it)."""
