@@ -91,6 +91,10 @@ def _require(d: dict[str, Any], name: str, types: type | tuple[type, ...], schem
     return value
 
 
+#: the longest station id and incident id (the stores' columns)
+STATION_ID_MAX = INCIDENT_ID_MAX = 100
+
+
 def station_id_problem(sid: str) -> str | None:
     """Why ``sid`` cannot name a station, or None when it can.
 
@@ -101,6 +105,8 @@ def station_id_problem(sid: str) -> str | None:
     """
     if not sid:
         return "is empty"
+    if len(sid) > STATION_ID_MAX:  # PostgreSQL refused it (a 100-character column)
+        return f"has {len(sid)} characters, more than {STATION_ID_MAX}"
     if "," in sid:
         return "has ','"
     bad = next((c for c in sid if not c.isprintable()), None)
@@ -685,11 +691,11 @@ class IncidentRevision:
         # as documented: a withdrawal spelt "Retracted" was taken as standing and an Actual
         # Update went out; an empty id made the alert 'tocsin..r1.alert'
         incident_id = _require(d, "incident_id", str, cls.SCHEMA)
-        if (not incident_id or len(incident_id) > 200 or not incident_id.isprintable()
-                or any(c in incident_id for c in ' ,<&"/#')):
+        if (not incident_id or len(incident_id) > INCIDENT_ID_MAX
+                or not incident_id.isprintable() or any(c in incident_id for c in ' ,<&"/#')):
             raise SchemaError(f"{cls.SCHEMA}: incident_id {short(incident_id)} is empty, "
-                              "longer than 200 characters or has a space, a control "
-                              "character or one of ,<&\"/#")
+                              f"longer than {INCIDENT_ID_MAX} characters or has a space, a "
+                              "control character or one of ,<&\"/#")
         kind = _require(d, "type", str, cls.SCHEMA)
         if kind not in cls.TYPES:
             raise SchemaError(f"{cls.SCHEMA}: type {short(kind)} is not one of {cls.TYPES}")

@@ -405,3 +405,16 @@ def test_a_detection_off_the_globe_is_refused() -> None:
         with pytest.raises(SchemaError, match=re.escape(needle)):
             decode(orjson.dumps({**d, **change}))
     assert decode(encode(det)) == det
+
+
+def test_a_station_id_longer_than_the_stores_column_is_refused() -> None:
+    """A 101-character id was stored on SQLite and refused on PostgreSQL (a 100-character
+    column): the workers' detections of it were StoreRefused there only."""
+    from streams.schemas import STATION_ID_MAX, station_id_problem
+
+    assert station_id_problem("S" * STATION_ID_MAX) is None
+    assert station_id_problem("S" * 101) == "has 101 characters, more than 100"
+    det = Detection("S" * 101, "plume", "plume_height", "1", 1.6421e9, 1.6421e9, 30.0, "km",
+                    1.6421e9, -20.5, -175.4)
+    with pytest.raises(SchemaError, match="has 101 characters, more than 100"):
+        decode(encode(det))
