@@ -31,6 +31,7 @@ from sqlalchemy import (
     event,
     func,
     select,
+    text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine, make_url
@@ -153,11 +154,39 @@ def migrate(url_or_engine: str | Engine, revision: str = "head") -> None:
     engine = create_store_engine(url_or_engine) if isinstance(url_or_engine, str) \
         else url_or_engine
     cfg = Config()
-    with resources.as_file(resources.files("responders") / "migrations") as path:
+    with resources.as_file(resources.files("responders") / "migrations") as path, \
+            _sqlite_file_lock(engine):
         cfg.set_main_option("script_location", str(path))
         with engine.begin() as conn:
+            if engine.dialect.name == "postgresql":
+                # one process at a time, each in its own transaction: the next finds the
+                # schema at head (a worker and a dashboard started together on a fresh
+                # database: a UniqueViolation creating the tables, or "table exists")
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATE_LOCK})
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, revision)
+
+
+#: the PostgreSQL advisory lock the migrations hold ("tocsin" in ASCII)
+_MIGRATE_LOCK = 0x746F6373696E
+
+
+@contextmanager
+def _sqlite_file_lock(engine: Engine) -> Iterator[None]:
+    """For a SQLite file, an exclusive lock on ``<file>.migrate-lock`` (processes
+    migrating at once raised "table detections already exists"); nothing otherwise."""
+    database = engine.url.database if engine.dialect.name == "sqlite" else None
+    if not database or database == ":memory:":
+        yield
+        return
+    import fcntl
+
+    with open(f"{database}.migrate-lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def create_store_engine(url: str) -> Engine:

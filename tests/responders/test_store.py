@@ -132,3 +132,23 @@ def test_the_incident_row_is_its_latest_revision_that_stands(database_url: str) 
     inc = store.incidents()[0]
     assert (inc["status"], inc["revision"]) == ("retracted", 2)
     store.close()
+
+
+def test_processes_starting_together_on_a_fresh_database_all_migrate(database_url: str) -> None:
+    """A worker and a dashboard started side by side each ran the migrations: on SQLite
+    two of three raised "table detections already exists", on PostgreSQL a UniqueViolation.
+    The migrations now hold a lock (an advisory lock, a lock file), one process at a time."""
+    import subprocess
+    import sys
+    import time
+
+    start = time.time() + 3.0  # the three start their migration at one instant
+    code = ("import sys, time; from responders.store import Store; "
+            f"time.sleep(max(0.0, {start!r} - time.time())); "
+            "s = Store(sys.argv[1]); print(s.counts().detections); s.close()")
+    procs = [subprocess.Popen([sys.executable, "-c", code, database_url],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(3)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [err[-500:] for _, err in outs]
+    assert [out.strip() for out, _ in outs] == ["0", "0", "0"]
