@@ -66,6 +66,11 @@ FORECAST_KINDS = ("tide_gauge", "bottom_pressure")
 class AssociationParams:
     min_stations: int = 4
     join_tolerance_s: float = 600.0
+    #: a pulse this close to a later pass of a located front round the globe (the long way
+    #: round, then again: the Hunga wave passed 3-4 times), plus this fraction of that
+    #: path's travel time for the speed's spread, is that front, not a new source
+    pass_speed_spread: float = 0.05
+    pass_count: int = 1
     pick_window_s: float = 6 * 3600.0
     watch_lead_s: float = 1800.0
     watch_tail_s: float = 3 * 3600.0
@@ -394,6 +399,8 @@ def reach_s(p: AssociationParams, seismic: SeismicParams) -> float:
         # seismic event
         p.seismic_window_s + p.plume_window_s,
         p.seismic_window_s + p.pick_window_s + lamb + p.join_tolerance_s,
+        # a pulse is a later pass of a front (the longest path: pass_count turns and a half)
+        (2 * p.pass_count + 1) * lamb * (1.0 + p.pass_speed_spread) + p.join_tolerance_s,
     )
 
 
@@ -560,6 +567,11 @@ def _add_pressure(det: Detection, incidents: list[_Incident], unassigned: list[D
             if new is not None:
                 _set_solution(inc, new)
             return inc
+    if any(_later_pass(det, inc, p) for inc in incidents):
+        # the front back round the globe: taken as a new front it fitted a source at the
+        # antipode (origin 17.7 h after the eruption), then the volcano again 35 h later,
+        # each an Alert of an eruption that never happened
+        return None
     unassigned.append(det)
     recent = [d for d in unassigned if det.onset - d.onset <= p.pick_window_s]
     # one pick per station: the earliest
@@ -599,6 +611,23 @@ def _add_pressure(det: Detection, incidents: list[_Incident], unassigned: list[D
     _set_solution(inc, sol)
     incidents.append(inc)
     return inc
+
+
+def _later_pass(det: Detection, inc: _Incident, p: AssociationParams) -> bool:
+    """Whether ``det``'s onset fits a later pass of ``inc``'s front at its station: the
+    long way round (2 pi R - d), then again (2 pi R + d), up to ``pass_count`` turns."""
+    sol = inc.solution
+    if sol is None:
+        return False
+    dist = float(great_circle_km(sol.lat, sol.lon, det.lat, det.lon))
+    turn = 2.0 * HALF_EARTH_KM
+    for k in range(1, p.pass_count + 1):
+        for path_km in (k * turn - dist, k * turn + dist):
+            travel = path_km * 1000.0 / sol.speed_m_s
+            tolerance = p.join_tolerance_s + p.pass_speed_spread * travel
+            if abs(det.onset - (sol.origin_time + travel)) <= tolerance:
+                return True
+    return False
 
 
 def _plume_prior(inc: _Incident, p: AssociationParams) -> tuple[float, float, float] | None:
