@@ -151,9 +151,7 @@ class Associator:
                  seismic: SeismicParams | None = None, *,
                  lateness_s: float = 24 * 3600.0, onset_lag_s: float = 12 * 3600.0,
                  history: bool = True) -> None:
-        self.registry = sorted(
-            (s for s in registry if s.kind in FORECAST_KINDS), key=lambda s: s.station_id
-        )
+        self.registry = forecast_stations(registry)
         self.params = params or AssociationParams()
         self.seismic = seismic or SeismicParams()
         for name, value in (("lateness_s", lateness_s), ("onset_lag_s", onset_lag_s)):
@@ -504,6 +502,13 @@ class _Run:
         return revisions
 
 
+def forecast_stations(registry: Iterable[StationInfo]) -> list[StationInfo]:
+    """The stations of ``registry`` that get arrival forecasts (tide gauges and DARTs), by
+    id: the reference association forecast for barometers too, and the two disagreed on a
+    real registry."""
+    return sorted((s for s in registry if s.kind in FORECAST_KINDS), key=lambda s: s.station_id)
+
+
 def associate(dets: Iterable[Detection], registry: list[StationInfo],
               params: AssociationParams | None = None, *,
               cache: dict[tuple[str, ...], FrontSolution | None] | None = None,
@@ -516,7 +521,7 @@ def associate(dets: Iterable[Detection], registry: list[StationInfo],
     ``seismic.gains``, sized) with ``seismic``. Nothing is retired: this is the reference
     the bounded :class:`Associator` is held to."""
     seismic = seismic or SeismicParams()
-    run = _Run(registry, params or AssociationParams(), seismic,
+    run = _Run(forecast_stations(registry), params or AssociationParams(), seismic,
                {} if cache is None else cache,
                {} if forecast_cache is None else forecast_cache)
     state = _State.new(seismic)

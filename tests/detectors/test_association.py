@@ -618,3 +618,16 @@ def test_the_front_coming_back_round_the_globe_is_no_new_eruption() -> None:
     assert len({r.incident_id for r in revs}) == 1
     assert len({r.incident_id for r in associate(dets, GAUGES)}) == 1
     assert abs(revs[-1].lat - SRC[0]) < 0.5 and revs[-1].origin_time < ORIGIN + 600
+
+
+def test_the_reference_association_forecasts_for_the_same_stations() -> None:
+    """associate() took the registry as it came and put barometers under watch, where the
+    Associator keeps tide gauges and DARTs only: on the tonga2022 registry the two gave
+    other forecasts."""
+    registry = [*GAUGES, StationInfo("BARO.X", "barometer", -21.1, -175.2, 0.0, "hPa")]
+    dets = [pulse(s, *ll) for s, ll in BAROS.items()]
+    bounded = Associator(registry)
+    got = [r for d in sorted(dets, key=lambda d: (d.declared, d.key)) for r in bounded.add(d)]
+    ref = associate(dets, registry)
+    assert ref and [r.to_dict() for r in ref] == [r.to_dict() for r in got]
+    assert all(f.kind != "barometer" for r in ref for f in r.forecasts)
