@@ -70,7 +70,15 @@ class AlertStage:
         if old is not None and old.same_as(rev):
             return []
         if rev.status == "retracted":
-            revisions.pop(rev.key, None)
+            # with every later revision of the incident: its revisions are numbered on, so
+            # the association that no longer makes this one makes none after it (their
+            # retractions follow). One at a time, oldest first, each left the later ones
+            # standing, and the policy sent them again as fresh Alerts before the Cancel
+            later = [r for r in revisions.values() if r.revision >= rev.revision]
+            for r in later:
+                del revisions[r.key]
+            # the Cancel is the newest withdrawn revision's, as when they came one by one
+            rev = replace(rev, revision=max([rev.revision, *(r.revision for r in later)]))
         else:
             revisions[rev.key] = rev
         sent, out = dict(self._sent.get(inc, {})), dict(self._out.get(inc, {}))

@@ -473,3 +473,32 @@ def test_a_message_that_does_not_validate_never_leaves_the_policy(
         stage.add(revision(1))
     monkeypatch.undo()
     assert stage.add(revision(1)) == fresh.add(revision(1)) != []
+
+
+def test_an_incident_withdrawn_whole_sends_one_cancel_and_no_fresh_alerts() -> None:
+    """The association withdraws an incident's revisions oldest first: withdrawing #1 left
+    #2 and #3 standing, and the stage sent r2.alert, a fresh Alert, and corrections of the
+    rest, then r3.alert, and only then the Cancel (on the Tonga scenario with the plume
+    late, 9 new Alerts and about 45 Updates for an incident being withdrawn). A revision
+    withdrawn takes the later ones with it: one Cancel. Withdrawing from #2 with #1
+    standing restates #1, once."""
+    def rev(n: int, lat: float) -> IncidentRevision:
+        return replace(revision(n), issued=T + 60.0 * n, lat=lat,
+                       extra={"source_error_km": 30.0})
+
+    def withdrawn(r: IncidentRevision) -> IncidentRevision:
+        return replace(r, status="retracted", detections=(), forecasts=())
+
+    revs = [rev(1, -20.0), rev(2, -20.5), rev(3, -21.0)]
+    stage = AlertStage()
+    for r in revs:
+        stage.add(r)
+    out = [[(m.identifier.rsplit(".", 2)[-2:], m.msg_type) for m in stage.add(withdrawn(r))]
+           for r in revs]
+    assert out == [[(["r3", "cancel"], "Cancel")], [], []]
+    partial = AlertStage()
+    for r in revs:
+        partial.add(r)
+    (again,) = partial.add(withdrawn(revs[1]))
+    assert again.msg_type == "Update" and again.identifier.endswith(".r1.alert.c1")
+    assert partial.add(withdrawn(revs[2])) == []
