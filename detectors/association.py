@@ -66,10 +66,14 @@ FORECAST_KINDS = ("tide_gauge", "bottom_pressure")
 class AssociationParams:
     min_stations: int = 4
     join_tolerance_s: float = 600.0
-    #: a pulse this close to a later pass of a located front round the globe (the long way
-    #: round, then again: the Hunga wave passed 3-4 times), plus this fraction of that
-    #: path's travel time for the speed's spread, is that front, not a new source
-    pass_speed_spread: float = 0.05
+    #: the spread of a front's speed, as a fraction of its travel time, that a pulse's fit
+    #: allows on top of ``join_tolerance_s`` (a Lamb wave runs at 310-340 m/s; a front
+    #: fixed by near stations at 315 m/s missed a far station's pulse of a 325-m/s wave by
+    #: 800-1,600 s at 8,000-16,000 km, and that pulse began a second eruption)
+    speed_spread: float = 0.05
+    #: how many turns round the globe a front's later passes are looked for (the long way
+    #: round, then the short way again: the Hunga wave passed 3-4 times): a pulse that fits
+    #: one is that front, not a new source
     pass_count: int = 1
     pick_window_s: float = 6 * 3600.0
     watch_lead_s: float = 1800.0
@@ -382,7 +386,7 @@ def reach_s(p: AssociationParams, seismic: SeismicParams) -> float:
     origin time and its detections' onsets; a pulse's its onset; an event's its origin."""
     lamb = HALF_EARTH_KM * 1000.0 / SPEED_BOUNDS[0]  # the slowest front to the antipode
     return max(
-        lamb + p.join_tolerance_s,                            # a pulse joins a front
+        lamb * (1.0 + p.speed_spread) + p.join_tolerance_s,  # a pulse joins a front
         # a new front meets a plume (its origin time no earlier than its first pulse less
         # the slowest travel to the antipode; a join tolerance of room for the fit)
         p.plume_window_s + p.pick_window_s + lamb + p.join_tolerance_s,
@@ -398,7 +402,7 @@ def reach_s(p: AssociationParams, seismic: SeismicParams) -> float:
         p.seismic_window_s + p.plume_window_s,
         p.seismic_window_s + p.pick_window_s + lamb + p.join_tolerance_s,
         # a pulse is a later pass of a front (the longest path: pass_count turns and a half)
-        (2 * p.pass_count + 1) * lamb * (1.0 + p.pass_speed_spread) + p.join_tolerance_s,
+        (2 * p.pass_count + 1) * lamb * (1.0 + p.speed_spread) + p.join_tolerance_s,
     )
 
 
@@ -565,8 +569,9 @@ def _add_pressure(det: Detection, incidents: list[_Incident], unassigned: list[D
         if sol is None or any(d.station_id == det.station_id for d in inc.picks):
             continue
         dist = float(great_circle_km(sol.lat, sol.lon, det.lat, det.lon))
-        predicted = sol.origin_time + dist * 1000.0 / sol.speed_m_s
-        if abs(det.onset - predicted) <= p.join_tolerance_s:
+        travel = dist * 1000.0 / sol.speed_m_s
+        if abs(det.onset - (sol.origin_time + travel)) <= (p.join_tolerance_s
+                                                           + p.speed_spread * travel):
             new = locate([*inc.picks, det], _plume_prior(inc, p))
             inc.picks.append(det)
             if new is not None:
@@ -629,7 +634,7 @@ def _later_pass(det: Detection, inc: _Incident, p: AssociationParams) -> bool:
     for k in range(1, p.pass_count + 1):
         for path_km in (k * turn - dist, k * turn + dist):
             travel = path_km * 1000.0 / sol.speed_m_s
-            tolerance = p.join_tolerance_s + p.pass_speed_spread * travel
+            tolerance = p.join_tolerance_s + p.speed_spread * travel
             if abs(det.onset - (sol.origin_time + travel)) <= tolerance:
                 return True
     return False

@@ -631,3 +631,22 @@ def test_the_reference_association_forecasts_for_the_same_stations() -> None:
     ref = associate(dets, registry)
     assert ref and [r.to_dict() for r in ref] == [r.to_dict() for r in got]
     assert all(f.kind != "barometer" for r in ref for f in r.forecasts)
+
+
+@pytest.mark.parametrize("speed", [315.0, 325.0, 335.0])
+def test_far_stations_of_a_faster_or_slower_wave_join_its_front(speed: float) -> None:
+    """Four stations near the source fix the front at about the prior's 315 m/s; a wave
+    at 325 or 335 m/s (Lamb waves run at 310-340) reached stations 8,000-16,000 km away
+    800-1,600 s off that fit, past the fixed 600-s tolerance, and they began a second
+    eruption (its own Alert) while the first kept its wrong ETAs."""
+    far = {"TOKY": (35.7, 139.7), "SEAT": (47.6, -122.3), "LOND": (51.5, -0.1),
+           "SANT": (-33.4, -70.6), "CAPE": (-33.9, 18.4), "DELH": (28.6, 77.2)}
+    near = dict(list(BAROS.items())[:4])
+    dets = []
+    for sid, (lat, lon) in {**near, **far}.items():
+        on = ORIGIN + float(great_circle_km(*SRC, lat, lon)) * 1000 / speed
+        dets.append(Detection(sid, "barometer", "lamb_pulse", "1", on, on + 600, -1.0, "hPa",
+                              on + 700, lat=lat, lon=lon))
+    revs = associate(dets, GAUGES)
+    assert len({r.incident_id for r in revs}) == 1
+    assert abs(revs[-1].speed_m_s - speed) < 3.0
