@@ -232,7 +232,7 @@ class Associator:
             self._before.append(snap)
             if snap is not None:
                 self._keep_snapshots()
-            self._live.update((r.key, r) for r in made)
+            self._stand(made)
             changed = list(made)
         else:
             changed = self._rerun(det)
@@ -240,6 +240,16 @@ class Associator:
         self._latest = max(self._latest, det.declared)
         self._checkpoint()
         return changed
+
+    def _stand(self, revisions: Iterable[IncidentRevision]) -> None:
+        """``revisions`` made: they stand now, a retracted one's key no longer does."""
+        for r in revisions:
+            if r.status != RETRACTED:
+                self._live[r.key] = r
+                continue
+            self._live.pop(r.key, None)
+            if self._final is not None:
+                self._final.pop(r.key, None)
 
     def _keep_snapshots(self) -> None:
         kept = [i for i, b in enumerate(self._before) if b is not None]
@@ -290,8 +300,8 @@ class Associator:
             if prev is None or not prev.same_as(rev):
                 changed.append(rev)
         for key in old:
-            del self._live[key]
-        self._live.update(current)
+            self._live.pop(key, None)
+        self._stand(current.values())
         self._tail, self._made, self._before, self._state = tail, made, before, state
         self._keep_snapshots()
         return changed
@@ -306,6 +316,8 @@ class Associator:
             self._before.pop(0)
             self._run.step(self._base, det)  # as the current state did: its revisions
             for rev in self._made.pop(0):    # are final now
+                if self._live.get(rev.key) is not rev:
+                    continue  # withdrawn since (its tsunami incident went into an eruption)
                 del self._live[rev.key]
                 if self._final is not None:
                     self._final[rev.key] = rev
@@ -476,11 +488,23 @@ class _Run:
     def step(self, s: _State, det: Detection) -> list[IncidentRevision]:
         p = self.p
         touched: list[_Incident] = []
+        withdrawn: list[IncidentRevision] = []
         if det.detector in PRESSURE_DETECTORS:
             inc = _add_pressure(det, s.incidents, s.unassigned, p, self.locate)
             if inc is not None:
                 _attach_seismic(inc, s.events.values(), p)
                 touched.append(inc)
+                for other in _absorb_sea_level(inc, s.incidents, p):
+                    if other.sea_level:
+                        touched.append(other)
+                        continue
+                    # its every observation is the front's now: the tsunami incident goes
+                    s.incidents.remove(other)
+                    last = s.last.pop(other.incident_id, None)
+                    if last is not None:  # every revision of it, as a re-run withdraws
+                        withdrawn.extend(replace(last, revision=k, status=RETRACTED,
+                                                 detections=(), forecasts=())
+                                         for k in range(1, last.revision + 1))
         elif det.kind in SEA_LEVEL_KINDS:
             touched.extend(i for i in [_add_sea_level(det, s.incidents, self.registry, p)]
                            if i)
@@ -503,7 +527,8 @@ class _Run:
             if rev is not None:
                 s.last[inc.incident_id] = rev
                 revisions.append(rev)
-        return revisions
+        # after the eruption's revision: agencies get its alert, then the tsunami's Cancel
+        return revisions + withdrawn
 
 
 def forecast_stations(registry: Iterable[StationInfo]) -> list[StationInfo]:
@@ -542,7 +567,14 @@ def associate(dets: Iterable[Detection], registry: list[StationInfo],
         revisions.extend(run.step(state, det))
     if seismic_out is not None:
         seismic_out.update(state.events)
-    return revisions
+    # as they stand: a tsunami incident taken into an eruption is withdrawn in a step
+    standing: dict[str, IncidentRevision] = {}
+    for r in revisions:
+        if r.status == RETRACTED:
+            standing.pop(r.key, None)
+        else:
+            standing[r.key] = r
+    return list(standing.values())
 
 
 def _attach_seismic(inc: _Incident, events: Iterable[SeismicEvent],
@@ -663,15 +695,43 @@ def _set_solution(inc: _Incident, sol: FrontSolution) -> None:
     )
 
 
+def _in_watch(inc: _Incident, det: Detection, p: AssociationParams) -> bool:
+    """Whether the sea-level detection ``det`` falls in the watch window that ``inc``'s
+    front (located) opens at its station."""
+    dist_m = float(great_circle_km(inc.lat, inc.lon, det.lat, det.lon)) * 1000.0
+    eta = inc.origin_time + dist_m / inc.speed
+    latest = inc.origin_time + dist_m / p.tsunami_speed_min + p.watch_tail_s
+    return eta - p.watch_lead_s <= det.onset <= latest
+
+
+def _absorb_sea_level(inc: _Incident, incidents: list[_Incident], p: AssociationParams
+                      ) -> list[_Incident]:
+    """Move into ``inc``, an eruption whose front is located now, the observations of the
+    tsunami incidents that fall in its watch windows; the tsunami incidents changed. A
+    gauge by the source that saw the sea rise before the fourth barometer opened a tsunami
+    incident of its own, the eruption never took it, and its alert stayed a watch (Severe,
+    Prepare) for the whole event instead of Extreme, Evacuate."""
+    if inc.solution is None:
+        return []
+    changed = []
+    for other in incidents:
+        if other is inc or other.type != "tsunami" or other.solution is not None:
+            continue
+        moved = [d for d in other.sea_level if not math.isnan(d.lat) and _in_watch(inc, d, p)
+                 and all(m.station_id != d.station_id for m in inc.sea_level)]
+        if moved:
+            inc.sea_level.extend(moved)
+            other.sea_level = [d for d in other.sea_level if d not in moved]
+            changed.append(other)
+    return changed
+
+
 def _add_sea_level(det: Detection, incidents: list[_Incident], registry: list[StationInfo],
                    p: AssociationParams) -> _Incident | None:
     for inc in incidents:
         if inc.solution is None or math.isnan(det.lat):
             continue
-        dist_m = float(great_circle_km(inc.lat, inc.lon, det.lat, det.lon)) * 1000.0
-        eta = inc.origin_time + dist_m / inc.speed
-        latest = inc.origin_time + dist_m / p.tsunami_speed_min + p.watch_tail_s
-        if eta - p.watch_lead_s <= det.onset <= latest:
+        if _in_watch(inc, det, p):
             if all(d.station_id != det.station_id for d in inc.sea_level):
                 inc.sea_level.append(det)
                 return inc

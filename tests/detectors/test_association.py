@@ -650,3 +650,30 @@ def test_far_stations_of_a_faster_or_slower_wave_join_its_front(speed: float) ->
     revs = associate(dets, GAUGES)
     assert len({r.incident_id for r in revs}) == 1
     assert abs(revs[-1].speed_m_s - speed) < 3.0
+
+
+def test_sea_level_seen_before_the_front_is_located_goes_into_the_eruption() -> None:
+    """A gauge by the source saw the sea rise before the fourth barometer: it opened a
+    tsunami incident, the eruption formed later never took the observation, and its alert
+    stayed a watch (Severe, Prepare) instead of Extreme, Evacuate, beside a second chain.
+    Now the front takes the observation, and the tsunami incident, left empty, is
+    withdrawn: its agencies get the eruption's alert, then the tsunami's Cancel."""
+    from responders.stage import AlertStage
+
+    gauges = [StationInfo("nkfa", "tide_gauge", -21.138, -175.1815),
+              StationInfo("NZA", "bottom_pressure", -42.37, 176.91)]
+    dets = [pulse(s, *BAROS[s]) for s in ("NUKU", "MSVF", "APIA", "AUCK")]
+    lamb = float(great_circle_km(*SRC, -21.138, -175.1815)) * 1000 / 315
+    dets.append(sea("nkfa", -21.138, -175.1815, ORIGIN + lamb + 120))
+    bounded = Associator(gauges)
+    emitted = [r for d in sorted(dets, key=lambda d: (d.declared, d.key)) for r in bounded.add(d)]
+    assert [(r.type, r.status) for r in emitted] == [
+        ("tsunami", "observed"), ("volcanic_eruption", "confirmed"), ("tsunami", "retracted")]
+    (standing,) = associate(dets, gauges)
+    assert standing.confirmed == ("nkfa",) and standing.status == "confirmed"
+    assert [r.to_dict() for r in bounded.revisions()] == [standing.to_dict()]
+    stage = AlertStage()
+    sent = [(m.identifier.split(".")[1].split("-")[0], m.msg_type, m.severity)
+            for r in emitted for m in stage.add(r)]
+    assert sent == [("tsunami", "Alert", "Severe"), ("eruption", "Alert", "Extreme"),
+                    ("tsunami", "Cancel", "Severe")]
