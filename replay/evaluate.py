@@ -8,7 +8,13 @@ Metrics (JSON, printed and returned):
 * watch lead times: for each forecast station, the true Lamb-wave arrival minus the event
   time the first watch covering it was issued (hours), with the minimum over a group of
   stations (e.g. the Japanese gauges);
-* per detection: the onset minus the arrival predicted from the truth (s).
+* per detection: the onset minus the arrival predicted from the truth (s): for a Lamb
+  pulse and a sea-level detection the Lamb-wave arrival (the sea level the air wave drives
+  rises with it), and for a sea-level one also the ocean tsunami's when the truth gives
+  ``tsunami_speed_m_s`` (``onset_minus_tsunami_s``); ``reference`` names the arrival used.
+
+The predictions use the truth's ``speed_m_s``, or 315 m/s when it gives none
+(``truth.speed_m_s_used``; the speed errors are null then).
 
 The figure is the record section researchers expect: each station's high-passed trace
 (normalised) plotted at its distance from the true source against time, detections marked,
@@ -55,8 +61,15 @@ def truth_of(pkg: ReplayPackage) -> dict[str, float]:
         return float(v)
 
     speed = number("speed_m_s", 1.0, 10_000.0) if "speed_m_s" in t else math.nan
+    ocean = number("tsunami_speed_m_s", 1.0, 10_000.0) if "tsunami_speed_m_s" in t else math.nan
     return {"origin_time": origin, "lat": number("lat", -90.0, 90.0),
-            "lon": number("lon", -180.0, 360.0), "speed_m_s": speed}
+            "lon": number("lon", -180.0, 360.0), "speed_m_s": speed,
+            "tsunami_speed_m_s": ocean}
+
+
+#: the Lamb-wave speed the predictions use when the truth gives none
+ASSUMED_SPEED_M_S = 315.0
+SEA_LEVEL_KINDS = ("tide_gauge", "bottom_pressure")
 
 
 def evaluate(report: dict[str, Any], pkg: ReplayPackage,
@@ -64,14 +77,16 @@ def evaluate(report: dict[str, Any], pkg: ReplayPackage,
     truth = truth_of(pkg)
     groups = groups if groups is not None else {"japan": JAPAN_GAUGES}
     coords = {s.station_id: (s.lat, s.lon) for s in pkg.station_infos()}
-    speed = truth["speed_m_s"] if not math.isnan(truth["speed_m_s"]) else 315.0
+    known_speed = not math.isnan(truth["speed_m_s"])
+    speed = truth["speed_m_s"] if known_speed else ASSUMED_SPEED_M_S
 
-    def true_arrival(sid: str) -> float:
+    def true_arrival(sid: str, at: float = speed) -> float:
         lat, lon = coords[sid]
         return truth["origin_time"] + float(
-            great_circle_km(truth["lat"], truth["lon"], lat, lon)) * 1000.0 / speed
+            great_circle_km(truth["lat"], truth["lon"], lat, lon)) * 1000.0 / at
 
-    out: dict[str, Any] = {"truth": {k: v for k, v in truth.items()}, "incidents": []}
+    # the speed the predictions use, said: with none in the truth they used 315 m/s unsaid
+    out: dict[str, Any] = {"truth": {**truth, "speed_m_s_used": speed}, "incidents": []}
     for inc in report["incidents"]:
         sols = [r for r in inc["revisions"] if r["solution"]["speed_m_s"] is not None]
         if not sols:
@@ -86,7 +101,7 @@ def evaluate(report: dict[str, Any], pkg: ReplayPackage,
                 "distance_km": round(float(great_circle_km(s["lat"], s["lon"], truth["lat"],
                                                            truth["lon"])), 2),
                 "origin_time_s": round(parse_time(s["origin_time"]) - truth["origin_time"], 1),
-                "speed_m_s": round(s["speed_m_s"] - speed, 2),
+                "speed_m_s": round(s["speed_m_s"] - speed, 2) if known_speed else None,
                 "stations": len(s["stations_used"]),
                 "issued": rev["issued"],
             }
@@ -103,12 +118,27 @@ def evaluate(report: dict[str, Any], pkg: ReplayPackage,
             "watch_lead_h_min": {g: min((leads[s] for s in ids if s in leads), default=None)
                                  for g, ids in groups.items()},
         })
-    out["detections"] = [{
-        "station_id": d["station_id"], "detector": d["detector"],
-        "onset_minus_predicted_s": round(parse_time(d["onset"]) - true_arrival(d["station_id"]), 1)
-        if d["station_id"] in coords and d["detector"] == "lamb_pulse" else None,
-    } for d in report["detections"]]
+    out["detections"] = [_onset_error(d, coords, true_arrival, truth["tsunami_speed_m_s"])
+                         for d in report["detections"]]
     return out
+
+
+def _onset_error(d: dict[str, Any], coords: dict[str, tuple[float, float]],
+                 true_arrival: Any, ocean: float) -> dict[str, Any]:
+    """A detection's onset minus the arrival the truth predicts at its station (the Lamb
+    wave's for a pulse or a sea-level detection; the ocean tsunami's too for a sea-level
+    one). Sea-level detections had none: a gauge that triggered hours off went unseen."""
+    sid, onset = d["station_id"], parse_time(d["onset"])
+    row: dict[str, Any] = {"station_id": sid, "detector": d["detector"],
+                           "onset_minus_predicted_s": None, "reference": None}
+    sea = d.get("kind") in SEA_LEVEL_KINDS
+    if sid not in coords or not (d["detector"] == "lamb_pulse" or sea):
+        return row
+    row["onset_minus_predicted_s"] = round(onset - true_arrival(sid), 1)
+    row["reference"] = "lamb_arrival"
+    if sea and not math.isnan(ocean):
+        row["onset_minus_tsunami_s"] = round(onset - true_arrival(sid, ocean), 1)
+    return row
 
 
 def record_section(report: dict[str, Any], pkg: ReplayPackage, out: Path,

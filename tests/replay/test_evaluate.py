@@ -34,9 +34,44 @@ def test_tonga_scenario_meets_the_thresholds(tonga: ReplayPackage) -> None:
     assert set(JAPAN_GAUGES) <= set(leads)
     assert eruption["watch_lead_h_min"]["japan"] >= 6.0, leads
     assert "pressure_front" in eruption["evidence"] and "plume" in eruption["evidence"]
-    lamb = [d for d in metrics["detections"] if d["onset_minus_predicted_s"] is not None]
-    assert len(lamb) >= 40
+    lamb = [d for d in metrics["detections"] if d["detector"] == "lamb_pulse"]
+    assert len(lamb) >= 40 and all(d["reference"] == "lamb_arrival" for d in lamb)
     assert sorted(abs(d["onset_minus_predicted_s"]) for d in lamb)[len(lamb) // 2] <= 60.0
+
+
+def test_sea_level_detections_have_their_onset_errors_and_the_speed_used_is_said(
+        tonga: ReplayPackage) -> None:
+    """Every sea-level detection had a null onset error (only Lamb pulses were compared):
+    a gauge that triggered hours off went unseen. Now each is compared with the Lamb-wave
+    arrival and, with the truth's tsunami_speed_m_s, the ocean tsunami's. A truth with no
+    speed_m_s was compared at 315 m/s unsaid, and its speed errors were against that."""
+    import dataclasses
+
+    from detectors.geo import great_circle_km
+    from streams.schemas import parse_time
+
+    report = detect_package(tonga)
+    metrics = evaluate(report, tonga)
+    assert metrics["truth"]["speed_m_s_used"] == 315.0
+    sea = [(d, m) for d, m in zip(report["detections"], metrics["detections"], strict=True)
+           if d["kind"] in ("tide_gauge", "bottom_pressure")]
+    assert len(sea) >= 20
+    coords = {s.station_id: (s.lat, s.lon) for s in tonga.station_infos()}
+    truth = tonga.truth
+    t0 = parse_time(truth["origin_time"])
+    for d, m in sea:
+        km = float(great_circle_km(truth["lat"], truth["lon"], *coords[d["station_id"]]))
+        onset = parse_time(d["onset"])
+        assert m["reference"] == "lamb_arrival"
+        assert m["onset_minus_predicted_s"] == pytest.approx(onset - t0 - km / 0.315, abs=0.1)
+        assert m["onset_minus_tsunami_s"] == pytest.approx(onset - t0 - km / 0.2, abs=0.1)
+    no_speed = dataclasses.replace(tonga, truth={k: v for k, v in truth.items()
+                                                 if k != "speed_m_s"})
+    bare = evaluate(report, no_speed)
+    assert bare["truth"]["speed_m_s"] != bare["truth"]["speed_m_s"]  # NaN: not given
+    assert bare["truth"]["speed_m_s_used"] == 315.0
+    assert all(i["final_solution"]["speed_m_s"] is None
+               for i in bare["incidents"] if "final_solution" in i)
 
 
 def test_evaluate_command_writes_metrics_and_record_section(
