@@ -453,8 +453,16 @@ class GridFrame:
         # the wire carries float32: round here so an in-process run sees what a streamed
         # one sees (tocsin detect == tocsin replay, to the last bit)
         for name in ("lat", "lon", "values"):
-            arr = np.asarray(getattr(self, name))
-            object.__setattr__(self, name, arr.astype(np.float32).astype(np.float64))
+            arr = np.asarray(getattr(self, name), dtype=np.float64)
+            with np.errstate(over="ignore"):
+                wire = arr.astype(np.float32).astype(np.float64)
+            grown = np.flatnonzero(np.isinf(wire) & np.isfinite(arr))
+            if len(grown):
+                # an infinite pixel was taken as missing: a value lost without a word
+                i = int(grown[0])
+                raise SchemaError(f"grid frame {self.station_id}: {name}[{i}] = {float(arr[i])!r} "
+                                  "is beyond float32, what the wire carries")
+            object.__setattr__(self, name, wire)
 
     @property
     def end(self) -> float:

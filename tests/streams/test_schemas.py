@@ -418,3 +418,20 @@ def test_a_station_id_longer_than_the_stores_column_is_refused() -> None:
                     1.6421e9, -20.5, -175.4)
     with pytest.raises(SchemaError, match="has 101 characters, more than 100"):
         decode(encode(det))
+
+
+def test_a_grid_value_beyond_float32_is_refused_not_made_missing() -> None:
+    """The wire carries float32: a pixel of 1e39 became inf, which the plume detector takes
+    as no value, so a pixel was lost without a word. It is a SchemaError naming it."""
+    from streams.schemas import GridFrame
+
+    def frame(values: list[float]) -> GridFrame:
+        return GridFrame("HIMAWARI8.PLUME", "plume", 1.6422e9, np.array([-20.5, -20.6]),
+                         np.array([-175.4, -175.3]), np.array(values), "km", (10, 10))
+
+    with pytest.raises(SchemaError, match=r"values\[1\] = 1e\+39 is beyond float32"):
+        frame([30.0, 1e39])
+    ok = frame([30.0, 58.2])
+    assert decode(encode(ok)).values.tolist() == ok.values.tolist()
+    with pytest.raises(SchemaError, match="beyond float32"):
+        decode(orjson.dumps({**orjson.loads(encode(ok)), "values": [1.0, -1e300]}))
