@@ -49,8 +49,10 @@ def event_quakeml(ev: dict[str, Any]) -> bytes:
         latitude=ev["lat"], longitude=ev["lon"], depth=ev["depth_km"] * 1000.0,
         depth_type="from location", method_id=ResourceIdentifier(f"{PREFIX}/gridsearch/iasp91"),
         earth_model_id=ResourceIdentifier(f"{PREFIX}/model/iasp91"),
-        origin_uncertainty=OriginUncertainty(horizontal_uncertainty=ev["herr_km"] * 1000.0,
-                                             preferred_description="horizontal uncertainty"),
+        # a null herr_km (the schema allows it) is an origin with no stated uncertainty
+        origin_uncertainty=None if ev.get("herr_km") is None else OriginUncertainty(
+            horizontal_uncertainty=ev["herr_km"] * 1000.0,
+            preferred_description="horizontal uncertainty"),
         quality=OriginQuality(standard_error=ev["rms_s"],
                               used_phase_count=len(ev["arrivals"]),
                               used_station_count=len(ev["stations"]),

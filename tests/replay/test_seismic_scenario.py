@@ -91,6 +91,11 @@ def test_quakeml_is_valid_and_reads_back(quake_report, tmp_path: Path) -> None: 
     assert len(o.arrivals) == len(qev.picks) == len(SITES)
     assert qev.preferred_magnitude().mag == pytest.approx(ev["magnitude"])
     assert len(qev.station_magnitudes) == len(SITES)
+    assert o.origin_uncertainty.horizontal_uncertainty == pytest.approx(ev["herr_km"] * 1000)
+    # herr_km null (the schema allows it): no stated uncertainty, still valid (a TypeError)
+    bare = etree.fromstring(event_quakeml({**ev, "herr_km": None}))
+    assert schema.validate(bare), schema.error_log
+    assert bare.find(".//{*}originUncertainty") is None
 
 
 def test_tocsin_quakeml_command(quake_report, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
