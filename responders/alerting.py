@@ -239,9 +239,7 @@ def _lon(x: float) -> str:
 def _placed(lat: Any, lon: Any) -> bool:
     """Whether ``lat``, ``lon`` is a position a CAP circle can carry (a revision from the
     topic is checked on decoding; one built in process is not)."""
-    return (isinstance(lat, int | float) and isinstance(lon, int | float)
-            and not isinstance(lat, bool) and not isinstance(lon, bool)
-            and -90.0 <= lat <= 90.0 and -180.0 <= lon <= 360.0)
+    return _is_number(lat) and _is_number(lon) and -90.0 <= lat <= 90.0 and -180.0 <= lon <= 360.0
 
 
 def _observed_at(rev: IncidentRevision) -> list[tuple[str, float, float]]:

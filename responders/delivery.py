@@ -79,6 +79,7 @@ from responders.alerting import (
     cap_time,
     severity_at_least,
 )
+from responders.stage import split_correction
 from responders.store import AlertRow, AttemptRow, DeliveryRow, Store, SubscriptionRow
 from streams.schemas import AlertMessage, Forecast, IncidentRevision
 
@@ -163,8 +164,7 @@ def newness(identifier: str, revision: int, sent: float) -> tuple[float, int, in
     """How new a message of an incident is: by ``sent`` (a correction is sent no earlier
     than what it references, and a correction of an old revision keeps that revision's
     time), then revision, then correction number (``<identifier>.c<n>``)."""
-    base, dot, n = identifier.rpartition(".c")
-    return sent, revision, int(n) if dot and n.isdigit() else 0
+    return sent, revision, split_correction(identifier)[1]
 
 
 @dataclass(frozen=True)
@@ -521,11 +521,10 @@ class Outbox:
             mine = newness(msg.identifier, msg.revision, msg.sent)
             # the incident's other messages, older and newer than this one: a correction
             # of an old revision comes after the newer revisions' messages
-            earlier_ids = [r.identifier for r in others
-                           if newness(r.identifier, r.revision, r.sent) < mine]
-            later_ids = sorted((r for r in others
-                                if newness(r.identifier, r.revision, r.sent) > mine),
-                               key=lambda r: newness(r.identifier, r.revision, r.sent))
+            ranked = sorted((newness(r.identifier, r.revision, r.sent), r.identifier)
+                            for r in others)
+            earlier_ids = [ident for rank, ident in ranked if rank < mine]
+            later_ids = [ident for rank, ident in ranked if rank > mine]
             n = 0
             for sub in subs:
                 follow_up = msg.msg_type in ("Update", "Cancel") and sub.id in earlier
@@ -546,7 +545,7 @@ class Outbox:
                         self._supersede(c, msg, [f"{a}|{sub.id}|{i}" for a in older])
                     if sub.id in earlier and later_ids:
                         self._superseded_already(c, key, [
-                            f"{r.identifier}|{sub.id}|{i}" for r in later_ids])
+                            f"{a}|{sub.id}|{i}" for a in later_ids])
             return n
 
     def _superseded_already(self, c: Connection, key: str, later: list[str]) -> None:

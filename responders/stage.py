@@ -166,10 +166,16 @@ class AlertStage:
         return with_references(msg, out)
 
 
+def split_correction(identifier: str) -> tuple[str, int]:
+    """An identifier as the policy's and its correction number (``<base>.c<n>``; 0 for
+    the policy's own message)."""
+    base, dot, n = identifier.rpartition(".c")
+    return (base, int(n)) if dot and n.isdigit() else (identifier, 0)
+
+
 def sent_id(msg: AlertMessage) -> str:
     """The policy's identifier of a message (a correction's without its ``.c<n>``)."""
-    base, dot, n = msg.identifier.rpartition(".c")
-    return base if dot and n.isdigit() else msg.identifier
+    return split_correction(msg.identifier)[0]
 
 
 def correction(msg: AlertMessage, previous: AlertMessage, sender: str, *,
@@ -180,8 +186,7 @@ def correction(msg: AlertMessage, previous: AlertMessage, sender: str, *,
     earlier than the messages it references: an incident back after its Cancel went out
     with the ``sent`` of its first Alert, before the Cancel, and an agency that orders
     messages by ``sent`` kept it cancelled."""
-    n = 1 if previous.identifier == msg.identifier else int(
-        previous.identifier.rpartition(".c")[2]) + 1
+    n = split_correction(previous.identifier)[1] + 1
     identifier = f"{msg.identifier}.c{n}"
     msg_type = "Cancel" if msg.msg_type == "Cancel" else "Update"
     # what ``previous`` referenced too: an agency that missed it holds what it superseded

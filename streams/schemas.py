@@ -95,6 +95,13 @@ def _require(d: dict[str, Any], name: str, types: type | tuple[type, ...], schem
 STATION_ID_MAX = INCIDENT_ID_MAX = 100
 
 
+def _identifier_ok(text: str, also: str = "") -> bool:
+    """Whether ``text`` may name a message (CAP 1.2 3.2.1: no space, comma or restricted
+    character, < and &; no '"' or '/' either: it goes into URLs and XML attributes), nor
+    any character of ``also``."""
+    return bool(text) and text.isprintable() and not any(c in ' ,<&"/' + also for c in text)
+
+
 def station_id_problem(sid: str) -> str | None:
     """Why ``sid`` cannot name a station, or None when it can.
 
@@ -699,8 +706,7 @@ class IncidentRevision:
         # as documented: a withdrawal spelt "Retracted" was taken as standing and an Actual
         # Update went out; an empty id made the alert 'tocsin..r1.alert'
         incident_id = _require(d, "incident_id", str, cls.SCHEMA)
-        if (not incident_id or len(incident_id) > INCIDENT_ID_MAX
-                or not incident_id.isprintable() or any(c in incident_id for c in ' ,<&"/#')):
+        if len(incident_id) > INCIDENT_ID_MAX or not _identifier_ok(incident_id, "#"):
             raise SchemaError(f"{cls.SCHEMA}: incident_id {short(incident_id)} is empty, "
                               f"longer than {INCIDENT_ID_MAX} characters or has a space, a "
                               "control character or one of ,<&\"/#")
@@ -759,8 +765,7 @@ class AlertMessage:
     def __post_init__(self) -> None:
         # CAP 1.2 3.2.1: no spaces, commas or restricted characters (< and &); it names the
         # message's URL on the dashboard and its Atom link
-        if not self.identifier or not self.identifier.isprintable() or any(
-                c in self.identifier for c in ' ,<&"/'):
+        if not _identifier_ok(self.identifier):
             raise SchemaError(f"alert: identifier {self.identifier!r} is empty or has a "
                               "space, a comma, one of <&\"/ or a non-printable character")
         if self.msg_type not in self.MSG_TYPES:
