@@ -33,6 +33,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from fastapi.staticfiles import StaticFiles
 
 from dashboards.state import LiveState
+from responders.stage import in_order
 from responders.store import Store, jsonable
 from streams.schemas import AlertMessage
 
@@ -149,9 +150,7 @@ def atom_feed(alerts: list[AlertMessage], base_url: str) -> str:
 
     updated = ts(max((a.sent for a in alerts), default=0.0))
     entries = []
-    # by revision before identifier: as text, r11 sorts before r9, and the newest entry
-    # was a superseded Update
-    for a in sorted(alerts, key=lambda a: (a.sent, a.revision, a.identifier), reverse=True):
+    for a in reversed(in_order(alerts)):
         # the identifier quoted into the path, the whole escaped for the attribute: a '"'
         # (in an identifier from the alerts topic, or the public URL) broke the feed's XML
         url = base_url + _cap_path(a.identifier)

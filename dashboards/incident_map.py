@@ -30,6 +30,8 @@ import numpy as np
 from shapely.geometry import MultiPolygon, Polygon, mapping
 from shapely.geometry.base import BaseGeometry
 
+from responders.stage import newness
+
 VENDOR = Path(__file__).parent / "static" / "vendor"
 EARTH_RADIUS_KM = 6371.0
 
@@ -380,7 +382,8 @@ def write_incident_map(db_url: str, incident_id: str, out: Path) -> Path:
         alerts = [a for a in store.alerts(limit=10_000) if a["incident_id"] == incident_id]
     finally:
         store.close()
-    alerts.sort(key=lambda a: (a["sent"], a["revision"], a["identifier"]))
+    keys = newness((a["identifier"], a["revision"], a["sent"], a["references"]) for a in alerts)
+    alerts.sort(key=lambda a: (keys[a["identifier"]], a["identifier"]))
     page = standalone_html(incident_map(revisions, detections, alerts))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page, encoding="utf-8")

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from detectors.base import Detection, DetectorError, StationInfo
+from responders.stage import in_order
 from streams.schemas import MAX_AHEAD_S, AlertMessage, IncidentRevision, ObservationPacket, iso
 
 SERIES_BIN_S = 60.0
@@ -261,7 +262,8 @@ class LiveState:
                 })
             incidents: list[dict[str, Any]] = []
             by_incident: dict[str, list[str]] = {}
-            for a in sorted(self._alerts.values(), key=lambda a: a.sent):
+            ordered_alerts = in_order(self._alerts.values())
+            for a in ordered_alerts:
                 by_incident.setdefault(a.incident_id, []).append(a.identifier)
             for inc_id, revs in self._revisions.items():
                 ordered = [revs[k] for k in sorted(revs)]
@@ -295,8 +297,7 @@ class LiveState:
                        "incident_id": a.incident_id, "severity": a.severity,
                        "urgency": a.urgency, "certainty": a.certainty,
                        "headline": a.headline}
-                      for a in sorted(self._alerts.values(),
-                                      key=lambda a: (a.sent, a.revision, a.identifier))]
+                      for a in ordered_alerts]
             counts: dict[str, int] = {}
             for s in stations:
                 counts[s["state"]] = counts.get(s["state"], 0) + 1
@@ -355,9 +356,7 @@ class LiveState:
 
     def alerts(self) -> list[AlertMessage]:
         with self._lock:
-            # by revision before identifier: as text, r11 sorts before r9
-            return sorted(self._alerts.values(),
-                          key=lambda a: (a.sent, a.revision, a.identifier))
+            return in_order(self._alerts.values())
 
     def revision(self, incident_id: str) -> IncidentRevision | None:
         with self._lock:

@@ -79,7 +79,7 @@ from responders.alerting import (
     cap_time,
     severity_at_least,
 )
-from responders.stage import split_correction
+from responders.stage import newness
 from responders.store import AlertRow, AttemptRow, DeliveryRow, Store, SubscriptionRow
 from streams.schemas import AlertMessage, Forecast, IncidentRevision
 
@@ -158,13 +158,6 @@ def _email_address(to: str) -> None:
                                     f"form ({exc})") from exc
         raise SubscriptionError(f"email channel: 'to' {to!r} has a non-ASCII domain: give "
                                 f"its IDNA form, {local}@{ascii_domain}")
-
-
-def newness(identifier: str, revision: int, sent: float) -> tuple[float, int, int]:
-    """How new a message of an incident is: by ``sent`` (a correction is sent no earlier
-    than what it references, and a correction of an old revision keeps that revision's
-    time), then revision, then correction number (``<identifier>.c<n>``)."""
-    return sent, revision, split_correction(identifier)[1]
 
 
 @dataclass(frozen=True)
@@ -515,14 +508,16 @@ class Outbox:
                 .join(AlertRow, AlertRow.identifier == DeliveryRow.alert_identifier)
                 .where(AlertRow.incident_id == msg.incident_id)).scalars())
             others = list(c.execute(
-                select(AlertRow.identifier, AlertRow.revision, AlertRow.sent).where(and_(
-                    AlertRow.incident_id == msg.incident_id,
-                    AlertRow.identifier != msg.identifier)))) if earlier else []
-            mine = newness(msg.identifier, msg.revision, msg.sent)
+                select(AlertRow.identifier, AlertRow.revision, AlertRow.sent,
+                       AlertRow.references).where(and_(
+                           AlertRow.incident_id == msg.incident_id,
+                           AlertRow.identifier != msg.identifier)))) if earlier else []
             # the incident's other messages, older and newer than this one: a correction
             # of an old revision comes after the newer revisions' messages
-            ranked = sorted((newness(r.identifier, r.revision, r.sent), r.identifier)
-                            for r in others)
+            keys = newness([*((r.identifier, r.revision, r.sent, r.references) for r in others),
+                             (msg.identifier, msg.revision, msg.sent, msg.references)])
+            mine = keys[msg.identifier]
+            ranked = sorted((keys[r.identifier], r.identifier) for r in others)
             earlier_ids = [ident for rank, ident in ranked if rank < mine]
             later_ids = [ident for rank, ident in ranked if rank > mine]
             n = 0

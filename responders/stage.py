@@ -14,7 +14,7 @@ correction changes a message already sent, the stage sends the new content as an
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 
 from lxml import etree
@@ -171,6 +171,49 @@ def split_correction(identifier: str) -> tuple[str, int]:
     the policy's own message)."""
     base, dot, n = identifier.rpartition(".c")
     return (base, int(n)) if dot and n.isdigit() else (identifier, 0)
+
+
+#: a message that went out as the ranking needs it: identifier, revision, sent, references
+Sent = tuple[str, int, float, Sequence[str]]
+
+
+def newness(msgs: Iterable[Sent]) -> dict[str, tuple[float, int, int, int]]:
+    """How new each message is (a larger key is newer): by ``sent``; at one ``sent``, after
+    the messages it references (a message supersedes those it references); then by
+    revision and correction number (``<identifier>.c<n>``).
+
+    ``sent`` alone does not order an incident's messages: a correction keeps the time of
+    the revision it corrects, and a restatement, or a Cancel, goes out with the time of
+    what it replaces. Revision and correction number alone ranked the restatement of r1
+    after r2 was withdrawn (``r1.alert.c1``, referencing r2's Update) older than the
+    withdrawn Update, and a Cancel (``.cancel``, correction number 0) older than the
+    correction it cancels: the outbox superseded the newer message with the one it
+    replaced."""
+    msgs = list(msgs)
+    by_id = {m[0]: m for m in msgs}
+    depth: dict[str, int] = {}
+
+    def deep(m: Sent) -> int:
+        # the longest chain of references at the message's own sent that ends at it
+        ident, _, sent, refs = m
+        if ident not in depth:
+            depth[ident] = 0  # a cycle (no message of ours has one) ends here
+            named = (by_id.get(ref.split(",")[1]) if ref.count(",") == 2 else None
+                     for ref in refs)
+            depth[ident] = max((deep(x) + 1 for x in named
+                                if x is not None and x[0] != ident and x[2] == sent),
+                               default=0)
+        return depth[ident]
+
+    return {m[0]: (m[2], deep(m), m[1], split_correction(m[0])[1]) for m in msgs}
+
+
+def in_order(msgs: Iterable[AlertMessage]) -> list[AlertMessage]:
+    """``msgs`` oldest first (see :func:`newness`); the identifier breaks the remaining
+    ties, between incidents."""
+    msgs = list(msgs)
+    keys = newness((m.identifier, m.revision, m.sent, m.references) for m in msgs)
+    return sorted(msgs, key=lambda m: (keys[m.identifier], m.identifier))
 
 
 def sent_id(msg: AlertMessage) -> str:

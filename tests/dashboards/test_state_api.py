@@ -438,6 +438,30 @@ def test_alerts_sent_within_one_second_keep_their_revision_order_in_feed_and_lis
     assert ids[:4] == [f"urn:tocsin:alert:tocsin.x.r{n}.update" for n in (11, 10, 9, 8)]
 
 
+def test_the_feed_and_the_list_end_with_the_restatement_after_a_withdrawal() -> None:
+    """r2 withdrawn, r1 restated as r1.alert.c1 at r2's time: sorted by (sent, revision),
+    the feed's newest entry and the list's last was the withdrawn Update (Extreme)."""
+    from dataclasses import replace
+
+    from dashboards.app import atom_feed
+    from responders.stage import AlertStage
+
+    _, rev = fed_state()
+    s = LiveState()
+    stage = AlertStage()
+    r2 = replace(rev, revision=2, issued=T + 7200.0, status="confirmed", confirmed=("nkfa",))
+    for r in (rev, r2, replace(r2, status="retracted")):
+        for msg in stage.add(r):
+            s.on_alert(msg)
+    names = [a["identifier"] for a in s.snapshot()["alerts"]]
+    assert names == ["tocsin.eruption-1.r1.alert", "tocsin.eruption-1.r2.update",
+                     "tocsin.eruption-1.r1.alert.c1"]
+    assert s.alerts()[2].sent == s.alerts()[1].sent
+    feed = etree.fromstring(atom_feed(s.alerts(), "https://ops.example").encode())
+    ids = [e.text for e in feed.iter("{http://www.w3.org/2005/Atom}id")][1:]
+    assert ids == [f"urn:tocsin:alert:{n}" for n in reversed(names)]
+
+
 def test_a_station_series_has_each_minute_once_in_time_order() -> None:
     """A redelivered packet (Kafka delivers at least once) went into the series again, back
     in time, and into the feed-health counts; a minute split between two packets gave two

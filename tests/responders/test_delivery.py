@@ -312,6 +312,79 @@ def test_a_correction_of_an_old_revision_does_not_supersede_the_newer_update(
     rx.close()
 
 
+def _through_stage(store: Store, box: Outbox, revs: list[IncidentRevision]) -> list:  # type: ignore[type-arg]
+    from responders.stage import AlertStage
+
+    stage, sent = AlertStage(), []
+    for rev in revs:
+        for m in stage.add(rev):
+            with store.begin() as c:
+                store.save_alert(m, c)
+                box.enqueue(m, c)
+            sent.append(m)
+    return sent
+
+
+def test_the_restatement_after_a_withdrawal_supersedes_the_withdrawn_update(
+        store: Store) -> None:
+    """r1's watch, r2's Update, r2 withdrawn: the stage restates r1 as r1.alert.c1, sent
+    at r2's time. Ranked by (sent, revision, correction number) it was older than r2's
+    Update (revision 1 < 2), so for an endpoint that was down the restatement was
+    superseded and the withdrawn Update (Extreme) was delivered. It references the Update:
+    it is the newer one."""
+    from dataclasses import replace
+
+    clock = Clock()
+    rx = WebhookReceiver("s3cret", up=False)
+    box = outbox(store, clock)
+    box.add_subscription(Subscription.create("JMA", JAPAN, "Minor", [
+        {"type": "webhook", "url": rx.url, "secret": "s3cret"}]))
+    r2 = revision(2, "confirmed")
+    sent = _through_stage(store, box, [revision(1), r2, replace(r2, status="retracted")])
+    assert [m.identifier for m in sent] == ["tocsin.eruption-x.r1.alert",
+                                           "tocsin.eruption-x.r2.update",
+                                           "tocsin.eruption-x.r1.alert.c1"]
+    assert sent[2].sent == sent[1].sent and sent[2].revision < sent[1].revision
+    status = {d["alert_identifier"]: d["status"] for d in box.deliveries()}
+    assert status == {"tocsin.eruption-x.r1.alert": "superseded",
+                      "tocsin.eruption-x.r2.update": "superseded",
+                      "tocsin.eruption-x.r1.alert.c1": "pending"}
+    rx.up = True
+    box.dispatch_due()
+    assert [r.key.split("|")[0] for r in rx.received] == ["tocsin.eruption-x.r1.alert.c1"]
+    rx.close()
+
+
+def test_a_cancel_supersedes_the_correction_it_cancels(store: Store) -> None:
+    """r1, r2, r2 corrected (r2.update.c1), then the incident withdrawn: the Cancel (sent
+    with the correction, revision 2, correction number 0) ranked older than r2.update.c1
+    (correction number 1); an endpoint that was down got the correction, and the incident
+    stayed in force there."""
+    from dataclasses import replace
+
+    clock = Clock()
+    rx = WebhookReceiver("s3cret", up=False)
+    box = outbox(store, clock)
+    box.add_subscription(Subscription.create("JMA", JAPAN, "Minor", [
+        {"type": "webhook", "url": rx.url, "secret": "s3cret"}]))
+    r2 = revision(2, "confirmed")
+    sent = _through_stage(store, box, [
+        revision(1), r2, replace(r2, lat=-20.0, lon=-175.0),
+        replace(revision(1), status="retracted")])
+    assert [m.identifier for m in sent] == ["tocsin.eruption-x.r1.alert",
+                                           "tocsin.eruption-x.r2.update",
+                                           "tocsin.eruption-x.r2.update.c1",
+                                           "tocsin.eruption-x.r2.cancel"]
+    assert sent[3].sent == sent[2].sent
+    status = {d["alert_identifier"]: d["status"] for d in box.deliveries()}
+    assert status["tocsin.eruption-x.r2.update.c1"] == "superseded"
+    assert status["tocsin.eruption-x.r2.cancel"] == "pending"
+    rx.up = True
+    box.dispatch_due()
+    assert [r.key.split("|")[0] for r in rx.received] == ["tocsin.eruption-x.r2.cancel"]
+    rx.close()
+
+
 def test_webhook_down_then_up_gets_each_incident_as_it_stands_once(store: Store) -> None:
     """An endpoint back after an outage gets each incident's newest message, once: the
     watch it missed is superseded by the Update queued after it (sent together, the round's
