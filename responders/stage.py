@@ -14,8 +14,10 @@ correction changes a message already sent, the stage sends the new content as an
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
+from datetime import datetime
 
 from lxml import etree
 
@@ -23,6 +25,7 @@ from responders.alerting import (
     CAP_NS,
     AlertPolicy,
     bounded_references,
+    cap_expires,
     cap_reference,
     cap_time,
     validate_cap,
@@ -59,6 +62,8 @@ class AlertStage:
         # corrections, and the incident's Cancel all that agencies may hold
         self._went: dict[str, dict[str, list[tuple[float, int, str]]]] = {}
         self._seq = itertools.count()  # the order messages went out in
+        # per incident: the latest CAP expires of what went out (its Cancel lasts as long)
+        self._expires: dict[str, float] = {}
         self._cancelled: dict[str, AlertMessage] = {}
 
     def add(self, rev: IncidentRevision) -> list[AlertMessage]:
@@ -84,10 +89,12 @@ class AlertStage:
         sent, out = dict(self._sent.get(inc, {})), dict(self._out.get(inc, {}))
         cancelled = self._cancelled.get(inc)
         went = {k: list(v) for k, v in self._went.get(inc, {}).items()}
+        latest = [self._expires.get(inc, -math.inf)]  # goes_out raises it
         changed: list[AlertMessage] = []
 
         def goes_out(msg: AlertMessage) -> None:
             changed.append(msg)
+            latest[0] = max(latest[0], cap_expires(msg.cap_xml) or -math.inf)
             went.setdefault(sent_id(msg), []).append((msg.sent, next(self._seq),
                                                       self._ref(msg)))
 
@@ -116,6 +123,10 @@ class AlertStage:
                 earlier = out.get(cancel.identifier)
                 if earlier is not None:  # withdrawn before, back since: a Cancel of its own
                     cancel = correction(cancel, earlier, self.sender)
+                # in force as long as what it cancels: the retraction's own expiry (6 h
+                # after it, no forecasts) came hours before the Alert's, and the outbox
+                # dropped the Cancel, expired, for an endpoint down that long
+                cancel = lasting_until(cancel, latest[0])
                 out[sent_id(cancel)] = cancel
                 goes_out(cancel)
                 # what agencies hold now is the Cancel: if the incident comes back, its
@@ -139,6 +150,7 @@ class AlertStage:
                     goes_out(again)
         self._revisions[inc], self._sent[inc], self._out[inc] = revisions, sent, out
         self._went[inc] = went
+        self._expires[inc] = latest[0]
         if cancelled is None:
             self._cancelled.pop(inc, None)
         else:
@@ -245,6 +257,19 @@ def with_references(msg: AlertMessage, refs: tuple[str, ...]) -> AlertMessage:
     """``msg`` with ``refs`` as its references (in its CAP document too)."""
     return _rewritten(msg, identifier=msg.identifier, msg_type=msg.msg_type,
                       references=refs, sent=msg.sent)
+
+
+def lasting_until(msg: AlertMessage, expires: float) -> AlertMessage:
+    """``msg`` with no ``info`` expiring before ``expires`` (POSIX seconds)."""
+    if not math.isfinite(expires) or (cap_expires(msg.cap_xml) or math.inf) >= expires:
+        return msg
+    doc = etree.fromstring(msg.cap_xml.encode())
+    for el in doc.iterfind(f"{{{CAP_NS}}}info/{{{CAP_NS}}}expires"):
+        own = datetime.fromisoformat((el.text or "").strip()).timestamp()
+        el.text = cap_time(max(expires, own))
+    xml = etree.tostring(doc, xml_declaration=True, encoding="UTF-8").decode()
+    validate_cap(xml)
+    return replace(msg, cap_xml=xml)
 
 
 def _rewritten(msg: AlertMessage, *, identifier: str, msg_type: str,

@@ -385,6 +385,36 @@ def test_a_cancel_supersedes_the_correction_it_cancels(store: Store) -> None:
     rx.close()
 
 
+def test_a_cancel_outlives_the_alert_it_cancels(store: Store) -> None:
+    """The Cancel expired 6 h after the retraction (which has no forecasts), hours before
+    the Alert it cancels (6 h after its last forecast arrival): an endpoint down for 6 h
+    had the Cancel dead-lettered as expired and kept the Alert in force."""
+    from dataclasses import replace
+
+    from responders.alerting import cap_expires
+
+    clock = Clock()
+    rx = WebhookReceiver("s3cret", up=False)
+    dead: list[dict] = []  # type: ignore[type-arg]
+    box = outbox(store, clock, dead)
+    box.add_subscription(Subscription.create("JMA", JAPAN, "Minor", [
+        {"type": "webhook", "url": rx.url, "secret": "s3cret"}]))
+    r1 = revision(1)
+    alert, cancel = _through_stage(store, box, [
+        r1, replace(r1, status="retracted", issued=r1.issued + 600.0, forecasts=())])
+    assert cancel.msg_type == "Cancel"
+    alert_expires, cancel_expires = cap_expires(alert.cap_xml), cap_expires(cancel.cap_xml)
+    assert alert_expires is not None and cancel_expires is not None
+    assert cancel_expires >= alert_expires
+    clock.t = r1.issued + 600.0 + 6 * 3600.0 + 60.0  # past the retraction's own 6 h
+    assert clock.t < alert_expires
+    rx.up = True
+    box.dispatch_due()
+    assert [r.key.split("|")[0] for r in rx.received] == [cancel.identifier]
+    assert dead == []
+    rx.close()
+
+
 def test_webhook_down_then_up_gets_each_incident_as_it_stands_once(store: Store) -> None:
     """An endpoint back after an outage gets each incident's newest message, once: the
     watch it missed is superseded by the Update queued after it (sent together, the round's
