@@ -125,10 +125,12 @@ def _alerting_content(rev: IncidentRevision) -> tuple[object, ...]:
     return (rev.status, classify(rev), r(rev.lat, 1), r(rev.lon, 1), r(rev.origin_time, -1),
             tuple((f.station_id, round(f.eta / 60.0)) for f in rev.forecasts),
             rev.confirmed, rev.evidence, source_radius_km(rev),
-            round(plume) if _is_number(plume) else None)
+            round(plume) if is_number(plume) else None)
 
 
-def _is_number(x: Any) -> TypeGuard[float]:
+def is_number(x: Any) -> TypeGuard[float]:
+    """A finite number, not a bool: what a value of free JSON (a revision's ``extra``)
+    must be to be shown as one."""
     return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
 
 
@@ -136,7 +138,7 @@ def source_radius_km(rev: IncidentRevision) -> float:
     """The radius of the CAP source circle: the source's 95 % region (``source_error_km``)
     up to a whole 10 km, at least ``SOURCE_RADIUS_KM``."""
     err = rev.extra.get("source_error_km")
-    if not _is_number(err):
+    if not is_number(err):
         return SOURCE_RADIUS_KM
     return max(SOURCE_RADIUS_KM, 10.0 * math.ceil(err / 10.0))
 
@@ -239,7 +241,7 @@ def _lon(x: float) -> str:
 def _placed(lat: Any, lon: Any) -> bool:
     """Whether ``lat``, ``lon`` is a position a CAP circle can carry (a revision from the
     topic is checked on decoding; one built in process is not)."""
-    return _is_number(lat) and _is_number(lon) and -90.0 <= lat <= 90.0 and -180.0 <= lon <= 360.0
+    return is_number(lat) and is_number(lon) and -90.0 <= lat <= 90.0 and -180.0 <= lon <= 360.0
 
 
 def _observed_at(rev: IncidentRevision) -> list[tuple[str, float, float]]:
@@ -362,17 +364,16 @@ def _description(rev: IncidentRevision, msg_type: str) -> str:
         lines.append("These stations fix the direction the wave comes from, not the "
                      "distance of its source: the position and the times below may be far "
                      "off until stations in other directions see it.")
-    elif isinstance(rev.extra.get("source_error_km"), int | float):
-        lines.append(f"Source within {rev.extra['source_error_km']:.0f} km of the position "
-                     "given (95 %).")
+    elif is_number(err := rev.extra.get("source_error_km")):
+        lines.append(f"Source within {err:.0f} km of the position given (95 %).")
     if rev.forecasts:
         first = rev.forecasts[0]
         lines.append(f"Sea-level disturbance expected with the pressure wave, first at "
                      f"{first.station_id} {cap_time(first.eta)}.")
     if rev.confirmed:
         lines.append("Sea-level anomaly observed at " + ", ".join(rev.confirmed) + ".")
-    if "plume_height_km" in rev.extra:
-        lines.append(f"Plume top {rev.extra['plume_height_km']:.1f} km.")
+    if is_number(plume := rev.extra.get("plume_height_km")):  # free JSON off the topic
+        lines.append(f"Plume top {plume:.1f} km.")
     return " ".join(lines)
 
 
@@ -395,8 +396,10 @@ def _parameters(rev: IncidentRevision) -> list[tuple[str, str]]:
     if not math.isnan(rev.speed_m_s):
         out.append(("tocsin:speed_m_s", f"{rev.speed_m_s:.1f}"))
     err = rev.extra.get("source_error_km")
-    if source_unbounded(rev) or isinstance(err, int | float):
-        out.append(("tocsin:source_error_km", "unbounded" if err is None else f"{err:.0f}"))
+    if source_unbounded(rev):
+        out.append(("tocsin:source_error_km", "unbounded"))
+    elif is_number(err):
+        out.append(("tocsin:source_error_km", f"{err:.0f}"))
     return out
 
 

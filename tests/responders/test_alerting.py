@@ -79,6 +79,28 @@ def test_a_source_region_that_widens_or_narrows_sends_an_update() -> None:
         assert circles == want, extra
 
 
+@pytest.mark.parametrize("bad", ["57.2", True, math.nan, math.inf, [1.0]],
+                         ids=["text", "bool", "nan", "inf", "list"])
+def test_a_plume_top_or_source_bound_that_is_not_a_number_is_left_out(bad: object) -> None:
+    """A revision's ``extra`` is free JSON off the incidents topic: a plume top given as
+    text raised ValueError in the description (the alert never went out), a ``true``
+    source bound said "Source within 1 km", a NaN one "within nan km"."""
+    good = AlertPolicy().on_revision(revision(1))[0]
+    (msg,) = AlertPolicy().on_revision(replace(revision(1), extra={
+        "plume_height_km": bad, "source_error_km": bad}))
+    doc = validate_cap(msg.cap_xml)
+    text = doc.findtext(".//cap:description", namespaces=NS)
+    assert "Plume top" not in text and "Source within" not in text, text
+    params = {p.findtext("cap:valueName", namespaces=NS)
+              for p in doc.iterfind(".//cap:parameter", NS)}
+    assert "tocsin:source_error_km" not in params
+    assert text == validate_cap(good.cap_xml).findtext(".//cap:description", namespaces=NS)
+    (plume,) = AlertPolicy().on_revision(replace(revision(1), extra={
+        "plume_height_km": 57.24, "source_error_km": 12.0}))
+    text = validate_cap(plume.cap_xml).findtext(".//cap:description", namespaces=NS)
+    assert "Plume top 57.2 km." in text and "Source within 12 km" in text
+
+
 def test_alert_update_cancel_chain_validates() -> None:
     policy = AlertPolicy()
     (alert,) = policy.on_revision(revision(1))
