@@ -30,6 +30,7 @@ import numpy as np
 from shapely.geometry import MultiPolygon, Polygon, mapping
 from shapely.geometry.base import BaseGeometry
 
+from responders.alerting import is_number
 from responders.stage import newness
 
 VENDOR = Path(__file__).parent / "static" / "vendor"
@@ -252,12 +253,14 @@ def incident_map(revisions: list[dict[str, Any]], detections: list[dict[str, Any
     # where the source may be (95 %), or a warning that the stations do not bound it
     extra = last.get("extra") or {}
     err = extra.get("source_error_km")
-    if isinstance(err, int | float) and not isinstance(err, bool):
+    # free JSON off the topic: text stopped the map, NaN drew no circle but "within nan km"
+    bound = ""
+    if is_number(err):
         folium.PolyLine(geodesic_circle(lat0, lon0, float(err)), color=COLOURS["source"],
                         weight=1, tooltip=_tip(f"source within {err:.0f} km (95 %)")).add_to(m)
-    bound = ("" if "source_error_km" not in extra
-             else "<br>source NOT bounded: the stations fix the front's direction only"
-             if err is None else f"<br>source within {float(err):.0f} km (95 %)")
+        bound = f"<br>source within {err:.0f} km (95 %)"
+    elif "source_error_km" in extra and err is None:
+        bound = "<br>source NOT bounded: the stations fix the front's direction only"
     # the source of the last revision, on top
     popup = (f"<b>{html.escape(inc_id)}</b><br>{html.escape(last['type'])}, "
              f"{html.escape(last['status'])}, revision {last['revision']}<br>"

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from detectors.base import Detection, DetectorError, StationInfo
+from responders.alerting import is_number
 from responders.stage import in_order
 from streams.schemas import MAX_AHEAD_S, AlertMessage, IncidentRevision, ObservationPacket, iso
 
@@ -369,9 +370,10 @@ def _num(x: float) -> float | None:
 
 
 def _error_km(rev: IncidentRevision) -> float:
-    """The revision's ``source_error_km``; NaN when it has none or it is unbounded."""
+    """The revision's ``source_error_km``; NaN when it has none, it is unbounded, or it is
+    no finite number (``extra`` is free JSON off the topic: ``true`` showed as 1 km)."""
     err = rev.extra.get("source_error_km")
-    return float(err) if isinstance(err, int | float) else math.nan
+    return float(err) if is_number(err) else math.nan
 
 
 def _t(x: float) -> str | None:

@@ -9,6 +9,7 @@ the stations and the ETA watches, with no console error.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -177,6 +178,26 @@ def test_map_draws_the_seismic_event_of_the_incident() -> None:
     seis = {**rev["extra"]["seismic"], "herr_km": None}  # type: ignore[index]
     unknown = standalone_html(incident_map([{**rev, "extra": {"seismic": seis}}], []))
     assert "depth 10.0 km, error unknown, 4 stations" in unknown
+
+
+@pytest.mark.parametrize("bad", ["far", True, math.nan, math.inf],
+                         ids=["text", "bool", "nan", "inf"])
+def test_a_source_bound_that_is_not_a_number_is_left_off_the_map(bad: object) -> None:
+    """``extra`` is free JSON off the incidents topic: a bound given as text stopped the
+    map (ValueError), ``true`` drew "source within 1 km", NaN said "within nan km"."""
+    rev = {"incident_id": "eruption-x", "type": "volcanic_eruption", "status": "watch",
+           "revision": 2, "issued_s": 1642221000.0, "lat": -20.55, "lon": -175.39,
+           "origin_time_s": 1642220085.0, "speed_m_s": 315.0, "forecasts": [],
+           "detections": [], "stations_used": [], "rejected": [], "confirmed": [],
+           "extra": {"source_error_km": bad}}
+    page = standalone_html(incident_map([rev], []))
+    assert "source within" not in page and "source NOT bounded" not in page
+    assert "eruption-x" in page
+    good = standalone_html(incident_map([{**rev, "extra": {"source_error_km": 42.0}}], []))
+    assert "source within 42 km (95 %)" in good
+    unbounded = standalone_html(incident_map([{**rev, "extra": {"source_error_km": None}}],
+                                             []))
+    assert "source NOT bounded" in unbounded
 
 
 def test_a_hostile_station_id_is_text_in_the_map_not_script(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -460,6 +461,21 @@ def test_the_feed_and_the_list_end_with_the_restatement_after_a_withdrawal() -> 
     feed = etree.fromstring(atom_feed(s.alerts(), "https://ops.example").encode())
     ids = [e.text for e in feed.iter("{http://www.w3.org/2005/Atom}id")][1:]
     assert ids == [f"urn:tocsin:alert:{n}" for n in reversed(names)]
+
+
+@pytest.mark.parametrize("bad", [math.inf, True, "far"], ids=["inf", "bool", "text"])
+def test_a_source_bound_that_is_no_finite_number_is_none_in_the_state(bad: object) -> None:
+    """``extra`` is free JSON off the incidents topic: a ``true`` bound showed as a source
+    within 1 km."""
+    from dataclasses import replace
+
+    s, rev = fed_state()
+    s.on_revision(replace(rev, revision=2, issued=rev.issued + 60.0,
+                          extra={"source_error_km": bad}))
+    got = TestClient(create_app(s)).get("/api/state")
+    assert got.status_code == 200
+    (inc,) = got.json()["incidents"]
+    assert inc["source_error_km"] is None and inc["source_unbounded"] is False
 
 
 def test_a_station_series_has_each_minute_once_in_time_order() -> None:
