@@ -312,6 +312,17 @@ def test_a_correction_of_an_old_revision_does_not_supersede_the_newer_update(
     rx.close()
 
 
+def _down_endpoint(store: Store, dead: list[dict] | None = None,  # type: ignore[type-arg]
+                   ) -> tuple[Clock, WebhookReceiver, Outbox]:
+    """An outbox with one subscription over Japan, whose webhook is down."""
+    clock = Clock()
+    rx = WebhookReceiver("s3cret", up=False)
+    box = outbox(store, clock, dead)
+    box.add_subscription(Subscription.create("JMA", JAPAN, "Minor", [
+        {"type": "webhook", "url": rx.url, "secret": "s3cret"}]))
+    return clock, rx, box
+
+
 def _through_stage(store: Store, box: Outbox, revs: list[IncidentRevision]) -> list:  # type: ignore[type-arg]
     from responders.stage import AlertStage
 
@@ -334,11 +345,7 @@ def test_the_restatement_after_a_withdrawal_supersedes_the_withdrawn_update(
     it is the newer one."""
     from dataclasses import replace
 
-    clock = Clock()
-    rx = WebhookReceiver("s3cret", up=False)
-    box = outbox(store, clock)
-    box.add_subscription(Subscription.create("JMA", JAPAN, "Minor", [
-        {"type": "webhook", "url": rx.url, "secret": "s3cret"}]))
+    clock, rx, box = _down_endpoint(store)
     r2 = revision(2, "confirmed")
     sent = _through_stage(store, box, [revision(1), r2, replace(r2, status="retracted")])
     assert [m.identifier for m in sent] == ["tocsin.eruption-x.r1.alert",
@@ -362,11 +369,7 @@ def test_a_cancel_supersedes_the_correction_it_cancels(store: Store) -> None:
     stayed in force there."""
     from dataclasses import replace
 
-    clock = Clock()
-    rx = WebhookReceiver("s3cret", up=False)
-    box = outbox(store, clock)
-    box.add_subscription(Subscription.create("JMA", JAPAN, "Minor", [
-        {"type": "webhook", "url": rx.url, "secret": "s3cret"}]))
+    clock, rx, box = _down_endpoint(store)
     r2 = revision(2, "confirmed")
     sent = _through_stage(store, box, [
         revision(1), r2, replace(r2, lat=-20.0, lon=-175.0),
@@ -393,12 +396,8 @@ def test_a_cancel_outlives_the_alert_it_cancels(store: Store) -> None:
 
     from responders.alerting import cap_expires
 
-    clock = Clock()
-    rx = WebhookReceiver("s3cret", up=False)
     dead: list[dict] = []  # type: ignore[type-arg]
-    box = outbox(store, clock, dead)
-    box.add_subscription(Subscription.create("JMA", JAPAN, "Minor", [
-        {"type": "webhook", "url": rx.url, "secret": "s3cret"}]))
+    clock, rx, box = _down_endpoint(store, dead)
     r1 = revision(1)
     alert, cancel = _through_stage(store, box, [
         r1, replace(r1, status="retracted", issued=r1.issued + 600.0, forecasts=())])
