@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -376,6 +377,25 @@ def test_the_console_line_of_a_seismic_event_whose_error_is_unknown() -> None:
     assert line is not None and "(error unknown), 3 stations" in line
     line = describe(SeismicEventMessage({**body, "herr_km": 12.4}))
     assert line is not None and "+-12 km, 3 stations" in line
+
+
+def test_the_console_tells_a_final_amplitude_from_a_new_detection() -> None:
+    """The tsunami detector declares a detection again, hours later under the same key,
+    with its final amplitude. The console printed both as DETECTION lines: in the Tonga
+    run 16 gauges and DARTs seemed to detect a second tsunami 4.5 h after the first."""
+    from detectors.base import Detection
+    from tocsin.demo import describe
+
+    first = Detection("DART.NZG", "bottom_pressure", "tsunami", "1", 1642221254.0,
+                      1642221500.0, 0.0655, "m", 1642222260.0, extra={"final": False})
+    final = replace(first, amplitude=-0.13, declared=1642237560.0, extra={"final": True})
+    assert first.key == final.key
+    line = describe(first)
+    assert line is not None and line.startswith("DETECTION  2022-01-15T04:51:00Z  DART.NZG ")
+    assert "onset 04:34:14  amplitude +0.0655 m" in line
+    line = describe(final)
+    assert line is not None and line.startswith("FINAL      2022-01-15T09:06:00Z  DART.NZG ")
+    assert "onset 04:34:14  final amplitude -0.13 m" in line
 
 
 def test_detect_sets_aside_a_packet_the_detectors_refuse(

@@ -32,9 +32,14 @@ from tocsin.settings import Settings
 def describe(msg: Message) -> str | None:
     """One line for the console, or None for messages not worth a line (packets)."""
     if isinstance(msg, Detection):
-        return (f"DETECTION  {iso(msg.declared)[:19]}Z  {msg.station_id:<14} {msg.kind:<15} "
+        # the tsunami detector declares again, hours later under the same key, with the
+        # final amplitude: the same detection, not a new one
+        final = msg.extra.get("final") is True
+        return (f"{'FINAL' if final else 'DETECTION':<10} {iso(msg.declared)[:19]}Z  "
+                f"{msg.station_id:<14} {msg.kind:<15} "
                 f"{msg.detector:<12} onset {iso(msg.onset)[11:19]}  "
-                f"amplitude {msg.amplitude:+.3g} {msg.units}")
+                f"{'final amplitude' if final else 'amplitude'} {msg.amplitude:+.3g} "
+                f"{msg.units}")
     if isinstance(msg, IncidentRevision):
         where = ("" if msg.lat != msg.lat else f" at {msg.lat:.2f},{msg.lon:.2f}")
         speed = "" if msg.speed_m_s != msg.speed_m_s else f" speed {msg.speed_m_s:.0f} m/s"
