@@ -171,6 +171,9 @@ function el(tag, attrs = {}, text = "") {
   return e;
 }
 
+const REVISIONS_SHOWN = 5;  // an incident's newest revisions in its box; the rest fold
+const openOlder = new Set();  // incidents whose earlier revisions the user unfolded
+
 function drawPanels(state) {
   document.getElementById("event-time").textContent =
     state.event_time ? state.event_time.replace("T", " ").slice(0, 19) + " UTC" : "-";
@@ -206,17 +209,33 @@ function drawPanels(state) {
     const watches = inc.forecasts.filter((f) => f.state === "watch").length;
     box.append(el("div", {}, `${inc.forecasts.length} ETA watches (${watches} pending), ` +
       `${inc.confirmed.length} confirmed, evidence: ${inc.evidence.join(", ")}`));
-    const t = el("table");
-    t.append(el("tr", {}, ""));
-    t.firstChild.append(el("th", {}, "rev"), el("th", {}, "issued"), el("th", {}, "status"),
-                        el("th", {}, "stations"));
-    for (const r of inc.revisions) {
-      const tr = el("tr");
-      tr.append(el("td", {}, String(r.revision)), el("td", {}, fmt(r.issued)),
-                el("td", {}, r.status), el("td", {}, String(r.stations_used)));
-      t.append(tr);
+    // the newest revisions first: the Tonga run has 79, and oldest first pushed the
+    // latest and the alert list a screen down; the older ones fold away
+    const revs = inc.revisions.slice().sort((a, b) => b.revision - a.revision);
+    const table = (rows) => {
+      const t = el("table", { class: "revisions" });
+      t.append(el("tr", {}, ""));
+      t.firstChild.append(el("th", {}, "rev"), el("th", {}, "issued"),
+                          el("th", {}, "status"), el("th", {}, "stations"));
+      for (const r of rows) {
+        const tr = el("tr", { "data-revision": String(r.revision) });
+        tr.append(el("td", {}, String(r.revision)), el("td", {}, fmt(r.issued)),
+                  el("td", {}, r.status), el("td", {}, String(r.stations_used)));
+        t.append(tr);
+      }
+      return t;
+    };
+    box.append(table(revs.slice(0, REVISIONS_SHOWN)));
+    if (revs.length > REVISIONS_SHOWN) {
+      const more = el("details", { class: "older" });
+      if (openOlder.has(inc.id)) more.open = true;  // the page redraws every few seconds
+      more.addEventListener("toggle", () => {
+        if (more.open) openOlder.add(inc.id); else openOlder.delete(inc.id);
+      });
+      more.append(el("summary", {}, `${revs.length - REVISIONS_SHOWN} earlier revisions`),
+                  table(revs.slice(REVISIONS_SHOWN)));
+      box.append(more);
     }
-    box.append(t);
     incs.append(box);
   }
 

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -224,6 +225,40 @@ def test_a_station_id_with_a_slash_opens_its_series() -> None:
             page.wait_for_selector("#series[data-station='NZ/CHIT'] polyline", state="attached",
                                    timeout=10_000)  # a flat line: not 'visible'
             assert page.inner_text("#series-title") == "NZ/CHIT (barometer, hPa)"
+        assert errors == []
+
+
+def test_an_incident_shows_its_newest_revisions_and_folds_the_rest() -> None:
+    """The Tonga run's eruption has 79 revisions: listed oldest first, the latest was a
+    screen below the incident's heading and the alert list further. Now the newest five
+    come first and the others fold under a summary, which stays open across redraws."""
+    from streams.schemas import IncidentRevision
+
+    state = _fed([("NUKU", -21.1, -175.2)])
+    rev = IncidentRevision("eruption-1", "volcanic_eruption", 1, 1642220685.0, "watch",
+                           1642220085.0, -20.5, -175.4, 314.0, ("x",), ("NUKU",))
+    for n in range(1, 13):
+        state.on_revision(replace(rev, revision=n, issued=rev.issued + 60.0 * n))
+    shown = "#incidents .incident > table.revisions tr[data-revision]"
+    folded = "#incidents details.older table.revisions tr[data-revision]"
+    with _serving(state) as url:
+        errors: list[str] = []
+        with _page(url, errors) as page:
+            page.wait_for_selector(shown, timeout=10_000)
+            revs = [r.get_attribute("data-revision") for r in page.query_selector_all(shown)]
+            assert revs == ["12", "11", "10", "9", "8"]
+            assert page.inner_text("#incidents details.older summary") == (
+                "7 earlier revisions")
+            assert not page.is_visible(folded)
+            page.click("#incidents details.older summary")
+            older = [r.get_attribute("data-revision")
+                     for r in page.query_selector_all(folded)]
+            assert older == ["7", "6", "5", "4", "3", "2", "1"]
+            # a new revision redraws the panel: the fold stays open, the new one on top
+            state.on_revision(replace(rev, revision=13, issued=rev.issued + 780.0))
+            page.wait_for_selector(f"{shown}[data-revision='13']", timeout=15_000)
+            assert page.query_selector(shown).get_attribute("data-revision") == "13"
+            assert page.is_visible(f"{folded}[data-revision='8']")
         assert errors == []
 
 
