@@ -252,7 +252,10 @@ def read_channels(path: Path, at: float, where: str) -> dict[str, Channel]:
     if not path.is_file():
         raise PackageError(f"{where}: no such file")
     try:
-        inv = read_inventory(str(path))
+        # an open file: given a name, ObsPy takes it for a glob pattern (``inv*.xml`` read
+        # a link out of the package that the check of the name had not seen)
+        with path.open("rb") as fh:
+            inv = read_inventory(fh)
     except Exception as exc:  # obspy raises many types for a bad file
         raise PackageError(f"{where}: not readable as StationXML or RESP: {exc}") from exc
     out: dict[str, Channel] = {}
@@ -443,11 +446,19 @@ def read_csv_series(path: Path) -> Series:
     return _finish(np.array(times), np.array(values), path, lines)
 
 
+#: the highest sampling rate a record may have: samples closer than 1 us are one instant
+MAX_RATE_HZ = 1e5
+
+
 def read_mseed_series(path: Path) -> Series:
     import obspy  # heavy import, only when a package uses miniSEED
 
+    # an open file, read as miniSEED: given a name, ObsPy takes it for a glob pattern
+    # (``a*.mseed`` read a sibling, or a link out of the package, that the check of the
+    # name had not seen) and reads whatever format it finds (a SAC file passed as mseed)
     try:
-        stream = obspy.read(str(path))
+        with path.open("rb") as fh:
+            stream = obspy.read(fh, format="MSEED")
     except Exception as exc:  # obspy raises many types for a bad file
         raise PackageError(f"{path}: not readable as miniSEED: {exc}") from exc
     if not stream:
@@ -459,8 +470,20 @@ def read_mseed_series(path: Path) -> Series:
     if len(rates) > 1:
         raise PackageError(f"{path}: the sampling rate changes ({sorted(rates)} Hz); one "
                            "rate per file")
+    (rate,) = rates
+    if not 0 < rate <= MAX_RATE_HZ:
+        raise PackageError(f"{path}: sampling rate {rate!r} Hz is not above 0 and at most "
+                           f"{MAX_RATE_HZ:g} Hz")
+    for tr in stream:
+        # records of one channel in integers and in floats (a datalogger's encoding changed)
+        # do not merge ("Data type differs"): all are float64 samples here anyway
+        tr.data = np.ma.asarray(tr.data, dtype=np.float64) if np.ma.isMaskedArray(
+            tr.data) else np.asarray(tr.data, dtype=np.float64)
     stream.sort(["starttime"])
-    stream.merge(method=-1)
+    try:
+        stream.merge(method=-1)
+    except Exception as exc:  # ObsPy's merge refuses traces it cannot join
+        raise PackageError(f"{path}: traces of {stream[0].id} do not merge: {exc}") from exc
     times, values = [], []
     prev_end = -math.inf
     for tr in stream:

@@ -539,3 +539,95 @@ def test_what_the_loaders_could_not_read_is_a_package_error_naming_it(tmp_path: 
     registry.write_bytes(b"station_id,kind,lat,lon\n\xff,seismic,1,2\n")
     with pytest.raises(PackageError, match=r"registry\.csv: not UTF-8 text"):
         read_registry(registry)
+
+
+def _trace(values: np.ndarray, start: str = "2022-01-15T00:00:00", station: str = "A",
+           rate: float = 1.0) -> object:
+    import obspy
+
+    return obspy.Trace(values, {"network": "XX", "station": station, "channel": "LDI",
+                                "sampling_rate": rate,
+                                "starttime": obspy.UTCDateTime(start)})
+
+
+def test_a_mseed_file_is_read_as_the_file_it_names_and_as_miniseed(tmp_path: Path) -> None:
+    """Given the name, ObsPy took it for a glob pattern: ``a*.mseed`` also read the sibling
+    ``aX.mseed`` (or a link out of the package, which the check of the name had not seen),
+    and ``a[1].mseed`` was "no file matching". And it read any format it recognised: a SAC
+    file passed as ``mseed`` loaded (found by review)."""
+    import os
+
+    import obspy
+
+    root = make_package(tmp_path / "p", "A,barometer,-21,-175,0,hPa,a*.mseed,mseed\n")
+    obspy.Stream([_trace(np.full(100, 1000.0))]).write(str(root / "a*.mseed"), format="MSEED")
+    obspy.Stream([_trace(np.full(100, 1013.0), "2022-01-15T00:10:00")]).write(
+        str(root / "aX.mseed"), format="MSEED")
+    outside = tmp_path / "outside.mseed"
+    obspy.Stream([_trace(np.full(100, 777.0), "2022-01-15T00:20:00")]).write(
+        str(outside), format="MSEED")
+    os.symlink(outside, root / "aZ.mseed")
+    pkg = load_package(root)
+    s = pkg.series(pkg.stations[0])
+    assert len(s.times) == 100 and set(s.values.tolist()) == {1000.0}
+    (root / "stations.csv").write_text(HEADER + "A,barometer,-21,-175,0,hPa,a[1].mseed,mseed\n")
+    (root / "a*.mseed").rename(root / "a[1].mseed")
+    pkg = load_package(root)
+    assert len(pkg.series(pkg.stations[0]).times) == 100
+    (root / "stations.csv").write_text(HEADER + "A,barometer,-21,-175,0,hPa,a.mseed,mseed\n")
+    obspy.Stream([_trace(np.full(100, 1000.0, dtype=np.float32))]).write(
+        str(root / "a.mseed"), format="SAC")
+    pkg = load_package(root)
+    with pytest.raises(PackageError, match=r"a\.mseed: not readable as miniSEED"):
+        pkg.series(pkg.stations[0])
+
+
+def test_mseed_records_in_integers_and_floats_merge_and_a_bad_rate_is_named(
+        tmp_path: Path) -> None:
+    """One channel's records in int32 and then float32 (a datalogger's encoding changed):
+    ObsPy's merge raised "Data type differs" out of the loader. A rate of 0 Hz was "samples
+    0 and 1 give ... two values" (found by review)."""
+    import obspy
+
+    root = make_package(tmp_path / "p", "A,barometer,-21,-175,0,hPa,a.mseed,mseed\n")
+    obspy.Stream([_trace(np.arange(100, dtype=np.int32)),
+                  _trace(np.arange(100, 200, dtype=np.float32), "2022-01-15T00:01:40")]
+                 ).write(str(root / "a.mseed"), format="MSEED")
+    pkg = load_package(root)
+    s = pkg.series(pkg.stations[0])
+    assert s.values.tolist() == [float(i) for i in range(200)]
+    assert np.allclose(np.diff(s.times), 1.0)
+    for rate in (0.0, 1e7):
+        obspy.Stream([_trace(np.arange(100, dtype=np.int32), rate=rate)]).write(
+            str(root / "a.mseed"), format="MSEED")
+        with pytest.raises(PackageError, match=rf"a\.mseed: sampling rate {rate!r} Hz is not "
+                                               "above 0 and at most 100000 Hz"):
+            pkg.series(pkg.stations[0])
+
+
+def test_an_inventory_is_read_as_the_file_it_names(tmp_path: Path) -> None:
+    """``[seismic] inventory = "inv*.xml"`` was a glob for ObsPy: a link ``invZ.xml`` to a
+    file outside the package gave a station its coordinates (found by review)."""
+    import io
+    import os
+
+    import obspy
+
+    example = obspy.read_inventory()  # ObsPy's example: networks GR and BW
+
+    def xml(inv: object) -> bytes:
+        b = io.BytesIO()
+        inv.write(b, format="STATIONXML")  # type: ignore[attr-defined]
+        return b.getvalue()
+
+    event = ('[event]\nid = "t"\ntitle = "x"\nstart = "2012-01-15T00:00:00Z"\n'
+             'end = "2012-01-15T02:00:00Z"\n[seismic]\ninventory = "inv*.xml"\n')
+    root = make_package(tmp_path / "p", "BW.RJOB..EHZ,seismic,,,,counts,a.csv,csv\n", event)
+    (root / "inv*.xml").write_bytes(xml(example.select(network="GR")))
+    (tmp_path / "outside.xml").write_bytes(xml(example.select(network="BW")))
+    os.symlink(tmp_path / "outside.xml", root / "invZ.xml")
+    with pytest.raises(PackageError, match=r"stations\.csv:2: BW\.RJOB\.\.EHZ has no lat/lon "
+                                           r"and the \[seismic\] inventory gives none"):
+        load_package(root)
+    (root / "inv*.xml").write_bytes(xml(example))
+    assert load_package(root).stations[0].info.lat == pytest.approx(47.737167)
