@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import math
 import re
 import tomllib
@@ -207,17 +208,39 @@ _EVENT_ID = re.compile(r"[A-Za-z0-9._-]{1,100}")
 
 
 def csv_rows(path: Path) -> Iterator[list[str]]:
-    """The rows of the CSV file ``path`` (UTF-8), with what csv cannot read (a field longer
-    than its 128-KiB limit, a NUL) a PackageError naming the file and line."""
+    """The rows of the CSV file ``path`` (UTF-8), one a line, with what csv cannot read (a
+    field longer than its 128-KiB limit, a NUL) a PackageError naming the file and line.
+    A quoted field holding a line break is one too: no value of a package has one, and the
+    callers number rows as lines (after such a field an error named the line before)."""
     reader = csv.reader(io.StringIO(utf8_text(path), newline=""))
     while True:
+        line = reader.line_num + 1
         try:
             row = next(reader)
         except StopIteration:
             return
         except csv.Error as exc:
             raise PackageError(f"{path}:{reader.line_num}: not readable as CSV ({exc})") from None
+        if reader.line_num != line:
+            raise PackageError(f"{path}:{line}: a quoted field runs over "
+                               f"{reader.line_num - line + 1} lines (no value has a line "
+                               "break)")
         yield row
+
+
+def number(text: str) -> float:
+    """``float(text)`` for a number as a package writes it: ASCII, no ``_`` (Python's float
+    read ``1_0`` as 10, and Arabic-Indic digits as the ASCII ones). ValueError if not."""
+    if not text.isascii() or "_" in text:
+        raise ValueError(f"could not convert string to float: {text!r}")
+    return float(text)
+
+
+def integer(text: str) -> int:
+    """``int(text)`` with :func:`number`'s rules."""
+    if not text.isascii() or "_" in text:
+        raise ValueError(f"invalid literal for int(): {text!r}")
+    return int(text)
 
 
 def utf8_text(path: Path) -> str:
@@ -349,7 +372,7 @@ def _station_row(path: Path, lineno: int, row: list[str], root: Path,
     nums = []
     for name, text in (("lat", lat_s), ("lon", lon_s), ("elevation_m", elev_s or "0")):
         try:
-            value = float(text)
+            value = number(text)
         except ValueError:
             raise PackageError(f"{where}: {name} {text!r} is not a number") from None
         if not math.isfinite(value):
@@ -434,7 +457,7 @@ def read_csv_series(path: Path) -> Series:
             raise PackageError(f"{path}:{lineno}: {exc}") from None
         text = row[1].strip()
         try:
-            v = float(text) if text else math.nan
+            v = number(text) if text else math.nan
         except ValueError:
             raise PackageError(f"{path}:{lineno}: value {text!r} is not a number") from None
         if math.isinf(v):
@@ -507,6 +530,10 @@ def read_mseed_series(path: Path) -> Series:
     return _finish(np.concatenate(times), np.concatenate(values), path)
 
 
+#: the deepest water a DART can stand in (the Challenger Deep is 10,935 m)
+MAX_DEPTH_M = 11000.0
+
+
 def read_ndbc_series(path: Path) -> Series:
     """NOAA NDBC DART text: ``#YY MM DD hh mm ss T HEIGHT`` (a 4-digit year, UTC); T = 1
     (15-min), 2 (1-min), 3 (15-s); 9999 = missing; any row order.
@@ -522,8 +549,8 @@ def read_ndbc_series(path: Path) -> Series:
         if len(parts) != 8:
             raise PackageError(f"{path}:{lineno}: expected 8 columns, got {len(parts)}: {line!r}")
         try:
-            y, mo, d, h, mi, s, typ = (int(p) for p in parts[:7])
-            height = float(parts[7])
+            y, mo, d, h, mi, s, typ = (integer(p) for p in parts[:7])
+            height = number(parts[7])
         except ValueError:
             raise PackageError(f"{path}:{lineno}: not an NDBC DART row: {line!r}") from None
         if y < 1900:
@@ -537,17 +564,24 @@ def read_ndbc_series(path: Path) -> Series:
                                f"{line!r}") from None
         if typ not in (1, 2, 3):
             raise PackageError(f"{path}:{lineno}: measurement type {typ} is not 1, 2 or 3")
-        if not math.isfinite(height):
-            raise PackageError(f"{path}:{lineno}: height {parts[7]!r} is not a water depth "
-                               f"(a missing one is 9999): {line!r}")
-        if height >= 9998.0:  # NDBC's missing value
+        if height == 9999.0:  # NDBC's missing value
             continue
+        if not 0 < height <= MAX_DEPTH_M:  # (also nan and inf)
+            raise PackageError(f"{path}:{lineno}: height {parts[7]!r} is not a water depth "
+                               f"(above 0, at most {MAX_DEPTH_M:g} m; a missing one is 9999): "
+                               f"{line!r}")
         rows.append((t, typ, lineno, height))
     if not rows:
         raise PackageError(f"{path}: no valid rows")
     rows.sort()
     # sorted by (time, type, line): for equal times keep the first (15-min, then 1-min,
-    # then 15-s; of two rows of one type, the first in the file: the lowest height was)
+    # then 15-s); two rows of one type at one instant must agree (which is right, the
+    # loader cannot know: the first was kept without a word)
+    for a, b in itertools.pairwise(rows):
+        if b[0] - a[0] <= 1e-6 and a[1] == b[1] and a[3] != b[3]:
+            raise PackageError(f"{path}: lines {a[2]} and {b[2]} give {iso(a[0])} two "
+                               f"heights of type {a[1]}, {a[3]!r} and {b[3]!r}; one sample "
+                               "per instant")
     times = np.array([r[0] for r in rows])
     values = np.array([r[3] for r in rows])
     keep = np.ones(len(times), dtype=bool)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from detectors.base import StationInfo
-from replay.package import STATIONS_HEADER, PackageError, ReplayPackage, csv_rows
+from replay.package import STATIONS_HEADER, PackageError, ReplayPackage, csv_rows, number
 
 T = TypeVar("T")
 
@@ -72,8 +72,8 @@ def read_registry(path: Path) -> list[StationInfo]:
         raise PackageError(f"{path}:1: registry header lacks {sorted(missing)}")
     for lineno, row in rows:
         try:
-            out.append(StationInfo(row["station_id"], row["kind"], float(row["lat"]),
-                                   float(row["lon"]), float(row.get("elevation_m") or 0),
+            out.append(StationInfo(row["station_id"], row["kind"], number(row["lat"]),
+                                   number(row["lon"]), number(row.get("elevation_m") or "0"),
                                    row.get("units") or ""))
         except ValueError as exc:
             raise PackageError(f"{path}:{lineno}: {exc}") from None
@@ -92,7 +92,7 @@ def read_gains(path: Path) -> dict[str, float]:
         if not text:
             continue
         try:
-            g = float(text)
+            g = number(text)
         except ValueError:
             g = math.nan
         if not (g > 0 and math.isfinite(g)):

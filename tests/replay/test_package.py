@@ -480,6 +480,15 @@ def test_ids_encodings_and_mseed_overlaps_are_package_errors(tmp_path: Path) -> 
     ("2011 03 11 05 46 00 1 -inf", "height '-inf' is not a water depth"),
     ("2011 03 11 05 46 00 1 nan", "height 'nan' is not a water depth"),
     ("2011 03 11 05 46 00 1 5812.341 7", "expected 8 columns, got 9"),
+    # below the sea floor, or deeper than any ocean, loaded as data (found by review)
+    ("2011 03 11 05 46 00 1 0.0", "height '0.0' is not a water depth (above 0, at most "
+                                  "11000 m"),
+    ("2011 03 11 05 46 00 1 -5.0", "height '-5.0' is not a water depth"),
+    ("2011 03 11 05 46 00 1 12000.0", "height '12000.0' is not a water depth"),
+    # Python's int and float read 2_011 as 2011 and Arabic-Indic digits as ASCII ones
+    ("2_011 03 11 05 46 00 1 5812.341", "not an NDBC DART row: '2_011 03"),
+    ("2011 03 11 05 46 00 1 5_812.341", "not an NDBC DART row"),
+    ("2011 03 11 05 46 00 \u0661 5812.341", "not an NDBC DART row"),
 ])
 def test_ndbc_infinite_heights_and_extra_columns_are_refused(tmp_path: Path, row: str,
                                                              needle: str) -> None:
@@ -490,13 +499,19 @@ def test_ndbc_infinite_heights_and_extra_columns_are_refused(tmp_path: Path, row
         read_ndbc_series(f)
 
 
-def test_ndbc_two_rows_of_one_type_at_one_instant_keep_the_first(tmp_path: Path) -> None:
-    """The lowest height was kept, whichever row came first."""
+def test_ndbc_two_rows_of_one_type_at_one_instant_must_agree(tmp_path: Path) -> None:
+    """The lowest height was kept, whichever row came first; then the first, without a
+    word, where a CSV names both lines (found by review). Two equal rows are one sample."""
     f = tmp_path / "d.txt"
     f.write_text("#YY  MM DD hh mm ss T   HEIGHT\n2011 03 11 05 46 00 1 5812.400\n"
                  "2011 03 11 05 46 00 1 5812.300\n2011 03 11 05 45 00 1 5812.338\n")
-    s = read_ndbc_series(f)
-    assert s.values.tolist() == [5812.338, 5812.4]
+    with pytest.raises(PackageError, match=r"d\.txt: lines 2 and 3 give 2011-03-11T05:46:00"
+                                           r"\.000Z two heights of type 1, 5812\.4 and "
+                                           r"5812\.3; one sample per instant"):
+        read_ndbc_series(f)
+    f.write_text("#YY  MM DD hh mm ss T   HEIGHT\n2011 03 11 05 46 00 1 5812.400\n"
+                 "2011 03 11 05 46 00 1 5812.400\n2011 03 11 05 45 00 1 5812.338\n")
+    assert read_ndbc_series(f).values.tolist() == [5812.338, 5812.4]
 
 
 def test_what_the_loaders_could_not_read_is_a_package_error_naming_it(tmp_path: Path) -> None:
@@ -631,3 +646,39 @@ def test_an_inventory_is_read_as_the_file_it_names(tmp_path: Path) -> None:
         load_package(root)
     (root / "inv*.xml").write_bytes(xml(example))
     assert load_package(root).stations[0].info.lat == pytest.approx(47.737167)
+
+
+@pytest.mark.parametrize(("file", "text", "needle"), [
+    ("stations.csv", HEADER + "A,barometer,1_0,-175,0,hPa,a.csv,csv\n",
+     "stations.csv:2: lat '1_0' is not a number"),
+    ("stations.csv", HEADER + "A,barometer,-21,-175,\u0661\u0660,hPa,a.csv,csv\n",
+     "stations.csv:2: elevation_m '\u0661\u0660' is not a number"),
+    ("a.csv", "time,value\n2022-01-15T00:00:00Z,1000.0\n2022-01-15T00:01:00Z,1_013\n",
+     "a.csv:3: value '1_013' is not a number"),
+    # a line break in a quoted field: the rows were numbered as lines, and a bad value on
+    # line 4 was named on line 3
+    ("a.csv", 'time,value\n2022-01-15T00:00:00Z,"1000.0\n"\n2022-01-15T00:01:00Z,x\n',
+     "a.csv:2: a quoted field runs over 2 lines (no value has a line break)"),
+    ("stations.csv", HEADER + '"A\n",barometer,-21,-175,0,hPa,a.csv,csv\n',
+     "stations.csv:2: a quoted field runs over 2 lines"),
+])
+def test_numbers_are_ascii_and_a_line_is_a_row(tmp_path: Path, file: str, text: str,
+                                               needle: str) -> None:
+    """Python's float read ``1_0`` as 10 and Arabic-Indic digits as ASCII ones; a quoted
+    line break put every later error a line off (found by review)."""
+    root = make_package(tmp_path / "p", "A,barometer,-21,-175,0,hPa,a.csv,csv\n")
+    (root / file).write_text(text)
+    with pytest.raises(PackageError, match=re.escape(needle)):
+        pkg = load_package(root)
+        pkg.series(pkg.stations[0])
+
+
+def test_a_registry_reads_numbers_as_a_package_does(tmp_path: Path) -> None:
+    from replay.registry import read_registry
+
+    f = tmp_path / "registry.csv"
+    f.write_text("station_id,kind,lat,lon\nA,barometer,-21,1_75\n")
+    with pytest.raises(PackageError, match=r"registry\.csv:2: .*'1_75'"):
+        read_registry(f)
+    f.write_text("station_id,kind,lat,lon\nA,barometer,-21,175\n")
+    assert read_registry(f)[0].lon == 175.0
