@@ -9,12 +9,13 @@ central meridian 140.7 E), and the valid (non-NaN) pixels become one :class:`Gri
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
 
 from detectors.base import StationInfo
-from streams.schemas import GridFrame, SchemaError, parse_time
+from streams.schemas import GridFrame, SchemaError, iso, parse_time
 
 
 class GridError(ValueError):
@@ -31,7 +32,7 @@ def read_index(index: Path, root: Path) -> list[tuple[float, Path]]:
     # Latin-1 bytes raised csv.Error, ValueError or UnicodeDecodeError past the loader)
     reader = csv_rows(index)
     header = next(reader, None)
-    if header is None or [h.strip() for h in header[:2]] != ["time", "file"]:
+    if header is None or [h.strip() for h in header] != ["time", "file"]:
         raise GridError(f"{index}:1: header {header} is not ['time', 'file']")
     for lineno, row in enumerate(reader, start=2):
         if not row:
@@ -52,9 +53,13 @@ def read_index(index: Path, root: Path) -> list[tuple[float, Path]]:
                             f"{root} (files are given relative to the index)")
         if not path.is_file():
             raise GridError(f"{index}:{lineno}: frame file {row[1]!r} does not exist")
-        rows.append((t, path))
+        rows.append((t, path, lineno))
     rows.sort()
-    return rows
+    for (t, _, a), (u, _, b) in itertools.pairwise(rows):
+        if u - t <= 1e-6:  # which of the two frames is the product's, no one can tell
+            raise GridError(f"{index}: lines {a} and {b} give {iso(t)} two frames; one frame "
+                            "per instant")
+    return [(t, path) for t, path, _ in rows]
 
 
 def read_frame(path: Path, t: float, info: StationInfo, seq: int = 0) -> GridFrame:
@@ -66,14 +71,32 @@ def read_frame(path: Path, t: float, info: StationInfo, seq: int = 0) -> GridFra
     except Exception as exc:  # rasterio raises several types for a bad file
         raise GridError(f"{path}: not readable as GeoTIFF: {exc}") from exc
     band = np.asarray(np.asarray(da)[0], dtype=np.float64)
-    rows, cols = np.nonzero(np.isfinite(band))
+    rows, cols = np.nonzero(~np.isnan(band))  # NaN (nodata) is a missing pixel; inf is not
     xs = np.asarray(da.x.values)[cols]  # type: ignore[union-attr]
     ys = np.asarray(da.y.values)[rows]  # type: ignore[union-attr]
     crs = da.rio.crs  # type: ignore[union-attr]
     if crs is None:
         raise GridError(f"{path}: no CRS; cannot place the pixels")
     to_geo = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
-    lon, lat = to_geo.transform(xs, ys)
+    lon, lat = (np.asarray(a, dtype=np.float64) for a in to_geo.transform(xs, ys))
+    values = band[rows, cols]
+
+    def pixel(i: int) -> str:
+        return f"pixel (row {int(rows[i])}, column {int(cols[i])})"
+
+    # what the detector would refuse, named here: the whole frame was dead-lettered later
+    bad = np.flatnonzero(~(values >= 0) | np.isinf(values))
+    if bad.size:  # an infinite one was dropped as missing; -50000 m loaded
+        i = int(bad[0])
+        raise GridError(f"{path}: {pixel(i)} is {float(values[i])!r}, not a height of 0 m "
+                        f"or more (a missing pixel is the file's nodata or NaN; "
+                        f"{bad.size} such pixels)")
+    off = np.flatnonzero(~((np.abs(lat) <= 90.0) & (np.abs(lon) <= 360.0)))
+    if off.size:  # off a geostationary disk (inf), or a grid past the pole
+        i = int(off[0])
+        raise GridError(f"{path}: {pixel(i)} at x {float(xs[i])!r}, y {float(ys[i])!r} of "
+                        f"its CRS is at lat {float(lat[i])!r}, lon {float(lon[i])!r}: not on "
+                        f"the globe ({off.size} such pixels with a value)")
 
     def f32(a: object) -> np.ndarray:
         # the wire carries float32: round here so in-process and Kafka runs see equal values
@@ -81,7 +104,7 @@ def read_frame(path: Path, t: float, info: StationInfo, seq: int = 0) -> GridFra
 
     return GridFrame(
         station_id=info.station_id, kind=info.kind, time=t, lat=f32(lat),
-        lon=f32(lon), values=f32(band[rows, cols]), units=info.units or "m",
+        lon=f32(lon), values=f32(values), units=info.units or "m",
         shape=(int(band.shape[0]), int(band.shape[1])), source=f"file:{path.name}", seq=seq,
         product_lat=info.lat, product_lon=info.lon,
     )

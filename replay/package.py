@@ -163,6 +163,10 @@ def load_package(path: str | Path) -> ReplayPackage:
     for key in ("id", "title", "start", "end"):
         if key not in event:
             raise PackageError(f"{event_file}: [event] has no {key!r}")
+    for key in ("id", "title"):  # (a table became the title "{'a': 1}")
+        if not isinstance(event[key], str):
+            raise PackageError(f"{event_file}: [event] {key} = {event[key]!r} is not a "
+                               "string")
     try:
         start = parse_time(str(event["start"]), "start")
         end = parse_time(str(event["end"]), "end")

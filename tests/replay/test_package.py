@@ -682,3 +682,96 @@ def test_a_registry_reads_numbers_as_a_package_does(tmp_path: Path) -> None:
         read_registry(f)
     f.write_text("station_id,kind,lat,lon\nA,barometer,-21,175\n")
     assert read_registry(f)[0].lon == 175.0
+
+
+@pytest.mark.parametrize(("line", "needle"), [
+    ('title = {a = 1}', "[event] title = {'a': 1} is not a string"),
+    ('title = 2022', "[event] title = 2022 is not a string"),
+    ('id = 5', "[event] id = 5 is not a string"),
+])
+def test_an_event_id_and_title_are_strings(tmp_path: Path, line: str, needle: str) -> None:
+    """A table became the title "{'a': 1}" of the dashboard and every alert; 5 the id "5"
+    (found by review)."""
+    key = line.split(" ")[0]
+    fields = {"id": 'id = "t"', "title": 'title = "x"'}
+    fields[key] = line
+    event = (f'[event]\n{fields["id"]}\n{fields["title"]}\nstart = "2022-01-15T00:00:00Z"\n'
+             'end = "2022-01-15T02:00:00Z"\n')
+    root = make_package(tmp_path / "p", "A,barometer,-21,-175,0,hPa,a.csv,csv\n", event)
+    with pytest.raises(PackageError, match=re.escape(needle)):
+        load_package(root)
+
+
+def _tif(path: Path, values: list[list[float]], crs: str, x0: float, y0: float,
+         step: float) -> None:
+    import rioxarray  # noqa: F401 - registers the .rio accessor
+    import xarray as xr
+
+    v = np.asarray(values, dtype=np.float32)
+    xs = x0 + step * np.arange(v.shape[1])
+    ys = y0 - step * np.arange(v.shape[0])
+    da = xr.DataArray(v[np.newaxis], dims=("band", "y", "x"),
+                      coords={"band": [1], "y": ys, "x": xs})
+    da.rio.write_crs(crs).rio.write_nodata(np.nan).rio.to_raster(path)
+
+
+GEOS = "+proj=geos +lon_0=140.7 +h=35785863 +x_0=0 +y_0=0 +ellps=WGS84 +units=m +sweep=x"
+
+
+@pytest.mark.parametrize(("values", "crs", "x0", "y0", "needle"), [
+    # an infinite pixel was dropped as missing, where a CSV and miniSEED refuse inf
+    ([[15000.0, np.inf], [np.nan, 15000.0]], "EPSG:4326", -175.4, -20.5,
+     "f.tif: pixel (row 0, column 1) is inf, not a height of 0 m or more (a missing pixel "
+     "is the file's nodata or NaN; 1 such pixels)"),
+    ([[15000.0, -50000.0], [np.nan, 15000.0]], "EPSG:4326", -175.4, -20.5,
+     "f.tif: pixel (row 0, column 1) is -50000.0, not a height of 0 m or more"),
+    # pixels past the pole, and off the geostationary disk (lat, lon inf): the frame
+    # loaded, and then the worker dead-lettered all of it
+    ([[15000.0, 15000.0], [15000.0, 15000.0]], "EPSG:4326", 500.0, 100.0,
+     "f.tif: pixel (row 0, column 0) at x 500.0, y 100.0 of its CRS is at lat 100.0, lon "
+     "500.0: not on the globe (4 such pixels with a value)"),
+    ([[15000.0, np.nan], [np.nan, np.nan]], GEOS, 5436000.0, 1500.0,
+     "f.tif: pixel (row 0, column 0) at x 5436000.0, y 1500.0 of its CRS is at lat inf, lon "
+     "inf: not on the globe (1 such pixels with a value)"),
+])
+def test_a_grid_frame_with_pixels_no_detector_can_take_is_a_package_error(
+        tmp_path: Path, values: list[list[float]], crs: str, x0: float, y0: float,
+        needle: str) -> None:
+    """Found by review. Pixels off the disk with no value are missing, as in the real
+    Himawari product."""
+    root = make_package(tmp_path / "p", "P,plume,0,140.7,0,m,index.csv,grid_index\n")
+    (root / "index.csv").write_text("time,file\n2022-01-15T01:00:00Z,f.tif\n")
+    _tif(root / "f.tif", values, crs, x0, y0, 0.1 if crs.startswith("EPSG") else 2000.0)
+    pkg = load_package(root)
+    with pytest.raises(PackageError, match=re.escape(needle)):
+        pkg.packets(pkg.stations[0], 600)
+    # the same frame with those pixels missing loads
+    ok = np.asarray(values, dtype=np.float64)
+    if crs == GEOS:
+        _tif(root / "f.tif", [[np.nan, 15000.0], [np.nan, np.nan]], crs, -2000.0, 0.0, 2000.0)
+    elif x0 == 500.0:
+        _tif(root / "f.tif", values, crs, -175.4, -20.5, 0.1)
+    else:
+        ok[0, 1] = np.nan
+        _tif(root / "f.tif", ok.tolist(), crs, x0, y0, 0.1)
+    (frame,) = pkg.packets(pkg.stations[0], 600)
+    assert len(frame.values) >= 1 and np.all(frame.values == 15000.0)
+
+
+def test_a_grid_index_has_one_frame_an_instant_and_exactly_its_header(tmp_path: Path) -> None:
+    """Two frames at one instant both loaded; a third header column was ignored (found by
+    review)."""
+    root = make_package(tmp_path / "p", "P,plume,0,140.7,0,m,index.csv,grid_index\n")
+    for name in ("f1.tif", "f2.tif"):
+        _tif(root / name, [[15000.0, np.nan], [np.nan, 15000.0]], "EPSG:4326", -175.4, -20.5, 0.1)
+    (root / "index.csv").write_text("time,file\n2022-01-15T01:00:00Z,f1.tif\n"
+                                    "2022-01-15T00:50:00Z,f2.tif\n"
+                                    "2022-01-15T01:00:00Z,f2.tif\n")
+    pkg = load_package(root)
+    with pytest.raises(PackageError, match=r"index\.csv: lines 2 and 4 give "
+                                           r"2022-01-15T01:00:00\.000Z two frames"):
+        pkg.packets(pkg.stations[0], 600)
+    (root / "index.csv").write_text("time,file,x\n2022-01-15T01:00:00Z,f1.tif\n")
+    with pytest.raises(PackageError, match=r"index\.csv:1: header \['time', 'file', 'x'\] "
+                                           r"is not \['time', 'file'\]"):
+        pkg.packets(pkg.stations[0], 600)
