@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import binascii
 import math
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -741,6 +742,26 @@ class IncidentRevision:
 # --------------------------------------------------------------------------- alert
 
 
+#: the characters XML 1.0 does not allow in a document
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def _check_cap_xml(identifier: str, cap_xml: str) -> None:
+    """SchemaError unless ``cap_xml`` is a well-formed XML document with no DOCTYPE (the
+    Atom feed carries it inside an entry, and the outbox parses it for its areas: a broken
+    one from the topic broke both)."""
+    from lxml import etree
+
+    parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
+    try:
+        doc = etree.fromstring(cap_xml.encode(), parser)
+    except etree.XMLSyntaxError as exc:
+        raise SchemaError(f"alert {identifier}: cap_xml is not well-formed XML: {exc}") from None
+    if doc.getroottree().docinfo.doctype:
+        raise SchemaError(f"alert {identifier}: cap_xml has a DOCTYPE "
+                          f"({doc.getroottree().docinfo.doctype[:80]!r}); CAP has none")
+
+
 @dataclass(frozen=True)
 class AlertMessage:
     """A CAP 1.2 alert about an incident revision, as it travels on the alerts topic."""
@@ -771,6 +792,20 @@ class AlertMessage:
         if self.msg_type not in self.MSG_TYPES:
             raise SchemaError(f"alert {self.identifier}: msgType {self.msg_type!r} not in "
                               f"{self.MSG_TYPES}")
+        # its texts go into XML (the Atom feed, the dashboard's CAP links): a character XML
+        # does not allow, in one headline from the topic, made the feed unreadable for
+        # every reader until the alert aged out
+        for name in ("incident_id", "event", "severity", "urgency", "certainty", "headline",
+                     "cap_xml", *(("references",) if self.references else ())):
+            text = getattr(self, name)
+            for t in (text if isinstance(text, tuple) else (text,)):
+                bad = _NOT_XML.search(t)
+                if bad:
+                    raise SchemaError(f"alert {self.identifier}: {name} has the character "
+                                      f"{bad.group()!r} (at {bad.start()}), which XML does not "
+                                      "allow")
+        if self.cap_xml:
+            _check_cap_xml(self.identifier, self.cap_xml)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -435,3 +435,29 @@ def test_a_grid_value_beyond_float32_is_refused_not_made_missing() -> None:
     assert decode(encode(ok)).values.tolist() == ok.values.tolist()
     with pytest.raises(SchemaError, match="beyond float32"):
         decode(orjson.dumps({**orjson.loads(encode(ok)), "values": [1.0, -1e300]}))
+
+
+@pytest.mark.parametrize(("change", "reason"), [
+    # a vertical tab in one headline made /feed.atom unreadable (lxml: "PCDATA invalid
+    # Char value 11") for every reader until the alert aged out (found by review)
+    ({"headline": "Tsunami\x0bwatch"}, "headline has the character '\\x0b' (at 7), which "
+                                       "XML does not allow"),
+    ({"event": "a\x00"}, "event has the character '\\x00' (at 1)"),
+    ({"headline": "\uffff"}, "headline has the character '\\uffff' (at 0)"),
+    ({"references": ["a", "b\x1b"]}, "references has the character '\\x1b' (at 1)"),
+    # the feed carries the CAP document inside an entry, and the outbox parses it
+    ({"cap_xml": "<alert><info></alert>"}, "cap_xml is not well-formed XML"),
+    ({"cap_xml": '<!DOCTYPE alert [<!ENTITY x "y">]><alert>&x;</alert>'},
+     "cap_xml has a DOCTYPE"),
+])
+def test_an_alert_whose_texts_are_not_xml_does_not_decode(change: dict[str, Any],
+                                                          reason: str) -> None:
+    alert = AlertMessage("urn:x", "Update", 1642221000.0, "eruption-x", 2, "Tsunami watch",
+                         "Severe", "Expected", "Likely", "h", ("a",), "<alert/>")
+    wire = {**orjson.loads(encode(alert)), **change}
+    with pytest.raises(SchemaError, match=re.escape(reason)):
+        decode(orjson.dumps(wire))
+    assert decode(encode(alert)) == alert  # tab, CR and LF are XML
+    tabbed = AlertMessage("urn:x", "Update", 1642221000.0, "eruption-x", 2, "Tsunami watch",
+                          "Severe", "Expected", "Likely", "a\tb\r\nc", (), "<alert>\n</alert>")
+    assert decode(encode(tabbed)) == tabbed
