@@ -49,6 +49,7 @@ import hmac
 import ipaddress
 import logging
 import math
+import re
 import smtplib
 import socket
 import threading
@@ -62,6 +63,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+import orjson
 from lxml import etree
 from shapely import affinity
 from shapely.geometry import Point, Polygon, shape
@@ -106,6 +108,8 @@ class UnsafeTarget(SubscriptionError):
 # the columns' lengths (responders.store): longer values would fail the alert agent's
 # transaction on PostgreSQL, which enforces them
 NAME_MAX, ID_MAX, TARGET_MAX, SECRET_MAX = 200, 64, 500, 500
+#: a subscription's largest area (as JSON) and most channels
+AREA_MAX, CHANNELS_MAX = 512 * 1024, 20
 
 
 def _text(what: str, value: Any, limit: int, show: bool = True) -> None:
@@ -120,6 +124,13 @@ def _text(what: str, value: Any, limit: int, show: bool = True) -> None:
                                 f"{shown}")
     if any(ord(c) < 32 or ord(c) == 127 for c in value):
         raise SubscriptionError(f"{what} contains a control character: {shown}")
+    if not value.strip():
+        raise SubscriptionError(f"{what} is empty")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: the store (and the signing) raised later
+        raise SubscriptionError(f"{what} is not valid Unicode (a lone surrogate): "
+                                f"{shown}") from None
 
 
 #: the fields of each channel type (what else came was stored and echoed back)
@@ -140,10 +151,17 @@ def _json_finite(value: Any, where: str) -> None:
             _json_finite(v, f"{where}[{i}]")
 
 
+#: an address's two parts as mail servers take them (RFC 5322 dot-atom; a host name)
+_LOCAL = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
+_DOMAIN = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                     r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
+
+
 def _email_address(to: str) -> None:
     """SubscriptionError unless ``to`` is one address tocsin's mail can carry: ASCII (a
     non-ASCII one needs SMTPUTF8, which the server may not offer: every alert to it was
-    refused and went dead)."""
+    refused and went dead), a dot-atom before the ``@`` and a host name after it ("@",
+    "a@" and "a(b)@c.d" were taken, and every alert to them failed)."""
     if to.count("@") != 1 or any(c in to for c in " ,;<>"):
         raise SubscriptionError(f"email channel: 'to' {to!r} is not one address")
     local, domain = to.split("@")
@@ -158,6 +176,13 @@ def _email_address(to: str) -> None:
                                     f"form ({exc})") from exc
         raise SubscriptionError(f"email channel: 'to' {to!r} has a non-ASCII domain: give "
                                 f"its IDNA form, {local}@{ascii_domain}")
+    if not _LOCAL.fullmatch(local) or len(local) > 64:
+        raise SubscriptionError(f"email channel: 'to' {to!r}: the part before '@' is empty "
+                                "or not a mailbox name (letters, digits, dots and "
+                                "!#$%&'*+/=?^_`{|}~-)")
+    if not _DOMAIN.fullmatch(domain) or len(domain) > 253:
+        raise SubscriptionError(f"email channel: 'to' {to!r}: the part after '@' is empty "
+                                "or not a host name")
 
 
 @dataclass(frozen=True)
@@ -198,7 +223,15 @@ class Subscription:
             _text("id", id, ID_MAX)
         if not channels:
             raise SubscriptionError("a subscription needs at least one channel")
+        if len(channels) > CHANNELS_MAX:  # (5000 were taken, each alert a delivery to each)
+            raise SubscriptionError(f"{len(channels)} channels, more than {CHANNELS_MAX}")
         _json_finite(area, "area")
+        try:
+            size = len(orjson.dumps(area))
+        except orjson.JSONEncodeError as exc:  # a lone surrogate: stored, then the listing
+            raise SubscriptionError(f"area is not valid JSON text: {exc}") from None
+        if size > AREA_MAX:
+            raise SubscriptionError(f"area has {size} bytes as JSON, more than {AREA_MAX}")
         for ch in channels:
             if not isinstance(ch, dict):
                 raise SubscriptionError(f"a channel is an object, got {ch!r}")

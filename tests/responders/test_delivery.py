@@ -121,11 +121,40 @@ def test_bad_subscriptions_are_refused_with_the_reason() -> None:
     ("x", {**JAPAN, "note": [1.0, float("inf")]}, {"type": "email", "to": "a@b.org"},
      r"area.note\[1\] = inf: not a JSON number"),
     ("x", JAPAN, {"type": ["webhook"], "url": "x"}, "channel type \\['webhook'\\] is not one"),
+    # taken, and every alert to them failed (found by review)
+    ("x", JAPAN, {"type": "email", "to": "@"}, "the part before '@' is empty or not a mailbox"),
+    ("x", JAPAN, {"type": "email", "to": "@b.org"}, "the part before '@' is empty"),
+    ("x", JAPAN, {"type": "email", "to": "a(b)@c.org"}, "the part before '@' is empty or not"),
+    ("x", JAPAN, {"type": "email", "to": "a..b@c.org"}, "the part before '@' is empty or not"),
+    ("x", JAPAN, {"type": "email", "to": "a@"}, "the part after '@' is empty or not a host"),
+    ("x", JAPAN, {"type": "email", "to": "a@b..org"}, "the part after '@' is empty or not"),
+    ("x", JAPAN, {"type": "email", "to": "a@-b.org"}, "the part after '@' is empty or not"),
+    (" ", JAPAN, {"type": "email", "to": "a@b.org"}, "name is empty"),
+    ("\ud800", JAPAN, {"type": "email", "to": "a@b.org"},
+     "name is not valid Unicode \\(a lone surrogate\\)"),
+    ("x", JAPAN, {"type": "webhook", "url": "http://example.org/x", "secret": "\udc00"},
+     "webhook secret is not valid Unicode"),
+    ("x", {**JAPAN, "\ud800": 1}, {"type": "email", "to": "a@b.org"},
+     "area is not valid JSON text"),
+    ("x", {**JAPAN, "note": "n" * 600_000}, {"type": "email", "to": "a@b.org"},
+     "area has 600[0-9]+ bytes as JSON, more than 524288"),
 ])
 def test_subscription_fields_are_checked(name: str, area: dict, channel: object,  # type: ignore[type-arg]
                                          reason: str) -> None:
     with pytest.raises(SubscriptionError, match=reason):
         Subscription.create(name, area, "Minor", [channel])  # type: ignore[list-item]
+
+
+def test_a_subscription_has_at_most_twenty_channels_and_good_addresses_pass() -> None:
+    """5000 channels were taken (each alert a delivery to each, found by review)."""
+    many = [{"type": "email", "to": f"d{i}@n.to"} for i in range(21)]
+    with pytest.raises(SubscriptionError, match="21 channels, more than 20"):
+        Subscription.create("x", JAPAN, "Minor", many)
+    addresses = ["duty.officer@agency.example", "o'brien+alerts@nemo.gov.to", "ops@localhost",
+                 "a_b-c@x-y.example"]
+    sub = Subscription.create("x", JAPAN, "Minor", [{"type": "email", "to": a}
+                                                    for a in addresses])
+    assert [ch["to"] for ch in sub.channels] == addresses
 
 
 @pytest.mark.parametrize(("url", "reason"), [
