@@ -58,7 +58,8 @@ def create_app(state: LiveState, *, push_interval: float = 0.5,
     def index() -> HTMLResponse:
         return HTMLResponse((STATIC / "index.html").read_text())
 
-    @app.get("/api/state")
+    # HEAD too: feed readers and monitors ask it first (405 before)
+    @app.api_route("/api/state", methods=["GET", "HEAD"])
     def api_state() -> JSONResponse:
         return JSONResponse(jsonable(state.snapshot()))
 
@@ -67,7 +68,7 @@ def create_app(state: LiveState, *, push_interval: float = 0.5,
     def api_series(station_id: str) -> JSONResponse:
         s = state.series(station_id)
         if s is None:
-            raise HTTPException(404, f"no station {station_id!r}")
+            raise HTTPException(404, f"no station {shown(station_id)}")
         return JSONResponse(jsonable(s))
 
     @app.get("/api/alerts")
@@ -82,10 +83,10 @@ def create_app(state: LiveState, *, push_interval: float = 0.5,
             return Response(msg.cap_xml, media_type="application/cap+xml")
         row = store.alert(identifier) if store is not None else None
         if row is None:
-            raise HTTPException(404, f"no alert {identifier!r}")
+            raise HTTPException(404, f"no alert {shown(identifier)}")
         return Response(row["cap_xml"], media_type="application/cap+xml")
 
-    @app.get("/feed.atom")
+    @app.api_route("/feed.atom", methods=["GET", "HEAD"])
     def feed() -> Response:
         return Response(atom_feed(state.alerts(), base_url.rstrip("/")),
                         media_type="application/atom+xml")
@@ -131,6 +132,13 @@ class SnapshotText:
             # NaN as null: JSON has no NaN (the browser's JSON.parse refused the event)
             self.text, self.made = json.dumps(jsonable(self.state.snapshot())), (v, t)
         return self.made, self.text
+
+
+def shown(value: str, limit: int = 80) -> str:
+    """``repr(value)`` for an error message, cut to ``limit`` characters (a 404 repeated a
+    20,000-character path)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(value)} characters)"
 
 
 def _cap_path(identifier: str) -> str:

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from dashboards.app import shown
 from responders.delivery import Outbox, Subscription, SubscriptionError, shown_target
 from responders.store import token_hash
 
@@ -102,7 +103,7 @@ def subscription_router(outbox: Outbox, tokens: str) -> APIRouter:
                    dependencies=[Depends(require_token)])
     def delete(sub_id: str) -> None:
         if not outbox.remove_subscription(sub_id):
-            raise HTTPException(404, f"no subscription {sub_id!r}")
+            raise HTTPException(404, f"no subscription {shown(sub_id)}")
 
     @router.get("/api/deliveries", dependencies=[Depends(require_token)])
     def deliveries(alert: str | None = None,

@@ -579,3 +579,19 @@ def test_a_subscription_body_is_read_after_the_token_and_checked_strictly(tmp_pa
             "x"]
     finally:
         store.close()
+
+
+def test_a_404_names_a_long_id_shortly_and_the_feed_answers_head() -> None:
+    """A 404 repeated a 20,000-character id; HEAD /feed.atom and /api/state answered 405,
+    which feed readers and monitors ask first (found by review)."""
+    s, _ = fed_state()
+    client = TestClient(create_app(s))
+    for path in (f"/api/alerts/{'x' * 20_000}.xml", f"/api/stations/{'x' * 20_000}/series"):
+        r = client.get(path)
+        assert r.status_code == 404 and len(r.content) < 200, r.text[:300]
+        assert r.json()["detail"].endswith("... (20000 characters)")
+    assert client.get("/api/alerts/nope.xml").json()["detail"] == "no alert 'nope'"
+    for path in ("/feed.atom", "/api/state"):
+        r = client.head(path)
+        assert r.status_code == 200 and r.content == b"", path
+        assert r.headers["content-type"] == client.get(path).headers["content-type"]
