@@ -356,8 +356,14 @@ def make_url_checker(allowed_hosts: str = "", allow_link_local: bool = False,
         except (OSError, UnicodeError) as exc:  # UnicodeError: no IDNA name (a..b, 64-char label)
             raise UnsafeTarget(f"webhook host {host!r} does not resolve: {exc}") from exc
         for a in addrs:
-            ip = ipaddress.ip_address(a.split("%")[0])
-            if ip.is_multicast or ip.is_unspecified or ip.is_reserved:
+            ip: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(
+                a.split("%")[0])
+            if isinstance(ip, ipaddress.IPv6Address) and (ip.ipv4_mapped or ip.sixtofour):
+                # judged by the IPv4 address it carries: ::ffff:169.254.169.254 was refused
+                # as "not unicast", and 6to4's 2002:a9fe:a9fe:: not at all
+                ip = ip.ipv4_mapped or ip.sixtofour  # type: ignore[assignment]
+            # ::1 is in Python's reserved ::/8: it was refused where 127.0.0.1 was taken
+            if not ip.is_loopback and (ip.is_multicast or ip.is_unspecified or ip.is_reserved):
                 raise UnsafeTarget(f"webhook host {host!r} resolves to {ip}, which is not a "
                                    "unicast address")
             if (ip.is_link_local or ip in METADATA_ADDRESSES) and not allow_link_local:

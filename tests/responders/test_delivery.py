@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email
+import re
 import time
 from collections.abc import Iterator
 
@@ -155,6 +156,25 @@ def test_a_subscription_has_at_most_twenty_channels_and_good_addresses_pass() ->
     sub = Subscription.create("x", JAPAN, "Minor", [{"type": "email", "to": a}
                                                     for a in addresses])
     assert [ch["to"] for ch in sub.channels] == addresses
+
+
+@pytest.mark.parametrize(("addr", "reason"), [
+    # judged by the IPv4 address they carry: the first was refused as "not a unicast
+    # address", the 6to4 one taken (found by review)
+    ("::ffff:169.254.169.254", "link-local/metadata address 169.254.169.254"),
+    ("2002:a9fe:a9fe::1", "link-local/metadata address 169.254.169.254"),
+    ("::ffff:224.0.0.1", "resolves to 224.0.0.1, which is not a unicast address"),
+])
+def test_ipv6_forms_of_ipv4_addresses_are_judged_as_those(addr: str, reason: str) -> None:
+    with pytest.raises(UnsafeTarget, match=re.escape(reason)):
+        make_url_checker(resolve=lambda host: [addr])("http://hook.example/x")
+
+
+def test_ipv6_loopback_is_taken_like_ipv4_loopback() -> None:
+    """::1 is in Python's reserved ::/8: a host resolving to it was refused as "not a
+    unicast address" where 127.0.0.1 was taken."""
+    for addr in ("127.0.0.1", "::1"):
+        assert make_url_checker(resolve=lambda host, a=addr: [a])("http://h.example/") == [addr]
 
 
 @pytest.mark.parametrize(("url", "reason"), [
